@@ -1,0 +1,5 @@
+import sys
+
+from vkt.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""Entry point: builds the typer app from the command modules and turns VktErrors into one red line."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from vkt.errors import VktError
+
+app = typer.Typer(
+    name="vkt",
+    help="Take vision and diffusion models from PyTorch to fast, verified ONNX/TensorRT engines, "
+    "and run them from a torch-free runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+# Each module defines `register(app)`. Add one line per command module.
+COMMAND_MODULES = [
+    "vkt.cli.doctor",
+    "vkt.cli.export",
+    "vkt.cli.build",
+    "vkt.cli.bench",
+    "vkt.cli.inspect",
+]
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs, and full tracebacks on errors.")) -> None:
+    from vkt import log
+
+    if verbose:
+        os.environ["VKT_VERBOSE"] = "1"
+    log.setup(verbose)
+
+
+def _register() -> None:
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and exit 2 (``--verbose`` shows the traceback)."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args[:1] or os.environ.get("VKT_VERBOSE") == "1"
+    try:
+        app(args=args, standalone_mode=False)
+    except VktError as e:
+        if verbose:
+            raise
+        _error(str(e))
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        _error("aborted")
+        return 130
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if verbose:
+            raise
+        _error(f"internal error ({type(e).__name__}: {e}); rerun with --verbose for the traceback and report it")
+        return 1
+    return 0
+
+
+def _error(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}", markup=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

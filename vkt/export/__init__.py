@@ -1,0 +1,1 @@
+"""torch -> ONNX export, export-friendly wrappers, graph cleanup and parity checks (torch imported lazily)."""

@@ -1,0 +1,65 @@
+"""The lean runtime: numpy + onnxruntime or TensorRT. Never imports torch (a test checks it)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vkt.errors import BackendError
+from vkt.runtime.base import Runner
+from vkt.runtime.ort import OrtRunner
+
+BACKENDS = {
+    "ort": "onnxruntime, CPU execution provider",
+    "ort-cuda": "onnxruntime-gpu, CUDA execution provider",
+    "ort-trt": "onnxruntime-gpu, TensorRT execution provider",
+    "trt": "TensorRT engine (.plan) through the TensorRT Python API",
+}
+
+__all__ = ["BACKENDS", "OrtRunner", "Runner", "TrtRunner", "make_runner"]
+
+
+def __getattr__(name: str) -> Any:  # TrtRunner imports nothing heavy, but keep it lazy all the same
+    if name == "TrtRunner":
+        from vkt.runtime.trt import TrtRunner
+
+        return TrtRunner
+    raise AttributeError(name)
+
+
+def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", component: str = "model",
+                threads: int | None = None) -> Runner:
+    """A runner for a bundle (``vkt.bundle.Bundle`` or its folder) or a bare .onnx/.plan path.
+
+    ``precision`` picks the bundle file: "fp32" (fp32 onnx), "fp16" (fp16 onnx), "int8" (int8 qdq onnx);
+    backend "trt" takes the bundle's plan of that precision.
+    """
+    from pathlib import Path
+
+    from vkt.bundle import Bundle
+
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    roles = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
+    if precision not in roles:
+        raise BackendError(f"unknown precision {precision!r}; expected one of {sorted(roles)}")
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        source = Bundle.load(source)
+    if isinstance(source, Bundle):
+        spec = source.spec(component)
+        if backend == "trt":
+            plans = [e for e in source.files("plan", component) if e.meta.get("precision", "fp32") == precision]
+            if not plans:
+                raise BackendError(f"bundle {source.name!r} has no {precision} plan for {component!r}; build one with 'vkt build'")
+            path = source.root / plans[-1].path
+        else:
+            path = source.path(roles[precision], component)
+        name = f"{backend}-{precision}"
+    else:
+        spec, path, name = None, Path(source), f"{backend}-{Path(source).stem}"
+    if backend == "trt":
+        from vkt.runtime.trt import TrtRunner
+
+        return TrtRunner(path, spec=spec, name=name)
+    providers = {"ort": ("cpu",), "ort-cuda": ("cuda",), "ort-trt": ("tensorrt", "cuda")}[backend]
+    return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name)
