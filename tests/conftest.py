@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny models built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+def _has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidiactl").exists()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU; none on this machine")
+    skip_trt = pytest.mark.skip(reason="needs the full TensorRT library (pip install 'vkt[gpu]' on a GPU machine)")
+    skip_torch = pytest.mark.skip(reason="needs torch (pip install 'vkt[export]')")
+    has_gpu = _has_gpu()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_torch = importlib.util.find_spec("torch") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "trt" in item.keywords and not (has_trt and has_gpu):
+            item.add_marker(skip_trt)
+        if "torch" in item.keywords and not has_torch:
+            item.add_marker(skip_torch)
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """(onnx.ModelProto, ExportSpec) of a tiny conv net with dynamic batch/height/width."""
+    from vkt.export.toy import toy_convnet
+
+    return toy_convnet()
+
+
+@pytest.fixture(scope="session")
+def toy_onnx(tmp_path_factory, toy_model) -> Path:
+    import onnx
+
+    path = tmp_path_factory.mktemp("toy") / "toy.onnx"
+    onnx.save(toy_model[0], str(path))
+    return path
+
+
+@pytest.fixture()
+def toy_bundle(tmp_path, toy_onnx) -> Path:
+    """A fresh generic bundle of the toy model (function-scoped: tests may tamper with it)."""
+    from vkt.export.onnx_import import import_onnx
+
+    dest = tmp_path / "toy.vkt"
+    import_onnx(toy_onnx, dest, profile={"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)})
+    return dest

@@ -1,0 +1,213 @@
+"""`vkt bench`: time backends side by side on an ONNX file or a bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from vkt.errors import BackendError, InputError
+
+INCLUDES_RUNNER = ("Runner.infer(): feed validation against the spec + backend run + outputs as host numpy "
+                   "arrays; no image pre/post-processing")
+INCLUDES_RAW = "onnxruntime InferenceSession.run alone (same session options), no vkt code"
+INCLUDES_TRT = ("TrtRunner.infer(): validation + H2D copy + enqueue + GPU compute + D2H copy + stream sync; "
+                "no image pre/post-processing")
+INCLUDES_TORCH = "module(*inputs) under torch.inference_mode(), numpy<->torch conversion included"
+
+
+def parse_targets(values: list[str]) -> list[tuple[str, str]]:
+    """``["ort", "ort:int8", "trt:fp16"]`` -> [(backend, precision)]."""
+    from vkt.runtime import BACKENDS
+
+    out = []
+    for v in values:
+        backend, _, precision = v.partition(":")
+        precision = precision or "fp32"
+        if backend not in BACKENDS and backend != "ort-raw":
+            raise InputError(f"unknown backend {backend!r} in --target {v!r}; expected one of {sorted([*BACKENDS, 'ort-raw'])}")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise InputError(f"unknown precision {precision!r} in --target {v!r}; expected fp32, fp16 or int8")
+        out.append((backend, precision))
+    return out
+
+
+def parse_shape(text: str) -> dict[str, int]:
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, _, v = part.partition("=")
+        try:
+            sizes[k.strip()] = int(v)
+        except ValueError:
+            raise InputError(f"--shape entries must look like 'axis=size', got {part!r}") from None
+        if sizes[k.strip()] < 1:
+            raise InputError(f"--shape {part!r}: size must be >= 1")
+    if not sizes:
+        raise InputError(f"empty --shape {text!r}; expected e.g. 'height=736,width=736'")
+    return sizes
+
+
+def make_cases(spec: Any, batches: list[int], shapes: list[dict[str, int]], seed: int = 0) -> list:
+    """Feeds for every (batch, shape) pair; unset axes take the first profile's opt size."""
+    import numpy as np
+
+    from vkt.bench import Case
+
+    batch_axes = {t.shape[0] for t in spec.inputs if t.shape and isinstance(t.shape[0], str)}
+    base: dict[str, int] = {}
+    if spec.profiles:
+        base = {a: r[1] for a, r in spec.profiles[0].axes.items()}
+    cases = []
+    rng = np.random.default_rng(seed)
+    for shape in shapes or [{}]:
+        unknown = set(shape) - spec.input_axes
+        if unknown:
+            raise InputError(f"--shape names axes {sorted(unknown)} that the model does not have (dynamic axes: {sorted(spec.input_axes)})")
+        for b in batches:
+            if b < 1:
+                raise InputError(f"--batch must be >= 1, got {b}")
+            sizes = {**base, **shape}
+            if batch_axes:
+                sizes.update({a: b for a in batch_axes})
+            elif b != 1:
+                raise InputError(f"--batch {b}: the model has a static batch dimension; only --batch 1 is possible")
+            missing = sorted(spec.input_axes - set(sizes))
+            if missing:
+                raise InputError(f"no size for dynamic axes {missing}: pass --shape {','.join(f'{m}=N' for m in missing)}")
+            feed = {}
+            for t in spec.inputs:
+                shp = t.resolve(sizes)
+                dt = np.dtype(t.dtype)
+                feed[t.name] = (rng.standard_normal(shp).astype(dt) if dt.kind == "f" else np.zeros(shp, dt))
+            label = "x".join(str(d) for d in next(iter(feed.values())).shape)
+            cases.append(Case(label=label, feed=feed, batch=b))
+    return cases
+
+
+def build_targets(source: Path, targets: list[tuple[str, str]], threads: int | None, torch_factory: str | None,
+                  channels_last: bool) -> tuple[list, Any]:
+    from vkt.bench import Target
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+
+    bundle = Bundle.load(source) if source.is_dir() else None
+    spec = None
+    out: list[Target] = []
+    for backend, precision in targets:
+        label = f"{backend}-{precision}"
+        if backend == "ort-raw":
+            out.append(_raw_ort_target(bundle, source, precision, threads))
+            continue
+        try:
+            runner = make_runner(bundle or source, backend=backend, precision=precision, threads=threads)
+            runner.activate()
+        except BackendError as e:
+            out.append(Target(label, None, INCLUDES_TRT if backend == "trt" else INCLUDES_RUNNER, skip_reason=str(e)))
+            continue
+        except Exception as e:  # a missing int8 file in a bundle, etc.
+            from vkt.errors import VktError
+
+            if isinstance(e, VktError) and bundle is not None and len(targets) > 1:
+                out.append(Target(label, None, INCLUDES_RUNNER, skip_reason=str(e)))
+                continue
+            raise
+        spec = spec or runner.spec
+        out.append(Target(label, runner.infer, INCLUDES_TRT if backend == "trt" else INCLUDES_RUNNER,
+                          teardown=runner.deactivate, info=runner.describe()))
+    if spec is None:
+        from vkt.specs import ExportSpec
+
+        spec = bundle.spec() if bundle else ExportSpec.from_onnx(source)
+    if torch_factory:
+        from vkt.export.torch_runner import TorchRunner
+
+        tr = TorchRunner(torch_factory, spec=spec, channels_last=channels_last, threads=threads)
+        tr.activate()
+        out.insert(0, Target(tr.name, tr.infer, INCLUDES_TORCH, teardown=tr.deactivate))
+    return out, spec
+
+
+def _raw_ort_target(bundle: Any, source: Path, precision: str, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    from vkt.bench import Target
+
+    path = source
+    if bundle is not None:
+        role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}[precision]
+        entries = [e for e in bundle.files(role) if e.meta.get("placement", "ort") == "ort"] or bundle.files(role)
+        if not entries:
+            bundle.path(role)
+        path = bundle.root / entries[-1].path
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return Target(f"ort-raw-{precision}", lambda feed: sess.run(None, feed), INCLUDES_RAW)
+
+
+def bench(
+    source: Path = typer.Argument(..., help="An .onnx file or a bundle folder."),
+    target: list[str] = typer.Option(None, "--target", "-t", help="backend[:precision], repeatable. Backends: ort, ort-cuda, "
+                                     "ort-trt, trt, ort-raw (plain InferenceSession, to see vkt's overhead). Precisions: fp32, "
+                                     "fp16, int8. Default: ort:fp32, plus ort:int8 and trt:fp32 when the bundle has them."),
+    batch: list[int] = typer.Option([1], "--batch", "-B", help="Batch size, repeatable."),
+    shape: list[str] = typer.Option(None, "--shape", "-s", help="Axis sizes, e.g. 'height=736,width=736'; repeatable. "
+                                    "Unset axes take the profile's opt size."),
+    iters: int = typer.Option(50, help="Timed calls per target and case (upper bound when --seconds is given)."),
+    warmup: int = typer.Option(5, help="Untimed calls per target and case first."),
+    seconds: float = typer.Option(None, help="Time budget per case, shared by its targets (round-robin)."),
+    threads: int = typer.Option(None, help="Intra-op threads for onnxruntime / torch (default: the library's)."),
+    torch_model: str = typer.Option(None, "--torch", help="Also time a torch module in eager mode: 'package.module:factory' "
+                                    "returning an nn.Module that takes the graph's inputs in order."),
+    channels_last: bool = typer.Option(False, help="With --torch: channels_last memory format."),
+    json_out: str = typer.Option(None, "--json", help="Write JSON rows (one per line) to this file, or '-' for stdout."),
+    plot: Path = typer.Option(None, help="Write a PNG bar chart of p50/p90 latency."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, no progress bar (JSON only)."),
+) -> None:
+    """Time one or more backends side by side, interleaved call by call in one process.
+
+    Every figure is the wall time of one call, measured with perf_counter around it; the report says
+    what each target's call includes. Latency p50/p90/p99/mean/min in ms, throughput in items/s.
+    """
+    from vkt.bench import BenchConfig, plot_rows, print_table, rows_to_json, run_bench
+    from vkt.bundle import Bundle
+
+    if not source.exists():
+        raise InputError(f"no such file or bundle: {str(source)!r}")
+    if source.is_dir():
+        b = Bundle.load(source)
+        if target:
+            targets = parse_targets(target)
+        else:
+            targets = [("ort", "fp32")] if b.has("fp32 onnx") else []
+            if b.has("int8 qdq onnx"):
+                targets.append(("ort", "int8"))
+            if b.has("plan"):
+                targets.append(("trt", b.entry("plan").meta.get("precision", "fp32")))
+            if not targets:
+                raise InputError(f"bundle {b.name!r} has no ONNX or plan to benchmark")
+    else:
+        targets = parse_targets(target or (["trt"] if source.suffix in (".plan", ".engine") else ["ort"]))
+    shapes = [parse_shape(s) for s in (shape or [])]
+    cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
+    built, spec = build_targets(source, targets, threads, torch_model, channels_last)
+    cases = make_cases(spec, list(batch), shapes)
+    rows = run_bench(built, cases, cfg, show_progress=not quiet)
+    text = rows_to_json(rows, {"source": str(source), "threads": threads})
+    if json_out == "-":
+        print(text)
+    elif json_out:
+        from vkt.fsutil import atomic_write_text
+
+        atomic_write_text(json_out, text + "\n")
+    if not quiet:
+        print_table(rows, title=f"vkt bench {source.name}")
+    if plot:
+        plot_rows(rows, str(plot))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

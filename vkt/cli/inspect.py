@@ -1,0 +1,45 @@
+"""`vkt inspect`: what a bundle holds (verified), as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def inspect(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the sha256 check of every file."),
+) -> None:
+    """Verify a bundle (checksums, schema) and show its files, I/O spec and profiles."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vkt.bundle import Bundle
+
+    b = Bundle.load(bundle, verify=not no_verify)
+    if as_json:
+        print(json.dumps(b.manifest, indent=2))
+        return
+    c = Console()
+    c.print(f"[bold]{b.name}[/]  {b.family}/{b.task}  schema v{b.manifest['schema_version']}  "
+            f"created {b.manifest.get('created_utc', '?')}  [green]verified[/]" if not no_verify else "", highlight=False)
+    t = Table("file", "role", "component", "bytes", "sha256", "meta", title="files", title_justify="left")
+    for e in b.entries:
+        t.add_row(e.path, e.role, e.component, f"{e.bytes:,}", e.sha256[:12], json.dumps(e.meta)[:60])
+    c.print(t)
+    for comp in b.components:
+        spec = b.spec(comp)
+        c.print(f"[bold]{comp}[/] opset {spec.opset}")
+        for x in spec.inputs:
+            c.print(f"  in  {x.name}: {x.dtype} {list(x.shape)}", highlight=False)
+        for x in spec.outputs:
+            c.print(f"  out {x.name}: {x.dtype} {list(x.shape)}", highlight=False)
+        for i, p in enumerate(spec.profiles):
+            c.print(f"  profile {i}: " + ", ".join(f"{a}={lo}:{o}:{hi}" for a, (lo, o, hi) in p.axes.items()), highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)
