@@ -41,9 +41,11 @@ def timed(step: str, log: logging.Logger | None = None) -> Iterator[dict]:
     t0 = time.perf_counter()
     try:
         yield out
-    finally:
-        out["seconds"] = time.perf_counter() - t0
-        log.info("%s done in %.2f s", step, out["seconds"])
+    except BaseException:
+        log.debug("%s failed after %.2f s", step, time.perf_counter() - t0)
+        raise
+    out["seconds"] = time.perf_counter() - t0
+    log.info("%s done in %.2f s", step, out["seconds"])
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:

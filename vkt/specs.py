@@ -206,6 +206,21 @@ class ExportSpec:
         Checks names (missing / unexpected), array type, dtype, rank, static sizes, that one axis
         name has one size across inputs, and that dynamic sizes fit at least one profile.
         """
+        # Serving calls repeat the same few shapes: remember signatures that passed (bounded).
+        ok = self._fast.setdefault("ok", {})
+        try:
+            key = tuple([(k, v.dtype, v.shape) for k, v in feed.items()])
+            hit = ok.get(key, -1)
+        except (AttributeError, TypeError):
+            key, hit = None, -1
+        if hit != -1:
+            return hit
+        index = self._check_feed(feed)
+        if key is not None and len(ok) < 256:
+            ok[key] = index
+        return index
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> int | None:
         names = self._fast["names"]
         if feed.keys() != names:
             missing = sorted(names - set(feed))

@@ -63,7 +63,7 @@ class Runner(abc.ABC):
         if not self.is_active:
             raise BackendError(f"runner {self.name!r} is not active: call activate() or use it in a 'with' block")
         if check:
-            self.spec.check_feed(feed)
+            self._spec.check_feed(feed)  # type: ignore[union-attr]  # set by activate()
         return self._infer(feed)
 
     @abc.abstractmethod
