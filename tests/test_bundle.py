@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vkt.bundle import MANIFEST, SCHEMA_VERSION, Bundle, BundleWriter
@@ -123,3 +124,20 @@ def test_add_file_updates_manifest_atomically(toy_bundle):
         b.add_file(b"x", "x.bin", role="weights")
     with pytest.raises(BundleError, match="has no 'fp16 onnx' file"):
         b.path("fp16 onnx")
+
+
+def test_fp16_export_is_close_to_fp32_and_keeps_float32_io(tmp_path, toy_onnx, toy_model):
+    from vkt.export.onnx_import import import_onnx
+    from vkt.runtime import make_runner
+
+    b = import_onnx(toy_onnx, tmp_path / "b16", profile=toy_model[1].profiles[0], fp16=True)
+    feed = toy_model[1].opt_feed()
+    with make_runner(b, precision="fp32") as r32, make_runner(b, precision="fp16") as r16:
+        a, h = r32.infer(feed)["features"], r16.infer(feed)["features"]
+    assert h.dtype == np.float32
+    # sigmoid outputs in [0, 1]; fp16 has an 11-bit mantissa, a few roundings deep: 1e-2 is ~20 ulps at 1.0
+    np.testing.assert_allclose(h, a, atol=1e-2)
+    import onnx
+
+    m16 = onnx.load(str(b.path("fp16 onnx")))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m16.graph.initializer)

@@ -18,6 +18,8 @@ def export_onnx(
                              "pre/post-processing recorded in the manifest."),
     profile: str = typer.Option(None, help="Axis ranges 'axis=min:opt:max,...', e.g. 'batch=1:1:8,height=32:736:1536,"
                                 "width=32:736:1536' (default: the task's)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32) for "
+                              "TensorRT's strongly typed build."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums."""
@@ -27,7 +29,7 @@ def export_onnx(
     from vkt.specs import parse_profile
 
     out = output or Path(f"{model.stem}.vkt")
-    bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force)
+    bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16)
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task})", highlight=False)

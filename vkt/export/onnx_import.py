@@ -74,7 +74,7 @@ def constants_to_initializers(model: Any) -> int:
 def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "generic",
                 profile: Profile | Mapping[str, Sequence[int]] | None = None, name: str | None = None,
                 overwrite: bool = False, preprocess: Mapping[str, Any] | None = None,
-                postprocess: Mapping[str, Any] | None = None, verify: bool = True) -> Bundle:
+                postprocess: Mapping[str, Any] | None = None, verify: bool = True, fp16: bool = False) -> Bundle:
     """Make a bundle from an ONNX file.
 
     Args:
@@ -85,6 +85,7 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
         profile: axis ranges overriding the task's default profile.
         preprocess / postprocess: key overrides merged into the task's defaults.
         verify: run the graph once on onnxruntime at the profile's min shape before writing.
+        fp16: also write an FP16 graph (role "fp16 onnx"; sensitive ops and I/O stay FP32).
     """
     import onnx
 
@@ -116,7 +117,17 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
             if defaults.preprocess:
                 w.manifest["preprocess"].setdefault("input", spec.input_names[0])
             w.manifest["postprocess"] = {**defaults.postprocess, **(postprocess or {})}
-            w.manifest["precision"] = {"fp32 onnx": "model.onnx"}
+            w.manifest["precision"] = {"fp32": "model.onnx"}
+            if fp16:
+                from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+
+                with timed("convert to fp16", log):
+                    m16 = convert_fp16(model)
+                    d16 = m16.SerializeToString()
+                    if verify:
+                        _smoke_run(d16, spec)
+                w.add_file(d16, "model.fp16.onnx", role="fp16 onnx", meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
+                w.manifest["precision"]["fp16"] = "model.fp16.onnx"
     return Bundle.load(dest)
 
 
