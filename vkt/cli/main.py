@@ -27,6 +27,9 @@ COMMAND_MODULES = [
     "vkt.cli.build",
     "vkt.cli.bench",
     "vkt.cli.inspect",
+    "vkt.cli.triton",
+    "vkt.cli.run",
+    "vkt.cli.eval",
 ]
 
 

@@ -1,0 +1,34 @@
+"""`vkt triton`: write a bundle's model into a Triton Inference Server model repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def triton(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    repo: Path = typer.Option(..., "--output", "-o", help="Model repository folder (created if missing)."),
+    name: str = typer.Option(None, help="Model name in the repository (default: the bundle's name)."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime (serves the bundle's ONNX) or tensorrt (its plan)."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which file of the bundle is served."),
+    max_batch: int = typer.Option(None, help="max_batch_size (default: the profile's max batch)."),
+    delay_us: int = typer.Option(2000, help="Dynamic batching max_queue_delay_microseconds."),
+    instances: int = typer.Option(1, help="Instances per group."),
+    kind: str = typer.Option("KIND_AUTO", help="KIND_AUTO | KIND_CPU | KIND_GPU (onnxruntime only; plans are GPU)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace the model folder if it exists."),
+) -> None:
+    """Export a bundle to a Triton model repository (config.pbtxt with dynamic batching and profiles)."""
+    from rich.console import Console
+
+    from vkt.export.triton import TritonOptions, write_triton_repo
+
+    opts = TritonOptions(backend=backend, precision=precision, max_batch_size=max_batch, max_queue_delay_us=delay_us,
+                         instances=instances, kind=kind)
+    out = write_triton_repo(bundle, repo, name=name, opts=opts, overwrite=force)
+    Console().print(f"[green]wrote[/] {out}/config.pbtxt and {out}/1/", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("triton")(triton)

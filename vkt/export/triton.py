@@ -1,0 +1,162 @@
+"""Triton model repository from a bundle: config.pbtxt + versioned model file, ready for `tritonserver`.
+
+Layout written::
+
+    REPO/<name>/config.pbtxt
+    REPO/<name>/1/model.onnx      (platform onnxruntime_onnx)   or
+    REPO/<name>/1/model.plan      (platform tensorrt_plan)
+    REPO/<name>/vkt_manifest.json (the bundle's manifest: pre/post-processing for clients)
+
+When every input and output has the same named axis first (``batch``), the config uses Triton's
+batching form (``max_batch_size`` > 0, dims without the batch axis) and enables dynamic batching;
+otherwise ``max_batch_size: 0`` and full dims. Dynamic axes become ``-1``. For TensorRT plans with
+several optimization profiles, one instance group per profile is written (Triton selects profiles
+per instance group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vkt.bundle import Bundle
+from vkt.errors import InputError
+from vkt.fsutil import atomic_copy, atomic_write_text
+from vkt.specs import ExportSpec, TensorSpec
+
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16",
+    "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
+    "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """What goes into config.pbtxt.
+
+    Args:
+        backend: "onnxruntime" (the bundle's ONNX of ``precision``) or "tensorrt" (its plan).
+        precision: fp32 | fp16 | int8 — which file of the bundle is served.
+        max_batch_size: cap for Triton's batcher; None: the profile's max of the batch axis.
+        max_queue_delay_us: dynamic batching delay.
+        instances / kind: instance group count and KIND_CPU | KIND_GPU | KIND_AUTO.
+        ort_tensorrt: for onnxruntime on GPU, ask for ORT's TensorRT execution accelerator.
+    """
+
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    max_batch_size: int | None = None
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    kind: str = "KIND_AUTO"
+    ort_tensorrt: bool = False
+
+
+def _batch_axis(spec: ExportSpec) -> str | None:
+    """The axis name that leads every input and output, if there is one."""
+    firsts = {t.shape[0] if t.shape else None for t in (*spec.inputs, *spec.outputs)}
+    if len(firsts) == 1:
+        (axis,) = firsts
+        if isinstance(axis, str):
+            return axis
+    return None
+
+
+def _tensor(t: TensorSpec, skip_first: bool) -> str:
+    dims = list(t.shape[1:] if skip_first else t.shape)
+    dims_txt = ", ".join("-1" if isinstance(d, str) else str(d) for d in dims)
+    return f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_DTYPES[t.dtype]}\n    dims: [ {dims_txt} ]\n  }}'
+
+
+def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
+    """The text of config.pbtxt for one model (protobuf text format of Triton's ModelConfig)."""
+    for t in (*spec.inputs, *spec.outputs):
+        if t.dtype not in TRITON_DTYPES:
+            raise InputError(f"tensor {t.name!r} has dtype {t.dtype!r}, which Triton cannot serve")
+    axis = _batch_axis(spec)
+    max_batch = 0
+    if axis is not None:
+        ranges = [p.axes[axis] for p in spec.profiles if axis in p.axes]
+        cap = max((r[2] for r in ranges), default=1)
+        max_batch = opts.max_batch_size if opts.max_batch_size is not None else cap
+        if max_batch < 1:
+            raise InputError(f"max_batch_size must be >= 1, got {max_batch}")
+        if ranges and max_batch > cap:
+            raise InputError(f"max_batch_size {max_batch} exceeds the profile's max batch {cap}")
+    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[opts.backend]
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
+             "input [\n" + ",\n".join(_tensor(t, max_batch > 0) for t in spec.inputs) + "\n]",
+             "output [\n" + ",\n".join(_tensor(t, max_batch > 0) for t in spec.outputs) + "\n]"]
+    if max_batch > 0:
+        preferred = sorted({b for b in (1, 2, 4, 8, 16, 32) if b <= max_batch} | {max_batch})
+        lines.append("dynamic_batching {\n  preferred_batch_size: [ " + ", ".join(map(str, preferred)) +
+                     f" ]\n  max_queue_delay_microseconds: {opts.max_queue_delay_us}\n}}")
+    if opts.backend == "tensorrt" and len(spec.profiles) > 1:
+        groups = [f'  {{\n    count: {opts.instances}\n    kind: KIND_GPU\n    profile: [ "{i}" ]\n  }}'
+                  for i in range(len(spec.profiles))]
+        lines.append("instance_group [\n" + ",\n".join(groups) + "\n]")
+    else:
+        kind = "KIND_GPU" if opts.backend == "tensorrt" else opts.kind
+        lines.append(f"instance_group [\n  {{\n    count: {opts.instances}\n    kind: {kind}\n  }}\n]")
+    if opts.backend == "onnxruntime" and opts.ort_tensorrt:
+        lines.append('optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n'
+                     '      name : "tensorrt"\n      parameters { key: "precision_mode" value: "FP16" }\n    } ]\n  }\n}')
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
+                      opts: TritonOptions = TritonOptions(), component: str = "model", overwrite: bool = False) -> Path:
+    """Write one model of a bundle into a Triton model repository; returns the model folder."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if opts.backend not in ("onnxruntime", "tensorrt"):
+        raise InputError(f"Triton backend must be 'onnxruntime' or 'tensorrt', got {opts.backend!r}")
+    if opts.kind not in ("KIND_AUTO", "KIND_CPU", "KIND_GPU"):
+        raise InputError(f"instance kind must be KIND_AUTO, KIND_CPU or KIND_GPU, got {opts.kind!r}")
+    if opts.instances < 1:
+        raise InputError(f"instances must be >= 1, got {opts.instances}")
+    name = name or re.sub(r"[^A-Za-z0-9_.\-]", "_", b.name)
+    if not _NAME.match(name):
+        raise InputError(f"Triton model name must be letters, digits, '_', '.', '-' (no path parts), got {name!r}")
+    spec = b.spec(component)
+    if opts.backend == "tensorrt":
+        plans = [e for e in b.files("plan", component) if e.meta.get("precision", "fp32") == opts.precision]
+        if not plans:
+            raise InputError(f"bundle {b.name!r} has no {opts.precision} plan; build one with 'vkt build' first")
+        src, fname = b.root / plans[-1].path, "model.plan"
+    else:
+        role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}.get(opts.precision)
+        if role is None:
+            raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
+        entries = b.files(role, component)
+        entries = [e for e in entries if e.meta.get("placement", "ort") == "ort"] or entries
+        if not entries:
+            b.path(role, component)  # raises listing what the bundle has
+        src, fname = b.root / entries[-1].path, "model.onnx"
+    text = config_pbtxt(name, spec, opts)
+    model_dir = Path(repo) / name
+    if model_dir.exists():
+        if not overwrite:
+            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    atomic_copy(src, model_dir / "1" / fname)
+    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(b.manifest, indent=2) + "\n")
+    atomic_write_text(model_dir / "config.pbtxt", text)  # last: Triton ignores a folder without it
+    return model_dir
+
+
+def parse_config(text: str) -> Any:
+    """Parse config.pbtxt with Triton's own protobuf schema (needs tritonclient[grpc]); for tests and checks."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise InputError("checking config.pbtxt needs tritonclient: pip install 'tritonclient[grpc]'") from None
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
