@@ -39,10 +39,10 @@ TASKS: dict[str, TaskDefaults] = {
     "textdet": TaskDefaults(
         family="textdet",
         task="text-detection",
-        profile={"batch": (1, 1, 8), "height": (32, 736, 1536), "width": (32, 736, 1536)},
+        profile={"batch": (1, 1, 8), "height": (32, 736, 2048), "width": (32, 736, 2048)},
         preprocess={
             "color": "BGR", "layout": "NCHW",
-            "resize": {"mode": "limit_side", "limit_type": "min", "limit_side_len": 736, "round_to": 32, "max_side_len": 2000},
+            "resize": {"mode": "limit_side", "limit_type": "min", "limit_side_len": 736, "round_to": 32, "max_side_len": 2048},
             "scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
         },
         postprocess={

@@ -1,0 +1,41 @@
+"""`vkt eval`: ICDAR-2015-style precision / recall / hmean of a text-detection bundle on a labelled folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def eval_cmd(
+    bundle: Path = typer.Argument(..., help="Text-detection bundle folder."),
+    data: Path = typer.Option(..., "--data", help="Folder of images (or DIR/images) with ICDAR gt_<image>.txt labels (or DIR/gt)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the full result (with per-image matches) to this JSON file."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
+    threads: int = typer.Option(None, help="onnxruntime intra-op threads."),
+    iou: float = typer.Option(0.5, help="IoU a detection needs to match a ground-truth region."),
+) -> None:
+    """Evaluate a text detector: prints {precision, recall, hmean, ...} as JSON."""
+    from vkt.errors import InputError
+    from vkt.eval.textdet import evaluate, load_icdar_dir, save_json
+    from vkt.log import progress
+    from vkt.runtime.textdet import TextDetector
+
+    if not 0.0 < iou <= 1.0:
+        raise InputError(f"--iou must be in (0, 1], got {iou}")
+    pairs = load_icdar_dir(data)
+    dets = []
+    with TextDetector(bundle, backend=backend, precision=precision, threads=threads) as det:
+        for path, _ in progress(pairs, "evaluating"):
+            dets.append(det(path)[0].polygons)
+    result = evaluate(dets, [g for _, g in pairs], names=[p.name for p, _ in pairs], iou_thresh=iou)
+    result = {"bundle": str(bundle), "data": str(data), "backend": backend, "precision_mode": precision, **result}
+    if out is not None:
+        save_json(result, out)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "images"}, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

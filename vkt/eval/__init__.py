@@ -1,0 +1,1 @@
+"""Evaluation metrics: ICDAR-style text detection (vkt.eval.textdet); numpy + shapely, no torch."""
