@@ -9,7 +9,8 @@ preprocess keys:
     layout       "NCHW"
     resize       {"mode": "limit_side", "limit_type": "min"|"max", "limit_side_len": int, "round_to": int,
                   "max_side_len": int}  (PP-OCR style: scale so the min/max side hits limit_side_len,
-                  then round each side to a multiple of round_to; never above max_side_len)
+                  then round each side half-to-even to a multiple of round_to; never above max_side_len
+                  nor the model profile's max height/width: vkt.runtime.image.resized_size is the rule)
                  {"mode": "shortest_edge", "shortest_edge": int, "longest_edge": int} (DETR style)
     scale        multiply uint8 pixels by this first (1/255)
     mean, std    per-channel, applied after scale: (x * scale - mean) / std, in `color` order
