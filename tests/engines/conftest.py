@@ -47,3 +47,43 @@ def nonzero_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("nz") / "nonzero.onnx"
     onnx.save(model, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def qdq_onnx(tmp_path_factory):
+    """(path, ExportSpec) of an explicit-INT8 conv: Q/DQ on the activation, int8 per-channel weights, float bias."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vkt.specs import ExportSpec, Profile, TensorSpec
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
+        numpy_helper.from_array(w, "w_q"),
+        numpy_helper.from_array(np.full(8, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "w_zp"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_quant"),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_dequant"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_dq"], name="w_dequant", axis=0),
+        helper.make_node("Conv", ["x_dq", "w_dq", "bias"], ["conv"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["conv"], ["y"], name="relu"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, "height", "width"])
+    model = helper.make_model(helper.make_graph(nodes, "qdq_conv", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path_factory.mktemp("qdq") / "qdq.onnx"
+    onnx.save(model, str(path))
+    spec = ExportSpec((TensorSpec("x", "float32", ("batch", 3, "height", "width")),),
+                      (TensorSpec("y", "float32", ("batch", 8, "height", "width")),),
+                      (Profile({"batch": (1, 1, 4), "height": (16, 64, 128), "width": (16, 64, 128)}),))
+    return path, spec

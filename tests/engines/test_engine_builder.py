@@ -154,3 +154,26 @@ def test_precision_label_must_match_the_source_role(toy_bundle_dir):
         build_bundle_plan(toy_bundle_dir, BuildConfig(module="tensorrt_rtx", precision="int8"))
     with pytest.raises(Exception, match="no 'int8 qdq onnx' file"):
         build_bundle_plan(toy_bundle_dir, RTX, source_role="int8 qdq onnx")
+
+
+def test_explicit_int8_qdq_graph_builds_and_is_labelled_int8(qdq_onnx, tmp_path):
+    from vkt.bundle import BundleWriter
+
+    path, spec = qdq_onnx
+    dest = tmp_path / "qdq.vkt"
+    with BundleWriter(dest, family="generic", task="tensor") as w:
+        w.add_component("model", spec)
+        w.add_file(path, "model.int8.onnx", role="int8 qdq onnx")
+    entry = build_bundle_plan(dest, RTX, source_role="int8 qdq onnx")
+    assert entry.path == "model.int8.plan" and entry.bytes > 1_000
+    assert entry.meta["precision"] == "int8" and entry.meta["source"]["role"] == "int8 qdq onnx"
+    assert Bundle.load(dest).entry("plan").meta["precision"] == "int8"
+
+
+def test_static_spec_pins_a_dynamic_graph(toy):
+    path, spec = toy
+    static = ExportSpec((TensorSpec("image", "float32", (2, 3, 32, 48)),), (TensorSpec("features", "float32", (2, 8, 32, 48)),))
+    result = build(path, static, RTX)
+    assert len(result.plan) > 10_000
+    assert result.meta["profiles"] == [{"axes": {}, "shapes": {"image": {"min": [2, 3, 32, 48], "opt": [2, 3, 32, 48],
+                                                                         "max": [2, 3, 32, 48]}}}]

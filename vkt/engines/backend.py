@@ -159,3 +159,40 @@ class LogCapture:
         errs = [e for e in self.errors if "catchCudaError" not in e] or self.errors
         lines = [" ".join(e.split()) for e in errs[-limit:]]
         return "; ".join(line[:400] for line in lines)
+
+
+def progress_monitor(trt: TrtModule) -> Any | None:
+    """An ``IProgressMonitor`` that logs the builder's top-level phases with timings (nested ones at debug).
+
+    Returns None when the module has no progress monitor API. Keep a reference to the returned object
+    for the whole build: the builder config does not own it.
+    """
+    import time
+
+    base = getattr(trt.mod, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class _Monitor(base):  # type: ignore[misc, valid-type]
+        # Depth 1 (e.g. "Timing tactics" under "Building engine") is the useful grain for long builds;
+        # the top phase duplicates vkt's own "build plan" line and deeper ones repeat per layer.
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.started: dict[str, float] = {}
+            self.depth: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.started[phase_name] = time.perf_counter()
+            self.depth[phase_name] = 0 if parent_phase is None else self.depth.get(parent_phase, 0) + 1
+            level = logging.INFO if self.depth[phase_name] == 1 else logging.DEBUG
+            log.log(level, "%s: %s (%d steps) ...", trt.name, phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            dt = time.perf_counter() - self.started.pop(phase_name, time.perf_counter())
+            level = logging.INFO if self.depth.pop(phase_name, 0) == 1 else logging.DEBUG
+            log.log(level, "%s: %s done in %.2f s", trt.name, phase_name, dt)
+
+    return _Monitor()

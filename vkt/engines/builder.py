@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vkt.engines.backend import LogCapture, TrtModule, load_module
+from vkt.engines.backend import LogCapture, TrtModule, load_module, progress_monitor
 from vkt.engines.config import ROLE_PRECISION, BuildConfig
 from vkt.errors import BackendError, BuildError, InputError, ModelError, SpecError
 from vkt.log import get_logger, timed
@@ -123,6 +123,10 @@ def build(onnx_path: str | os.PathLike, spec: ExportSpec, config: BuildConfig | 
     cache = _TimingCache(config.timing_cache, trt, bconfig)
     cache.load()
 
+    monitor = progress_monitor(trt)
+    if monitor is not None:
+        bconfig.progress_monitor = monitor
+
     # 3. Build.
     with timed(f"build plan from {path.name} ({len(profiles)} profile(s))", log) as tm:
         plan = builder.build_serialized_network(network, bconfig)
@@ -130,7 +134,7 @@ def build(onnx_path: str | os.PathLike, spec: ExportSpec, config: BuildConfig | 
         raise BuildError(f"{trt.name} {trt.version} failed to build {str(path)!r}: {logs.error_summary() or 'no reason logged'}"
                          + _failure_hint(logs.errors, config, trt))
     data = bytes(plan)  # IHostMemory exposes the buffer protocol; copy out before TensorRT frees it
-    del plan
+    del plan, monitor
     if not data:
         raise BuildError(f"{trt.name} {trt.version} built an empty plan from {str(path)!r}: {logs.error_summary() or 'no reason logged'}")
     cache.save()
@@ -263,8 +267,16 @@ def _check_network(network: Any, spec: ExportSpec, path: Path) -> None:
 def _add_profiles(builder: Any, bconfig: Any, spec: ExportSpec, network: Any) -> list[dict[str, Any]]:
     """One optimization profile per spec profile; returns them as recorded in the bundle."""
     if not spec.input_axes:
-        return [{"axes": {}, "shapes": {n: {"min": list(s[0]), "opt": list(s[0]), "max": list(s[0])}
-                                        for n, s in spec.profile_shapes().items()}}]
+        fixed = {n: s[0] for n, s in spec.profile_shapes().items()}
+        graph_dynamic = any(d < 0 for i in range(network.num_inputs) for d in network.get_input(i).shape)
+        if graph_dynamic:
+            # A static spec pins a dynamic graph to one shape: TensorRT needs that as a min=opt=max profile.
+            tprof = builder.create_optimization_profile()
+            for name, shape in fixed.items():
+                tprof.set_shape(name, shape, shape, shape)
+            if bconfig.add_optimization_profile(tprof) < 0:
+                raise BuildError(f"TensorRT rejected the static shapes {fixed}")
+        return [{"axes": {}, "shapes": {n: {"min": list(s), "opt": list(s), "max": list(s)} for n, s in fixed.items()}}]
     if not spec.profiles:
         raise SpecError(f"the graph has dynamic axes {sorted(spec.input_axes)} but the spec has no shape profile; "
                         "give one per axis, e.g. ExportSpec.with_profiles({'batch': (1, 1, 8), ...}) "
