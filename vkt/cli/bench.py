@@ -184,8 +184,8 @@ def bench(
             targets = [("ort", "fp32")] if b.has("fp32 onnx") else []
             if b.has("int8 qdq onnx"):
                 targets.append(("ort", "int8"))
-            if b.has("plan"):
-                targets.append(("trt", b.entry("plan").meta.get("precision", "fp32")))
+            for prec in dict.fromkeys(e.meta.get("precision", "fp32") for e in b.files("plan")):
+                targets.append(("trt", prec))
             if not targets:
                 raise InputError(f"bundle {b.name!r} has no ONNX or plan to benchmark")
     else:
