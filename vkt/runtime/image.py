@@ -148,6 +148,8 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
            elongated images, and for images beyond the model's shape profile;
         4. each side -> round_half_even(side / round_to) * round_to, at least round_to and, if the
            cap applies, at most floor(cap / round_to) * round_to.
+        (rapidocr's TextDetector, given limit_type "max", swaps limit_side_len for 960/1500/2000 by
+        image size and applies no cap; vkt uses limit_side_len as given.)
     mode "shortest_edge" (DETR): the short side becomes ``shortest_edge`` unless the long side would
         exceed ``longest_edge``, then the long side becomes ``longest_edge`` (sizes truncated).
     mode "none": keep the size. Raises InputError for an unknown mode or bad values.
