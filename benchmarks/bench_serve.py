@@ -1,0 +1,249 @@
+"""Load test for `vkt serve`: N concurrent keep-alive clients on loopback for a bounded time.
+
+Run: .venv/bin/python benchmarks/bench_serve.py [--clients 64] [--duration 60] [--max-batch 1,8]
+     [--bundle DIR | --url http://127.0.0.1:PORT --model NAME] [--size 64] [--json] [--procs 2]
+
+Without --url it builds the toy conv bundle (or takes --bundle), starts `python -m vkt serve` on an
+ephemeral loopback port once per --max-batch value, and reads the server's RSS from /proc before
+and after the load. Clients run in --procs processes (threads inside) so the client's GIL is not
+the bottleneck; they share the machine's cores with the server, so on a small machine the numbers
+are a floor. Each client stops at --duration seconds or --max-requests requests, whichever first.
+Prints one JSON row per run and a table: throughput, p50/p90/p99 latency, errors, 503s, RSS,
+and the server's mean batch size (from /metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _client_proc(args: tuple) -> dict:
+    """One process: ``threads`` keep-alive clients; returns latencies (s) and status counts."""
+    import threading
+
+    url, model, body, headers, threads, duration, max_requests = args
+    u = urlsplit(url)
+    stop = time.perf_counter() + duration
+    lat: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        mine, codes, n = [], {}, 0
+        while n < max_requests and time.perf_counter() < stop:  # bounded in count and in time
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", f"/v2/models/{model}/infer", body, headers)
+                r = conn.getresponse()
+                r.read()
+                mine.append(time.perf_counter() - t0) if r.status == 200 else None
+                codes[r.status] = codes.get(r.status, 0) + 1
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+            except (OSError, http.client.HTTPException):
+                with lock:
+                    errors[0] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                time.sleep(0.01)  # do not spin on a refusing server
+        conn.close()
+        with lock:
+            lat.extend(mine)
+            for k, v in codes.items():
+                statuses[k] = statuses.get(k, 0) + v
+
+    ts = [threading.Thread(target=client) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(duration + 60)
+    return {"lat": lat, "statuses": statuses, "errors": errors[0]}
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _get(url: str, path: str) -> tuple[int, bytes]:
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def _batch_stats(url: str, model: str) -> tuple[float | None, int | None]:
+    """Mean rows per backend call and number of calls, from the server's /metrics."""
+    status, page = _get(url, "/metrics")
+    if status != 200:
+        return None, None
+    vals = {}
+    for line in page.decode().splitlines():
+        for k in ("sum", "count"):
+            if line.startswith(f'vkt_batch_size_{k}{{model="{model}"}} '):
+                vals[k] = float(line.rsplit(" ", 1)[1])
+    if vals.get("count"):
+        return round(vals["sum"] / vals["count"], 2), int(vals["count"])
+    return None, None
+
+
+def start_server(bundle: Path, max_batch: int, queue_delay_ms: float, queue_size: int,
+                 threads: int | None) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "vkt", "serve", str(bundle), "--host", "127.0.0.1", "--port", "0",
+           "--max-batch", str(max_batch), "--max-queue-delay-ms", str(queue_delay_ms), "--queue-size", str(queue_size)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if " on http://" not in line:
+        proc.kill()
+        raise SystemExit(f"vkt serve did not start (exit {proc.wait()}): {line!r}")
+    return proc, line.rsplit(" on ", 1)[1].strip()
+
+
+def run_load(url: str, model: str, x: np.ndarray, use_json: bool, clients: int, procs: int, duration: float,
+             max_requests: int) -> dict:
+    from vkt.runtime.server.protocol import decode_infer_response, encode_infer_request
+
+    body, hl = encode_infer_request({"image": x}, binary=not use_json)
+    headers = {"Content-Type": "application/json" if hl is None else "application/octet-stream"}
+    if hl is not None:
+        headers["Inference-Header-Content-Length"] = str(hl)
+    # One checked request first: a misconfigured run should fail loudly, not report 100% errors.
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    c.request("POST", f"/v2/models/{model}/infer", body, headers)
+    r = c.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise SystemExit(f"the first request failed with {r.status}: {data[:300]!r}")
+    decode_infer_response(data, int(r.getheader("Inference-Header-Content-Length")) if r.getheader("Inference-Header-Content-Length") else None)
+    c.close()
+    procs = max(1, min(procs, clients))
+    per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(procs) as pool:
+        parts = pool.map(_client_proc, [(url, model, body, headers, n, duration, max_requests) for n in per])
+    wall = time.perf_counter() - t0
+    lat = np.array([v for p in parts for v in p["lat"]]) * 1e3
+    statuses: dict[int, int] = {}
+    for p in parts:
+        for k, v in p["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    ok = statuses.get(200, 0)
+    pct = (lambda q: round(float(np.percentile(lat, q)), 2)) if lat.size else (lambda q: None)
+    return {"requests": sum(statuses.values()), "ok": ok, "throughput_rps": round(ok / wall, 1),
+            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "max_ms": round(float(lat.max()), 2) if lat.size else None,
+            "errors": sum(p["errors"] for p in parts), "status_503": statuses.get(503, 0),
+            "status_other": {str(k): v for k, v in statuses.items() if k not in (200, 503)}, "wall_s": round(wall, 2),
+            "request_bytes": len(body)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per run")
+    ap.add_argument("--max-requests", type=int, default=100_000, help="per client, a hard bound besides --duration")
+    ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1), help="client processes")
+    ap.add_argument("--bundle", type=Path, help="bundle to serve (default: the toy conv net, built in a temp dir)")
+    ap.add_argument("--url", help="an already running loopback server (then --model; no RSS)")
+    ap.add_argument("--model", default=None, help="model name (default: the bundle's)")
+    ap.add_argument("--pid", type=int, help="with --url: the server's pid, for RSS")
+    ap.add_argument("--size", type=int, default=64, help="image height and width")
+    ap.add_argument("--batch", type=int, default=1, help="rows per request")
+    ap.add_argument("--json", action="store_true", help="JSON tensors instead of the binary extension")
+    ap.add_argument("--max-batch", default="8", help="comma list: one server run per value (e.g. 1,8)")
+    ap.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    ap.add_argument("--queue-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads in the server")
+    ap.add_argument("--out", type=Path, help="also write the JSON rows here")
+    a = ap.parse_args()
+    if a.clients < 1 or a.duration <= 0 or a.max_requests < 1:
+        ap.error("--clients, --duration and --max-requests must be positive")
+
+    x = np.random.default_rng(0).standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
+    payload = f"{a.batch}x3x{a.size}x{a.size} FP32 {'JSON' if a.json else 'binary'}"
+    rows = []
+    if a.url:
+        if urlsplit(a.url).hostname not in LOOPBACK:
+            raise SystemExit(f"--url must be a loopback address ({sorted(LOOPBACK)}), got {a.url!r}")
+        if not a.model:
+            raise SystemExit("--url needs --model")
+        before = _rss_mb(a.pid)
+        row = run_load(a.url, a.model, x, a.json, a.clients, a.procs, a.duration, a.max_requests)
+        mean_batch, calls = _batch_stats(a.url, a.model)
+        rows.append({"bench": "serve", "server": a.url, "clients": a.clients, "duration_s": a.duration, "payload": payload,
+                     **row, "rss_before_mb": before, "rss_after_mb": _rss_mb(a.pid), "mean_batch": mean_batch, "batches": calls})
+    else:
+        with tempfile.TemporaryDirectory(prefix="vkt-bench-serve-") as tmp:
+            bundle = a.bundle
+            if bundle is None:
+                import onnx
+
+                from vkt.export.onnx_import import import_onnx
+                from vkt.export.toy import toy_convnet
+
+                model, _ = toy_convnet()
+                onnx.save(model, f"{tmp}/toy.onnx")
+                bundle = Path(tmp) / "toy"
+                import_onnx(f"{tmp}/toy.onnx", bundle, profile={"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)})
+            from vkt.bundle import Bundle
+
+            name = a.model or Bundle.load(bundle).name
+            for mb in [int(v) for v in a.max_batch.split(",")]:
+                proc, url = start_server(bundle, mb, a.max_queue_delay_ms, a.queue_size, a.threads)
+                try:
+                    before = _rss_mb(proc.pid)
+                    row = run_load(url, name, x, a.json, a.clients, a.procs, a.duration, a.max_requests)
+                    after = _rss_mb(proc.pid)
+                    mean_batch, calls = _batch_stats(url, name)
+                finally:
+                    proc.terminate()
+                    code = proc.wait(60)
+                rows.append({"bench": "serve", "server": f"vkt serve --max-batch {mb} --max-queue-delay-ms {a.max_queue_delay_ms} "
+                                                          f"--queue-size {a.queue_size}", "max_batch": mb,
+                             "clients": a.clients, "duration_s": a.duration, "payload": payload, **row,
+                             "rss_before_mb": before, "rss_after_mb": after, "mean_batch": mean_batch, "batches": calls,
+                             "exit_code_on_sigterm": code})
+    for r in rows:
+        print(json.dumps(r))
+    if a.out:
+        a.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cols = ["max_batch", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "status_503",
+            "mean_batch", "rss_before_mb", "rss_after_mb"]
+    print("\n" + " | ".join(f"{c:>14}" for c in cols))
+    for r in rows:
+        print(" | ".join(f"{str(r.get(c, '-')):>14}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()

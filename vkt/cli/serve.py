@@ -1,0 +1,53 @@
+"""`vkt serve`: serve bundles over KServe v2 HTTP (Triton's protocol) with dynamic batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    bundles: list[Path] = typer.Argument(..., help="Bundle folders; each is served as /v2/models/<bundle name>."),
+    host: str = typer.Option("127.0.0.1", help="Bind address. Loopback by default; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port, printed at start)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most rows per backend call (capped by the profile's batch range; 1: no batching)."),
+    max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="How long the oldest request waits for others to batch with."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Requests waiting per model; beyond it the server answers 503."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body in MiB (413 above it)."),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per-request deadline, arrival to result (504 after it)."),
+    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads per model (default: one per physical core)."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    precision: str = typer.Option("fp32", help="Bundle file to serve: fp32, fp16 or int8."),
+    socket_timeout_s: float = typer.Option(10.0, "--socket-timeout-s", help="Close connections silent this long (stalled clients, idle keep-alive)."),
+    max_connections: int = typer.Option(256, "--max-connections", help="Open connections (one thread each); more get 503."),
+) -> None:
+    """Serve bundles until SIGTERM/SIGINT, then drain in-flight requests and exit 0.
+
+    Endpoints: /v2/health/{live,ready}, /v2, /v2/models/<m>[/ready|/config|/infer], /metrics.
+    tritonclient works unchanged: InferenceServerClient("127.0.0.1:8000").
+    """
+    from vkt.errors import InputError
+    from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
+
+    checks = [("--port", port, 0 <= port <= 65535, "in [0, 65535]"), ("--max-batch", max_batch, max_batch >= 1, ">= 1"),
+              ("--max-queue-delay-ms", max_queue_delay_ms, max_queue_delay_ms >= 0, ">= 0"),
+              ("--queue-size", queue_size, queue_size >= 1, ">= 1"), ("--max-body-mb", max_body_mb, max_body_mb > 0, "> 0"),
+              ("--timeout-s", timeout_s, timeout_s > 0, "> 0"), ("--socket-timeout-s", socket_timeout_s, socket_timeout_s > 0, "> 0"),
+              ("--max-connections", max_connections, max_connections >= 1, ">= 1")]
+    for flag, value, ok, want in checks:
+        if not ok:
+            raise InputError(f"{flag} must be {want}, got {value}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
+    config = ServerConfig(host=host, port=port, max_batch_size=max_batch, max_queue_delay_us=int(max_queue_delay_ms * 1000),
+                          queue_size=queue_size, max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s,
+                          socket_timeout_s=socket_timeout_s, max_connections=max_connections,
+                          drain_timeout_s=timeout_s)
+    server = InferenceServer(models_from_bundles(bundles, backend=backend, precision=precision, threads=threads), config)
+    # One plain line on stdout with the URL: scripts (and tests) read the port from it when --port 0.
+    server.run(on_ready=lambda s: print(f"vkt serve: {', '.join(sorted(s.models))} on {s.url}", flush=True))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
