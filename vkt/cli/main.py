@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "vkt.cli.build",
     "vkt.cli.bench",
     "vkt.cli.inspect",
+    "vkt.cli.serve",
     "vkt.cli.triton",
     "vkt.cli.run",
     "vkt.cli.eval",
