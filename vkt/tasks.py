@@ -48,7 +48,7 @@ TASKS: dict[str, TaskDefaults] = {
         },
         postprocess={
             "type": "db", "thresh": 0.3, "box_thresh": 0.5, "unclip_ratio": 1.6, "max_candidates": 1000,
-            "min_size": 3, "use_dilation": True, "score_mode": "fast", "box_type": "quad",
+            "min_size": 3, "min_side_px": 4, "use_dilation": True, "score_mode": "fast", "box_type": "quad",
         },
     ),
     "detr": TaskDefaults(

@@ -17,9 +17,9 @@ from vkt.models import zoo
 from vkt.runtime.image import read_image
 from vkt.runtime.textdet import DBParams, Detections, TextDetector, db_postprocess, make_textdet_bundle
 
-# Real photos from scikit-image: page/text (grayscale scans with text), rocket/astronaut (RGB,
+# Real photos from scikit-image: page/text (grayscale scans with text), rocket/astronaut (RGB), logo (RGBA,
 # a few text-like regions), coffee (no text: both sides must agree on "nothing").
-PHOTOS = ("page.png", "text.png", "rocket.jpg", "astronaut.png", "coffee.png")
+PHOTOS = ("page.png", "text.png", "rocket.jpg", "astronaut.png", "logo.png", "coffee.png")
 RAPID = dict(limit_side_len=736, limit_type="min", mean=[0.5] * 3, std=[0.5] * 3, thresh=0.3, box_thresh=0.5,
              max_candidates=1000, unclip_ratio=1.6, use_dilation=True, score_mode="fast")
 
@@ -108,8 +108,8 @@ def test_postprocess_matches_transformers_on_the_same_map(photos, prob_maps):
             SimpleNamespace(last_hidden_state=torch.from_numpy(prob_maps[n][None, None])), threshold=0.3,
             target_sizes=torch.tensor([shape]), box_threshold=0.5, unclip_ratio=1.6, min_size=3, max_candidates=1000)
         theirs.append([b.astype(np.float32) for b in out[0]["boxes"].numpy()])
-        # transformers' DB has no dilation step and no final <= 3 px filter
-        ours.append(db_postprocess(prob_maps[n], shape, DBParams(use_dilation=False, min_size=3)).polygons)
+        # transformers' DB has no dilation step and no final source-pixel filter
+        ours.append(db_postprocess(prob_maps[n], shape, DBParams(use_dilation=False, min_side_px=0)).polygons)
     assert sum(map(len, theirs)) > 40
     assert hmean_between(ours, theirs) >= 0.99
 

@@ -9,7 +9,9 @@ rapidocr run it, so boxes match theirs on the same probability map. The manifest
     unclip_ratio    1.6    expand a region by d = area * unclip_ratio / perimeter (pyclipper, round joins)
     max_candidates  1000   look at the first N contours (cv2.findContours order, as PP-OCR), not the N best
     min_size        3      drop a region whose min-area-rect short side < min_size (map pixels) before
-                           unclip, < min_size + 2 after, or whose box side <= min_size in source pixels
+                           unclip, or < min_size + 2 after
+    min_side_px     4      drop a box with a side shorter than this in source pixels, after mapping back
+                           and clipping (rapidocr's filter_tag_det_res drops int(side) <= 3); 0 keeps all
     use_dilation    true   dilate the bitmap with a 2x2 kernel (anchor at (1, 1), cv2's default) first
     score_mode      "fast" score = mean prob inside the min-area box (quad) or polygon, computed on the
                            box's bounding-box crop; "slow": mean prob inside the contour itself
@@ -48,6 +50,7 @@ class DBParams:
     unclip_ratio: float = 1.6
     max_candidates: int = 1000
     min_size: float = 3
+    min_side_px: float = 4
     use_dilation: bool = True
     score_mode: str = "fast"
     box_type: str = "quad"
@@ -61,8 +64,10 @@ class DBParams:
             raise InputError(f"postprocess.unclip_ratio must be a number >= 0, got {self.unclip_ratio!r}")
         if isinstance(self.max_candidates, bool) or not isinstance(self.max_candidates, int) or self.max_candidates < 1:
             raise InputError(f"postprocess.max_candidates must be a positive integer, got {self.max_candidates!r}")
-        if isinstance(self.min_size, bool) or not isinstance(self.min_size, (int, float)) or self.min_size < 0:
-            raise InputError(f"postprocess.min_size must be a number >= 0, got {self.min_size!r}")
+        for name in ("min_size", "min_side_px"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise InputError(f"postprocess.{name} must be a number >= 0, got {v!r}")
         if not isinstance(self.use_dilation, bool):
             raise InputError(f"postprocess.use_dilation must be true or false, got {self.use_dilation!r}")
         if self.score_mode not in ("fast", "slow"):
@@ -209,9 +214,11 @@ def db_postprocess(prob: np.ndarray, src_size: tuple[int, int], params: DBParams
         out = box if p.box_type == "quad" else grown
         # Map to source pixels: (x / map_w) * src_w, then clip to the image.
         out = np.clip(out.astype(np.float64) * scale, 0.0, upper).astype(np.float32)
-        if p.box_type == "quad":
-            # rapidocr's last filter: drop boxes whose sides are <= min_size source pixels.
-            if (np.linalg.norm(out[0] - out[1]) <= p.min_size) or (np.linalg.norm(out[0] - out[3]) <= p.min_size):
+        if p.min_side_px > 0:
+            # rapidocr's last filter, in source pixels: slivers left by clipping or by a large downscale.
+            side = (min(np.linalg.norm(out[0] - out[1]), np.linalg.norm(out[0] - out[3])) if p.box_type == "quad"
+                    else min(cv2.minAreaRect(out)[1]))
+            if side < p.min_side_px:
                 continue
         polys.append(out)
         scores.append(score)
