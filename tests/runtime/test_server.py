@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -243,6 +244,7 @@ def test_bad_requests_get_json_errors(server):
     ({"datatype": "BYTES", "shape": [1], "data": ["a"]}, "BYTES"),
     ({"datatype": "FP8", "shape": [1], "data": [1]}, "unknown datatype 'FP8'"),
     ({"datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
+    ({"datatype": "FP32", "shape": [1], "parameters": {"shared_memory_region": "r"}}, "shared-memory extension"),
 ])
 def test_json_tensor_parsing(tensor, words):
     body = json.dumps({"inputs": [{"name": "x", **tensor}]}).encode()
@@ -268,6 +270,36 @@ def test_stalled_client_does_not_block_others(server):
         assert time.monotonic() - t0 < 4
     finally:
         stalled.close()
+
+
+def test_metrics_page_is_prometheus_text(server):
+    _infer_raw(server.url, "toy", _image(0))
+    status, headers, data = _request(server.url, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+-]+$')
+    lines = data.decode().splitlines()
+    assert all(sample.match(x) for x in lines if not x.startswith("#")), [x for x in lines if not sample.match(x)][:3]
+    for series in ('vkt_requests_total{route="infer",model="toy",code="200"}', 'vkt_request_duration_seconds_bucket',
+                   'vkt_batch_size_bucket{model="toy",le="+Inf"}', 'vkt_queue_depth{model="toy"}', "vkt_inflight_requests"):
+        assert series in data.decode(), series
+
+
+def test_task_endpoints_plug_in_beside_v2(bundle):
+    """Where image-in/detections-out endpoints will go: a route that reuses the model's batcher."""
+    from vkt.runtime.server import json_response
+
+    srv = InferenceServer(models_from_bundles([bundle]), ServerConfig(port=0, warmup=False))
+
+    def mean_feature(req):
+        model = srv.model_for(req)  # 404 for unknown names, like the v2 routes
+        out = srv.batchers[model.name].infer({"image": _image(0, size=16)}, timeout_s=5)
+        return json_response({"mean": float(out["features"].mean())})
+
+    srv.add_route("POST", "/v2/models/{model}/mean", mean_feature, "mean")
+    with srv:
+        status, _, data = _request(srv.url, "POST", "/v2/models/toy/mean", b"")
+        assert status == 200 and 0 < json.loads(data)["mean"] < 1
+        assert _request(srv.url, "POST", "/v2/models/nope/mean", b"")[0] == 404
 
 
 # ---- shutdown -----------------------------------------------------------------------------------

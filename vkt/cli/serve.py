@@ -24,8 +24,9 @@ def serve(
 ) -> None:
     """Serve bundles until SIGTERM/SIGINT, then drain in-flight requests and exit 0.
 
-    Endpoints: /v2/health/{live,ready}, /v2, /v2/models/<m>[/ready|/config|/infer], /metrics.
-    tritonclient works unchanged: InferenceServerClient("127.0.0.1:8000").
+    Endpoints: /v2/health/live and /ready, /v2, /v2/models/NAME with /ready, /config and /infer, /metrics.
+    Triton's clients work unchanged: tritonclient.http.InferenceServerClient("127.0.0.1:8000").
+    Overload answers 503 (nothing ran: retry), a missed deadline 504.
     """
     from vkt.errors import InputError
     from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles

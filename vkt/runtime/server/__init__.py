@@ -7,9 +7,10 @@
 Standard library HTTP (no extra dependency); never imports torch.
 """
 
-from vkt.runtime.server.app import InferenceServer, Request, Response, ServerConfig, json_response
+from vkt.runtime.server.app import InferenceServer, ServerConfig
 from vkt.runtime.server.batcher import DynamicBatcher
 from vkt.runtime.server.model import ServedModel, models_from_bundles
+from vkt.runtime.server.transport import Request, Response, json_response
 
 __all__ = ["DynamicBatcher", "InferenceServer", "Request", "Response", "ServedModel", "ServerConfig", "json_response",
            "models_from_bundles"]

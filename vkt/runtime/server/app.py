@@ -19,10 +19,11 @@ model) it kept up with uvicorn+starlette+httptools: 16 clients 2.4-2.8k vs 1.8-1
 settings matter: TCP_NODELAY (without it keep-alive responses wait for delayed ACKs: 351 req/s,
 p50 44 ms) and a listen backlog above socketserver's 5 (connection resets at 64 clients).
 
-Hardening: bodies over ``max_body_bytes`` get 413 before they are read; a connection that stalls
-longer than ``socket_timeout_s`` is closed (each connection has its own thread, so a slow client
-holds only its own); connections beyond ``max_connections`` get 503; model names are looked up in
-a dict, never joined to a path, and unknown ones get 404 (their names never become metric labels).
+Hardening (transport.py): bodies over ``max_body_bytes`` get 413 before they are read; a
+connection that stalls longer than ``socket_timeout_s`` is closed (each connection has its own
+thread, so a slow client holds only its own); connections beyond ``max_connections`` get 503.
+Here: model names are looked up in a dict, never joined to a path, and unknown ones get 404
+(their names never become metric labels).
 
 Task endpoints (image in -> detections out) will sit beside these: a task module calls
 :meth:`InferenceServer.add_route` with its own path (e.g. ``POST /v2/models/<m>/detect``) and
@@ -31,19 +32,14 @@ handler, reusing the request/response helpers here.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from vkt import __version__
 from vkt.errors import InputError, VktError
@@ -52,10 +48,10 @@ from vkt.runtime.server.batcher import DynamicBatcher
 from vkt.runtime.server.metrics import Metrics
 from vkt.runtime.server.model import ServedModel
 from vkt.runtime.server.protocol import (
-    HEADER_LENGTH, LengthRequiredError, MethodNotAllowedError, NotFoundError, PayloadTooLargeError, RequestError,
-    RequestTimeoutError, UnavailableError, UnsupportedMediaError, encode_infer_response, error_body,
-    parse_header_length, parse_infer_request, status_of,
+    HEADER_LENGTH, MethodNotAllowedError, NotFoundError, UnavailableError, encode_infer_response,
+    parse_header_length, parse_infer_request,
 )
+from vkt.runtime.server.transport import Handler, HTTPServer, Request, Response, clip, json_response
 
 log = get_logger(__name__)
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
@@ -94,94 +90,6 @@ class ServerConfig:
 
 
 @dataclass
-class Request:
-    """What a route handler sees: the path parameters, the headers and a bounded body reader."""
-
-    handler: BaseHTTPRequestHandler
-    params: dict[str, str]
-    model: str = ""  # set once the model name is known to be served (a metrics label)
-    body_read: bool = False
-
-    @property
-    def headers(self) -> Any:
-        return self.handler.headers
-
-    def body(self, limit: int, deadline_s: float) -> bytes:
-        """The request body, decompressed if the client sent gzip/deflate; 411/413/408/415 as due.
-
-        The whole body must arrive within ``deadline_s``: the socket timeout alone would let a
-        client trickling a byte at a time hold its thread indefinitely.
-        """
-        deadline = time.monotonic() + deadline_s
-        h = self.handler
-        self.body_read = True
-        if h.headers.get("Transfer-Encoding"):
-            h.close_connection = True
-            raise LengthRequiredError("chunked Transfer-Encoding is not supported; send the body with a Content-Length header")
-        raw = h.headers.get("Content-Length")
-        if raw is None:
-            h.close_connection = True
-            raise LengthRequiredError(f"{h.command} {urlsplit(h.path).path} needs a Content-Length header")
-        try:
-            n = int(raw)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            h.close_connection = True
-            raise RequestError(f"Content-Length must be a non-negative integer, got {raw!r}") from None
-        if n > limit:
-            h.close_connection = True  # the body stays unread: this connection cannot carry another request
-            h.linger = True  # ... but drain a little before closing, so the client reads the 413 rather than a reset
-            raise PayloadTooLargeError(f"request body is {n} bytes; this server accepts at most {limit} bytes "
-                                       f"({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-        body = self._read(n, deadline)
-        if len(body) != n:
-            h.close_connection = True
-            raise RequestError(f"the body ended after {len(body)} of {n} bytes (Content-Length)")
-        enc = (h.headers.get("Content-Encoding") or "identity").strip().lower()
-        if enc == "identity":
-            return body
-        if enc not in ("gzip", "deflate"):
-            raise UnsupportedMediaError(f"Content-Encoding {enc!r} is not supported; expected gzip, deflate or identity")
-        d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)  # deflate here means zlib-wrapped, as HTTP defines it
-        try:
-            out = d.decompress(body, limit + 1)  # bounded: a small bomb cannot expand past the limit
-        except zlib.error as e:
-            raise RequestError(f"the {enc} body does not decompress: {e}") from None
-        if len(out) > limit:
-            raise PayloadTooLargeError(f"the {enc} body decompresses to more than {limit} bytes, this server's limit")
-        if not d.eof:
-            raise RequestError(f"the {enc} body is truncated")
-        return out
-
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        h = self.handler
-        chunks, got = [], 0
-        try:
-            while got < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                chunk = h.rfile.read1(min(n - got, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
-            h.close_connection = True
-            raise RequestTimeoutError(f"the client sent {got} of {n} body bytes and then stalled "
-                                      f"(socket timeout {h.timeout} s, request timeout)") from None
-        return b"".join(chunks)
-
-
-Response = tuple[int, bytes, dict[str, str]]  # status, body, extra headers (Content-Type defaults to JSON)
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
-    return status, json.dumps(obj, separators=(",", ":")).encode(), {}
-
-
-@dataclass
 class Route:
     method: str
     pattern: re.Pattern
@@ -208,7 +116,7 @@ class InferenceServer:
         self.draining = False
         self._inflight = 0
         self._idle = threading.Condition()
-        self._httpd: _HTTPServer | None = None
+        self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
         self._stopped = False
@@ -238,7 +146,7 @@ class InferenceServer:
             add("GET", prefix + "/config", self._model_config, "model_config")
             add("POST", prefix + "/infer", self._infer, "infer")
 
-    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         allowed = []
         for r in self.routes:
             m = r.pattern.match(path)
@@ -247,18 +155,19 @@ class InferenceServer:
                     return r, {k: unquote(v) for k, v in m.groupdict().items()}
                 allowed.append(r.method)
         if allowed:
-            raise MethodNotAllowedError(f"{method} is not allowed on {path!r}; use {' or '.join(sorted(set(allowed)))}")
-        raise NotFoundError(f"no endpoint {method} {_clip(path)}; see GET /v2 and /v2/models/<name>")
+            raise MethodNotAllowedError(f"{method} is not allowed on {clip(path)!r}; use {' or '.join(sorted(set(allowed)))}")
+        raise NotFoundError(f"no endpoint {method} {clip(path)}; see GET /v2 and /v2/models/<name>")
 
-    def _model(self, req: Request) -> ServedModel:
+    def model_for(self, req: Request) -> ServedModel:
+        """The served model named in the path (404 if none); records it as the metrics label."""
         name = req.params["model"]
         model = self.models.get(name)
         if model is None:
-            raise NotFoundError(f"unknown model {_clip(name)!r}; this server serves {sorted(self.models)}")
+            raise NotFoundError(f"unknown model {clip(name)!r}; this server serves {sorted(self.models)}")
         req.model = name
         version = req.params.get("version")
         if version is not None and version != model.version:
-            raise NotFoundError(f"model {name!r} has no version {_clip(version)!r}; versions: [{model.version!r}]")
+            raise NotFoundError(f"model {name!r} has no version {clip(version)!r}; versions: [{model.version!r}]")
         return model
 
     # ---- handlers -----------------------------------------------------------------------------
@@ -282,16 +191,16 @@ class InferenceServer:
         return b is not None and b.running and not self.draining
 
     def _model_metadata(self, req: Request) -> Response:
-        return json_response(self._model(req).metadata())
+        return json_response(self.model_for(req).metadata())
 
     def _model_ready(self, req: Request) -> Response:
-        model = self._model(req)
+        model = self.model_for(req)
         if not self._is_ready(model.name):
             raise UnavailableError(f"model {model.name!r} is not ready")
         return 200, b"", {}
 
     def _model_config(self, req: Request) -> Response:
-        model = self._model(req)
+        model = self.model_for(req)
         c = self.config
         b = self.batchers.get(model.name)
         return json_response(model.config(b.max_batch_size if b else c.max_batch_size, c.max_queue_delay_us,
@@ -299,7 +208,7 @@ class InferenceServer:
 
     def _infer(self, req: Request) -> Response:
         # 1. Which model (404 before reading a possibly large body).
-        model = self._model(req)
+        model = self.model_for(req)
         # 2. Read and parse the body: JSON, or JSON header + binary tensors.
         body = req.body(self.config.max_body_bytes, self.config.timeout_s)
         header_length = parse_header_length(req.headers.get(HEADER_LENGTH), len(body))
@@ -331,7 +240,7 @@ class InferenceServer:
     def start(self) -> InferenceServer:
         """Activate the runners, start the batchers, bind and serve in a background thread."""
         c = self.config
-        handler = type("Handler", (_Handler,), {"app": self, "timeout": c.socket_timeout_s})
+        handler = type("Handler", (Handler,), {"app": self, "timeout": c.socket_timeout_s})
         try:
             for name, m in self.models.items():
                 m.runner.activate()
@@ -340,7 +249,7 @@ class InferenceServer:
                 self.batchers[name] = DynamicBatcher(m.runner, name, c.max_batch_size, c.max_queue_delay_us, c.queue_size,
                                                      on_batch=lambda rows, s, n=name: self.metrics.batch(n, rows, s))
             try:
-                self._httpd = _HTTPServer((c.host, c.port), handler, max_connections=c.max_connections)
+                self._httpd = HTTPServer((c.host, c.port), handler, max_connections=c.max_connections)
             except OSError as e:
                 raise VktError(f"cannot listen on {c.host}:{c.port}: {e.strerror or e}") from None
         except BaseException:
@@ -410,11 +319,11 @@ class InferenceServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def _enter(self) -> None:
+    def begin(self) -> None:
         with self._idle:
             self._inflight += 1
 
-    def _leave(self) -> None:
+    def end(self) -> None:
         with self._idle:
             self._inflight -= 1
             if self._inflight == 0:
@@ -433,169 +342,3 @@ def _warm_up(model: ServedModel) -> None:
     log.debug("warmed up %s in %.3f s", model.name, time.perf_counter() - t0)
 
 
-def _clip(s: str, n: int = 100) -> str:
-    return s if len(s) <= n else s[:n] + "…"
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a deep backlog, a connection cap and a registry of open connections."""
-
-    daemon_threads = True  # stop() drains and closes connections itself
-    block_on_close = False
-    request_queue_size = 1024  # socketserver's default of 5 resets connections under a burst of clients
-
-    def __init__(self, addr: tuple[str, int], handler: type, max_connections: int):
-        self.max_connections = max_connections
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        super().__init__(addr, handler)
-
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        with self._lock:
-            full = len(self._conns) >= self.max_connections
-            if not full:
-                self._conns.add(request)
-        if full:
-            body = error_body(f"too many open connections (max {self.max_connections}); retry later")
-            head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                    "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
-            try:
-                request.settimeout(1.0)
-                request.sendall(head + body)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._lock:
-                self._conns.discard(request)
-
-    def close_connections(self) -> None:
-        """Wake every connection thread (idle keep-alive ones block in recv) so that it exits."""
-        with self._lock:
-            conns = list(self._conns)
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("error on connection from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One connection: parses requests (keep-alive), dispatches them to the server's routes, answers JSON."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient reuses connections
-    disable_nagle_algorithm = True  # see the module docstring: 8x throughput on keep-alive
-    server_version = f"vkt/{__version__}"
-    sys_version = ""
-    app: InferenceServer
-    timeout: float
-    linger = False
-
-    def handle_expect_100(self) -> bool:
-        """Answer 413 before the client uploads an oversized body (curl sends Expect for bodies > 1 MB)."""
-        limit = self.app.config.max_body_bytes
-        n = self.headers.get("Content-Length", "")
-        if n.isdigit() and int(n) > limit:
-            self.close_connection = True
-            self._send(413, error_body(f"request body is {n} bytes; this server accepts at most {limit} bytes"), {})
-            return False
-        return super().handle_expect_100()
-
-    def finish(self) -> None:
-        super().finish()
-        if self.linger:
-            # Closing with unread data makes the kernel send RST, which can destroy the 413 we just
-            # sent before the client reads it. Half-close, then discard input briefly (bounded).
-            try:
-                self.connection.shutdown(socket.SHUT_WR)
-                self.connection.settimeout(0.2)
-                end = time.monotonic() + 1.0
-                while time.monotonic() < end and self.connection.recv(1 << 16):
-                    pass
-            except OSError:
-                pass
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        app = self.app
-        t0 = time.perf_counter()
-        req = Request(self, {})
-        route_label = "unmatched"
-        extra: dict[str, str] = {}
-        app._enter()
-        try:
-            try:
-                if app.draining:
-                    self.close_connection = True
-                    raise UnavailableError("the server is shutting down; send the request to another replica")
-                route, req.params = app._match(method, urlsplit(self.path).path)
-                route_label = route.label
-                status, body, extra = route.fn(req)
-            except VktError as e:
-                status, body = status_of(e), error_body(str(e))
-                if status >= 500:
-                    log.debug("%s %s -> %d: %s", method, self.path, status, e)
-            except Exception as e:  # a bug: answer 500, keep serving
-                log.exception("%s %s failed", method, _clip(self.path))
-                status, body = 500, error_body(f"internal error ({type(e).__name__}: {e})")
-            if status == 503:
-                extra = {**extra, "Retry-After": "1"}
-            if self.headers.get("Content-Length", "0") not in ("0", "") and not req.body_read:
-                self.close_connection = True  # an unread body would be parsed as the next request
-            self._send(status, body, extra)
-        except OSError:
-            self.close_connection = True  # the client went away mid-response
-            status = 499  # nginx's "client closed request": recorded, never sent
-        finally:
-            app._leave()
-            app.metrics.request(route_label, req.model, status, time.perf_counter() - t0)
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, oversized headers, unknown method) as JSON too."""
-        self.close_connection = True
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        msg = message or phrase
-        if code == 501:
-            msg = f"method {self.command!r} is not supported; use GET or POST"
-        try:
-            self._send(code, error_body(msg), {})
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("%s %s", self.address_string(), format % args)

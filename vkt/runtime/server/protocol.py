@@ -183,6 +183,9 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
         if name in inputs:
             raise RequestError(f"input {name!r} appears more than once in 'inputs'")
         where = f"input {name!r}"
+        if "shared_memory_region" in tparams:
+            raise RequestError(f"{where}: the shared-memory extension is not supported; send the tensor as "
+                               "'data' or with the binary tensor extension")
         count = math.prod(shape)
         size = tparams.get("binary_data_size")
         if size is not None:
@@ -221,6 +224,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             op = o.get("parameters") or {}
             if not isinstance(op, dict):
                 raise RequestError(f"output {o['name']!r}: 'parameters' must be an object")
+            if "shared_memory_region" in op:
+                raise RequestError(f"output {o['name']!r}: the shared-memory extension is not supported")
             if op.get("classification"):
                 raise RequestError(f"output {o['name']!r}: the classification extension is not supported")
             outputs[o["name"]] = bool(op.get("binary_data", params.get("binary_data_output", False)))
