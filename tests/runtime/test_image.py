@@ -44,6 +44,19 @@ def test_read_color_gray_rgba_16bit(tmp_path):
     np.testing.assert_array_equal(d[:, :, 0], deep >> 8)
 
 
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[:, :5] = 255                     # white strip on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6                     # "rotate 90 degrees clockwise to display"
+    Image.fromarray(img).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    r = read_image(tmp_path / "r.jpg")
+    assert r.shape == (20, 10, 3)
+    assert r[:5].mean() > 200 and r[-5:].mean() < 50   # the strip is now on top
+
+
 def test_read_bad_files(tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")

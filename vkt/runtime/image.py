@@ -8,6 +8,7 @@ Conversions done on read (documented, never silent crashes):
     BGRA [H, W, 4]                  -> alpha-composited over white (transparent text stays readable)
     uint16 (16-bit PNG/TIFF)        -> ``x >> 8`` (the high byte), i.e. x * 255 / 65535 truncated
     float images                    -> assumed in [0, 1], clipped, * 255, rounded
+    JPEG with an EXIF orientation   -> rotated/flipped upright (as OpenCV's imread does)
 Anything else (empty or corrupt files, unreadable formats, 0-sized images) raises InputError.
 """
 
@@ -43,8 +44,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(p, dtype=np.uint8)
     if data.size == 0:
         raise InputError(f"image file {str(p)!r} is empty (0 bytes)")
+    # JPEG has no alpha and may carry an EXIF orientation: decode it as colour so OpenCV applies the
+    # rotation (IMREAD_UNCHANGED ignores EXIF). Everything else keeps alpha and bit depth for to_bgr_uint8.
+    flags = cv2.IMREAD_COLOR if data[:2].tobytes() == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(data, flags)
     except cv2.error as e:  # e.g. beyond OpenCV's CV_IO_MAX_IMAGE_PIXELS limit
         raise InputError(f"cannot decode image {str(p)!r}: {str(e).strip().splitlines()[-1][:200]}") from None
     if img is None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyclipper
 
 from vkt.errors import InputError
 from vkt.runtime.image import Preprocessor, Resized, load_image
@@ -148,8 +149,6 @@ def _unclip(poly: np.ndarray, ratio: float) -> np.ndarray | None:
 
     Returns the offset outline [M, 2] (float32), or None if it vanishes or splits in pieces.
     """
-    import pyclipper
-
     x, y = poly[:, 0].astype(np.float64), poly[:, 1].astype(np.float64)
     area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))   # shoelace
     perimeter = float(np.linalg.norm(poly - np.roll(poly, -1, axis=0), axis=1).sum())
