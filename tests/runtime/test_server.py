@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
+from vkt.errors import BackendError
 from vkt.runtime import OrtRunner, make_runner
 from vkt.runtime.base import Runner
 from vkt.runtime.server import InferenceServer, ServedModel, ServerConfig, models_from_bundles
@@ -167,6 +168,22 @@ def _metric(page: str, series: str) -> float:
     raise AssertionError(f"{series} not in /metrics:\n{page[:2000]}")
 
 
+def test_backend_failure_is_a_500_for_that_batch_only(bundle):
+    srv, runner = _server(bundle)
+    real = runner._infer
+
+    def flaky(feed):
+        if next(iter(feed.values())).shape[-1] == 48:
+            raise BackendError("onnxruntime failed to run: simulated")
+        return real(feed)
+
+    runner._infer = flaky
+    with srv:
+        status, data = _infer_raw(srv.url, "toy", _image(0, size=48))
+        assert status == 500 and "simulated" in json.loads(data)["error"]
+        assert _infer_raw(srv.url, "toy", _image(0, size=32))[0] == 200
+
+
 def test_full_queue_answers_503_and_timeout_504(bundle):
     srv, runner = _server(bundle, delay_s=0.3, max_batch_size=1, queue_size=1, timeout_s=5.0)
     statuses: list[int] = []
@@ -197,6 +214,7 @@ def test_bad_requests_get_json_errors(server):
         ("POST", "/v2/models/toy/infer", b"", {"Content-Length": str(8 << 20)}, 413, ["8388608 bytes", "at most 1048576"]),
         ("POST", "/v2/models/toy/infer", b"", {"Content-Length": str(8 << 20), "Expect": "100-continue"}, 413, ["at most"]),
         ("POST", "/v2/models/toy/infer", b'{"inputs": [', {}, 400, ["malformed JSON"]),
+        ("POST", "/v2/models/toy/infer", b"[" * 100_000, {}, 400, ["nests too deeply"]),
         ("POST", "/v2/models/nope/infer", good.encode(), {}, 404, ["unknown model 'nope'", "toy"]),
         ("POST", "/v2/models/%2e%2e%2fetc/infer", good.encode(), {}, 404, ["unknown model '../etc'"]),
         ("GET", "/v2/models/../etc/config", None, {}, 404, ["no endpoint"]),
@@ -247,6 +265,7 @@ def test_bad_requests_get_json_errors(server):
     ({"datatype": "FP32", "shape": [1], "parameters": {"shared_memory_region": "r"}}, "shared-memory extension"),
 ])
 def test_json_tensor_parsing(tensor, words):
+    """The protocol layer alone: every JSON tensor form Triton accepts, and a named 400 for the rest."""
     body = json.dumps({"inputs": [{"name": "x", **tensor}]}).encode()
     if words is None:
         np.testing.assert_array_equal(parse_infer_request(body).inputs["x"], [[1, 2], [3, 4]])

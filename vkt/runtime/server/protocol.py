@@ -167,6 +167,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         what = "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body"
         raise RequestError(f"malformed JSON in {what}: {e}") from None
+    except RecursionError:  # "[[[[..." thousands deep: the decoder's recursion limit, not a server fault
+        raise RequestError("the JSON nests too deeply; tensor 'data' should be flat or nested like its shape") from None
     if not isinstance(req, dict):
         raise RequestError(f"the request must be a JSON object with an 'inputs' list, got {type(req).__name__}")
     params = req.get("parameters") or {}
