@@ -1,0 +1,259 @@
+"""Stable Diffusion end to end at tiny scale: export three random components, run vkt's torch-free
+Txt2Img on onnxruntime, and compare with diffusers' StableDiffusionPipeline on the same latents.
+
+Tolerance: images (float, [0, 1]) within 1e-4 absolute, uint8 within 1 level. Why that is tight
+and still safe: each exported graph matches torch to ~1e-6 of its output's magnitude (checked at
+export); the schedulers match diffusers' to < 1e-5 relative (tests/runtime/test_schedulers.py);
+4 steps with guidance 7.5 amplify the UNet difference by at most ~2 g + 1 per step on latents of
+magnitude ~1, and the VAE maps latents to [0, 1] with gain < 1 here. The measured worst case is
+~1e-6 (float); a real bug (wrong timestep, wrong guidance order, scaling not baked) moves pixels
+by 1e-2 or more. uint8 may differ by 1 where a value sits on a rounding boundary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vkt.errors import BundleError, InputError
+
+pytestmark = pytest.mark.torch
+
+H = W = 64  # tiny VAE: 4 blocks -> scale 8 (as SD); tiny UNet: 2 blocks -> pixel multiple 16
+STEPS = 4
+PROMPTS = ["a photo of the cats", "the cat"]
+NEGATIVES = ["ugly photo", ""]
+TOL_FLOAT = 1e-4
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    out = {b: chr(b) for b in keep}
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + len(out) - len(keep))
+    return out
+
+
+def _write_tiny_clip_vocab(dest: Path) -> Path:
+    merges = ["p h", "ph o", "t o</w>", "pho to</w>", "t h", "th e</w>", "o f</w>", "c a", "ca t", "cat s</w>", "ca t</w>"]
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    dest.mkdir(parents=True)
+    (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def torch1():
+    """torch with one thread: on a shared 2-core machine two threads run the tiny pipeline 20x slower."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(torch1, tmp_path_factory):
+    """A random StableDiffusionPipeline: CLIP text encoder (2 layers, width 16), UNet (8, 16), VAE (4 x 8 channels)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tok_dir = _write_tiny_clip_vocab(tmp_path_factory.mktemp("sd") / "tokenizer")
+    torch1.manual_seed(0)
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=H // 8, in_channels=4,
+                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                norm_num_groups=4, attention_head_dim=2)
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=H)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                      vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    # SD 1.x's scheduler config: DDIM form of its scaled-linear schedule
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_pipe, tmp_path_factory):
+    """Export from a local diffusers folder (the path users take), max 2 images per call."""
+    from vkt.models.sd import SDProfile, export_sd
+
+    root = tmp_path_factory.mktemp("sd")
+    tiny_pipe.save_pretrained(str(root / "pipe"))
+    report = export_sd(root / "pipe", root / "tiny-sd", profile=SDProfile(max_batch=2, min_size=32, opt_size=64, max_size=64))
+    assert set(report.parity) == {"text_encoder", "unet", "vae_decoder"}
+    assert max(report.parity.values()) < 1e-4, report.parity
+    return report.bundle
+
+
+@pytest.fixture(scope="module")
+def latents():
+    return np.random.default_rng(0).standard_normal((len(PROMPTS), 4, H // 8, W // 8)).astype(np.float32)
+
+
+def _reference(pipe, torch, bundle, latents, scheduler: str | None, guidance: float):
+    """diffusers' pipeline with the scheduler built from the bundle's own scheduler_config.json."""
+    import diffusers
+
+    classes = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "dpm++2m": "DPMSolverMultistepScheduler",
+               "pndm": "PNDMScheduler"}
+    config = json.loads((bundle / "scheduler" / "scheduler_config.json").read_text())
+    saved = pipe.scheduler
+    pipe.scheduler = getattr(diffusers, classes[scheduler or "ddim"]).from_config(config)
+    try:
+        return pipe(PROMPTS, negative_prompt=NEGATIVES, height=H, width=W, num_inference_steps=STEPS,
+                    guidance_scale=guidance, latents=torch.from_numpy(latents), output_type="np").images
+    finally:
+        pipe.scheduler = saved
+
+
+def test_bundle_layout(bundle):
+    from vkt.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    assert (b.family, b.task) == ("sd", "text-to-image")
+    assert b.components == ["text_encoder", "unet", "vae_decoder"]
+    unet = b.spec("unet")
+    assert unet.input_names == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet.input("timestep").shape == ("batch",) and unet.input("timestep").dtype == "float32"
+    assert unet.profiles[0].axes == {"batch": (1, 2, 4), "height": (4, 8, 8), "width": (4, 8, 8)}  # 2 x max_batch
+    assert b.spec("text_encoder").profiles[0].axes["batch"] == (1, 2, 4)
+    assert b.spec("vae_decoder").profiles[0].axes["batch"] == (1, 1, 2)
+    assert b.spec("text_encoder").input("input_ids").dtype == "int32"
+    assert {Path(e.path).name for e in b.files("tokenizer", "text_encoder")} >= {"tokenizer_config.json"}
+    cfg = json.loads(b.path("scheduler config", "unet").read_text())
+    assert cfg["_class_name"] == "DDIMScheduler" and cfg["steps_offset"] == 1
+    vae = b.manifest["components"]["vae_decoder"]
+    assert vae["scaling_baked"] is True and vae["scaling_factor"] == pytest.approx(0.18215) and vae["vae_scale_factor"] == 8
+    assert b.manifest["postprocess"]["type"] == "sd-vae"
+
+
+@pytest.mark.parametrize("scheduler, guidance", [(None, 7.5), ("euler", 7.5), ("dpm++2m", 7.5), ("pndm", 7.5), (None, 1.0)])
+def test_txt2img_matches_diffusers(bundle, tiny_pipe, torch1, latents, scheduler, guidance):
+    from vkt.runtime.txt2img import Txt2Img
+
+    with Txt2Img(bundle, scheduler=scheduler, threads=1, progress_bar=False) as pipe:
+        got = pipe(PROMPTS, negative_prompt=NEGATIVES, height=H, width=W, steps=STEPS, guidance_scale=guidance,
+                   latents=latents, output_type="float")
+        got_u8 = pipe(PROMPTS, negative_prompt=NEGATIVES, height=H, width=W, steps=STEPS, guidance_scale=guidance,
+                      latents=latents)
+    want = _reference(tiny_pipe, torch1, bundle, latents, scheduler, guidance)  # [2, H, W, 3] float in [0, 1]
+    got = np.stack(got)
+    assert got.shape == want.shape == (2, H, W, 3) and got.dtype == np.float32
+    diff = float(np.abs(got - want).max())
+    print(f"parity {scheduler or 'ddim'} g={guidance}: max abs {diff:.2e}")  # shown with pytest -s
+    assert diff <= TOL_FLOAT, f"max abs difference {diff:.2e} > {TOL_FLOAT}"
+    assert float(want.std()) > 1e-2  # the comparison is not between two flat images
+    want_u8 = (want * 255).round().astype(np.uint8)
+    assert all(im.dtype == np.uint8 and im.shape == (H, W, 3) for im in got_u8)
+    assert int(np.abs(np.stack(got_u8).astype(int) - want_u8).max()) <= 1
+
+
+class _Spy:
+    """Records the batch size of every UNet call."""
+
+    def __init__(self, runner):
+        self.runner, self.batches = runner, []
+        self._infer = runner.infer
+
+    def __call__(self, feed, check=True):
+        self.batches.append(feed["sample"].shape[0])
+        return self._infer(feed, check)
+
+
+def test_batched_cfg_equals_two_calls(bundle, latents):
+    from vkt.runtime.txt2img import Txt2Img
+
+    out = {}
+    for mode in ("batched", "sequential"):
+        pipe = Txt2Img(bundle, scheduler="dpm++2m", threads=1, cfg=mode, progress_bar=False)
+        spy = _Spy(pipe.runners["unet"])
+        pipe.runners["unet"].infer = spy
+        res = pipe(PROMPTS, negative_prompt=NEGATIVES, height=H, width=W, steps=STEPS, guidance_scale=5.0,
+                   latents=latents, output_type="float")
+        out[mode] = (np.stack(res), res.latents, spy.batches, res.timings)
+        pipe.close()
+    assert out["batched"][2] == [4] * STEPS  # one call at 2B per step
+    assert out["sequential"][2] == [2] * (2 * STEPS)  # two calls at B
+    assert len(out["batched"][3].unet) == STEPS and out["batched"][3].text_encoder > 0 and out["batched"][3].vae > 0
+    np.testing.assert_allclose(out["batched"][1], out["sequential"][1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out["batched"][0], out["sequential"][0], rtol=0, atol=1e-5)
+
+
+def test_guidance_one_skips_uncond_and_seed_is_reproducible(bundle):
+    from vkt.runtime.txt2img import Txt2Img
+
+    pipe = Txt2Img(bundle, scheduler="euler_a", threads=1, progress_bar=False)
+    spy = _Spy(pipe.runners["unet"])
+    pipe.runners["unet"].infer = spy
+    a = pipe("a photo of the cats", guidance_scale=1.0, steps=3, seed=123, num_images_per_prompt=2, height=32, width=32)
+    b = pipe("a photo of the cats", guidance_scale=1.0, steps=3, seed=np.random.default_rng(123), num_images_per_prompt=2,
+             height=32, width=32)
+    assert spy.batches == [2] * 6  # B = 2 per call, no uncond half
+    assert len(a) == 2 and a[0].shape == (32, 32, 3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], a[1])  # two images per prompt get different noise
+    d = a.timings.to_dict()
+    assert len(d["unet_s"]) == 3 and d["total_s"] >= d["unet_total_s"] + d["vae_s"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"prompt": []}, "empty list"),
+    ({"prompt": ["ok", 3]}, "strings only"),
+    ({"height": 60}, "height=60 is not divisible by 8"),
+    ({"width": 40}, "width=40 must be a multiple of 16"),
+    ({"height": 128}, r"outside the bundle's UNet profile: 32\.\.64"),
+    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0, got -1.0"),
+    ({"prompt": ["a", "b", "c"]}, r"3 images with guidance need a UNet batch of 2 x 3 = 6, .* at most 4"),
+    ({"negative_prompt": ["x", "y"]}, "negative_prompt has 2 entries but prompt has 1"),
+    ({"latents": np.zeros((1, 4, 4, 4), np.float32)}, r"latents must be a numpy array of shape \(1, 4, 8, 8\)"),
+    ({"seed": -5}, "seed must be a non-negative integer"),
+    ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an integer >= 1"),
+    ({"output_type": "pil"}, "output_type must be"),
+])
+def test_bad_inputs_raise_input_errors(bundle, kwargs, match):
+    from vkt.runtime.txt2img import Txt2Img
+
+    pipe = Txt2Img(bundle, threads=1, progress_bar=False)
+    args = {"prompt": "a cat", "height": H, "width": W, "steps": 2, **kwargs}
+    with pytest.raises(InputError, match=match):
+        pipe(**args)
+    assert not pipe.runners["unet"].is_active  # rejected before any session opened
+
+
+def test_bad_bundle_and_scheduler(bundle, toy_bundle):
+    from vkt.runtime.txt2img import Txt2Img
+
+    with pytest.raises(BundleError, match="not a Stable Diffusion bundle"):
+        Txt2Img(toy_bundle)
+    with pytest.raises(InputError, match="unknown scheduler 'lms'"):
+        Txt2Img(bundle, scheduler="lms")
+    with pytest.raises(InputError, match="cfg must be"):
+        Txt2Img(bundle, cfg="parallel")
+
+
+def test_export_from_memory_rejects_bad_profile(tiny_pipe, tmp_path):
+    from vkt.models.sd import SDProfile, export_sd
+
+    with pytest.raises(InputError, match="min_size=40 must be a multiple of 16"):
+        export_sd(tiny_pipe, tmp_path / "x", profile=SDProfile(max_batch=1, min_size=40, opt_size=64, max_size=64))
+    with pytest.raises(InputError, match="without"):
+        export_sd(object(), tmp_path / "y")
