@@ -322,16 +322,38 @@ def test_task_endpoints_plug_in_beside_v2(bundle):
 
 
 # ---- shutdown -----------------------------------------------------------------------------------
+def _wait_for(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_stop_drains_in_flight_requests(bundle):
-    srv, _ = _server(bundle, delay_s=0.4)
+    srv, runner = _server(bundle, delay_s=0.5)
     srv.start()
     url, got = srv.url, []
-    t = threading.Thread(target=lambda: got.append(_infer_raw(url, "toy", _image(0))[0]))
-    t.start()
-    time.sleep(0.15)  # the request is in the model now
-    srv.stop()
-    t.join(10)
-    assert got == [200]
+    host, port = url[7:].rsplit(":", 1)
+    kept = [http.client.HTTPConnection(host, int(port), timeout=5) for _ in range(2)]
+    for c in kept:  # two keep-alive connections, open before the shutdown begins
+        c.request("GET", "/v2/health/live")
+        c.getresponse().read()
+    inflight = threading.Thread(target=lambda: got.append(_infer_raw(url, "toy", _image(0))[0]))
+    inflight.start()
+    _wait_for(lambda: runner.batches)  # the request is in the model now
+    stopper = threading.Thread(target=srv.stop)
+    stopper.start()
+    _wait_for(lambda: srv.draining)
+    kept[0].request("GET", "/v2/health/ready")
+    r = kept[0].getresponse()
+    assert r.status == 400 and "shutting down" in json.loads(r.read())["error"]  # KServe: not ready is a 4xx
+    body, hl = encode_infer_request({"image": _image(1)})
+    kept[1].request("POST", "/v2/models/toy/infer", body, {"Inference-Header-Content-Length": str(hl)})
+    r = kept[1].getresponse()
+    assert r.status == 503 and r.getheader("Connection") == "close" and r.getheader("Retry-After") == "1"
+    stopper.join(10)
+    inflight.join(10)
+    assert got == [200]  # drained, not dropped
     with pytest.raises(OSError):
         _request(url, "GET", "/v2/health/live", timeout=2)
 

@@ -3,10 +3,10 @@
 Endpoints::
 
     GET  /v2/health/live            200 while the process serves
-    GET  /v2/health/ready           200 when every model is ready; 503 while draining
+    GET  /v2/health/ready           200 when every model is ready; 400 (KServe: 4xx is false) while draining
     GET  /v2                        server metadata
     GET  /v2/models/<m>[/versions/<v>]          model metadata (from the ExportSpec)
-    GET  /v2/models/<m>[/versions/<v>]/ready    200 ready; 503 not
+    GET  /v2/models/<m>[/versions/<v>]/ready    200 ready; 400 not
     GET  /v2/models/<m>[/versions/<v>]/config   Triton ModelConfig as JSON
     POST /v2/models/<m>[/versions/<v>]/infer    JSON tensors or the binary tensor extension
     POST /v2/repository/index       the served models
@@ -48,7 +48,7 @@ from vkt.runtime.server.batcher import DynamicBatcher
 from vkt.runtime.server.metrics import Metrics
 from vkt.runtime.server.model import ServedModel
 from vkt.runtime.server.protocol import (
-    HEADER_LENGTH, MethodNotAllowedError, NotFoundError, UnavailableError, encode_infer_response,
+    HEADER_LENGTH, MethodNotAllowedError, NotFoundError, NotReadyError, encode_infer_response,
     parse_header_length, parse_infer_request,
 )
 from vkt.runtime.server.transport import Handler, HTTPServer, Request, Response, clip, json_response
@@ -173,10 +173,10 @@ class InferenceServer:
     # ---- handlers -----------------------------------------------------------------------------
     def _ready(self, req: Request) -> Response:
         if self.draining:
-            raise UnavailableError("the server is shutting down")
+            raise NotReadyError("the server is shutting down")
         down = sorted(n for n, b in self.batchers.items() if not b.running)
         if down or not self.batchers:
-            raise UnavailableError(f"models not ready: {down or sorted(self.models)}")
+            raise NotReadyError(f"models not ready: {down or sorted(self.models)}")
         return 200, b"", {}
 
     def _server_metadata(self, req: Request) -> Response:
@@ -196,7 +196,7 @@ class InferenceServer:
     def _model_ready(self, req: Request) -> Response:
         model = self.model_for(req)
         if not self._is_ready(model.name):
-            raise UnavailableError(f"model {model.name!r} is not ready")
+            raise NotReadyError(f"model {model.name!r} is not ready" + (" (the server is shutting down)" if self.draining else ""))
         return 200, b"", {}
 
     def _model_config(self, req: Request) -> Response:

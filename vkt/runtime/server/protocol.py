@@ -82,6 +82,12 @@ class UnavailableError(VktError):
     status = 503
 
 
+class NotReadyError(VktError):
+    """A readiness check answered false: the KServe v2 health API says 4xx, so 400 (as Triton)."""
+
+    status = 400
+
+
 class DeadlineError(VktError):
     """The request was accepted but its deadline passed before a result was ready (HTTP 504)."""
 

@@ -233,11 +233,12 @@ class Handler(BaseHTTPRequestHandler):
         app.begin()
         try:
             try:
-                if app.draining:
-                    self.close_connection = True
-                    raise UnavailableError("the server is shutting down; send the request to another replica")
                 route, req.params = app.match(method, urlsplit(self.path).path)
                 route_label = route.label
+                if app.draining:
+                    self.close_connection = True
+                    if route_label not in ("live", "ready", "model_ready"):  # probes still get their answer
+                        raise UnavailableError("the server is shutting down; send the request to another replica")
                 status, body, extra = route.fn(req)
             except VktError as e:
                 status, body = status_of(e), error_body(str(e))
