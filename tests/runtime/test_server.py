@@ -154,11 +154,16 @@ def test_concurrent_requests_are_batched_and_split_back(bundle, reference):
         for t in threads:
             t.join(30)
         metrics = _request(srv.url, "GET", "/metrics")[2].decode()
+        stats = th.InferenceServerClient(srv.url[7:]).get_inference_statistics("toy")["model_stats"][0]
     for i, x in enumerate(xs):
         np.testing.assert_array_equal(results[i], reference.infer({"image": x})["features"])
     assert sum(runner.batches) == len(xs) and max(runner.batches) > 1, runner.batches
     count = _metric(metrics, 'vkt_batch_size_count{model="toy"}')
     assert _metric(metrics, 'vkt_batch_size_sum{model="toy"}') == len(xs) and count == len(runner.batches) < len(xs)
+    # Triton's statistics extension says the same (tritonclient.get_inference_statistics)
+    assert stats["inference_count"] == len(xs) and stats["execution_count"] == len(runner.batches)
+    assert stats["inference_stats"]["success"]["count"] == len(xs) and stats["inference_stats"]["queue"]["ns"] > 0
+    assert sum(b["compute_infer"]["count"] for b in stats["batch_stats"]) == len(runner.batches)
 
 
 def _metric(page: str, series: str) -> float:

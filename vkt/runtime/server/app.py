@@ -9,6 +9,7 @@ Endpoints::
     GET  /v2/models/<m>[/versions/<v>]/ready    200 ready; 400 not
     GET  /v2/models/<m>[/versions/<v>]/config   Triton ModelConfig as JSON
     POST /v2/models/<m>[/versions/<v>]/infer    JSON tensors or the binary tensor extension
+    GET  /v2/models[/<m>[/versions/<v>]]/stats  Triton's statistics extension (counts, ns)
     POST /v2/repository/index       the served models
     GET  /metrics                   Prometheus text
 
@@ -54,7 +55,7 @@ from vkt.runtime.server.protocol import (
 from vkt.runtime.server.transport import Handler, HTTPServer, Request, Response, clip, json_response
 
 log = get_logger(__name__)
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "parameters", "statistics"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,9 @@ class InferenceServer:
         add("POST", "/v2/repository/index", self._index, "repository_index")
         add("GET", "/metrics", lambda r: (200, self.metrics.render().encode(),
                                           {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}), "metrics")
+        add("GET", "/v2/models/stats", self._stats, "stats")  # before /v2/models/{model}: "stats" is not a model
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            add("GET", prefix + "/stats", self._stats, "stats")
             add("GET", prefix, self._model_metadata, "model_metadata")
             add("GET", prefix + "/ready", self._model_ready, "model_ready")
             add("GET", prefix + "/config", self._model_config, "model_config")
@@ -189,6 +192,11 @@ class InferenceServer:
     def _is_ready(self, name: str) -> bool:
         b = self.batchers.get(name)
         return b is not None and b.running and not self.draining
+
+    def _stats(self, req: Request) -> Response:
+        """Triton's statistics extension: one model's, or every model's without a name."""
+        models = [self.model_for(req)] if "model" in req.params else [self.models[n] for n in sorted(self.models)]
+        return json_response({"model_stats": [self.metrics.model_stats(m.name, m.version) for m in models]})
 
     def _model_metadata(self, req: Request) -> Response:
         return json_response(self.model_for(req).metadata())
@@ -247,7 +255,7 @@ class InferenceServer:
                 if c.warmup:
                     _warm_up(m)
                 self.batchers[name] = DynamicBatcher(m.runner, name, c.max_batch_size, c.max_queue_delay_us, c.queue_size,
-                                                     on_batch=lambda rows, s, n=name: self.metrics.batch(n, rows, s))
+                                                     on_batch=lambda rows, s, q, n=name: self.metrics.batch(n, rows, s, q))
             try:
                 self._httpd = HTTPServer((c.host, c.port), handler, max_connections=c.max_connections)
             except OSError as e:

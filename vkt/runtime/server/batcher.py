@@ -65,11 +65,12 @@ class DynamicBatcher:
         max_batch_size: most rows per backend call; capped by the profiles' largest batch size. 1 disables batching.
         max_queue_delay_us: how long the oldest request may wait for company, in microseconds.
         queue_size: most requests waiting; one more is refused with 503.
-        on_batch: ``callback(rows, seconds)`` after each backend call (metrics).
+        on_batch: ``callback(rows, seconds, queued)`` after each backend call (metrics); ``queued``
+            lists each request's wait in the queue, in seconds.
     """
 
     def __init__(self, runner: Runner, name: str, max_batch_size: int = 8, max_queue_delay_us: int = 2000,
-                 queue_size: int = 64, on_batch: Callable[[int, float], None] | None = None):
+                 queue_size: int = 64, on_batch: Callable[[int, float, list[float]], None] | None = None):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if queue_size < 1:
@@ -216,6 +217,7 @@ class DynamicBatcher:
 
     def _call(self, tickets: list[Ticket], feed: Mapping[str, np.ndarray]) -> None:
         rows = sum(t.rows for t in tickets)
+        start = time.monotonic()
         t0 = time.perf_counter()
         try:
             out = self.runner.infer(feed)
@@ -229,7 +231,7 @@ class DynamicBatcher:
                 t.future.set_exception(e)
             return
         if self.on_batch is not None:
-            self.on_batch(rows, time.perf_counter() - t0)
+            self.on_batch(rows, time.perf_counter() - t0, [start - t.enqueued for t in tickets])
         if len(tickets) == 1:
             tickets[0].future.set_result(out)
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 # Request latency, seconds: loopback CPU inference sits between 1 ms and a few seconds.
@@ -57,6 +58,57 @@ class Histogram:
         return out
 
 
+class ModelStats:
+    """Triton's per-model statistics (``GET /v2/models/<m>/stats``): counts and cumulative nanoseconds.
+
+    success/fail: whole infer requests; queue: time from arrival in the batcher to its batch's start;
+    compute_infer: backend calls (per request in ``inference_stats``, per call in ``batch_stats``).
+    """
+
+    def __init__(self) -> None:
+        self.success = [0, 0]  # [count, ns]
+        self.fail = [0, 0]
+        self.queue = [0, 0]
+        self.compute = [0, 0]
+        self.inference_count = 0  # rows
+        self.execution_count = 0  # backend calls
+        self.last_inference_ms = 0
+        self.batches: dict[int, list[int]] = {}  # rows -> [calls, ns]
+
+    def add_request(self, ok: bool, seconds: float) -> None:
+        stat = self.success if ok else self.fail
+        stat[0] += 1
+        stat[1] += int(seconds * 1e9)
+
+    def add_batch(self, rows: int, seconds: float, queued: Sequence[float]) -> None:
+        ns = int(seconds * 1e9)
+        self.inference_count += rows
+        self.execution_count += 1
+        self.last_inference_ms = int(time.time() * 1000)
+        self.queue[0] += len(queued)
+        self.queue[1] += int(sum(queued) * 1e9)
+        self.compute[0] += len(queued)
+        self.compute[1] += ns * len(queued)  # each request in the call spent the call's time
+        b = self.batches.setdefault(rows, [0, 0])
+        b[0] += 1
+        b[1] += ns
+
+    def to_dict(self, name: str, version: str) -> dict:
+        def d(v: list[int]) -> dict:
+            return {"count": v[0], "ns": v[1]}
+
+        zero = d([0, 0])
+        return {
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": {"success": d(self.success), "fail": d(self.fail), "queue": d(self.queue),
+                                "compute_input": zero, "compute_infer": d(self.compute), "compute_output": zero,
+                                "cache_hit": zero, "cache_miss": zero},
+            "batch_stats": [{"batch_size": k, "compute_input": {"count": v[0], "ns": 0}, "compute_infer": d(v),
+                             "compute_output": {"count": v[0], "ns": 0}} for k, v in sorted(self.batches.items())],
+        }
+
+
 class Metrics:
     """The server's metrics; thread-safe. Gauges are read at scrape time from callables.
 
@@ -76,17 +128,26 @@ class Metrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.batch_time = Histogram(LATENCY_BUCKETS)
         self.gauges: dict[str, tuple[str, Callable[[], dict[Labels, float]]]] = {}
+        self.models: dict[str, ModelStats] = {}
 
     def request(self, route: str, model: str, code: int, seconds: float) -> None:
         key = (("route", route), ("model", model), ("code", str(code)))
         with self._lock:
             self.requests[key] = self.requests.get(key, 0) + 1
             self.latency.observe(seconds, (("route", route), ("model", model)))
+            if route == "infer" and model:
+                self.models.setdefault(model, ModelStats()).add_request(code == 200, seconds)
 
-    def batch(self, model: str, rows: int, seconds: float) -> None:
+    def batch(self, model: str, rows: int, seconds: float, queued: Sequence[float] = ()) -> None:
+        """One backend call of ``rows`` rows that took ``seconds``; ``queued``: each request's wait before it."""
         with self._lock:
             self.batch_size.observe(rows, (("model", model),))
             self.batch_time.observe(seconds, (("model", model),))
+            self.models.setdefault(model, ModelStats()).add_batch(rows, seconds, queued)
+
+    def model_stats(self, name: str, version: str) -> dict:
+        with self._lock:
+            return self.models.get(name, ModelStats()).to_dict(name, version)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], dict[Labels, float]]) -> None:
         """Register a gauge whose values ``read()`` returns at scrape time."""
