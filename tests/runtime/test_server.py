@@ -263,6 +263,7 @@ def test_bad_requests_get_json_errors(server):
     ({"datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}, "ragged"),
     ({"datatype": "INT32", "shape": [2], "data": [1.5, 2]}, "needs integers"),
     ({"datatype": "UINT8", "shape": [2], "data": [1, 300]}, "do not fit UINT8"),
+    ({"datatype": "INT64", "shape": [2], "data": [1, 2**64]}, "do not fit INT64"),
     ({"datatype": "BOOL", "shape": [2], "data": [1, 0]}, "needs true/false"),
     ({"datatype": "BYTES", "shape": [1], "data": ["a"]}, "BYTES"),
     ({"datatype": "FP8", "shape": [1], "data": [1]}, "unknown datatype 'FP8'"),
@@ -277,6 +278,24 @@ def test_json_tensor_parsing(tensor, words):
     else:
         with pytest.raises(RequestError, match=words):
             parse_infer_request(body)
+
+
+def test_binary_tensors_round_trip_every_datatype():
+    from vkt.runtime.server.protocol import DATATYPES, InferRequest, decode_infer_response, encode_infer_response
+
+    rng = np.random.default_rng(0)
+    feed = {f"t_{dt}": (rng.standard_normal((2, 3)) * 50).astype(dt) for dt in DATATYPES.values()}
+    for binary in (True, False):
+        body, hl = encode_infer_request(feed, binary=binary)
+        parsed = parse_infer_request(body, hl).inputs
+        out, out_hl = encode_infer_response("m", "1", parsed, InferRequest(parsed, binary_default=binary))
+        for k, v in decode_infer_response(out, out_hl).items():
+            np.testing.assert_array_equal(v, feed[k])
+            assert v.dtype == feed[k].dtype
+    body, hl = encode_infer_request({"b": np.array([True, False])})
+    body = body[:-2] + bytes([2, 0])  # a BOOL byte that is neither 0 nor 1
+    with pytest.raises(RequestError, match="bytes 0 or 1, got 2"):
+        parse_infer_request(body, hl)
 
 
 def test_stalled_client_does_not_block_others(server):

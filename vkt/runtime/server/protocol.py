@@ -210,6 +210,8 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
             arr = np.frombuffer(blob[offset:offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
             # frombuffer gives a read-only view of the request body (no copy); backends only read it.
             # On a big-endian host the wire order differs from the native one: convert.
+            if dtype.kind == "b" and size and arr.view(np.uint8).max() > 1:
+                raise RequestError(f"{where}: BOOL binary data must hold bytes 0 or 1, got {int(arr.view(np.uint8).max())}")
             inputs[name] = arr if arr.dtype == dtype else arr.astype(dtype)
             offset += size
         elif "data" in t:
@@ -277,6 +279,16 @@ def _from_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], where: s
     if arr.size != count:
         raise RequestError(f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {count}")
     kind = arr.dtype.kind if arr.size else dtype.kind
+    if dtype.kind in "iu" and kind in "fO":
+        # numpy has no common integer type for ints on both sides of 2**63 (UINT64 data) and falls
+        # back to float64 or object: judge the JSON values themselves before calling them floats.
+        flat = np.asarray(data, dtype=object).ravel()
+        if all(type(v) is int for v in flat):
+            lo, hi = min(flat), max(flat)
+            info = np.iinfo(dtype)
+            if lo < info.min or hi > info.max:
+                raise RequestError(f"{where}: values in [{lo}, {hi}] do not fit {to_datatype(dtype)} [{info.min}, {info.max}]")
+            return np.array(flat.tolist(), dtype=dtype).reshape(shape)
     # Accept ints for floats; refuse floats for ints and numbers for BOOL rather than truncating.
     ok = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]
     if kind not in ok:
