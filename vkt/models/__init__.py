@@ -1,0 +1,1 @@
+"""Per-family additions to the reference modules: losses, label generation, weight loaders, export wrappers."""
