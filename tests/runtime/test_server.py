@@ -382,7 +382,8 @@ def test_stop_drains_in_flight_requests(bundle):
         _request(url, "GET", "/v2/health/live", timeout=2)
 
 
-def test_cli_serves_and_exits_0_on_sigterm(bundle):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_cli_serves_and_exits_0_on_signal(bundle, sig):
     proc = subprocess.Popen([sys.executable, "-m", "vkt", "serve", str(bundle), "--port", "0", "--max-batch", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -391,7 +392,7 @@ def test_cli_serves_and_exits_0_on_sigterm(bundle):
         url = line.split(" on ")[-1].strip()
         assert _request(url, "GET", "/v2/health/ready")[0] == 200
         assert _infer_raw(url, "toy", _image(0), binary=False)[0] == 200
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:

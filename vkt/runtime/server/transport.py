@@ -242,8 +242,10 @@ class Handler(BaseHTTPRequestHandler):
                 status, body, extra = route.fn(req)
             except VktError as e:
                 status, body = status_of(e), error_body(str(e))
-                if status >= 500:
-                    log.debug("%s %s -> %d: %s", method, self.path, status, e)
+                if status == 500:  # the backend failed on valid input: worth a line; 503/504 are load, not faults
+                    log.warning("%s %s -> 500: %s", method, clip(self.path), e)
+                elif status > 500:
+                    log.debug("%s %s -> %d: %s", method, clip(self.path), status, e)
             except Exception as e:  # a bug: answer 500, keep serving
                 log.exception("%s %s failed", method, clip(self.path))
                 status, body = 500, error_body(f"internal error ({type(e).__name__}: {e})")
