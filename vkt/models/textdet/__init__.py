@@ -1,1 +1,4 @@
-"""PP-OCR-class DB text detector: weight import, DB labels and loss, ONNX export (torch imported lazily)."""
+"""PP-OCR-class DB text detector: weight import (loader), DB targets (labels, numpy only), DB loss, ONNX export.
+
+loader and labels load without torch (loader imports it when called); loss and export import torch.
+"""

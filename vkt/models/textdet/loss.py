@@ -54,7 +54,11 @@ def ohem_select(loss_map: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, ne
 
 
 def balanced_bce(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, neg_ratio: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
-    """BCE averaged over the positives and the OHEM-selected negatives (a scalar tensor)."""
+    """BCE averaged over the positives and the OHEM-selected negatives (a scalar tensor).
+
+    As in DB, a batch without positive pixels selects no negatives and gives 0: batches of
+    text-free images teach nothing, so a data loader should mix them with images that have text.
+    """
     loss = F.binary_cross_entropy(pred.clamp(eps, 1.0 - eps), gt, reduction="none")
     sel = ohem_select(loss, gt, mask, neg_ratio)
     total = (loss * sel.positive).sum() + (loss * sel.negative).sum()
