@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "vkt.cli.triton",
     "vkt.cli.run",
     "vkt.cli.eval",
+    "vkt.cli.txt2img",
 ]
 
 

@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +67,8 @@ class Txt2Img:
         progress_bar: show a rich progress bar over the denoising steps (on a terminal only).
 
     Sessions open on the first call (or ``activate()``); ``close()`` or a ``with`` block frees them.
+    One call at a time per instance: the scheduler keeps per-generation state (step counter,
+    multistep history); a server holds one Txt2Img per worker.
     """
 
     def __init__(self, bundle: Any, scheduler: str | Scheduler | None = None, backend: str = "ort",

@@ -250,10 +250,57 @@ def test_bad_bundle_and_scheduler(bundle, toy_bundle):
         Txt2Img(bundle, cfg="parallel")
 
 
-def test_export_from_memory_rejects_bad_profile(tiny_pipe, tmp_path):
+def test_export_in_memory_with_external_data(tiny_pipe, bundle, latents, tmp_path, monkeypatch):
+    """The > 2 GB path at tiny scale: with the threshold lowered, every graph keeps its weights in a
+    ``.onnx.data`` file listed in the manifest, and the runtime gives the same images."""
+    import vkt.onnxio
+    from vkt.bundle import Bundle
+    from vkt.models.sd import SDProfile, export_sd
+    from vkt.runtime.txt2img import Txt2Img
+
+    monkeypatch.setattr(vkt.onnxio, "TWO_GB", 10_000)
+    report = export_sd(tiny_pipe, tmp_path / "ext", profile=SDProfile(max_batch=2, min_size=32, opt_size=64, max_size=64))
+    b = Bundle.load(report.bundle)
+    assert sorted(e.path for e in b.files("onnx external data")) == [
+        "text_encoder.onnx.data", "unet.onnx.data", "vae_decoder.onnx.data"]
+    # tensors under 1 KB stay inline (save_onnx's threshold), the rest moved out
+    assert (b.root / "unet.onnx").stat().st_size < (bundle / "unet.onnx").stat().st_size
+    assert (b.root / "unet.onnx.data").stat().st_size > 100_000
+    # in-memory pipelines keep diffusers' "_use_default_values" bookkeeping: the runtime honours it
+    assert "_use_default_values" in json.loads(b.path("scheduler config", "unet").read_text())
+    kw = dict(negative_prompt=NEGATIVES, height=H, width=W, steps=2, guidance_scale=7.5, latents=latents, output_type="float")
+    with Txt2Img(b, threads=1, progress_bar=False) as ext, Txt2Img(bundle, threads=1, progress_bar=False) as ref:
+        np.testing.assert_allclose(np.stack(ext(PROMPTS, **kw)), np.stack(ref(PROMPTS, **kw)), rtol=0, atol=1e-6)
+
+
+def test_export_rejects_bad_inputs(tiny_pipe, tmp_path):
     from vkt.models.sd import SDProfile, export_sd
 
     with pytest.raises(InputError, match="min_size=40 must be a multiple of 16"):
         export_sd(tiny_pipe, tmp_path / "x", profile=SDProfile(max_batch=1, min_size=40, opt_size=64, max_size=64))
     with pytest.raises(InputError, match="without"):
         export_sd(object(), tmp_path / "y")
+    with pytest.raises(InputError, match="min <= opt <= max"):
+        SDProfile(min_size=512, opt_size=256)
+    from vkt.errors import ModelError
+
+    with pytest.raises(ModelError, match="not a diffusers Stable Diffusion folder"):
+        export_sd(tmp_path, tmp_path / "z")
+
+
+def test_cli_txt2img(bundle, tmp_path, capsys):
+    import cv2
+
+    from vkt.cli.main import main
+
+    out = tmp_path / "img.png"
+    assert main(["txt2img", str(bundle), "a photo of the cats", "-o", str(out), "--steps", "2", "--seed", "1",
+                 "--height", "32", "--width", "48", "--num-images", "2", "--scheduler", "euler_a", "--threads", "1"]) == 0
+    for i in range(2):
+        img = cv2.imread(str(tmp_path / f"img-{i}.png"))
+        assert img is not None and img.shape == (32, 48, 3)
+    text = capsys.readouterr().out
+    assert "UNet 2 x" in text and "euler_a" in text
+    assert main(["txt2img", str(bundle), "a cat", "-o", str(out), "--height", "60"]) == 2
+    assert "height=60 is not divisible by 8" in capsys.readouterr().err
+    assert main(["txt2img", str(bundle), "a cat", "-o", str(tmp_path / "x.gif")]) == 2

@@ -81,4 +81,4 @@ class DDIM(Scheduler):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "clip_sample": self.clip_sample, "clip_sample_range": self.clip_sample_range,
-                "set_alpha_to_one": self.set_alpha_to_one}
+                "set_alpha_to_one": self.set_alpha_to_one, "eta": self.eta}
