@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "vkt.cli.run",
     "vkt.cli.eval",
     "vkt.cli.txt2img",
+    "vkt.cli.quantize",
 ]
 
 

@@ -1,0 +1,104 @@
+"""compute_ranges / CalibrationTable: hand-checked ranges, JSON round trip, degenerate data, odd models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from calib_helpers import feeds, mul_relu_conv, run, with_constant_weights
+
+from vkt.calibration import CalibrationTable, compute_ranges, place_ort, place_trt, prepare_model
+from vkt.errors import CalibrationError
+
+
+def test_minmax_matches_hand_computed_ranges():
+    data = feeds(((1, 2, 5, 7), (1, 2, 9, 4), (1, 2, 6, 6)), seed=3, name="X")
+    table = compute_ranges(mul_relu_conv(), data, "minmax", show_progress=False)
+    x = np.concatenate([d["X"].ravel() for d in data])
+    assert table["X"] == pytest.approx((x.min(), x.max()), rel=1e-6)
+    assert table["m"] == pytest.approx((2 * x.min(), 2 * x.max()), rel=1e-6)
+    assert table["r"] == pytest.approx((0.0, 2 * x.max()), rel=1e-6)
+    # The conv output's range, from onnxruntime's FP32 outputs over the same feeds.
+    y = np.concatenate([run(mul_relu_conv(), d)[0].ravel() for d in data])
+    assert table["Y"] == pytest.approx((y.min(), y.max()), rel=1e-5)
+    assert table.num_samples == 3 and table.method == "minmax"
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_methods_stay_inside_observed_range(method):
+    # Mixed shapes: ORT's histogram calibrators crash on them unless fed one sample at a time.
+    data = feeds(((1, 2, 5, 7), (1, 2, 9, 4), (1, 2, 6, 6)), seed=3, name="X")
+    mm = compute_ranges(mul_relu_conv(), data, "minmax", show_progress=False)
+    table = compute_ranges(mul_relu_conv(), data, method, show_progress=False)
+    assert set(table.ranges) == set(mm.ranges)
+    for name, (lo, hi) in table.ranges.items():
+        assert mm[name][0] - 1e-6 <= lo <= hi <= mm[name][1] + 1e-6, name
+    assert table["r"][0] == 0.0  # clipped to the observed minimum of a ReLU output, not -threshold
+
+
+def test_num_samples_limits_the_feeds():
+    table = compute_ranges(mul_relu_conv(), iter(feeds(name="X", shapes=[(1, 2, 4, 4)] * 5)), num_samples=2, show_progress=False)
+    assert table.num_samples == 2
+
+
+def test_table_round_trips_through_json_with_same_hash(tmp_path):
+    table = compute_ranges(mul_relu_conv(), feeds(name="X", shapes=[(1, 2, 4, 4)] * 2), show_progress=False)
+    again = CalibrationTable.from_json(table.to_json())
+    assert again == table and again.sha256 == table.sha256
+    path = table.save(tmp_path / "t.json")
+    assert CalibrationTable.load(path).sha256 == table.sha256
+    d = json.loads(table.to_json())
+    d["ranges"]["X"][1] += 1.0
+    with pytest.raises(CalibrationError, match="sha256"):
+        CalibrationTable.from_json(json.dumps(d))
+    with pytest.raises(CalibrationError, match="not valid JSON"):
+        CalibrationTable.from_json("{")
+    with pytest.raises(CalibrationError, match="min <= max"):
+        CalibrationTable({"x": (1.0, 0.0)}, "minmax", 1, "0")
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_constant_data_is_rejected(value):
+    data = [{"X": np.full((1, 2, 4, 4), value, np.float32)} for _ in range(3)]
+    with pytest.raises(CalibrationError, match=r"degenerate calibration data: graph input 'X' always"):
+        compute_ranges(mul_relu_conv(), data, show_progress=False)
+
+
+def test_dead_activation_feeding_conv_is_rejected():
+    # Negative inputs: Relu(2x) is 0 everywhere, so the conv's input has no scale.
+    data = [{"X": -np.abs(np.random.default_rng(i).standard_normal((1, 2, 4, 4))).astype(np.float32) - 0.1} for i in range(2)]
+    with pytest.raises(CalibrationError, match=r"activation\(s\) \['r'\] feeding Conv"):
+        compute_ranges(mul_relu_conv(), data, show_progress=False)
+
+
+def test_bad_data_is_rejected():
+    m = mul_relu_conv()
+    with pytest.raises(CalibrationError, match="yielded nothing"):
+        compute_ranges(m, [], show_progress=False)
+    with pytest.raises(CalibrationError, match=r"expected inputs \['X'\], got \['image'\]"):
+        compute_ranges(m, feeds(), show_progress=False)
+    with pytest.raises(CalibrationError, match="single dict"):
+        compute_ranges(m, {"X": np.zeros((1, 2, 4, 4), np.float32)}, show_progress=False)
+    with pytest.raises(CalibrationError, match="NaN"):
+        compute_ranges(m, [{"X": np.full((1, 2, 4, 4), np.nan, np.float32)}], show_progress=False)
+    with pytest.raises(CalibrationError, match="method must be one of"):
+        compute_ranges(m, feeds(name="X"), "kl", show_progress=False)
+
+
+def test_constant_node_weights_and_opset12_are_handled():
+    m12 = with_constant_weights(mul_relu_conv(opset=12), opset=12)
+    assert not m12.graph.initializer and m12.opset_import[0].version == 12
+    prepared = prepare_model(m12)
+    assert prepared.opset_import[0].version >= 13
+    assert {"w", "b"} <= {i.name for i in prepared.graph.initializer}
+    assert prepare_model(prepared).SerializeToString() == prepared.SerializeToString()  # idempotent
+    data = feeds(name="X", shapes=[(1, 2, 6, 6)] * 3)
+    table = compute_ranges(m12, data, show_progress=False)
+    ref = run(mul_relu_conv(), data[0])[0]
+    for place in (place_trt, place_ort):
+        q = place(m12, table)
+        dq = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)]
+        assert dq, f"{place.__name__}: expected a per-channel weight DequantizeLinear"
+        out = run(q, data[0])[0]
+        assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05

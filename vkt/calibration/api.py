@@ -1,0 +1,170 @@
+"""quantize_bundle: calibrate a bundle's FP32 graph once, write one Q/DQ graph per target, record it all in the manifest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vkt.errors import CalibrationError
+from vkt.log import get_logger, timed
+
+log = get_logger(__name__)
+
+TARGETS = ("ort", "trt")
+TABLE_ROLE = "calibration table"
+QDQ_ROLE = "int8 qdq onnx"
+
+
+class _Keep:
+    """Pass feeds through while keeping the first ``n`` (to measure the placements' error afterwards)."""
+
+    def __init__(self, data: Iterable[Mapping[str, np.ndarray]], n: int):
+        self.data, self.n, self.kept = data, n, []
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        for feed in self.data:
+            if len(self.kept) < self.n:
+                self.kept.append(feed)
+            yield feed
+
+
+def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], *, method: str = "minmax",
+                    targets: Sequence[str] = TARGETS, exclude: Sequence[str] = (), num_samples: int | None = None,
+                    component: str = "model", percentile: float = 99.999, eval_samples: int = 2,
+                    show_progress: bool = True) -> dict[str, Any]:
+    """Calibrate once and add INT8 Q/DQ graphs for each target to a bundle.
+
+    1. compute activation ranges of the component's ``fp32 onnx`` over ``data`` (once);
+    2. store the table (role ``calibration table``);
+    3. write each placement (role ``int8 qdq onnx``, meta ``{"placement": "ort"|"trt", ...}``);
+    4. count fused/float ops in onnxruntime CPU's optimized graph of each placement and measure its
+       output error vs FP32 on the first ``eval_samples`` calibration feeds;
+    5. fill the manifest's ``calibration`` section and return it.
+
+    Args:
+        bundle: a :class:`vkt.bundle.Bundle` or the path of one.
+        data: iterable of feeds ``{input name: ndarray}``, e.g. an ImageFolderReader (its
+            ``describe()`` goes into the manifest).
+        method: "minmax", "percentile" or "entropy".
+        targets: any of "ort" (onnxruntime CPU: uint8 activations, fused kernels) and "trt"
+            (TensorRT: int8 symmetric Q/DQ on Conv/MatMul/Gemm inputs).
+        exclude: node names kept in float in every placement.
+        num_samples: use at most this many feeds (default: all).
+        component: which bundle component to quantize (default "model").
+        percentile: for method "percentile".
+        eval_samples: feeds kept to measure error vs FP32 (0: skip the measurement).
+    """
+    from vkt import __version__
+    from vkt.bundle import Bundle
+    from vkt.calibration.qdq import placement
+    from vkt.calibration.ranges import compute_ranges, model_sha256, prepare_model
+    from vkt.calibration.report import count_ops, layer_errors
+    from vkt.onnxio import TWO_GB, load_onnx
+
+    # 1. Check inputs before any heavy work
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.load(bundle)
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    bad = [t for t in targets if t not in TARGETS]
+    if not targets or bad:
+        raise CalibrationError(f"targets must be a non-empty subset of {list(TARGETS)}, got {targets!r}")
+    targets = list(dict.fromkeys(targets))
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 0:
+        raise CalibrationError(f"eval_samples must be a non-negative integer, got {eval_samples!r}")
+    fp32_path = bundle.path("fp32 onnx", component)
+    if os.path.getsize(fp32_path) >= TWO_GB or bundle.files("onnx external data", component):
+        raise CalibrationError(f"{fp32_path.name!r} keeps its weights in external data (> 2 GB); vkt's Q/DQ writer handles "
+                               "single-file graphs only so far")
+    prepared = prepare_model(load_onnx(fp32_path))
+
+    # 2. Ranges, once
+    kept = _Keep(data, eval_samples)
+    table = compute_ranges(prepared, kept, method, num_samples=num_samples, percentile=percentile, show_progress=show_progress)
+    table_name = f"{component}.calib.json"
+    bundle.add_file(table.to_json().encode(), table_name, TABLE_ROLE, component,
+                    meta={"method": table.method, "samples": table.num_samples, "table_sha256": table.sha256})
+
+    # 3-4. One placement per target, from the same table. Placements from an earlier table are
+    # dropped first: a bundle never mixes Q/DQ graphs of two calibrations.
+    _drop_stale(bundle, component, {f"{component}.int8.{t}.onnx" for t in targets})
+    placements: dict[str, Any] = {}
+    for target in targets:
+        with timed(f"writing the {target} Q/DQ placement", log):
+            qdq = placement(prepared, table, target, exclude)
+        blob = qdq.SerializeToString()
+        if len(blob) >= TWO_GB:
+            raise CalibrationError(f"the {target} Q/DQ graph is over 2 GB; external-data output is not supported yet")
+        counts = count_ops(qdq)
+        info: dict[str, Any] = {"path": f"{component}.int8.{target}.onnx", **counts.to_dict(),
+                                "quantized_nodes": _quantized_nodes(prepared, qdq)}
+        if kept.kept:
+            rows = layer_errors(prepared, qdq, kept.kept)
+            outs = [r for r in rows if r["op"] not in ("Conv", "ConvTranspose", "MatMul", "Gemm")] or rows[-1:]
+            info["output_sqnr_db"] = {r["tensor"]: _num(r["sqnr_db"]) for r in outs}
+            info["output_max_abs_diff"] = {r["tensor"]: _num(r["max_abs"]) for r in outs}
+            info["worst_layers"] = [{"node": r["node"], "sqnr_db": _num(r["sqnr_db"])}
+                                    for r in sorted(rows, key=lambda r: r["sqnr_db"])[:5]]
+        meta = {"placement": target, "method": table.method, "table_sha256": table.sha256, "excluded": sorted(exclude),
+                "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute}
+        bundle.add_file(blob, info["path"], QDQ_ROLE, component, meta=meta)
+        placements[target] = info
+
+    # 5. The manifest's record
+    describe = getattr(data, "describe", None)
+    section = {
+        "component": component, "method": table.method, "options": dict(table.options),
+        "data": describe() if callable(describe) else {"source": type(data).__name__},
+        "samples": table.num_samples, "table": {"path": table_name, "sha256": table.sha256},
+        "model_sha256": model_sha256(prepared), "excluded": sorted(exclude), "eval_samples": len(kept.kept),
+        "placements": placements, "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")},
+    }
+    bundle.update(calibration=section)
+    return section
+
+
+def _drop_stale(bundle: Any, component: str, keep: set[str]) -> None:
+    stale = [e for e in bundle.files(QDQ_ROLE, component) if e.path not in keep]
+    if not stale:
+        return
+    bundle.entries = [e for e in bundle.entries if e not in stale]
+    bundle.save()
+    for e in stale:
+        if not any(x.path == e.path for x in bundle.entries):
+            (bundle.root / e.path).unlink(missing_ok=True)
+    log.info("removed %d Q/DQ graph(s) of an earlier calibration: %s", len(stale), [e.path for e in stale])
+
+
+def qdq_path(bundle: Any, placement: str, component: str = "model") -> Path:
+    """Path of the ``int8 qdq onnx`` file written for ``placement`` ("ort" or "trt")."""
+    for e in reversed(bundle.files(QDQ_ROLE, component)):
+        if e.meta.get("placement") == placement:
+            return bundle.root / e.path
+    have = sorted({e.meta.get("placement") for e in bundle.files(QDQ_ROLE, component)} - {None})
+    raise CalibrationError(f"bundle {bundle.name!r} has no {placement!r} Q/DQ graph for {component!r} (it has {have}); "
+                           "run `vkt quantize` with --target " + placement)
+
+
+def _quantized_nodes(fp32: Any, qdq: Any) -> int:
+    """How many Conv/ConvTranspose/MatMul/Gemm nodes read a DequantizeLinear output in ``qdq``."""
+    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in qdq.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
+               and any(x in dq_out for x in n.input[:1]))
+
+
+def _num(x: float) -> float | str:
+    # JSON has no inf: a bit-exact tensor records "inf".
+    return x if np.isfinite(x) else str(x)
+
+
+def _version(pkg: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,386 @@
+"""Activation ranges computed once (minmax / percentile / entropy) into a hashable CalibrationTable.
+
+Every placement (TensorRT, onnxruntime CPU) is written from the same table, so the data is run
+through the model exactly once. Ranges refer to tensor names of the *prepared* graph
+(:func:`prepare_model`): constants lifted to initializers, opset >= 13, shapes inferred and the
+graph optimised by onnxruntime's ``quant_pre_process`` — the graph the placements rewrite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vkt.errors import CalibrationError, ModelError
+from vkt.log import get_logger, progress, timed
+
+log = get_logger(__name__)
+
+METHODS = ("minmax", "percentile", "entropy")
+TABLE_SCHEMA = "vkt.calibration_table"
+MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) arrived in opset 13
+MAX_IR_VERSION = 10  # read by every onnxruntime >= 1.20 (vkt's floor)
+PREPARED_KEY = "vkt.calibration.prepared"  # metadata_props marker: prepare_model() already ran
+
+
+@dataclass(frozen=True)
+class CalibrationTable:
+    """Activation ranges of one prepared graph.
+
+    Args:
+        ranges: tensor name -> (min, max) as Python floats, min <= max.
+        method: "minmax", "percentile" or "entropy".
+        num_samples: how many feeds were run through the model.
+        model_sha256: sha256 of the prepared graph the names refer to.
+        options: method settings (percentile, bins, ...), recorded for reproducibility.
+    """
+
+    ranges: Mapping[str, tuple[float, float]]
+    method: str
+    num_samples: int
+    model_sha256: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise CalibrationError(f"calibration method must be one of {list(METHODS)}, got {self.method!r}")
+        clean: dict[str, tuple[float, float]] = {}
+        for name, rng in dict(self.ranges).items():
+            try:
+                lo, hi = (float(v) for v in rng)
+            except (TypeError, ValueError):
+                raise CalibrationError(f"range of tensor {name!r} must be a (min, max) pair of numbers, got {rng!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise CalibrationError(f"range of tensor {name!r} must be finite with min <= max, got ({lo}, {hi})")
+            clean[name] = (lo, hi)
+        object.__setattr__(self, "ranges", dict(sorted(clean.items())))
+        object.__setattr__(self, "options", dict(self.options))
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.ranges
+
+    def __getitem__(self, name: str) -> tuple[float, float]:
+        try:
+            return self.ranges[name]
+        except KeyError:
+            raise CalibrationError(f"the calibration table has no range for tensor {name!r}") from None
+
+    def amax(self, name: str) -> float:
+        """max(|min|, |max|): the symmetric int8 range (scale = amax / 127)."""
+        lo, hi = self[name]
+        return max(abs(lo), abs(hi))
+
+    # ---- (de)serialisation: floats go through repr(), which round-trips float64 exactly ------------
+    def content(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "num_samples": self.num_samples, "model_sha256": self.model_sha256,
+            "options": self.options, "ranges": {k: [lo, hi] for k, (lo, hi) in self.ranges.items()},
+        }
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical JSON of the content (sorted keys, no whitespace)."""
+        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": TABLE_SCHEMA, "version": 1, "sha256": self.sha256, **self.content()}, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CalibrationTable:
+        """Parse :meth:`to_json` output; the recorded sha256 must match the content."""
+        try:
+            d = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CalibrationError(f"calibration table is not valid JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("schema") != TABLE_SCHEMA:
+            raise CalibrationError(f"expected a {TABLE_SCHEMA!r} JSON object, got schema {d.get('schema') if isinstance(d, dict) else type(d).__name__!r}")
+        try:
+            table = cls({k: tuple(v) for k, v in d["ranges"].items()}, d["method"], int(d["num_samples"]),
+                        d["model_sha256"], d.get("options", {}))
+        except (KeyError, AttributeError, TypeError) as e:
+            raise CalibrationError(f"calibration table lacks or mangles key {e}") from None
+        if d.get("sha256") != table.sha256:
+            raise CalibrationError(f"calibration table content does not match its sha256 (recorded {str(d.get('sha256'))[:16]}…, "
+                                   f"computed {table.sha256[:16]}…): edited or corrupt")
+        return table
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from vkt.fsutil import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CalibrationTable:
+        p = Path(path)
+        if not p.is_file():
+            raise CalibrationError(f"calibration table not found: {str(p)!r}")
+        return cls.from_json(p.read_bytes())
+
+    def to_ort(self) -> Any:
+        """onnxruntime's ``TensorsData`` (what ``quantize_static`` reads from a calibration cache)."""
+        from onnxruntime.quantization import CalibrationMethod, TensorData, TensorsData
+
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[self.method]
+        return TensorsData(method, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                                    for k, (lo, hi) in self.ranges.items()})
+
+
+# ---- model preparation -------------------------------------------------------------------------
+def model_sha256(model: Any) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def is_prepared(model: Any) -> bool:
+    return any(p.key == PREPARED_KEY for p in model.metadata_props)
+
+
+def prepare_model(model: Any) -> Any:
+    """The graph calibration and placement work on (returns a new ``onnx.ModelProto``).
+
+    1. weights held by ``Constant`` nodes become initializers (quantizers only see initializers);
+    2. opsets below 13 are converted to 13 (per-channel DequantizeLinear needs ``axis``);
+    3. onnxruntime's ``quant_pre_process`` infers shapes (``auto_merge=True``: dynamic axes named
+       differently by producers would otherwise stop symbolic inference) and folds BN/constants.
+
+    Idempotent: a prepared model carries a metadata marker and is returned unchanged (copied).
+    """
+    import onnx
+
+    model = _as_model(model)
+    if is_prepared(model):
+        return _copy(model)
+    model = _constants_to_initializers(_copy(model))
+    if model.ir_version > MAX_IR_VERSION:
+        # onnx writes the newest IR version by default, which onnxruntime may not read yet; the
+        # opsets in use decide what the graph needs.
+        model.ir_version = max(MAX_IR_VERSION, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise ModelError("the ONNX model imports no default-domain opset; cannot quantize it")
+    if opset < MIN_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, MIN_OPSET)
+        except Exception as e:
+            raise ModelError(f"cannot convert the model from opset {opset} to {MIN_OPSET} for per-channel Q/DQ: {e}") from None
+        log.info("converted the model from opset %d to %d (per-channel DequantizeLinear needs 13)", opset, MIN_OPSET)
+    from onnxruntime.quantization import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="vkt-prep-") as tmp:
+        out = Path(tmp) / "prepared.onnx"
+        try:
+            with _quiet():
+                quant_pre_process(model, out, auto_merge=True, skip_symbolic_shape=False)
+        except Exception as e:
+            raise ModelError(f"onnxruntime's quant_pre_process failed on the model: {type(e).__name__}: {str(e)[:400]}") from None
+        model = onnx.load(str(out))
+    model.metadata_props.add(key=PREPARED_KEY, value="1")
+    return model
+
+
+def _as_model(model: Any) -> Any:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        from vkt.onnxio import load_onnx
+
+        return load_onnx(model)
+    raise ModelError(f"expected an onnx.ModelProto or a path to an .onnx file, got {type(model).__name__}")
+
+
+def _copy(model: Any) -> Any:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _constants_to_initializers(model: Any) -> Any:
+    from onnx import numpy_helper
+
+    g = model.graph
+    keep = []
+    for node in g.node:
+        attr = {a.name: a for a in node.attribute}
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
+            arr = numpy_helper.to_array(attr["value"].t)
+            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+        else:
+            keep.append(node)
+    if len(keep) != len(g.node):
+        log.debug("lifted %d Constant nodes to initializers", len(g.node) - len(keep))
+        del g.node[:]
+        g.node.extend(keep)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's calibrators print() histogram stats and log warnings; keep them out of the user's console."""
+    qlog = logging.getLogger()
+    level = qlog.level
+    qlog.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        qlog.setLevel(level)
+
+
+# ---- range computation -------------------------------------------------------------------------
+class _OneFeed:
+    """A CalibrationDataReader over one feed: ORT's histogram calibrators concatenate everything a
+    reader yields per tensor, which fails when samples have different shapes; one at a time works."""
+
+    def __init__(self, feed: Mapping[str, np.ndarray]):
+        self.feed: dict | None = dict(feed)
+
+    def get_next(self) -> dict | None:
+        feed, self.feed = self.feed, None
+        return feed
+
+
+def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method: str = "minmax", *,
+                   num_samples: int | None = None, percentile: float = 99.999, num_bins: int | None = None,
+                   show_progress: bool = True) -> CalibrationTable:
+    """Run calibration data through the model once and return every float activation's range.
+
+    Args:
+        model: ``onnx.ModelProto`` or path; prepared with :func:`prepare_model` first (no-op if done).
+        data: iterable of feeds ``{input name: ndarray}`` (shapes may differ between feeds).
+        method: "minmax" (observed min/max), "percentile" (symmetric |x| percentile, clipped to the
+            observed range) or "entropy" (KL-divergence threshold, TensorRT's classic choice).
+        num_samples: stop after this many feeds (default: all).
+        percentile: for "percentile", in (0, 100]; default 99.999.
+        num_bins: histogram bins (default 2048 for percentile, 128 for entropy — ORT's defaults).
+
+    Raises CalibrationError when there is no data, a feed does not match the model's inputs, or
+    the data is degenerate (a graph input or a Conv/MatMul/Gemm activation input never varies).
+    """
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method must be one of {list(METHODS)}, got {method!r}")
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+        raise CalibrationError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    if method == "percentile" and not 0 < percentile <= 100:
+        raise CalibrationError(f"percentile must be in (0, 100], got {percentile!r}")
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    prepared = prepare_model(model)
+    sha = model_sha256(prepared)
+    inputs = {i.name for i in prepared.graph.input} - {i.name for i in prepared.graph.initializer}
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if method == "percentile":
+        # ORT's asymmetric percentile reads an |x| histogram (its lower cut is meaningless), so cut
+        # symmetrically and clip each side to the observed min/max below.
+        options = {"percentile": float(percentile), "num_bins": int(num_bins or 2048)}
+        extra = {"percentile": float(percentile), "num_bins": options["num_bins"], "symmetric": True}
+    elif method == "entropy":
+        options = {"num_bins": int(num_bins or 128)}
+        extra = {"num_bins": options["num_bins"], "num_quantized_bins": 128}
+    ort_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[method]
+
+    with tempfile.TemporaryDirectory(prefix="vkt-calib-") as tmp, timed(f"calibrating ({method})", log):
+        path = Path(tmp) / "model.onnx"
+        onnx.save(prepared, str(path))
+        with _quiet():
+            calibrator = create_calibrator(path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                           calibrate_method=ort_method, extra_options=extra)
+        n = 0
+        observed: dict[str, tuple[float, float]] = {}
+        for feed in progress(_take(data, num_samples), "calibrating", total=num_samples, enabled=show_progress):
+            _check_feed(feed, inputs, n)
+            for name in inputs:  # graph inputs: observed here, since degenerate data is judged on them
+                a = np.asarray(feed[name])
+                lo, hi = float(a.min()), float(a.max())
+                old = observed.get(name, (lo, hi))
+                observed[name] = (min(old[0], lo), max(old[1], hi))
+            try:
+                with _quiet():
+                    calibrator.collect_data(_OneFeed(feed))
+            except Exception as e:
+                raise CalibrationError(f"calibration sample {n} failed in onnxruntime: {str(e).strip().splitlines()[0][:400]}") from None
+            n += 1
+        if n == 0:
+            raise CalibrationError("no calibration samples: the data iterable yielded nothing")
+        with _quiet():
+            computed = calibrator.compute_data()
+        hist = getattr(getattr(calibrator, "collector", None), "histogram_dict", None) or {}
+        del calibrator
+
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, td in computed.items():
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+        if name in hist:  # histogram methods: never widen past what was seen
+            seen_lo, seen_hi = float(hist[name][2]), float(hist[name][3])
+            lo, hi = max(lo, seen_lo), min(hi, seen_hi)
+            lo, hi = min(lo, hi), max(lo, hi)
+        ranges[name] = (lo, hi)
+    bad = sorted(k for k, (lo, hi) in ranges.items() if not (math.isfinite(lo) and math.isfinite(hi)))
+    if bad:
+        raise CalibrationError(f"calibration produced non-finite ranges (NaN/inf in the data or the model) for tensors {bad[:8]}")
+    _check_degenerate(prepared, ranges, observed)
+    return CalibrationTable(ranges, method, n, sha, options)
+
+
+def _take(data: Iterable[Mapping[str, np.ndarray]], n: int | None) -> Iterable[Mapping[str, np.ndarray]]:
+    if isinstance(data, Mapping):
+        raise CalibrationError("calibration data must be an iterable of feeds {name: array}, got a single dict; wrap it in a list")
+    for i, feed in enumerate(data):
+        if n is not None and i >= n:
+            return
+        yield feed
+
+
+def _check_feed(feed: Any, inputs: set[str], i: int) -> None:
+    if not isinstance(feed, Mapping):
+        raise CalibrationError(f"calibration sample {i}: expected a dict {{input name: ndarray}}, got {type(feed).__name__}")
+    if set(feed) != inputs:
+        raise CalibrationError(f"calibration sample {i}: expected inputs {sorted(inputs)}, got {sorted(feed)}")
+    for k, v in feed.items():
+        if not isinstance(v, np.ndarray):
+            raise CalibrationError(f"calibration sample {i}: input {k!r} must be a numpy array, got {type(v).__name__}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise CalibrationError(f"calibration sample {i}: input {k!r} holds NaN or inf")
+
+
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _check_degenerate(model: Any, ranges: Mapping[str, tuple[float, float]], observed: Mapping[str, tuple[float, float]]) -> None:
+    """All-black or constant images give zero-width ranges: no scale can be derived from them."""
+    flat = sorted(k for k, (lo, hi) in observed.items() if hi - lo == 0)
+    if flat:
+        detail = ", ".join(f"{k!r} always {observed[k][0]:g}" for k in flat)
+        raise CalibrationError(f"degenerate calibration data: graph input {detail} over every sample (all-black or "
+                               "constant images?); calibrate on real, varied inputs")
+    init = {i.name for i in model.graph.initializer}
+    dead = sorted({x for node in model.graph.node if node.op_type in QUANTIZED_OPS for x in node.input[:2]
+                   if x and x not in init and x in ranges and ranges[x][0] == ranges[x][1] == 0.0})
+    if dead:
+        raise CalibrationError(f"degenerate calibration data: activation(s) {dead[:8]} feeding Conv/MatMul/Gemm were "
+                               "exactly zero on every sample, so they have no int8 scale; calibrate on real, varied inputs")
