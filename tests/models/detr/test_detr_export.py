@@ -130,7 +130,9 @@ def test_pixel_mask_padded_batch_matches_transformers(model, processor, tmp_path
 def test_static_shape_variant(model, tmp_path):
     from vkt.runtime.ort import OrtRunner
 
+    attn = model.config._attn_implementation
     rep = export_detr(model, tmp_path / "static.onnx", postprocess=True, static_shape=(1, 320, 480))
+    assert model.config._attn_implementation == attn   # export switches to eager attention, then restores
     assert rep.spec.input("pixel_values").shape == (1, 3, 320, 480) and not rep.spec.profiles
     assert max(rep.parity.values()) < 1e-3
     with OrtRunner(rep.path, spec=rep.spec) as r:

@@ -38,7 +38,10 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError, ModelError, SpecError
+from vkt.log import get_logger, timed
 from vkt.specs import ExportSpec, Profile, TensorSpec
+
+log = get_logger(__name__)
 
 PIXELS, MASK, SIZES = "pixel_values", "pixel_mask", "orig_sizes"
 LOGITS, BOXES_RAW = "logits", "pred_boxes"
@@ -185,6 +188,7 @@ def export_module(model: Any, postprocess: bool = False, top_k: int = 100, pixel
 
     model = model.eval().float()
     # Eager attention exports as MatMul/Softmax, which every backend parses; SDPA adds nothing in a graph.
+    # (This switches the model's own setting too; export_detr restores it afterwards.)
     model.config._attn_implementation = "eager"
     return DetrExport(model).eval()
 
@@ -217,6 +221,21 @@ def export_detr(model: Any, path: str | os.PathLike, postprocess: bool = False, 
         InputError for bad arguments; ModelError when the graph fails the ONNX checker, holds a
         NonZero node, or misses parity.
     """
+    from transformers import DetrForObjectDetection
+
+    if not isinstance(model, DetrForObjectDetection):
+        raise InputError(f"expected a transformers DetrForObjectDetection, got {type(model).__name__}")
+    attn = model.config._attn_implementation
+    try:
+        with timed(f"export DETR to {Path(path).name}", log):
+            return _export(model, path, postprocess, top_k, pixel_mask, static_shape, profile, opset, check_shape, atol)
+    finally:
+        model.config._attn_implementation = attn
+
+
+def _export(model: Any, path: str | os.PathLike, postprocess: bool, top_k: int, pixel_mask: bool,
+            static_shape: tuple[int, int, int] | None, profile: dict[str, tuple[int, int, int]] | None, opset: int,
+            check_shape: tuple[int, int, int, int] | None, atol: float) -> ExportReport:
     import torch
 
     from vkt.onnxio import check_onnx, save_onnx

@@ -1,0 +1,86 @@
+"""DETR training: synthetic data, padded batches with targets, a short Lightning run that lowers the Hungarian loss."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("lightning")
+
+from vkt.errors import InputError  # noqa: E402
+from vkt.tasks import TASKS  # noqa: E402
+from vkt.training.detr_data import CocoDetectionDataset, DetrTransform, collate, synthetic_shapes  # noqa: E402
+
+PRE = {**TASKS["detr"].preprocess, "resize": {"mode": "shortest_edge", "shortest_edge": 128, "longest_edge": 192}}
+
+
+def test_synthetic_samples_and_targets():
+    data = synthetic_shapes(4, size=(96, 128), num_classes=3, seed=1)
+    s = data[0]
+    assert s.image.shape == (96, 128, 3) and s.image.dtype == np.uint8 and s.boxes.shape == (len(s.labels), 4)
+    x, t, m = DetrTransform(PRE)(s)
+    assert x.shape == (3, 128, 170) and m["orig_size"] == (96, 128) and m["size"] == (128, 170)
+    # cxcywh normalised: back to pixels gives the source boxes
+    cx, cy, w, h = t["boxes"].T
+    back = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) * [128, 96, 128, 96]
+    np.testing.assert_allclose(back, s.boxes, atol=1e-3)
+    # a flip moves boxes to the mirrored place
+    flipped = DetrTransform(PRE, train=True, seed=3)
+    for _ in range(4):
+        _, tf, _ = flipped(s)
+        assert np.allclose(tf["boxes"][:, 0], t["boxes"][:, 0]) or np.allclose(tf["boxes"][:, 0], 1 - t["boxes"][:, 0])
+    batch = collate([DetrTransform(PRE)(d) for d in synthetic_shapes(2, size=(96, 128), seed=2)] +
+                    [DetrTransform(PRE)(synthetic_shapes(1, size=(128, 96), seed=3)[0])])
+    assert batch["pixel_values"].shape == (3, 3, 170, 170) and batch["pixel_mask"][2, :, 128:].sum() == 0
+    assert batch["pixel_mask"][0].sum() == 128 * 170
+
+
+def test_coco_folder_dataset(tmp_path):
+    import cv2
+
+    s = synthetic_shapes(1, size=(64, 80), seed=4)[0]
+    cv2.imwrite(str(tmp_path / "a.png"), s.image)
+    x0, y0, x1, y1 = s.boxes[0].tolist()
+    gt = {"images": [{"id": 5, "file_name": "a.png", "height": 64, "width": 80}],
+          "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0},
+                          {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 1}],
+          "categories": [{"id": 3, "name": "thing"}, {"id": 7, "name": "other"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    ds = CocoDetectionDataset(tmp_path / "gt.json", tmp_path, contiguous=True)
+    item = ds[0]
+    assert len(ds) == 1 and item.image_id == 5 and item.labels.tolist() == [0]   # crowd dropped, id 3 -> 0
+    np.testing.assert_allclose(item.boxes[0], s.boxes[0])
+    assert CocoDetectionDataset(tmp_path / "gt.json", tmp_path)[0].labels.tolist() == [3]
+    gt["annotations"][0]["category_id"] = 9
+    (tmp_path / "bad.json").write_text(json.dumps(gt))
+    with pytest.raises(InputError, match="category_id 9"):
+        CocoDetectionDataset(tmp_path / "bad.json", tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        CocoDetectionDataset(tmp_path / "none.json", tmp_path)
+
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    from vkt.models.detr import tiny_detr
+    from vkt.training.detr import DetrTrainConfig, fit, training_losses
+
+    data = synthetic_shapes(8, size=(96, 128), num_classes=3, seed=0)
+    model = tiny_detr(num_labels=3, num_queries=10)
+    before = training_losses(model, data, PRE)
+    cfg = DetrTrainConfig(lr=1e-3, lr_backbone=1e-4, epochs=6, batch_size=4, val_every=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # Lightning's hints about workers and loggers
+        result = fit(model, data, data[:4], cfg, out_dir=tmp_path, preprocess=PRE)
+    after = training_losses(result.model, data, PRE)
+    assert after["loss"] < 0.9 * before["loss"], (before, after)
+    assert result.checkpoint is not None and result.checkpoint.is_file()
+    assert len(result.history) == 1 and 0.0 <= result.history[0]["AP50"] <= 1.0
+    with pytest.raises(InputError, match="class ids"):
+        fit(tiny_detr(num_labels=2), data, config=cfg)
+    with pytest.raises(InputError, match="lr must be a number > 0"):
+        DetrTrainConfig(lr=0)
