@@ -292,6 +292,13 @@ def test_binary_tensors_round_trip_every_datatype():
         for k, v in decode_infer_response(out, out_hl).items():
             np.testing.assert_array_equal(v, feed[k])
             assert v.dtype == feed[k].dtype
+    # JSON floats are written with 5 (FP16) / 9 (FP32) digits: still bit-exact, signed zero included
+    f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    f32 = rng.integers(0, 1 << 32, 20_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    for a in (f16[np.isfinite(f16)], f32[np.isfinite(f32)], np.float32([-0.0, np.nan, -np.inf])):
+        out, out_hl = encode_infer_response("m", "1", {"o": a}, InferRequest({}))
+        back = decode_infer_response(out, out_hl)["o"]
+        np.testing.assert_array_equal(back.view(f"u{a.itemsize}"), a.view(f"u{a.itemsize}"))
     body, hl = encode_infer_request({"b": np.array([True, False])})
     body = body[:-2] + bytes([2, 0])  # a BOOL byte that is neither 0 nor 1
     with pytest.raises(RequestError, match="bytes 0 or 1, got 2"):
