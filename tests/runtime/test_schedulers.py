@@ -164,3 +164,14 @@ def test_sd_runtime_imports_no_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"the SD runtime imported {out}"
+
+
+def test_euler_scale_model_input_follows_the_step():
+    s = scheduler_from_config({"_class_name": "EulerDiscreteScheduler", **SD15})
+    x = np.ones(SHAPE, np.float32)
+    with pytest.raises(InputError, match="call set_timesteps"):
+        s.scale_model_input(x, 999.0)
+    s.set_timesteps(3)
+    with pytest.raises(InputError, match="expects timestep 999"):
+        s.scale_model_input(x, 499.5)
+    np.testing.assert_allclose(s.scale_model_input(x, s.timesteps[0]), 1.0 / (s.sigmas[0] ** 2 + 1) ** 0.5, rtol=1e-6)

@@ -203,7 +203,7 @@ class Txt2Img:
             latents = rng.standard_normal(shape, dtype=np.float32)
         latents = (latents.astype(np.float32) * np.float32(sched.init_noise_sigma)).astype(np.float32)
 
-        # 5-7. Denoising loop
+        # 5. Denoising loop: scale input -> UNet (both guidance halves at once) -> guidance -> scheduler step
         g = np.float32(guidance_scale)
         for t in progress(sched.timesteps, f"denoising ({sched.name})", enabled=self.progress_bar):
             if do_cfg and self.cfg_mode == "batched":
@@ -220,7 +220,7 @@ class Txt2Img:
                 noise = self._unet(sched.scale_model_input(latents, t), t, emb, timings)
             latents = sched.step(noise, t, latents, rng=rng).prev_sample
 
-        # 8. Decode: VAE (1/scaling_factor is inside the graph), then x / 2 + 0.5 -> [0, 1] -> HWC
+        # 6. Decode: VAE (1/scaling_factor is inside the graph), then x / 2 + 0.5 -> [0, 1] -> HWC
         t0 = time.perf_counter()
         image = self._run_chunked("vae_decoder", {VAE_IN: latents})[VAE_OUT]  # [B, 3, H, W]
         timings.vae = time.perf_counter() - t0

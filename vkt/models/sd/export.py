@@ -220,6 +220,11 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
             if getattr(profile, k) % pixel_multiple:
                 raise InputError(f"SDProfile.{k}={getattr(profile, k)} must be a multiple of {pixel_multiple} "
                                  f"(vae scale {vae_scale} x UNet down-sampling {unet_multiple})")
+        extra_cond = {k: getattr(unet_cfg, k, None) for k in ("addition_embed_type", "time_cond_proj_dim",
+                                                                 "class_embed_type", "encoder_hid_dim_type")}
+        if any(v is not None for v in extra_cond.values()):
+            raise ModelError(f"this UNet takes extra conditioning {({k: v for k, v in extra_cond.items() if v is not None})} "
+                             "(SDXL / LCM / unCLIP style); vkt exports SD 1.x/2.x text-to-image UNets only")
         if unet_cfg.in_channels != vae_cfg.latent_channels:
             raise ModelError(f"the UNet takes {unet_cfg.in_channels} latent channels but the VAE makes "
                              f"{vae_cfg.latent_channels}: not an SD text-to-image pipeline (inpainting UNets take 9)")

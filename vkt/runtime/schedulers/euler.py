@@ -63,8 +63,16 @@ class Euler(Scheduler):
         return s if self.timestep_spacing in ("linspace", "trailing") else (s * s + 1.0) ** 0.5
 
     def scale_model_input(self, sample: np.ndarray, timestep: float | int) -> np.ndarray:
-        """``x / sqrt(sigma^2 + 1)``: the UNet was trained on unit-variance VP inputs (EDM, table 1, c_in)."""
-        sigma = float(self.sigmas[min(self._index, len(self.sigmas) - 1)])
+        """``x / sqrt(sigma^2 + 1)``: the UNet was trained on unit-variance VP inputs (EDM, table 1, c_in).
+
+        ``timestep`` must be the current one (``timesteps[step_index]``): sigma follows the step counter.
+        """
+        if self.num_inference_steps is None or self._index >= len(self.timesteps):
+            raise InputError(f"{self.name}: scale_model_input needs a pending step; call set_timesteps(n) first")
+        if not np.isclose(float(timestep), float(self.timesteps[self._index]), rtol=0, atol=1e-4):
+            raise InputError(f"{self.name}: step {self._index} expects timestep {self.timesteps[self._index]}, "
+                             f"got {timestep!r}")
+        sigma = float(self.sigmas[self._index])
         return (sample / (sigma * sigma + 1.0) ** 0.5).astype(sample.dtype, copy=False)
 
     def _denoised(self, model_output: np.ndarray, sample: np.ndarray, sigma: float) -> np.ndarray:
