@@ -178,3 +178,13 @@ def test_ort_keeps_softmax_float():
 def test_placement_rejects_bad_table(toy):
     with pytest.raises(CalibrationError, match="expected a CalibrationTable"):
         place_trt(toy[0], {"image": (0, 1)})
+
+
+def test_layer_sensitivity_ranks_every_conv(toy):
+    from vkt.calibration import layer_sensitivity
+
+    fp32, table, data = toy
+    rows = layer_sensitivity(fp32, table, data[:1], show_progress=False)
+    assert sorted(r["node"] for r in rows) == sorted(n.name for n in fp32.graph.node if n.op_type == "Conv")
+    sq = [r["output_sqnr_db"] for r in rows]
+    assert sq == sorted(sq) and all(30 < s < 80 for s in sq), rows  # one quantized layer: small, non-zero error

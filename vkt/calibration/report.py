@@ -200,3 +200,46 @@ def render_counts_table(counts: Mapping[str, OpCounts], title: str = "onnxruntim
     for name, c in counts.items():
         t.add_row(name, str(c.fused), str(c.float_compute), str(c.qdq), ", ".join(f"{k}×{v}" for k, v in sorted(c.int8.items())))
     return t
+
+
+# ---- sensitivity (the start of accuracy-gated fallback) ---------------------------------------
+def layer_sensitivity(fp32: Any, table: Any, feeds: Iterable[Mapping[str, np.ndarray]], *,
+                      op_types: Sequence[str] = LAYER_OPS, threads: int | None = None,
+                      show_progress: bool = True) -> list[dict[str, Any]]:
+    """Output error when one layer alone is quantized (TensorRT placement), worst first.
+
+    For each Conv/ConvTranspose/MatMul/Gemm node, every other quantizable node is excluded and the
+    graph outputs are compared with FP32 over ``feeds``: the layers at the top are the ones to keep
+    in float (``exclude=``) first. Costs one placement and one session per layer.
+
+    Args:
+        fp32: the prepared FP32 ``onnx.ModelProto`` the table was computed on.
+        table: its CalibrationTable.
+        feeds: a few feeds (errors pooled over them).
+    Returns:
+        ``[{"node", "op", "output_sqnr_db"}]`` sorted by ``output_sqnr_db`` ascending (the minimum
+        over graph outputs).
+    """
+    from vkt.calibration.qdq import place_trt
+    from vkt.log import progress
+
+    feeds = list(feeds)
+    if not feeds:
+        raise CalibrationError("layer_sensitivity needs at least one feed")
+    nodes = [(n.name, n.op_type) for n in fp32.graph.node if n.op_type in op_types]
+    if not nodes:
+        raise CalibrationError(f"the graph has no {list(op_types)} nodes to rank")
+    outputs = [o.name for o in fp32.graph.output]
+    with tempfile.TemporaryDirectory(prefix="vkt-sens-") as tmp:
+        ref = _run_all(_save(fp32, Path(tmp) / "fp32.onnx"), outputs, feeds, threads)
+        rows = []
+        for name, op in progress(nodes, "layer sensitivity", enabled=show_progress):
+            q = place_trt(fp32, table, exclude=[n for n, _ in nodes if n != name], op_types=op_types)
+            got = _run_all(_save(q, Path(tmp) / "q.onnx"), outputs, feeds, threads)
+            worst = math.inf
+            for o in outputs:
+                r = np.concatenate([x[o].ravel() for x in ref])
+                t = np.concatenate([x[o].ravel() for x in got])
+                worst = min(worst, sqnr_db(r, t))
+            rows.append({"node": name, "op": op, "output_sqnr_db": worst})
+    return sorted(rows, key=lambda r: r["output_sqnr_db"])
