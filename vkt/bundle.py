@@ -179,9 +179,14 @@ class Bundle:
             raise BundleError(f"bundle {self.name!r} component {component!r} has no {role!r} file; it has {have}")
         return self.root / found[-1].path
 
-    def entry(self, role: str, component: str = "model") -> FileEntry:
-        self.path(role, component)
-        return self.files(role, component)[-1]
+    def entry(self, role: str, component: str = "model", placement: str | None = None) -> FileEntry:
+        """The newest file of ``role``; with ``placement`` ("ort" / "trt"), the Q/DQ graph written for that
+        backend when the bundle has one (files without a placement fit any)."""
+        self.path(role, component)  # raises, listing what the component has
+        found = self.files(role, component)
+        if placement is not None:
+            found = [e for e in found if e.meta.get("placement", placement) == placement] or found
+        return found[-1]
 
     # ---- in-place additions (plans, calibration tables, ...) --------------------------------
     def add_file(self, src: str | os.PathLike | bytes, name: str, role: str, component: str = "model",

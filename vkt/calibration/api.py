@@ -168,3 +168,50 @@ def _version(pkg: str) -> str:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def image_preprocess(bundle: Any, component: str = "model") -> Any:
+    """``preprocess(path)`` from the manifest (vkt.runtime.image) or, without a preprocess section, pixels / 255."""
+    spec = bundle.spec(component)
+    images = [t for t in spec.inputs if len(t.shape) == 4 and t.dtype == "float32"]
+    if len(spec.inputs) != 1 or not images:
+        raise CalibrationError(f"`vkt quantize --calib DIR` feeds one [N, 3, H, W] float32 image input; component {component!r} "
+                               f"takes {[(t.name, t.dtype, list(t.shape)) for t in spec.inputs]}; call "
+                               "vkt.calibration.quantize_bundle() with your own feeds instead")
+    name = images[0].name
+    cfg = bundle.preprocess
+    if cfg.get("resize"):
+        from vkt.runtime.image import Preprocessor, read_image
+
+        max_side = None
+        if spec.profiles:
+            hw = [spec.profiles[0].axes[d][2] for d in images[0].shape[2:] if isinstance(d, str) and d in spec.profiles[0].axes]
+            max_side = min(hw) if hw else None
+        pre = Preprocessor(cfg, max_side=max_side)
+        return lambda path: {name: pre([read_image(path)])[0]}
+    from vkt.calibration.data import simple_image_preprocess
+
+    return simple_image_preprocess(name, scale=float(cfg.get("scale", 1 / 255)), mean=cfg.get("mean", (0.0, 0.0, 0.0)),
+                                   std=cfg.get("std", (1.0, 1.0, 1.0)), color=cfg.get("color", "BGR"))
+
+
+def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str = "minmax",
+                         targets: Sequence[str] = TARGETS, exclude: Sequence[str] = (), num_images: int | None = None,
+                         shapes: Sequence[tuple[int, int]] | None = None, component: str = "model",
+                         percentile: float = 99.999, show_progress: bool = True) -> dict[str, Any]:
+    """:func:`quantize_bundle` on a folder of images pre-processed as the bundle's manifest says.
+
+    ``shapes``: calibrate at these (H, W), images cycling through them; default: the manifest's
+    resize rule, or shapes inside the profile when the manifest has none.
+    """
+    from vkt.bundle import Bundle
+    from vkt.calibration.data import ImageFolderReader, calibration_shapes
+
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    spec = b.spec(component)
+    if shapes is None and not b.preprocess.get("resize"):
+        shapes = calibration_shapes(spec)
+    reader = ImageFolderReader(folder, image_preprocess(b, component), shapes=shapes, limit=num_images, spec=spec,
+                               show_progress=show_progress)
+    return quantize_bundle(b, reader, method=method, targets=targets, exclude=exclude, component=component,
+                           percentile=percentile, show_progress=show_progress)

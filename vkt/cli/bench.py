@@ -134,10 +134,7 @@ def _raw_ort_target(bundle: Any, source: Path, precision: str, threads: int | No
     path = source
     if bundle is not None:
         role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}[precision]
-        entries = [e for e in bundle.files(role) if e.meta.get("placement", "ort") == "ort"] or bundle.files(role)
-        if not entries:
-            bundle.path(role)
-        path = bundle.root / entries[-1].path
+        path = bundle.root / bundle.entry(role, placement="ort").path
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads

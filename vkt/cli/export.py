@@ -20,14 +20,25 @@ def export_onnx(
                                 "width=32:736:1536' (default: the task's)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32) for "
                               "TensorRT's strongly typed build."),
+    int8: bool = typer.Option(False, "--int8", help="Calibrate on --calib images once and add INT8 Q/DQ graphs: one placed "
+                              "for onnxruntime CPU (fused integer kernels), one for TensorRT (Q/DQ on Conv/MatMul/Gemm inputs)."),
+    calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images (a few hundred "
+                               "representative ones; pre-processed as the manifest says)."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="With --int8: minmax | entropy | percentile."),
+    num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums."""
     from rich.console import Console
 
+    from vkt.errors import InputError
     from vkt.export.onnx_import import import_onnx
     from vkt.specs import parse_profile
 
+    if int8 and calib is None:
+        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    if calib is not None and not int8:
+        raise InputError("--calib is only used with --int8")
     out = output or Path(f"{model.stem}.vkt")
     bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16)
     spec = bundle.spec()
@@ -39,6 +50,12 @@ def export_onnx(
         c.print(f"  output {t.name}: {t.dtype} {list(t.shape)}", highlight=False)
     for i, p in enumerate(spec.profiles):
         c.print(f"  profile {i}: " + ", ".join(f"{a}={lo}:{opt}:{hi}" for a, (lo, opt, hi) in p.axes.items()), highlight=False)
+    if int8:
+        from vkt.calibration.api import quantize_from_images
+        from vkt.cli.quantize import print_calibration
+
+        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images)
+        print_calibration(bundle, section)
 
 
 def register(app: typer.Typer) -> None:

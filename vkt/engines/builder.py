@@ -192,7 +192,7 @@ def build_bundle_plan(bundle: Any, config: BuildConfig | None = None, component:
         from dataclasses import replace
 
         config = replace(config, precision=implied)
-    onnx_entry = bundle.entry(source_role, component)
+    onnx_entry = bundle.entry(source_role, component, placement="trt")  # INT8: the Q/DQ placed for TensorRT
     spec = spec or bundle.spec(component)
     result = build(bundle.root / onnx_entry.path, spec, config)
     meta = {**result.meta, "source": {"path": onnx_entry.path, "role": source_role, "sha256": onnx_entry.sha256}}

@@ -134,11 +134,7 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
         role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}.get(opts.precision)
         if role is None:
             raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
-        entries = b.files(role, component)
-        entries = [e for e in entries if e.meta.get("placement", "ort") == "ort"] or entries
-        if not entries:
-            b.path(role, component)  # raises listing what the bundle has
-        src, fname = b.root / entries[-1].path, "model.onnx"
+        src, fname = b.root / b.entry(role, component, placement="ort").path, "model.onnx"
     text = config_pbtxt(name, spec, opts)
     model_dir = Path(repo) / name
     if model_dir.exists():

@@ -53,13 +53,8 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
                 raise BackendError(f"bundle {source.name!r} has no {precision} plan for {component!r}; build one with 'vkt build'")
             path = source.root / plans[-1].path
         else:
-            entries = source.files(roles[precision], component)
-            if not entries:
-                source.path(roles[precision], component)  # raises a BundleError listing what is there
             # An INT8 bundle may hold one Q/DQ graph per placement: take the one written for this backend.
-            want = "ort" if backend == "ort" else "trt"
-            entries = [e for e in entries if e.meta.get("placement", want) == want] or entries
-            path = source.root / entries[-1].path
+            path = source.root / source.entry(roles[precision], component, placement="ort" if backend == "ort" else "trt").path
         name = f"{backend}-{precision}"
     else:
         spec, path, name = None, Path(source), f"{backend}-{Path(source).stem}"
