@@ -171,3 +171,21 @@ def test_bad_arguments(model, tmp_path):
     with pytest.raises(SpecError, match="min <= opt <= max"):
         detr_spec(10, 5, profile={"batch": (1, 1, 4), "height": (800, 320, 1333), "width": (320, 800, 1333)})
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_detr_r50_architecture_exports_and_builds(tmp_path):
+    """The real DETR-R50 architecture (random weights: none ship): ~166 MB graph, ORT parity, RTX plan."""
+    pytest.importorskip("tensorrt_rtx")
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    from vkt.engines import BuildConfig, build
+    from vkt.models.detr.checkpoints import resnet_backbone_config
+
+    torch.manual_seed(0)
+    m = DetrForObjectDetection(DetrConfig(use_timm_backbone=False, backbone_config=resnet_backbone_config("resnet50"),
+                                          num_labels=91)).eval()
+    rep = export_detr(m, tmp_path / "r50.onnx", postprocess=True, check_shape=(1, 3, 320, 416))
+    assert rep.spec.output_names == ["scores", "labels", "boxes"] and rep.parity["scores"] < ATOL
+    result = build(rep.path, rep.spec, BuildConfig(module="tensorrt_rtx", compute_capabilities=("SM89",)))
+    assert len(result.plan) > 100e6
