@@ -22,6 +22,7 @@ app = typer.Typer(
 
 # Each module defines `register(app)`. Add one line per command module.
 COMMAND_MODULES = [
+    "vkt.cli.quickstart",
     "vkt.cli.doctor",
     "vkt.cli.export",
     "vkt.cli.build",
