@@ -259,3 +259,38 @@ def test_bundle_of_another_task_is_refused(bundles, tmp_path):
     b.update(task="text-detection")
     with pytest.raises(InputError, match="task 'text-detection'; Detector needs 'object-detection'"):
         Detector(b)
+
+
+@pytest.mark.torch
+def test_checkpoint_to_bundle_to_detections_to_coco_ap(tmp_path):
+    """End to end: .pth-free HF folder -> export_bundle -> Detector -> COCO results -> pycocotools."""
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from vkt.bundle import Bundle
+    from vkt.eval.coco import coco_ap, coco_ground_truth, to_coco_results
+    from vkt.models.detr import tiny_detr
+    from vkt.models.detr.checkpoints import load_checkpoint
+    from vkt.models.detr.export import export_bundle
+    from vkt.runtime.image import read_image
+
+    m = tiny_detr(num_labels=3)
+    m.config.id2label = {0: "cat", 1: "cup", 2: "person"}
+    m.save_pretrained(tmp_path / "ckpt")
+    model = load_checkpoint(tmp_path / "ckpt")
+    dest = export_bundle(model, tmp_path / "detr.vkt", postprocess=True, top_k=10, score_threshold=0.0, **SIZE)
+    b = Bundle.load(dest)
+    assert b.postprocess["labels"] == ["cat", "cup", "person"] and b.manifest["export"]["postprocess_in_graph"]
+    imgs = [read_image(photo_path(n)) for n in PHOTOS]
+    with Detector(dest, threads=2) as det:
+        dets = det(imgs)
+    assert all(len(d) == 10 and set(d.names) <= {"cat", "cup", "person"} for d in dets)
+    # Ground truth = the detections themselves: pycocotools must then report a perfect score.
+    gt = coco_ground_truth([{"id": i + 1, "height": im.shape[0], "width": im.shape[1]} for i, im in enumerate(imgs)],
+                           [{"id": c, "name": n} for c, n in enumerate(["cat", "cup", "person"])],
+                           [np.clip(d.boxes, 0, None) for d in dets], [d.labels for d in dets])
+    for d in dets:
+        d.boxes = np.clip(d.boxes, 0, None)
+    assert coco_ap(gt, to_coco_results(dets, [1, 2, 3]))["AP50"] == pytest.approx(1.0)
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none")

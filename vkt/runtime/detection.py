@@ -218,6 +218,8 @@ class Detector:
             labels) and resize keys (shortest_edge, longest_edge), replacing the manifest's values.
     Call with an image or a list of images (BGR uint8 arrays as cv2 gives, or paths); returns one
     Detections per image. Use as a context manager, or call :meth:`close`, to free the session.
+    A static-shape graph takes images whose resize rule yields exactly its height and width (others
+    raise a ShapeError naming both); a short batch is padded with empty slots up to its static batch.
     """
 
     def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,

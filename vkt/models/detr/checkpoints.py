@@ -354,3 +354,15 @@ def _build(config: Any, sd: dict[str, Any], where: str, num_labels: int | None, 
         raise ModelError(f"{where} does not fit DetrForObjectDetection ({'; '.join(parts)})")
     model.load_state_dict(sd, strict=not reinit)
     return model.eval()
+
+
+def load_checkpoint(path: str | os.PathLike, num_labels: int | None = None, num_heads: int = 8,
+                    id2label: Mapping[int, str] | None = None) -> Any:
+    """A folder is read as a Hugging Face checkpoint, a file as a facebookresearch/detr ``.pth`` (see above)."""
+    p = Path(path)
+    if p.is_dir():
+        return load_hf_checkpoint(p, num_labels=num_labels, id2label=id2label)
+    if p.is_file():
+        return load_original_checkpoint(p, num_labels=num_labels, num_heads=num_heads, id2label=id2label)
+    raise ModelError(f"DETR checkpoint not found: {str(p)!r}; expected a Hugging Face folder "
+                     "(config.json + model.safetensors) or a facebookresearch/detr .pth file")

@@ -283,6 +283,34 @@ def _export(model: Any, path: str | os.PathLike, postprocess: bool, top_k: int, 
     return ExportReport(Path(path), spec, parity, "torchscript")
 
 
+def export_bundle(model: Any, dest: str | os.PathLike, postprocess: bool = False, top_k: int = 100,
+                  pixel_mask: bool = False, static_shape: tuple[int, int, int] | None = None,
+                  profile: dict[str, tuple[int, int, int]] | None = None, opset: int = 17, overwrite: bool = False,
+                  name: str | None = None, **param_overrides: Any) -> Path:
+    """Export ``model`` and write a DETR bundle (vkt.runtime.detection.Detector runs it) at ``dest``.
+
+    The manifest gets ``TASKS["detr"]``'s pre/post-processing, the model's ``id2label`` as
+    ``postprocess.labels``, and ``param_overrides`` (postprocess keys, or shortest_edge / longest_edge).
+    Other arguments as :func:`export_detr`. Returns the bundle folder.
+    """
+    import tempfile
+
+    from vkt.runtime.detection import make_detr_bundle
+
+    with tempfile.TemporaryDirectory(prefix=".detr-export-") as tmp:
+        rep = export_detr(model, Path(tmp) / "model.onnx", postprocess=postprocess, top_k=top_k, pixel_mask=pixel_mask,
+                          static_shape=static_shape, profile=profile, opset=opset)
+        id2label = model.config.id2label
+        labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
+        out = make_detr_bundle(rep.path, dest, labels=labels, spec=rep.spec, overwrite=overwrite, name=name,
+                               **param_overrides)
+    from vkt.bundle import Bundle
+
+    Bundle.load(out, verify=False).update(export={"exporter": rep.exporter, "parity_max_abs": rep.parity,
+                                                  "postprocess_in_graph": postprocess, "pixel_mask": pixel_mask})
+    return out
+
+
 def example_feed(spec: ExportSpec, shape: Sequence[int], seed: int = 0) -> dict[str, np.ndarray]:
     """A feed for ``spec`` at ``shape`` (B, 3, H, W): normalised-range noise, an all-ones mask, sizes (H, W)."""
     b, _, h, w = shape
