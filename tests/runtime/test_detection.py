@@ -294,3 +294,21 @@ def test_checkpoint_to_bundle_to_detections_to_coco_ap(tmp_path):
     assert coco_ap(gt, to_coco_results(dets, [1, 2, 3]))["AP50"] == pytest.approx(1.0)
     with pytest.raises(ModelError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none")
+
+
+@pytest.mark.torch
+def test_static_graph_bundle(peer, tmp_path):
+    from vkt.errors import ShapeError
+    from vkt.models.detr.export import export_detr
+    from vkt.runtime.image import read_image
+
+    model, _ = peer
+    rep = export_detr(model, tmp_path / "static.onnx", postprocess=True, top_k=10, static_shape=(2, 400, 400))
+    dest = make_detr_bundle(rep.path, tmp_path / "static.vkt", spec=rep.spec, score_threshold=0.0, **SIZE)
+    astronaut = read_image(photo_path("astronaut.png"))          # 512 x 512 -> 400 x 400: fits
+    with Detector(dest, threads=2) as det:
+        assert det.max_batch == 2
+        one = det([astronaut])[0]                                 # a batch of one, padded to the static two
+        assert len(one) == 10 and one.image_size == (512, 512)
+        with pytest.raises(ShapeError, match="dim 3: expected 400"):
+            det([read_image(photo_path("coffee.png"))])           # 400 x 600: does not
