@@ -24,7 +24,7 @@ def export_onnx(
                               "for onnxruntime CPU (fused integer kernels), one for TensorRT (Q/DQ on Conv/MatMul/Gemm inputs)."),
     calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images (a few hundred "
                                "representative ones; pre-processed as the manifest says)."),
-    calib_method: str = typer.Option("entropy", "--calib-method", help="With --int8: minmax | entropy | percentile."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
     num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
