@@ -157,6 +157,23 @@ def test_rtx_build_of_dynamic_and_postprocessed_graphs(raw_onnx, post_onnx):
         assert result.meta["profiles"]
 
 
+def test_fp16_graph_builds_with_rtx_and_stays_close(raw_onnx, tmp_path):
+    """vkt's FP16 conversion of the DETR graph: close to FP32 on ORT, and it builds (a float Range did not)."""
+    pytest.importorskip("tensorrt_rtx")
+    import onnx
+
+    from vkt.engines import BuildConfig, build
+    from vkt.export.fp16 import convert_fp16
+
+    half = tmp_path / "raw.fp16.onnx"
+    onnx.save(convert_fp16(onnx.load(str(raw_onnx))), str(half))
+    x = {"pixel_values": np.random.default_rng(0).uniform(-2, 2, (1, 3, 320, 448)).astype(np.float32)}
+    full, low = session(raw_onnx).run(None, x), session(half).run(None, x)
+    assert float(np.abs(full[0] - low[0]).max()) < 1e-2 and float(np.abs(full[1] - low[1]).max()) < 1e-3
+    plan = build(half, detr_spec(10, 5), BuildConfig(module="tensorrt_rtx", compute_capabilities=("SM89",), precision="fp16")).plan
+    assert len(plan) > 100_000
+
+
 def test_bad_arguments(model, tmp_path):
     with pytest.raises(InputError, match="DetrForObjectDetection"):
         export_module(torch.nn.Linear(2, 2))

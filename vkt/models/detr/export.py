@@ -131,9 +131,11 @@ def export_module(model: Any, postprocess: bool = False, top_k: int = 100, pixel
                 pos = torch.cat([x[None, :, :].expand(h, -1, -1), y[:, None, :].expand(-1, w, -1)], dim=-1)
                 return pos.permute(2, 0, 1)[None].expand(b, -1, -1, -1)
             if mask is None:
-                # cumsum of an all-ones mask, written as arange: Range ops keep h and w dynamic.
-                y = torch.arange(1, h + 1, dtype=feat.dtype, device=feat.device)[None, :, None].expand(b, h, w)
-                x = torch.arange(1, w + 1, dtype=feat.dtype, device=feat.device)[None, None, :].expand(b, h, w)
+                # cumsum of an all-ones mask, written as arange: Range ops keep h and w dynamic. Integer
+                # Range + Cast, not a float Range: TensorRT-RTX fails to build a float Range once the
+                # graph is converted to FP16 (Myelin mixes half and float in its lowering).
+                y = torch.arange(1, h + 1, device=feat.device).to(feat.dtype)[None, :, None].expand(b, h, w)
+                x = torch.arange(1, w + 1, device=feat.device).to(feat.dtype)[None, None, :].expand(b, h, w)
             else:
                 y, x = mask.cumsum(1), mask.cumsum(2)
             # DETR's normalised sine embedding: positions scaled to [0, 2 pi], then sin/cos at
