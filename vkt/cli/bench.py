@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from vkt.errors import BackendError, InputError
+from vkt.errors import InputError
 
 INCLUDES_RUNNER = ("Runner.infer(): feed validation against the spec + backend run + outputs as host numpy "
                    "arrays; no image pre/post-processing")
