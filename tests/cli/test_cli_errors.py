@@ -77,5 +77,8 @@ def test_real_process_prints_no_traceback_and_verbose_does(tmp_path):
 def test_help_explains_every_command():
     r = subprocess.run([sys.executable, "-m", "vkt", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for cmd in ("doctor", "export", "bench", "inspect"):
-        assert cmd in r.stdout
+    for cmd in ("quickstart", "doctor", "export", "build", "bench", "inspect", "run", "eval", "quantize", "serve",
+                "triton", "txt2img"):
+        assert f" {cmd} " in r.stdout, cmd
+        sub = subprocess.run([sys.executable, "-m", "vkt", cmd, "--help"], capture_output=True, text=True)
+        assert sub.returncode == 0 and "Usage" in sub.stdout, cmd

@@ -48,13 +48,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 def _register() -> None:
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a missing dependency inside the module is a real error
-                raise
-            continue  # TEMPORARY while command modules land in parallel; made strict before release
-        module.register(app)
+        importlib.import_module(mod).register(app)
 
 
 _register()
