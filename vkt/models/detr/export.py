@@ -159,7 +159,9 @@ def export_module(model: Any, postprocess: bool = False, top_k: int = 100, pixel
                 # Nearest-neighbour downsampling keeps 0/1 exactly (as the reference's interpolate).
                 mask = nn.functional.interpolate(pixel_mask[:, None], size=feat.shape[-2:])[:, 0]   # [B, h, w]
                 # Additive attention bias over keys [B, 1, 1, h*w]: 0 for image, float32 min for padding.
-                bias = ((1.0 - mask.flatten(1)) * torch.finfo(feat.dtype).min)[:, None, None, :]
+                # A Where, not (1 - mask) * min: in an FP16 graph min becomes -inf and 0 * -inf is NaN.
+                keep = mask.flatten(1)[:, None, None, :] > 0.5
+                bias = torch.where(keep, torch.zeros((), dtype=feat.dtype), torch.full((), torch.finfo(feat.dtype).min))
             src = m.input_projection(feat)                                                 # [B, d, h, w]
             pos = self.position(feat, mask).flatten(2).transpose(1, 2)                    # [B, hw, d]
             src = src.flatten(2).transpose(1, 2)                                           # [B, hw, d]
