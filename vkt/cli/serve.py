@@ -21,21 +21,28 @@ def serve(
     precision: str = typer.Option("fp32", help="Bundle file to serve: fp32, fp16 or int8."),
     socket_timeout_s: float = typer.Option(10.0, "--socket-timeout-s", help="Close connections silent this long (stalled clients, idle keep-alive)."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections (one thread each); more get 503."),
+    max_image_mpix: float = typer.Option(40.0, "--max-image-mpix", help="Largest image /detect decodes, in megapixels (413 above it)."),
+    max_steps: int = typer.Option(100, "--max-steps", help="Most denoising steps a /generate request may ask for."),
 ) -> None:
     """Serve bundles until SIGTERM/SIGINT, then drain in-flight requests and exit 0.
 
     Endpoints: /v2/health/live and /ready, /v2, /v2/models/NAME with /ready, /config and /infer, /metrics.
+    Task endpoints by the bundle's task: POST /v2/models/NAME/detect (image file bytes -> JSON polygons or
+    boxes in source pixels) for text- and object-detection bundles; POST /v2/models/NAME/generate (JSON
+    prompt -> PNG) for Stable Diffusion bundles.
     Triton's clients work unchanged: tritonclient.http.InferenceServerClient("127.0.0.1:8000").
     Overload answers 503 (nothing ran: retry), a missed deadline 504.
     """
     from vkt.errors import InputError
     from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
+    from vkt.runtime.server.tasks import TaskLimits, add_task_routes
 
     checks = [("--port", port, 0 <= port <= 65535, "in [0, 65535]"), ("--max-batch", max_batch, max_batch >= 1, ">= 1"),
               ("--max-queue-delay-ms", max_queue_delay_ms, max_queue_delay_ms >= 0, ">= 0"),
               ("--queue-size", queue_size, queue_size >= 1, ">= 1"), ("--max-body-mb", max_body_mb, max_body_mb > 0, "> 0"),
               ("--timeout-s", timeout_s, timeout_s > 0, "> 0"), ("--socket-timeout-s", socket_timeout_s, socket_timeout_s > 0, "> 0"),
-              ("--max-connections", max_connections, max_connections >= 1, ">= 1")]
+              ("--max-connections", max_connections, max_connections >= 1, ">= 1"),
+              ("--max-image-mpix", max_image_mpix, max_image_mpix > 0, "> 0"), ("--max-steps", max_steps, max_steps >= 1, ">= 1")]
     for flag, value, ok, want in checks:
         if not ok:
             raise InputError(f"{flag} must be {want}, got {value}")
@@ -46,6 +53,7 @@ def serve(
                           socket_timeout_s=socket_timeout_s, max_connections=max_connections,
                           drain_timeout_s=timeout_s)
     server = InferenceServer(models_from_bundles(bundles, backend=backend, precision=precision, threads=threads), config)
+    add_task_routes(server, limits=TaskLimits(max_image_pixels=int(max_image_mpix * 1e6), max_steps=max_steps))
     # One plain line on stdout with the URL: scripts (and tests) read the port from it when --port 0.
     server.run(on_ready=lambda s: print(f"vkt serve: {', '.join(sorted(s.models))} on {s.url}", flush=True))
 
