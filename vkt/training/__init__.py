@@ -1,0 +1,1 @@
+"""Training loops, datasets, synthetic data generators and checkpoints (torch, Lightning)."""
