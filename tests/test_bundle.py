@@ -141,3 +141,28 @@ def test_fp16_export_is_close_to_fp32_and_keeps_float32_io(tmp_path, toy_onnx, t
 
     m16 = onnx.load(str(b.path("fp16 onnx")))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m16.graph.initializer)
+
+
+def test_fp16_casts_for_a_tensor_feeding_two_kept_ops_get_unique_names():
+    """One tensor feeding two FP32-kept ops (here two CumSum) made the converter emit two Casts of one name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vkt.export.fp16 import convert_fp16
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("CumSum", ["r", "axis"], ["a"], name="cs1"),
+             helper.make_node("CumSum", ["r", "axis"], ["b"], name="cs2"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor("axis", TensorProto.INT64, [], [1])])
+    m16 = convert_fp16(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    names = [n.name for n in m16.graph.node if n.name]
+    assert len(names) == len(set(names))
+    onnx.checker.check_model(m16)
+    import onnxruntime as ort
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    got = ort.InferenceSession(m16.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, 2 * np.cumsum(np.maximum(x, 0), axis=1), rtol=1e-3)

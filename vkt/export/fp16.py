@@ -28,9 +28,55 @@ def convert_fp16(model: Any, keep_ops: Iterable[str] = SENSITIVE_OPS, keep_nodes
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     try:
-        return convert_float_to_float16(
+        out = convert_float_to_float16(
             model, keep_io_types=keep_io_types, op_block_list=sorted({*DEFAULT_OP_BLOCK_LIST, *keep_ops}),
             node_block_list=list(keep_nodes), disable_shape_infer=False,
         )
     except Exception as e:  # the converter's failures are asserts and KeyErrors from odd graphs
         raise ModelError(f"FP16 conversion failed ({type(e).__name__}: {e})") from None
+    _unique_node_names(out)
+    _topological_sort(out.graph)
+    return out
+
+
+def _topological_sort(graph: Any) -> None:
+    """The converter appends the input Casts after their consumers; ONNX requires producers first."""
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:  # a cycle or a dangling input: leave the rest as they were and let the checker say so
+            ordered.extend(pending)
+            break
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _unique_node_names(model: Any) -> None:
+    """The converter names the Cast it puts before a kept-FP32 node after the tensor, so one tensor feeding
+    two such nodes yields two identical Casts (same name, same output), which onnx.checker and TensorRT
+    reject: drop exact duplicates, then rename any remaining repeated node names."""
+    by_output: dict[str, Any] = {}
+    keep = []
+    for node in model.graph.node:
+        first = by_output.get(node.output[0]) if node.output else None
+        if first is not None and first.SerializeToString() == node.SerializeToString():
+            continue
+        for o in node.output:
+            by_output.setdefault(o, node)
+        keep.append(node)
+    if len(keep) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        if not node.name:
+            continue
+        n = seen.get(node.name, 0)
+        seen[node.name] = n + 1
+        if n:
+            node.name = f"{node.name}_{n}"
