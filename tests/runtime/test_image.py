@@ -152,9 +152,31 @@ def test_shortest_edge_rule():
     rule = {"mode": "shortest_edge", "shortest_edge": 800, "longest_edge": 1333}
     assert resized_size(480, 640, rule) == (800, 1066)
     assert resized_size(640, 480, rule) == (1066, 800)
-    # long side would pass 1333: short = round(1333 * 100 / 1000) = 133, long = int(133 * 1000 / 100)
-    assert resized_size(100, 1000, rule) == (133, 1330)
+    # long side would pass 1333: raw = 1333 * 100 / 1000, short = round(raw) = 133, long = int(raw * 1000 / 100)
+    assert resized_size(100, 1000, rule) == (133, 1333)
+    assert resized_size(640, 1280, rule) == (666, 1333)
     assert resized_size(800, 800, rule) == (800, 800)
+
+
+def test_shortest_edge_rule_matches_transformers():
+    """DetrImageProcessor is the peer: the same output size for every shape, both orientations."""
+    pytest.importorskip("torch")
+    from transformers.image_transforms import get_size_with_aspect_ratio
+
+    rule = {"mode": "shortest_edge", "shortest_edge": 800, "longest_edge": 1333}
+    sizes = [(640, 1280), (480, 640), (100, 1000), (800, 800), (1, 1), (1, 10000), (10000, 10000), (512, 512),
+             (400, 600), (300, 451), (601, 1001), (799, 1333), (333, 999), (7, 1333)]
+    rng = np.random.default_rng(0)
+    sizes += [tuple(int(v) for v in rng.integers(1, 4000, 2)) for _ in range(300)]
+    for h, w in sizes:
+        for hh, ww in ((h, w), (w, h)):
+            want = get_size_with_aspect_ratio((hh, ww), 800, 1333)
+            if min(want) < 1:   # transformers would make an empty image; vkt says so
+                with pytest.raises(InputError, match="too elongated"):
+                    resized_size(hh, ww, rule)
+            else:
+                assert resized_size(hh, ww, rule) == want, (hh, ww)
+    assert resized_size(1, 1, rule) == (800, 800)
 
 
 # ---- normalisation -------------------------------------------------------------------------------

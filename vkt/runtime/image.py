@@ -155,7 +155,8 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
         (rapidocr's TextDetector, given limit_type "max", swaps limit_side_len for 960/1500/2000 by
         image size and applies no cap; vkt uses limit_side_len as given.)
     mode "shortest_edge" (DETR): the short side becomes ``shortest_edge`` unless the long side would
-        exceed ``longest_edge``, then the long side becomes ``longest_edge`` (sizes truncated).
+        exceed ``longest_edge``, then the long side becomes ``longest_edge`` (sizes truncated) — exactly
+        transformers' DetrImageProcessor rule (the peer), including its rounding.
     mode "none": keep the size. Raises InputError for an unknown mode or bad values.
     """
     mode = resize.get("mode", "none")
@@ -187,14 +188,25 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
             h, w = min(h, top), min(w, top)
         return h, w
     if mode == "shortest_edge":
+        # transformers' get_size_with_aspect_ratio (DetrImageProcessor), step for step: when the
+        # long side limits, the short side is round(raw) but the long side is int(raw * long / short)
+        # from the unrounded raw, so 640 x 1280 -> 666 x 1333 (not 1332).
         short = _positive_int(resize, "shortest_edge")
         long_ = _positive_int(resize, "longest_edge", 10**9)
-        lo, hi = min(height, width), max(height, width)
+        lo, hi = float(min(height, width)), float(max(height, width))
+        raw = None
         if hi / lo * short > long_:
-            short = int(round(long_ * lo / hi))
-        if height <= width:
-            return short, int(short * width / height)
-        return int(short * height / width), short
+            raw = long_ * lo / hi
+            short = int(round(raw))
+        if (height <= width and height == short) or (width <= height and width == short):
+            return height, width
+        scale = raw if raw is not None else short
+        out = (int(scale * height / width), short) if width < height else (short, int(scale * width / height))
+        if min(out) < 1:
+            raise InputError(f"image of {height}x{width} pixels is too elongated for resize shortest_edge {short} / "
+                             f"longest_edge {long_}: it would become {out[0]}x{out[1]}; expected an aspect ratio "
+                             f"below {2 * long_}:1")
+        return out
     raise InputError(f"unknown resize mode {mode!r}; expected 'limit_side', 'shortest_edge' or 'none'")
 
 
