@@ -102,3 +102,37 @@ def test_constant_node_weights_and_opset12_are_handled():
         assert dq, f"{place.__name__}: expected a per-channel weight DequantizeLinear"
         out = run(q, data[0])[0]
         assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def _zero_queries_matmul():
+    """DETR's decoder pattern: q = ConstantOfShape(Shape(X)) zeros -> MatMul(W) -> Add(X) -> Y, X [2, 4]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(2).standard_normal((4, 4)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["X"], ["s"], name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["zeros"], name="zeros_like",
+                              value=numpy_helper.from_array(np.zeros(1, np.float32))),
+             helper.make_node("MatMul", ["zeros", "w"], ["v"], name="v_proj"),
+             helper.make_node("Add", ["v", "X"], ["Y"], name="add")]
+    g = helper.make_graph(nodes, "zq", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n", 4])], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_activation_computed_from_constants_only_is_not_degenerate():
+    data = [{"X": np.random.default_rng(i).standard_normal((2, 4)).astype(np.float32)} for i in range(3)]
+    table = compute_ranges(_zero_queries_matmul(), data, show_progress=False)
+    assert table["zeros"] == (0.0, 0.0)          # recorded, but no data could have changed it
+    for qdq in (place_ort(_zero_queries_matmul(), table), place_trt(_zero_queries_matmul(), table)):
+        y = run(qdq, data[0])[0]
+        np.testing.assert_allclose(y, data[0]["X"], atol=0.05)   # zeros @ W + X, X quantized at most
+
+
+def test_excluded_nodes_are_not_judged_degenerate():
+    data = [{"X": -np.abs(np.random.default_rng(i).standard_normal((1, 2, 4, 4))).astype(np.float32) - 0.1} for i in range(2)]
+    table = compute_ranges(mul_relu_conv(), data, exclude=["conv"], show_progress=False)
+    assert table["r"] == (0.0, 0.0)

@@ -264,7 +264,7 @@ class _OneFeed:
 
 def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method: str = "minmax", *,
                    num_samples: int | None = None, percentile: float = 99.999, num_bins: int | None = None,
-                   show_progress: bool = True) -> CalibrationTable:
+                   exclude: Iterable[str] = (), show_progress: bool = True) -> CalibrationTable:
     """Run calibration data through the model once and return every float activation's range.
 
     Args:
@@ -275,9 +275,11 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
         num_samples: stop after this many feeds (default: all).
         percentile: for "percentile", in (0, 100]; default 99.999.
         num_bins: histogram bins (default 2048 for percentile, 128 for entropy — ORT's defaults).
+        exclude: node names that will stay in float: not judged by the degenerate-data check.
 
     Raises CalibrationError when there is no data, a feed does not match the model's inputs, or
-    the data is degenerate (a graph input or a Conv/MatMul/Gemm activation input never varies).
+    the data is degenerate (a graph input, or a data-dependent Conv/MatMul/Gemm activation input of
+    a node not in ``exclude``, is exactly zero on every sample).
     """
     if method not in METHODS:
         raise CalibrationError(f"calibration method must be one of {list(METHODS)}, got {method!r}")
@@ -343,7 +345,7 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
     bad = sorted(k for k, (lo, hi) in ranges.items() if not (math.isfinite(lo) and math.isfinite(hi)))
     if bad:
         raise CalibrationError(f"calibration produced non-finite ranges (NaN/inf in the data or the model) for tensors {bad[:8]}")
-    _check_degenerate(prepared, ranges, observed)
+    _check_degenerate(prepared, ranges, observed, exclude)
     return CalibrationTable(ranges, method, n, sha, options)
 
 
@@ -371,16 +373,39 @@ def _check_feed(feed: Any, inputs: set[str], i: int) -> None:
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
-def _check_degenerate(model: Any, ranges: Mapping[str, tuple[float, float]], observed: Mapping[str, tuple[float, float]]) -> None:
-    """All-black or constant images give zero-width ranges: no scale can be derived from them."""
+# Ops whose output values depend only on attributes or on input *shapes*, never on input data.
+_SHAPE_ONLY_OPS = ("Shape", "Size", "ConstantOfShape", "Constant", "EyeLike", "RandomNormalLike", "RandomUniformLike")
+
+
+def data_independent_tensors(model: Any) -> set[str]:
+    """Tensors whose values no graph-input data can change: initializers, Constant / ConstantOfShape /
+    Shape outputs, and everything computed from those alone (e.g. DETR's decoder queries, zeros_like)."""
+    g = model.graph
+    const = {i.name for i in g.initializer}
+    for node in g.node:   # topological order (the ONNX checker and quant_pre_process keep it)
+        if node.op_type in _SHAPE_ONLY_OPS or all(not x or x in const for x in node.input):
+            const.update(o for o in node.output if o)
+    return const
+
+
+def _check_degenerate(model: Any, ranges: Mapping[str, tuple[float, float]], observed: Mapping[str, tuple[float, float]],
+                      exclude: Iterable[str] = ()) -> None:
+    """All-black or constant images give zero-width ranges: no scale can be derived from them.
+
+    Judged only where data could have made a difference: activations computed from constants alone
+    (zero queries, shape arithmetic) are skipped — their placement keeps them in float — and so are
+    the inputs of nodes named in ``exclude`` (they stay float anyway).
+    """
     flat = sorted(k for k, (lo, hi) in observed.items() if hi - lo == 0)
     if flat:
         detail = ", ".join(f"{k!r} always {observed[k][0]:g}" for k in flat)
         raise CalibrationError(f"degenerate calibration data: graph input {detail} over every sample (all-black or "
                                "constant images?); calibrate on real, varied inputs")
-    init = {i.name for i in model.graph.initializer}
-    dead = sorted({x for node in model.graph.node if node.op_type in QUANTIZED_OPS for x in node.input[:2]
-                   if x and x not in init and x in ranges and ranges[x][0] == ranges[x][1] == 0.0})
+    skip = data_independent_tensors(model)
+    excluded = {exclude} if isinstance(exclude, str) else set(exclude)
+    dead = sorted({x for node in model.graph.node if node.op_type in QUANTIZED_OPS and node.name not in excluded
+                   for x in node.input[:2]
+                   if x and x not in skip and x in ranges and ranges[x][0] == ranges[x][1] == 0.0})
     if dead:
         raise CalibrationError(f"degenerate calibration data: activation(s) {dead[:8]} feeding Conv/MatMul/Gemm were "
                                "exactly zero on every sample, so they have no int8 scale; calibrate on real, varied inputs")
