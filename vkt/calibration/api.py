@@ -84,7 +84,8 @@ def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], *, me
 
     # 2. Ranges, once
     kept = _Keep(data, eval_samples)
-    table = compute_ranges(prepared, kept, method, num_samples=num_samples, percentile=percentile, show_progress=show_progress)
+    table = compute_ranges(prepared, kept, method, num_samples=num_samples, percentile=percentile, exclude=exclude,
+                           show_progress=show_progress)
     table_name = f"{component}.calib.json"
     bundle.add_file(table.to_json().encode(), table_name, TABLE_ROLE, component,
                     meta={"method": table.method, "samples": table.num_samples, "table_sha256": table.sha256})
