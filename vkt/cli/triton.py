@@ -18,6 +18,9 @@ def triton(
     instances: int = typer.Option(1, help="Instances per group."),
     kind: str = typer.Option("KIND_AUTO", help="KIND_AUTO | KIND_CPU | KIND_GPU (onnxruntime only; plans are GPU)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace the model folder if it exists."),
+    pipeline: bool = typer.Option(False, "--pipeline", help="Also write NAME_pipeline: a Python-backend model taking image "
+                                  "file bytes (TYPE_UINT8 [-1]) and answering detections, with vkt's pre/post-processing "
+                                  "around a BLS call to NAME (text- and object-detection bundles)."),
 ) -> None:
     """Export a bundle to a Triton model repository (config.pbtxt with dynamic batching and profiles)."""
     from rich.console import Console
@@ -26,8 +29,11 @@ def triton(
 
     opts = TritonOptions(backend=backend, precision=precision, max_batch_size=max_batch, max_queue_delay_us=delay_us,
                          instances=instances, kind=kind)
-    out = write_triton_repo(bundle, repo, name=name, opts=opts, overwrite=force)
+    out = write_triton_repo(bundle, repo, name=name, opts=opts, overwrite=force, pipeline=pipeline)
     Console().print(f"[green]wrote[/] {out}/config.pbtxt and {out}/1/", highlight=False)
+    if pipeline:
+        Console().print(f"[green]wrote[/] {out}_pipeline/ (Python backend; Triton's Python needs 'pip install vkt')",
+                        highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,14 @@ Layout written::
     REPO/<name>/1/model.plan      (platform tensorrt_plan)
     REPO/<name>/vkt_manifest.json (the bundle's manifest: pre/post-processing for clients)
 
+and with ``pipeline=True`` (CLI ``--pipeline``; text- and object-detection bundles), beside it::
+
+    REPO/<name>_pipeline/config.pbtxt       backend "python": IMAGE (TYPE_UINT8 [-1], file bytes) in,
+                                            DETECTIONS (JSON) + POLYGONS/BOXES, SCORES (, LABELS) out
+    REPO/<name>_pipeline/1/model.py         vkt/export/triton_pipeline_model.py: vkt's torch-free
+                                            pre/post-processing around a BLS call to <name>
+    REPO/<name>_pipeline/vkt_manifest.json  the parameters it reads
+
 When every input and output has the same named axis first (``batch``), the config uses Triton's
 batching form (``max_batch_size`` > 0, dims without the batch axis) and enables dynamic batching;
 otherwise ``max_batch_size: 0`` and full dims. Dynamic axes become ``-1``. For TensorRT plans with
@@ -111,10 +119,61 @@ def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
+PIPELINE_TASKS = ("text-detection", "object-detection")
+
+
+def pipeline_config_pbtxt(name: str, core: str, task: str, instances: int = 1) -> str:
+    """config.pbtxt of the Python-backend pipeline model ``name`` around the core model ``core``."""
+    outs = [("DETECTIONS", "TYPE_STRING", "1"), ("SCORES", "TYPE_FP32", "-1")]
+    if task == "text-detection":
+        outs.append(("POLYGONS", "TYPE_FP32", "-1, 4, 2"))
+    elif task == "object-detection":
+        outs += [("BOXES", "TYPE_FP32", "-1, 4"), ("LABELS", "TYPE_INT64", "-1")]
+    else:
+        raise InputError(f"--pipeline serves bundles of tasks {list(PIPELINE_TASKS)}, got task {task!r}")
+    tensors = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: {t}\n    dims: [ {d} ]\n  }}' for n, t, d in outs)
+    return "\n".join([
+        f'name: "{name}"', 'backend: "python"', "max_batch_size: 0",
+        'input [\n  {\n    name: "IMAGE"\n    data_type: TYPE_UINT8\n    dims: [ -1 ]\n  }\n]',
+        f"output [\n{tensors}\n]",
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]",
+        f'parameters {{\n  key: "core_model"\n  value: {{ string_value: "{core}" }}\n}}',
+    ]) + "\n"
+
+
+def write_pipeline_model(b: Bundle, repo: str | os.PathLike, core: str, instances: int = 1, overwrite: bool = False) -> Path:
+    """Write ``<core>_pipeline`` (Python backend: image bytes -> detections, BLS to ``core``); returns its folder."""
+    if b.task not in PIPELINE_TASKS:
+        raise InputError(f"--pipeline serves bundles of tasks {list(PIPELINE_TASKS)}; bundle {b.name!r} is {b.task!r}")
+    if b.task == "text-detection" and b.postprocess.get("box_type", "quad") != "quad":
+        raise InputError(f"--pipeline outputs quads (POLYGONS [-1, 4, 2]); bundle {b.name!r} has box_type "
+                         f"{b.postprocess.get('box_type')!r}: re-export with box_type 'quad'")
+    name = f"{core}_pipeline"
+    if not _NAME.match(name):
+        raise InputError(f"Triton model name {name!r} is too long or has characters Triton does not accept")
+    text = pipeline_config_pbtxt(name, core, b.task, instances)
+    model_dir = Path(repo) / name
+    if model_dir.exists():
+        if not overwrite:
+            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    atomic_copy(Path(__file__).with_name("triton_pipeline_model.py"), model_dir / "1" / "model.py")
+    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(b.manifest, indent=2) + "\n")
+    atomic_write_text(model_dir / "config.pbtxt", text)  # last: Triton ignores a folder without it
+    return model_dir
+
+
 def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
-                      opts: TritonOptions = TritonOptions(), component: str = "model", overwrite: bool = False) -> Path:
-    """Write one model of a bundle into a Triton model repository; returns the model folder."""
+                      opts: TritonOptions = TritonOptions(), component: str = "model", overwrite: bool = False,
+                      pipeline: bool = False) -> Path:
+    """Write one model of a bundle into a Triton model repository; returns the model folder.
+
+    With ``pipeline`` also the Python-backend model ``<name>_pipeline`` (see the module docstring).
+    """
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if pipeline and b.task not in PIPELINE_TASKS:  # refuse before writing anything
+        raise InputError(f"--pipeline serves bundles of tasks {list(PIPELINE_TASKS)}; bundle {b.name!r} is {b.task!r}")
     if opts.backend not in ("onnxruntime", "tensorrt"):
         raise InputError(f"Triton backend must be 'onnxruntime' or 'tensorrt', got {opts.backend!r}")
     if opts.kind not in ("KIND_AUTO", "KIND_CPU", "KIND_GPU"):
@@ -145,6 +204,8 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
     atomic_copy(src, model_dir / "1" / fname)
     atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(b.manifest, indent=2) + "\n")
     atomic_write_text(model_dir / "config.pbtxt", text)  # last: Triton ignores a folder without it
+    if pipeline:
+        write_pipeline_model(b, repo, name, instances=opts.instances, overwrite=overwrite)
     return model_dir
 
 

@@ -157,6 +157,11 @@ class TextDetectTask:
         self.pre = Preprocessor(preprocess, max_side=min(caps) if caps else None)
 
     def __call__(self, img: np.ndarray, infer: Infer) -> dict[str, Any]:
+        """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
+        return self.detections(img, infer).to_dict()
+
+    def detections(self, img: np.ndarray, infer: Infer) -> Any:
+        """vkt.runtime.textdet.Detections (float32 polygons in source pixels) of one BGR uint8 image."""
         from vkt.runtime.textdet import db_postprocess
 
         plan = self.pre.plan(img)
@@ -166,7 +171,7 @@ class TextDetectTask:
         prob = infer({self.input_name: x})[self.output_name]  # [1, 1, h, w]
         det = db_postprocess(prob[0, 0], plan.src_size, self.params)
         det.meta["input_size"] = {"height": h, "width": w}
-        return det.to_dict()
+        return det
 
 
 class ObjectDetectTask:
@@ -199,6 +204,11 @@ class ObjectDetectTask:
         self.pre = Preprocessor(preprocess)
 
     def __call__(self, img: np.ndarray, infer: Infer) -> dict[str, Any]:
+        """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
+        return self.detections(img, infer).to_dict()
+
+    def detections(self, img: np.ndarray, infer: Infer) -> Any:
+        """vkt.runtime.detection.Detections (xyxy float32 boxes in source pixels) of one BGR uint8 image."""
         from vkt.runtime.detection import MASK, SIZES, decode_raw, select
 
         plan = self.pre.plan(img)
@@ -221,7 +231,7 @@ class ObjectDetectTask:
         else:
             det = select(out["scores"][0], out["labels"][0], out["boxes"][0], plan.src_size, self.params, normalized=False)
         det.meta["input_size"] = {"height": h, "width": w}
-        return det.to_dict()
+        return det
 
 
 class _BatchedRunner(Runner):
