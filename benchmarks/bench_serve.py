@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_serve.py [--clients 64] [--duration 60] [--max-batch 1,8]
      [--bundle DIR | --url http://127.0.0.1:PORT --model NAME] [--size 64] [--json] [--procs 2]
+     [--detect-image page.png]   (task endpoint: POST /v2/models/NAME/detect with the image file's bytes)
 
 Without --url it builds the toy conv bundle (or takes --bundle), starts `python -m vkt serve` on an
 ephemeral loopback port once per --max-batch value, and reads the server's RSS from /proc before
@@ -10,6 +11,15 @@ the bottleneck; they share the machine's cores with the server, so on a small ma
 are a floor. Each client stops at --duration seconds or --max-requests requests, whichever first.
 Prints one JSON row per run and a table: throughput, p50/p90/p99 latency, errors, 503s, RSS,
 and the server's mean batch size (from /metrics).
+
+RSS is read three times: at start (``rss_start_mb``: models loaded, no request yet), after
+``--warmup-s`` seconds of the same load (``rss_before_mb``: ORT arenas, connection threads and
+buffers allocated) and after the measured load (``rss_after_mb``). ``rss_growth_pct`` is
+after vs warmed up — what a leak would show — and ``rss_growth_from_start_pct`` after vs start.
+
+Exit status: 1 when a bound is broken — errors other than 503 (connection errors or any status
+but 200/503), a server that did not exit 0 on SIGTERM, or ``rss_growth_pct`` >= --max-rss-growth-pct
+(default 10) — so the script can gate CI; the broken bounds are printed.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ def _client_proc(args: tuple) -> dict:
     """One process: ``threads`` keep-alive clients; returns latencies (s) and status counts."""
     import threading
 
-    url, model, body, headers, threads, duration, max_requests = args
+    url, path, body, headers, threads, duration, max_requests = args
     u = urlsplit(url)
     stop = time.perf_counter() + duration
     lat: list[float] = []
@@ -50,7 +60,7 @@ def _client_proc(args: tuple) -> dict:
             n += 1
             t0 = time.perf_counter()
             try:
-                conn.request("POST", f"/v2/models/{model}/infer", body, headers)
+                conn.request("POST", path, body, headers)
                 r = conn.getresponse()
                 r.read()
                 mine.append(time.perf_counter() - t0) if r.status == 200 else None
@@ -58,6 +68,8 @@ def _client_proc(args: tuple) -> dict:
                 if r.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                if r.status == 503:
+                    time.sleep(0.05)  # overloaded: back off briefly (Retry-After says 1 s) rather than spin
             except (OSError, http.client.HTTPException):
                 with lock:
                     errors[0] += 1
@@ -130,29 +142,46 @@ def start_server(bundle: Path, max_batch: int, queue_delay_ms: float, queue_size
     return proc, line.rsplit(" on ", 1)[1].strip()
 
 
-def run_load(url: str, model: str, x: np.ndarray, use_json: bool, clients: int, procs: int, duration: float,
-             max_requests: int) -> dict:
-    from vkt.runtime.server.protocol import decode_infer_response, encode_infer_request
+def make_request(model: str, x: np.ndarray | None, use_json: bool, image: Path | None) -> tuple[str, bytes, dict[str, str]]:
+    """(path, body, headers) of the request every client repeats: /infer with ``x``, or /detect with ``image``'s bytes."""
+    from vkt.runtime.server.protocol import encode_infer_request
 
+    if image is not None:
+        return f"/v2/models/{model}/detect", image.read_bytes(), {"Content-Type": "application/octet-stream"}
     body, hl = encode_infer_request({"image": x}, binary=not use_json)
     headers = {"Content-Type": "application/json" if hl is None else "application/octet-stream"}
     if hl is not None:
         headers["Inference-Header-Content-Length"] = str(hl)
-    # One checked request first: a misconfigured run should fail loudly, not report 100% errors.
+    return f"/v2/models/{model}/infer", body, headers
+
+
+def check_request(url: str, path: str, body: bytes, headers: dict[str, str]) -> None:
+    """One checked request: a misconfigured run should fail loudly, not report 100% errors."""
+    from vkt.runtime.server.protocol import decode_infer_response
+
     u = urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    c.request("POST", f"/v2/models/{model}/infer", body, headers)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c.request("POST", path, body, headers)
     r = c.getresponse()
     data = r.read()
     if r.status != 200:
         raise SystemExit(f"the first request failed with {r.status}: {data[:300]!r}")
-    decode_infer_response(data, int(r.getheader("Inference-Header-Content-Length")) if r.getheader("Inference-Header-Content-Length") else None)
+    if path.endswith("/detect"):
+        json.loads(data)["detections"]
+    else:
+        hl = r.getheader("Inference-Header-Content-Length")
+        decode_infer_response(data, int(hl) if hl else None)
     c.close()
+
+
+def run_load(url: str, req: tuple[str, bytes, dict[str, str]], clients: int, procs: int, duration: float,
+             max_requests: int) -> dict:
+    path, body, headers = req
     procs = max(1, min(procs, clients))
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     t0 = time.perf_counter()
     with mp.get_context("fork").Pool(procs) as pool:
-        parts = pool.map(_client_proc, [(url, model, body, headers, n, duration, max_requests) for n in per])
+        parts = pool.map(_client_proc, [(url, path, body, headers, n, duration, max_requests) for n in per])
     wall = time.perf_counter() - t0
     lat = np.array([v for p in parts for v in p["lat"]]) * 1e3
     statuses: dict[int, int] = {}
@@ -168,10 +197,47 @@ def run_load(url: str, model: str, x: np.ndarray, use_json: bool, clients: int, 
             "request_bytes": len(body)}
 
 
+def _pct(after: float | None, before: float | None) -> float | None:
+    return round(100.0 * (after - before) / before, 1) if after is not None and before else None
+
+
+def measure(url: str, model: str, req: tuple[str, bytes, dict[str, str]], pid: int | None, a: argparse.Namespace) -> dict:
+    """Checked request, RSS at start, warm-up load, RSS, measured load, RSS; the row's figures."""
+    check_request(url, *req)
+    start = _rss_mb(pid)
+    if a.warmup_s > 0:
+        run_load(url, req, a.clients, a.procs, a.warmup_s, a.max_requests)
+    before = _rss_mb(pid)
+    row = run_load(url, req, a.clients, a.procs, a.duration, a.max_requests)
+    after = _rss_mb(pid)
+    mean_batch, calls = _batch_stats(url, model)
+    return {**row, "rss_start_mb": start, "rss_before_mb": before, "rss_after_mb": after,
+            "rss_growth_pct": _pct(after, before), "rss_growth_from_start_pct": _pct(after, start),
+            "mean_batch": mean_batch, "batches": calls}
+
+
+def broken_bounds(row: dict, max_growth_pct: float) -> list[str]:
+    """The load test's bounds: no errors but 503, a clean exit on SIGTERM, RSS growth under the limit."""
+    out = []
+    if row["errors"]:
+        out.append(f"{row['errors']} connection errors")
+    if row["status_other"]:
+        out.append(f"statuses other than 200/503: {row['status_other']}")
+    if row.get("exit_code_on_sigterm") not in (None, 0):
+        out.append(f"the server exited {row['exit_code_on_sigterm']} on SIGTERM")
+    g = row.get("rss_growth_pct")
+    if g is not None and g >= max_growth_pct:
+        out.append(f"RSS grew {g}% under load ({row['rss_before_mb']} -> {row['rss_after_mb']} MB), limit {max_growth_pct}%")
+    if not row["ok"]:
+        out.append("no request succeeded")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per run")
+    ap.add_argument("--warmup-s", type=float, default=5.0, help="seconds of the same load before the RSS baseline")
     ap.add_argument("--max-requests", type=int, default=100_000, help="per client, a hard bound besides --duration")
     ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1), help="client processes")
     ap.add_argument("--bundle", type=Path, help="bundle to serve (default: the toy conv net, built in a temp dir)")
@@ -181,28 +247,30 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="image height and width")
     ap.add_argument("--batch", type=int, default=1, help="rows per request")
     ap.add_argument("--json", action="store_true", help="JSON tensors instead of the binary extension")
+    ap.add_argument("--detect-image", type=Path, help="load the task endpoint: POST /detect with this image file's bytes")
     ap.add_argument("--max-batch", default="8", help="comma list: one server run per value (e.g. 1,8)")
     ap.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     ap.add_argument("--queue-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads in the server")
+    ap.add_argument("--max-rss-growth-pct", type=float, default=10.0, help="bound on rss_growth_pct (exit 1 at or above)")
     ap.add_argument("--out", type=Path, help="also write the JSON rows here")
     a = ap.parse_args()
-    if a.clients < 1 or a.duration <= 0 or a.max_requests < 1:
-        ap.error("--clients, --duration and --max-requests must be positive")
+    if a.clients < 1 or a.duration <= 0 or a.max_requests < 1 or a.warmup_s < 0:
+        ap.error("--clients, --duration and --max-requests must be positive, --warmup-s >= 0")
+    if a.detect_image is not None and not a.detect_image.is_file():
+        ap.error(f"--detect-image {str(a.detect_image)!r} is not a file")
 
     x = np.random.default_rng(0).standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
-    payload = f"{a.batch}x3x{a.size}x{a.size} FP32 {'JSON' if a.json else 'binary'}"
+    payload = (f"/detect {a.detect_image.name} ({a.detect_image.stat().st_size} bytes)" if a.detect_image
+               else f"{a.batch}x3x{a.size}x{a.size} FP32 {'JSON' if a.json else 'binary'}")
     rows = []
     if a.url:
         if urlsplit(a.url).hostname not in LOOPBACK:
             raise SystemExit(f"--url must be a loopback address ({sorted(LOOPBACK)}), got {a.url!r}")
         if not a.model:
             raise SystemExit("--url needs --model")
-        before = _rss_mb(a.pid)
-        row = run_load(a.url, a.model, x, a.json, a.clients, a.procs, a.duration, a.max_requests)
-        mean_batch, calls = _batch_stats(a.url, a.model)
-        rows.append({"bench": "serve", "server": a.url, "clients": a.clients, "duration_s": a.duration, "payload": payload,
-                     **row, "rss_before_mb": before, "rss_after_mb": _rss_mb(a.pid), "mean_batch": mean_batch, "batches": calls})
+        row = measure(a.url, a.model, make_request(a.model, x, a.json, a.detect_image), a.pid, a)
+        rows.append({"bench": "serve", "server": a.url, "clients": a.clients, "duration_s": a.duration, "payload": payload, **row})
     else:
         with tempfile.TemporaryDirectory(prefix="vkt-bench-serve-") as tmp:
             bundle = a.bundle
@@ -219,30 +287,33 @@ def main() -> None:
             from vkt.bundle import Bundle
 
             name = a.model or Bundle.load(bundle).name
+            req = make_request(name, x, a.json, a.detect_image)
             for mb in [int(v) for v in a.max_batch.split(",")]:
                 proc, url = start_server(bundle, mb, a.max_queue_delay_ms, a.queue_size, a.threads)
                 try:
-                    before = _rss_mb(proc.pid)
-                    row = run_load(url, name, x, a.json, a.clients, a.procs, a.duration, a.max_requests)
-                    after = _rss_mb(proc.pid)
-                    mean_batch, calls = _batch_stats(url, name)
+                    row = measure(url, name, req, proc.pid, a)
                 finally:
                     proc.terminate()
                     code = proc.wait(60)
                 rows.append({"bench": "serve", "server": f"vkt serve --max-batch {mb} --max-queue-delay-ms {a.max_queue_delay_ms} "
                                                           f"--queue-size {a.queue_size}", "max_batch": mb,
                              "clients": a.clients, "duration_s": a.duration, "payload": payload, **row,
-                             "rss_before_mb": before, "rss_after_mb": after, "mean_batch": mean_batch, "batches": calls,
                              "exit_code_on_sigterm": code})
     for r in rows:
+        r["broken_bounds"] = broken_bounds(r, a.max_rss_growth_pct)
         print(json.dumps(r))
     if a.out:
         a.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cols = ["max_batch", "clients", "throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors", "status_503",
-            "mean_batch", "rss_before_mb", "rss_after_mb"]
-    print("\n" + " | ".join(f"{c:>14}" for c in cols))
+    cols = ["max_batch", "clients", "throughput_rps", "p50_ms", "p99_ms", "errors", "status_503",
+            "mean_batch", "rss_start_mb", "rss_before_mb", "rss_after_mb", "rss_growth_pct"]
+    print("\n" + " | ".join(f"{c:>13}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{str(r.get(c, '-')):>14}" for c in cols))
+        print(" | ".join(f"{r.get(c, '-')!s:>13}" for c in cols))
+    broken = [f"{r.get('max_batch', r['server'])}: {b}" for r in rows for b in r["broken_bounds"]]
+    if broken:
+        print("\nBOUNDS BROKEN:\n  " + "\n  ".join(broken), file=sys.stderr)
+        raise SystemExit(1)
+    print(f"\nbounds held: no errors but 503, clean SIGTERM exit, RSS growth < {a.max_rss_growth_pct}%")
 
 
 if __name__ == "__main__":

@@ -359,9 +359,13 @@ class TaskRoutes:
         # 2. Read and decode the image.
         cfg = self.server.config
         deadline = time.monotonic() + cfg.timeout_s
-        img = decode_image(req.body(cfg.max_body_bytes, cfg.timeout_s), self.limits.max_image_pixels)
-        # 3. Pre-process, run through the batcher, post-process.
+        body = req.body(cfg.max_body_bytes, cfg.timeout_s)
         batcher = self.server.batchers[model.name]
+        if batcher.depth >= batcher.queue_size:  # refuse before decoding: overload should cost little
+            raise UnavailableError(f"model {model.name!r} is overloaded: its queue holds {batcher.depth} requests "
+                                   f"(--queue-size {batcher.queue_size}); retry later")
+        img = decode_image(body, self.limits.max_image_pixels)
+        # 3. Pre-process, run through the batcher (which refuses too if the queue filled meanwhile), post-process.
         result = task(img, lambda feed: batcher.infer(feed, max(0.0, deadline - time.monotonic())))
         return json_response({"model_name": model.name, "model_version": model.version, "task": task.task, **result})
 
