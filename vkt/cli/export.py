@@ -58,5 +58,35 @@ def export_onnx(
         print_calibration(bundle, section)
 
 
+@export_app.command("sd")
+def export_sd_cmd(
+    path: Path = typer.Argument(..., help="Local diffusers StableDiffusionPipeline folder (text_encoder/ unet/ vae/ "
+                                "tokenizer/ scheduler/), e.g. the output of `vkt train dreambooth`."),
+    output: Path = typer.Option(None, "--output", "-o", help="Bundle folder to write (default: ./<folder name>.vkt)."),
+    max_batch: int = typer.Option(4, "--max-batch", help="Images per call, B (the UNet's profile covers 2B for guidance)."),
+    min_size: int = typer.Option(256, "--min-size", help="Smallest image side in pixels (multiple of 64 for SD)."),
+    opt_size: int = typer.Option(512, "--opt-size", help="Image side TensorRT tunes for."),
+    max_size: int = typer.Option(1024, "--max-size", help="Largest image side in pixels."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 graphs (I/O and sensitive ops kept in FP32)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare each graph on onnxruntime with torch."),
+) -> None:
+    """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to an SD bundle."""
+    from rich.console import Console
+
+    from vkt.models.sd import SDProfile, export_sd
+
+    out = output or Path(f"{path.resolve().name}.vkt")
+    report = export_sd(path, out, profile=SDProfile(max_batch=max_batch, min_size=min_size, opt_size=opt_size,
+                                                    max_size=max_size), check=check, overwrite=force, fp16=fp16)
+    c = Console()
+    c.print(f"[green]wrote[/] SD bundle {str(report.bundle)!r}", highlight=False)
+    for comp, spec in report.specs.items():
+        axes = ", ".join(f"{a}={lo}:{opt}:{hi}" for a, (lo, opt, hi) in spec.profiles[0].axes.items())
+        par = report.parity.get(comp)
+        c.print(f"  {comp}: {axes}" + (f" (onnxruntime vs torch: {par:.1e} relative)" if par is not None else ""),
+                highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")

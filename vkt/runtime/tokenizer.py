@@ -68,7 +68,8 @@ class ClipTokenizer:
             pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),  # keep the matches, drop spaces
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ])
-        tok.decoder = decoders.ByteLevel()
+        # "</w>" ends a word: back to a byte-level space ("Ġ") before the byte decoding
+        tok.decoder = decoders.Sequence([decoders.Replace("</w>", "Ġ"), decoders.ByteLevel()])
         # Special tokens typed in a prompt stay whole (transformers registers them the same way).
         tok.add_special_tokens(list(dict.fromkeys([bos, eos, pad, unk])))
         self._tok = tok
@@ -116,8 +117,9 @@ class ClipTokenizer:
             raise InputError(f"a prompt must be a string, got {type(text).__name__}: {text!r}")
         return [self.bos_id, *self._tok.encode(text, add_special_tokens=False).ids, self.eos_id]
 
-    def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
-        """``[B, max_length]`` int64 ids; prompts longer than ``max_length - 2`` tokens are cut with a warning."""
+    def __call__(self, texts: str | Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
+        """``[B, max_length]`` int64 ids; prompts longer than ``max_length - 2`` tokens are cut with a warning
+        (naming the prompt as ``names[i]``, default "prompt i")."""
         batch = [texts] if isinstance(texts, str) else list(texts)
         if not batch:
             raise InputError("expected at least one prompt, got an empty list")
@@ -125,9 +127,9 @@ class ClipTokenizer:
         for i, text in enumerate(batch):
             ids = self.encode(text)
             if len(ids) > self.max_length:
-                dropped = self._tok.decode(ids[self.max_length - 1:-1])
-                log.warning("prompt %d is %d tokens; CLIP takes %d, so this part was dropped: %r",
-                            i, len(ids) - 2, self.max_length - 2, dropped)
+                dropped = self._tok.decode(ids[self.max_length - 1:-1]).strip()
+                log.warning("%s is %d tokens; CLIP takes %d, so this part was dropped: %r",
+                            names[i] if names else f"prompt {i}", len(ids) - 2, self.max_length - 2, dropped)
                 ids = ids[: self.max_length - 1] + [self.eos_id]
             out[i, : len(ids)] = ids
         return out

@@ -163,6 +163,9 @@ class Txt2Img:
         timings = StageTimings()
         # 1. Check inputs
         prompts = self._check_prompts(prompt, "prompt")
+        for i, p in enumerate(prompts):
+            if not p.strip():  # valid (diffusers' unconditional prompt) but rarely meant
+                log.warning("prompt %d is empty: its image is unconditional (only the negative prompt steers it)", i)
         P = len(prompts)
         negatives = self._negatives(negative_prompt, P)
         height = self.default_size if height is None else height
@@ -189,7 +192,8 @@ class Txt2Img:
         self.activate()
         t0 = time.perf_counter()
         texts = (negatives + prompts) if do_cfg else prompts
-        ids = self.tokenizer(texts).astype(self.specs["text_encoder"].input(TEXT_IDS).dtype)  # [2P | P, 77]
+        names = ([f"negative prompt {i}" for i in range(P)] if do_cfg else []) + [f"prompt {i}" for i in range(P)]
+        ids = self.tokenizer(texts, names).astype(self.specs["text_encoder"].input(TEXT_IDS).dtype)  # [2P | P, 77]
         emb = self._run_chunked("text_encoder", {TEXT_IDS: ids})[TEXT_OUT]  # [2P | P, 77, D]
         emb = np.repeat(emb, n, axis=0)  # [2B | B, 77, D], prompt-major like diffusers
         timings.text_encoder = time.perf_counter() - t0

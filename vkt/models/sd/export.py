@@ -151,10 +151,16 @@ def _load(source: Any) -> _Parts:
     """Components from a local diffusers folder or an in-memory pipeline (anything with the five attributes)."""
     if isinstance(source, (str, os.PathLike)):
         root = Path(source)
+        if not root.is_dir():
+            raise ModelError(f"{str(root)!r} is not a folder; expected a diffusers Stable Diffusion pipeline folder "
+                             "(text_encoder/ unet/ vae/ tokenizer/ scheduler/)")
         need = ["text_encoder", "unet", "vae", "tokenizer", "scheduler/scheduler_config.json"]
         missing = [n for n in need if not (root / n).exists()]
         if missing:
             raise ModelError(f"{str(root)!r} is not a diffusers Stable Diffusion folder: it lacks {missing}")
+        missing = _missing_files(root)
+        if missing:
+            raise ModelError(f"diffusers folder {str(root)!r} is incomplete: missing {', '.join(missing)}")
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -186,7 +192,8 @@ class SDExportReport:
 
 
 def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = None, opset: int = 17,
-              check: bool = True, tol: float = 1e-3, overwrite: bool = False, name: str | None = None) -> SDExportReport:
+              check: bool = True, tol: float = 1e-3, overwrite: bool = False, name: str | None = None,
+              fp16: bool = False) -> SDExportReport:
     """Export a Stable Diffusion pipeline's three graphs into a bundle at ``dest``.
 
     Args:
@@ -198,6 +205,8 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
         check: run each graph on onnxruntime at the profile's min shapes and compare with torch;
             ``max |ort - torch| / max |torch|`` above ``tol`` raises ModelError.
         overwrite: replace an existing bundle at ``dest``.
+        fp16: also write ``<component>.fp16.onnx`` per graph (role "fp16 onnx": FP16 weights and
+            compute, I/O and numerically sensitive ops kept in FP32; ``Txt2Img(precision="fp16")``).
     Returns:
         SDExportReport. Graphs over 2 GB (the fp32 SD UNet is 3.4 GB) are written with one external
         data file beside them (role "onnx external data").
@@ -252,6 +261,12 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                     proto = _export_one(wrappers[comp], dummies[comp], spec, opset)
                     fname = f"{comp}.onnx"
                     files = save_onnx(proto, w.staged(fname))
+                    files16 = []
+                    if fp16:
+                        from vkt.export.fp16 import convert_fp16
+
+                        with timed(f"converting {comp} to fp16", log):
+                            files16 = save_onnx(convert_fp16(proto), w.staged(f"{comp}.fp16.onnx"))
                     del proto
                 if check:
                     with timed(f"checking {comp} on onnxruntime", log):
@@ -270,6 +285,11 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 w.add_file(files[0], fname, role="fp32 onnx", component=comp, meta={"opset": opset, "exporter": "torchscript"})
                 if len(files) > 1:
                     w.add_file(files[1], files[1].name, role="onnx external data", component=comp)
+                if files16:
+                    w.add_file(files16[0], f"{comp}.fp16.onnx", role="fp16 onnx", component=comp,
+                               meta={"opset": opset, "io": "float32"})
+                    if len(files16) > 1:
+                        w.add_file(files16[1], files16[1].name, role="onnx external data", component=comp)
             for fname in tok_cfg["files"]:
                 w.add_file(parts.tokenizer_dir / fname, f"tokenizer/{fname}", role="tokenizer", component="text_encoder")
             w.add_file(json.dumps(parts.scheduler_config, indent=2).encode() + b"\n", "scheduler/scheduler_config.json",
@@ -285,11 +305,31 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 "type": "sd-vae", "input": VAE_OUT, "scale": 0.5, "offset": 0.5, "clip": [0.0, 1.0],
                 "to_uint8": "round(x * 255)", "layout": "NCHW -> NHWC", "color": "RGB",
             }
-            w.manifest["precision"] = {"compute": "fp32"}
+            w.manifest["precision"] = {"compute": "fp32", **({"fp16": "<component>.fp16.onnx"} if fp16 else {})}
         return SDExportReport(Path(dest), specs, parity)
     finally:
         for p in parts.cleanup:
             shutil.rmtree(p, ignore_errors=True)
+
+
+_WEIGHTS = {"text_encoder": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),
+            "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                     "diffusion_pytorch_model.safetensors.index.json"),
+            "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")}
+
+
+def _missing_files(root: Path) -> list[str]:
+    """Files a pipeline folder needs but lacks, named relative to it (weights: the safetensors name)."""
+    missing = []
+    for comp, weights in _WEIGHTS.items():
+        if not (root / comp / "config.json").is_file():
+            missing.append(f"{comp}/config.json")
+        if not any((root / comp / w).is_file() for w in weights):
+            missing.append(f"{comp}/{weights[0]} (or {', '.join(weights[1:])})")
+    tok = root / "tokenizer"
+    if not ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()) and not (tok / "tokenizer.json").is_file():
+        missing.append("tokenizer/vocab.json + tokenizer/merges.txt (or tokenizer/tokenizer.json)")
+    return missing
 
 
 def _tokenizer_files(d: Path) -> dict[str, Any]:
