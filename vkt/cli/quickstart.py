@@ -7,6 +7,7 @@ onnxruntime CPU -> annotated images + JSON -> (with tensorrt-rtx installed) Tens
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -139,12 +140,13 @@ def quickstart(
     rows = run_bench(targets, [Case("x".join(map(str, batch.shape)), feed, 1)], BenchConfig(warmup=2, iters=iters))
     for r in runners:
         r.deactivate()
-    plot_rows(rows, str(out / "bench.png"))
+    if importlib.util.find_spec("matplotlib"):
+        plot_rows(rows, str(out / "bench.png"))
+    else:
+        c.print("[dim]no bench.png: matplotlib is not installed (pip install 'vkt[plot]')[/]")
     summary["steps"]["bench"] = [r.to_dict() for r in rows]
 
     # 5. Engines: strongly typed TensorRT-RTX plans, built on this CPU for RTX GPUs (running them needs one).
-    import importlib.util
-
     want_build = build == "yes" or (build == "auto" and importlib.util.find_spec("tensorrt_rtx") is not None)
     plans = []
     if want_build:
