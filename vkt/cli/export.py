@@ -88,5 +88,135 @@ def export_sd_cmd(
                 highlight=False)
 
 
+@export_app.command("textdet")
+def export_textdet_cmd(
+    source: str = typer.Argument(None, help="A training checkpoint (RUN/ckpt.pt) or run folder; or use --pretrained."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Export imported weights instead: ppocrv5-mobile."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write."),
+    profile: str = typer.Option(None, help="Axis ranges 'batch=1:1:8,height=32:736:2048,width=32:736:2048' "
+                                "(default: the textdet task's)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32)."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+) -> None:
+    """PyTorch DB text detector -> dynamic-shape ONNX bundle, with ORT-vs-torch parity printed."""
+    from rich.console import Console
+
+    from vkt.errors import InputError
+    from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
+    from vkt.specs import parse_profile
+
+    if (source is None) == (pretrained is None):
+        raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "
+                         f"got {'both' if source else 'neither'}")
+    model, resize, desc = load_textdet_source(pretrained or source)
+    prof = dict(parse_profile(profile).axes) if profile else None
+    rep = export_textdet_bundle(model, output, profile=prof, fp16=fp16, resize=resize, overwrite=force, source=desc)
+    c = Console()
+    c.print(f"[green]wrote[/] bundle {str(rep.path)!r} from {desc}", highlight=False)
+    for k, v in rep.parity.items():
+        c.print(f"  parity fp32 {k}: max abs diff ORT vs torch {v:.2e}", highlight=False)
+    for k, v in (rep.parity_fp16 or {}).items():
+        c.print(f"  parity fp16 {k}: max abs diff ORT vs torch {v:.2e}", highlight=False)
+
+
+@export_app.command("detr")
+def export_detr_cmd(
+    checkpoint: Path = typer.Argument(..., help="DETR weights: a Hugging Face folder (config.json + model.safetensors, "
+                                      "e.g. RUN/model from `vkt train detr`) or a facebookresearch/detr .pth file."),
+    output: Path = typer.Option(None, "--output", "-o", help="Bundle folder to write (default: ./<checkpoint name>.vkt)."),
+    postprocess: bool = typer.Option(False, "--postprocess", help="Softmax, top-k and xyxy boxes in source pixels inside "
+                                     "the graph (inputs pixel_values + orig_sizes; outputs scores, labels, boxes)."),
+    top_k: int = typer.Option(100, "--top-k", help="With --postprocess: detections per image the graph returns."),
+    static: str = typer.Option(None, "--static", help="A static-shape graph of HxW pixels (batch 1), e.g. 800x1066; "
+                               "images must resize to exactly that size."),
+    shortest_edge: int = typer.Option(None, "--shortest-edge", help="Resize rule for the manifest (default: the "
+                                      "training run's if the folder has vkt_train.json, else 800)."),
+    longest_edge: int = typer.Option(None, "--longest-edge", help="Resize rule for the manifest (default 1333, or the run's)."),
+    num_heads: int = typer.Option(8, "--num-heads", help="Attention heads of a .pth checkpoint (not stored in the file)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32)."),
+    int8: bool = typer.Option(False, "--int8", help="Calibrate on --calib images and add INT8 Q/DQ graphs (onnxruntime "
+                              "and TensorRT placements; Softmax and LayerNorm stay float)."),
+    calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images."),
+    calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
+    num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+) -> None:
+    """Export a DETR checkpoint to a bundle: ONNX checked against transformers on onnxruntime, manifest with labels."""
+    import json
+    import re
+
+    from rich.console import Console
+
+    from vkt.errors import InputError
+
+    if int8 and calib is None:
+        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    if calib is not None and not int8:
+        raise InputError("--calib is only used with --int8")
+    static_shape = None
+    if static is not None:
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", static)
+        if not m or min(int(m.group(1)), int(m.group(2))) < 32:
+            raise InputError(f"--static must be HxW with both sides >= 32 pixels, e.g. 800x1066; got {static!r}")
+        static_shape = (1, int(m.group(1)), int(m.group(2)))
+    resize = {}
+    run_cfg = checkpoint / "vkt_train.json"
+    if checkpoint.is_dir() and run_cfg.is_file():
+        try:
+            resize = dict(json.loads(run_cfg.read_text(encoding="utf-8")).get("resize", {}))
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+            raise InputError(f"{str(run_cfg)!r} is not a vkt training record (expected JSON with a 'resize' object)") from None
+    for key, v in (("shortest_edge", shortest_edge), ("longest_edge", longest_edge)):
+        if v is not None:
+            if v < 1:
+                raise InputError(f"--{key.replace('_', '-')} must be a positive number of pixels, got {v}")
+            resize[key] = v
+    resize = {k: int(v) for k, v in resize.items() if k in ("shortest_edge", "longest_edge")}
+
+    from vkt.bundle import Bundle
+    from vkt.models.detr.checkpoints import load_checkpoint
+    from vkt.models.detr.export import export_bundle
+
+    profile = None
+    if resize and static_shape is None:
+        # The default profile (sides 320..1333) is DETR-R50's; a run trained at another size gets one around its rule.
+        from vkt.tasks import TASKS
+
+        se = resize.get("shortest_edge", TASKS["detr"].preprocess["resize"]["shortest_edge"])
+        le = max(resize.get("longest_edge", TASKS["detr"].preprocess["resize"]["longest_edge"]), se)
+        profile = {"batch": (1, 1, 4), "height": (32, se, le), "width": (32, min(le, se * 4 // 3), le)}
+    model = load_checkpoint(checkpoint, num_heads=num_heads)
+    out = output or Path(f"{checkpoint.resolve().stem}.vkt")
+    dest = export_bundle(model, out, postprocess=postprocess, top_k=top_k, static_shape=static_shape, profile=profile,
+                         overwrite=force, **resize)
+    bundle = Bundle.load(dest)
+    if fp16:
+        import onnx
+
+        from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+
+        half = convert_fp16(onnx.load(str(bundle.path("fp32 onnx"))))
+        bundle.add_file(half.SerializeToString(), "model.fp16.onnx", role="fp16 onnx",
+                        meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
+        bundle.update(precision={**bundle.manifest.get("precision", {}), "fp16": "model.fp16.onnx"})
+    spec = bundle.spec()
+    c = Console()
+    c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task}, "
+            f"{model.config.num_labels} classes, {model.config.num_queries} queries)", highlight=False)
+    for t in spec.inputs:
+        c.print(f"  input  {t.name}: {t.dtype} {list(t.shape)}", highlight=False)
+    for t in spec.outputs:
+        c.print(f"  output {t.name}: {t.dtype} {list(t.shape)}", highlight=False)
+    parity = bundle.manifest.get("export", {}).get("parity_max_abs", {})
+    if parity:
+        c.print("  onnxruntime vs torch max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()), highlight=False)
+    if int8:
+        from vkt.calibration.api import quantize_from_images
+        from vkt.cli.quantize import print_calibration
+
+        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images)
+        print_calibration(bundle, section)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")

@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "vkt.cli.eval",
     "vkt.cli.txt2img",
     "vkt.cli.quantize",
+    "vkt.cli.train",
 ]
 
 

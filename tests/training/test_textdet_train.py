@@ -1,0 +1,141 @@
+"""DB text-detector training: loss goes down from scratch, frozen BN when fine-tuning, kill + resume, bad checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("lightning")
+pytest.importorskip("PIL")
+
+from vkt.errors import InputError, ModelError  # noqa: E402
+from vkt.training.synth_text import SynthConfig, SynthStream  # noqa: E402
+from vkt.training.textdet import TextDetTrainConfig, fit  # noqa: E402
+
+SYNTH = SynthConfig(size=(96, 96), text_height=(14, 24), words=(2, 4))
+TINY = dict(batch=4, size=64, warmup=2, ckpt_every=2, val_every=1000, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two cores shared by several jobs: intra-op threads waiting on each other made steps up to 50x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    s = SynthStream(16, seed=0, config=SYNTH)
+    return [s[i] for i in range(len(s))]
+
+
+def _fit(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's hints about workers and loggers
+        return fit(*args, **kwargs)
+
+
+def _fixed_batch(samples):
+    from vkt.training.textdet_data import TextDetTransform
+
+    t = TextDetTransform(64, train=False)
+    items = [t(s) for s in samples[:4]]
+    return {k: torch.from_numpy(np.stack([i[k] for i in items])) for k in items[0]}
+
+
+def test_short_run_from_scratch_lowers_the_loss(synth):
+    from vkt.training.textdet import ThresholdHead, build_model, lightning_module
+
+    batch = _fixed_batch(synth)
+    cfg = TextDetTrainConfig(steps=12, lr=3e-3, **TINY)
+
+    def loss_of(model, head):
+        m = lightning_module(model, cfg, head)
+        m.train()  # batch statistics, as in training (running ones lag far behind after a few steps)
+        with torch.no_grad():
+            return float(m.losses(batch)["loss"])
+
+    model = build_model(None, seed=0)
+    before = loss_of(model, ThresholdHead())
+    result = _fit(synth, cfg, model=build_model(None, seed=0))
+    after = loss_of(result.model, result.threshold_head)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 12 and np.isfinite(losses).all()
+    assert after < 0.85 * before, (before, after, losses)
+
+
+def test_fine_tuning_keeps_batchnorm_frozen(synth):
+    from vkt.models.textdet.loader import load_ppocrv5_mobile_det
+
+    model = load_ppocrv5_mobile_det()
+    bns = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in model.named_modules()
+           if isinstance(m, torch.nn.BatchNorm2d)}
+    conv_before = model.head.conv_down.convolution.weight.detach().clone()
+    result = _fit(synth, TextDetTrainConfig(steps=2, lr=1e-4, pretrained="ppocrv5-mobile", **TINY), model=model)
+    assert result.config.bn_frozen
+    for n, m in result.model.named_modules():
+        if n in bns:
+            assert torch.equal(m.running_mean, bns[n][0]) and torch.equal(m.running_var, bns[n][1]), n
+    assert not torch.equal(result.model.head.conv_down.convolution.weight, conv_before)   # yet it learned
+    head_bn = next(m for m in result.threshold_head.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(head_bn.num_batches_tracked) == 2       # the new threshold branch trains its own BN
+
+
+class Killed(Exception):
+    pass
+
+
+def test_checkpoint_kill_resume_gives_the_same_next_loss(synth, tmp_path):
+    import lightning as L
+
+    from vkt.training.textdet_ckpt import load_checkpoint
+
+    cfg = TextDetTrainConfig(steps=4, lr=2e-3, **TINY)
+    full = _fit(synth, cfg, out_dir=tmp_path / "full")
+    want = {h["step"]: h["loss"] for h in full.history if "loss" in h}
+
+    class KillAfterStep2(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            if trainer.global_step == 2:
+                raise Killed()
+
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        _fit(synth, cfg, out_dir=run, callbacks=[KillAfterStep2()])
+    assert load_checkpoint(run)["step"] == 2
+    resumed = _fit(synth, None, out_dir=run, resume=True)
+    got = {h["step"]: h["loss"] for h in resumed.history if "loss" in h}
+    assert resumed.start_step == 2 and sorted(got) == [1, 2, 3, 4]
+    assert got[3] == pytest.approx(want[3], rel=1e-5) and got[4] == pytest.approx(want[4], rel=1e-5)
+    assert load_checkpoint(run)["step"] == 4
+    with pytest.raises(InputError, match="already >= steps"):
+        _fit(synth, None, out_dir=run, resume=True)
+
+
+def test_bad_checkpoints_and_runs(synth, tmp_path):
+    from vkt.training.textdet_ckpt import load_checkpoint
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no checkpoint in run folder"):
+        _fit(synth, TextDetTrainConfig(steps=2, **TINY), out_dir=tmp_path / "empty", resume=True)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ckpt.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(ModelError, match="corrupt"):
+        load_checkpoint(bad)
+    torch.save({"weights": torch.zeros(2)}, bad / "other.pt")
+    with pytest.raises(ModelError, match="not a vkt text-detector checkpoint"):
+        load_checkpoint(bad / "other.pt")
+    with pytest.raises(InputError, match="empty"):
+        _fit([], TextDetTrainConfig(steps=2, **TINY))
+    with pytest.raises(InputError, match="multiple of 32"):
+        TextDetTrainConfig(size=100)
+    with pytest.raises(InputError, match="unknown pretrained"):
+        TextDetTrainConfig(pretrained="resnet")

@@ -1,0 +1,130 @@
+"""`vkt train`: the training group; `vkt train textdet` trains / fine-tunes the DB text detector.
+
+Other families add their command to the same group (``train_group(app)`` finds or makes it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train_group(app: typer.Typer) -> typer.Typer:
+    """The app's ``train`` sub-app, made on first use, so each family's module can add a command to it."""
+    group = next((g.typer_instance for g in app.registered_groups if g.name == "train" and g.typer_instance), None)
+    if group is None:
+        group = typer.Typer(help="Train or fine-tune models (PyTorch Lightning).", no_args_is_help=True)
+        app.add_typer(group, name="train")
+    return group
+
+
+def textdet(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: ckpt.pt, history.jsonl, logs/, bundle/."),
+    data: Path = typer.Option(None, "--data", help="ICDAR-style folder: images + gt_<name>.txt / <name>.txt labels."),
+    synth: int = typer.Option(None, "--synth", help="Train on N synthetic images rendered on the fly instead of --data."),
+    val: Path = typer.Option(None, "--val", help="ICDAR-style validation folder (default: a synthetic set with --synth, "
+                             "else up to 16 training images)."),
+    pretrained: str = typer.Option(None, "--pretrained", help="Start from imported weights: ppocrv5-mobile "
+                                   "(BatchNorm frozen). Default: from scratch."),
+    steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (default 1000)."),
+    batch: int = typer.Option(None, "--batch", help="Images per step (default 8)."),
+    lr: float = typer.Option(None, "--lr", help="Peak AdamW learning rate after warm-up (default 1e-3; ~1e-4 to fine-tune)."),
+    size: int = typer.Option(None, "--size", help="Square training crop, a multiple of 32 (default 320)."),
+    ckpt_every: int = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 100)."),
+    val_every: int = typer.Option(None, "--val-every", help="Validation hmean every N steps (default 100)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of data order, augmentation, synthetic text and init (default 0)."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (default 0)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its ckpt.pt."),
+    config: Path = typer.Option(None, "--config", help="YAML file of TextDetTrainConfig fields; command-line options win."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Export OUT/bundle at the end."),
+) -> None:
+    """Train or fine-tune the PP-OCRv5 mobile DB detector; ends with an exported bundle in OUT/bundle."""
+    import json
+    import time
+    from dataclasses import asdict
+
+    from vkt.errors import InputError
+    from vkt.log import get_logger
+    from vkt.training.textdet import TextDetTrainConfig, fit
+
+    log = get_logger("cli.train")
+    if (data is None) == (synth is None):
+        raise InputError("give exactly one of --data DIR (ICDAR-style folder) and --synth N (synthetic images), "
+                         f"got {'both' if data is not None else 'neither'}")
+    given = {"steps": steps, "batch": batch, "lr": lr, "size": size, "ckpt_every": ckpt_every, "val_every": val_every,
+             "seed": seed, "workers": workers, "pretrained": pretrained}
+    opts = _read_config(config) if config is not None else {}
+    opts.update({k: v for k, v in given.items() if v is not None})
+    cfg = TextDetTrainConfig.from_dict(opts, str(config) if config else "options")
+    if resume and not out.is_dir():
+        raise InputError(f"--resume: run folder {str(out)!r} not found; expected a folder holding ckpt.pt")
+
+    # 1. data
+    train_set, val_set = _datasets(data, synth, val, cfg)
+    # 2. train
+    t0 = time.perf_counter()
+    result = fit(train_set, cfg if not resume or steps is not None else None, val_set, out_dir=out, resume=resume,
+                 progress=True)
+    seconds = time.perf_counter() - t0
+    losses = [h for h in result.history if "loss" in h]
+    vals = [h for h in result.history if "val_hmean" in h]
+    summary = {"steps": result.config.steps, "resumed_from": result.start_step, "seconds": round(seconds, 1),
+               "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
+               "val": vals[-1] if vals else None, "config": asdict(result.config), "checkpoint": str(result.checkpoint)}
+    # 3. export
+    if export and result.checkpoint is not None:
+        from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
+
+        model, resize, desc = load_textdet_source(result.checkpoint)
+        rep = export_textdet_bundle(model, out / "bundle", resize=resize, overwrite=True, source=desc)
+        summary["bundle"] = str(rep.path)
+        summary["parity"] = rep.parity
+    from vkt.fsutil import atomic_write_text
+
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    log.info("trained %d steps in %.1f s", result.config.steps - result.start_step, seconds)
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
+
+
+def _read_config(path: Path) -> dict:
+    from vkt.errors import InputError
+
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML comes with the train extras
+        raise InputError("--config needs PyYAML: pip install pyyaml") from None
+    if not path.is_file():
+        raise InputError(f"config file not found: {str(path)!r}")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{str(path)!r}: expected a mapping of training options, got {type(d).__name__}")
+    return d
+
+
+def _datasets(data: Path | None, synth: int | None, val: Path | None, cfg):  # type: ignore[no-untyped-def]
+    from vkt.training.synth_text import SynthConfig, SynthStream
+    from vkt.training.textdet_data import IcdarFolder
+
+    val_set = None
+    if val is not None:
+        vf = IcdarFolder(val)
+        val_set = [vf[i] for i in range(len(vf))]
+    if synth is not None:
+        sc = SynthConfig(size=(cfg.size, cfg.size))
+        train_set = SynthStream(synth, cfg.seed, sc)
+        if val_set is None:  # a different seed: images the run never trains on
+            vs = SynthStream(max(8, min(64, synth // 10)), cfg.seed + 1_000_003, sc)
+            val_set = [vs[i] for i in range(len(vs))]
+    else:
+        train_set = IcdarFolder(data)
+        if val_set is None:
+            val_set = [train_set[i] for i in range(min(16, len(train_set)))]
+    return train_set, val_set
+
+
+def register(app: typer.Typer) -> None:
+    train_group(app).command("textdet")(textdet)
