@@ -9,8 +9,8 @@ _spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).par
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-GOOD = {"ok": 100, "errors": 0, "status_other": {}, "exit_code_on_sigterm": 0, "rss_before_mb": 100.0,
-        "rss_after_mb": 105.0, "rss_growth_pct": bench._pct(105.0, 100.0)}
+GOOD = {"ok": 100, "errors": 0, "status_other": {}, "exit_code_on_sigterm": 0, "rss_load_first_quarter_mb": 100.0,
+        "rss_load_last_quarter_mb": 105.0, "rss_growth_pct": bench._pct(105.0, 100.0)}
 
 
 def test_bounds_hold_and_each_break_is_named():
