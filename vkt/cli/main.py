@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "vkt.cli.txt2img",
     "vkt.cli.quantize",
     "vkt.cli.train",
+    "vkt.cli.train_dreambooth",  # after vkt.cli.train: joins its `train` group (or makes one)
 ]
 
 

@@ -1,0 +1,42 @@
+"""`vkt train dreambooth`: personalise a Stable Diffusion pipeline from a YAML config (vkt.training.dreambooth).
+
+Registration: the command joins the app's existing ``train`` group (``vkt train textdet`` lives in
+vkt.cli.train) and creates that group only when no module made it, so this module must come after
+vkt.cli.train in COMMAND_MODULES.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def dreambooth(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML run config (see vkt.training.dreambooth_config."
+                                "DreamboothConfig: pretrained, instance_dir, identifier, class_noun, output_dir, ...)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (weights, optimizer, "
+                                "LR scheduler, step, RNG states)."),
+) -> None:
+    """Dreambooth fine-tuning with class-prior preservation; writes <output_dir>/model, a diffusers folder for
+    `vkt export sd`."""
+    from vkt.training.dreambooth import train_dreambooth
+    from vkt.training.dreambooth_config import load_config
+
+    cfg = load_config(config)
+    result = train_dreambooth(cfg, resume=resume)
+    last = result.losses[-1] if result.losses else None
+    typer.echo(f"wrote {result.model_dir}")
+    if last:
+        typer.echo(f"step {last['step']}: loss {last['loss']:.4f} (instance {last['instance_loss']:.4f}, "
+                   f"prior {last['prior_loss']:.4f})")
+    typer.echo(f"instance loss on fixed draws {result.eval_before['instance_loss']:.4f} -> "
+               f"{result.eval_after['instance_loss']:.4f}; export with: vkt export sd {result.model_dir} -o BUNDLE")
+
+
+def register(app: typer.Typer) -> None:
+    group = next((g.typer_instance for g in app.registered_groups if g.name == "train" and g.typer_instance), None)
+    if group is None:
+        group = typer.Typer(help="Train or fine-tune models (PyTorch Lightning).", no_args_is_help=True)
+        app.add_typer(group, name="train")
+    group.command("dreambooth")(dreambooth)
