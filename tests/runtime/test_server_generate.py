@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +13,24 @@ from vkt.runtime.server.tasks import TaskLimits, add_task_routes
 
 pytestmark = pytest.mark.torch
 
-# The tiny SD pipeline and its exported bundle: the fixtures of the SD parity tests.
-_spec = importlib.util.spec_from_file_location("_sd_parity", Path(__file__).parents[1] / "models" / "sd" / "test_sd_parity.py")
-_sd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sd)
-torch1, tiny_pipe, bundle = _sd.torch1, _sd.tiny_pipe, _sd.bundle
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny random SD pipeline (vkt.models.sd.tiny) exported to a bundle, 64 px, max 2 images per call."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from vkt.models.sd import SDProfile, export_sd
+    from vkt.models.sd.tiny import tiny_pipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: on a shared 2-core machine two run the tiny export much slower
+    try:
+        root = tmp_path_factory.mktemp("sd")
+        tiny_pipeline(root / "tokenizer", size=64).save_pretrained(str(root / "pipe"))
+        report = export_sd(root / "pipe", root / "tiny-sd", profile=SDProfile(max_batch=2, min_size=32, opt_size=64, max_size=64))
+    finally:
+        torch.set_num_threads(before)
+    return report.bundle
 
 
 @pytest.fixture(scope="module")
