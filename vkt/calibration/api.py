@@ -199,20 +199,142 @@ def image_preprocess(bundle: Any, component: str = "model") -> Any:
 def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str = "minmax",
                          targets: Sequence[str] = TARGETS, exclude: Sequence[str] = (), num_images: int | None = None,
                          shapes: Sequence[tuple[int, int]] | None = None, component: str = "model",
-                         percentile: float = 99.999, show_progress: bool = True) -> dict[str, Any]:
-    """:func:`quantize_bundle` on a folder of images pre-processed as the bundle's manifest says.
+                         percentile: float = 99.999, holdout: str | os.PathLike | None = None,
+                         max_drop: float = 0.01, steps: Sequence[int] | None = None, placement: str = "ort",
+                         qat: bool = False, qat_options: Mapping[str, Any] | None = None, on_fail: str = "fp32",
+                         threads: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """:func:`quantize_bundle` on a folder of images pre-processed as the bundle's manifest says, then
+    (with ``holdout``) the accuracy gate on held-out images and (with ``qat``) quantization-aware distillation.
 
-    ``shapes``: calibrate at these (H, W), images cycling through them; default: the manifest's
-    resize rule, or shapes inside the profile when the manifest has none.
+    Args:
+        shapes: calibrate at these (H, W), images cycling through them; default: the manifest's
+            resize rule, or shapes inside the profile when the manifest has none.
+        holdout: folder of held-out images (not in ``folder``): runs :func:`gate_bundle` with the
+            task's metric (text detection: hmean of INT8 boxes vs FP32 boxes).
+        max_drop: the gate's budget as a fraction (default 0.01 = 1 point).
+        steps: layers kept in float per gate step (default ``gate.DEFAULT_STEPS``).
+        placement: the placement the gate chooses for ("ort" default: it is timed on ORT CPU).
+        qat: also fine-tune the reference PyTorch module with fake quantization (needs ``holdout``;
+            the gate picks QAT or PTQ); ``qat_options``: keyword arguments of
+            :class:`vkt.calibration.qat.QatConfig` (steps, minutes, checkpoint, ...).
+        on_fail: gate policy when nothing fits: "fp32" (ship no INT8 graph) or "best".
     """
     from vkt.bundle import Bundle
     from vkt.calibration.data import ImageFolderReader, calibration_shapes
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     spec = b.spec(component)
+    if qat and holdout is None:
+        raise CalibrationError("--qat needs --holdout DIR: the accuracy gate decides whether the QAT or the PTQ model ships")
+    if qat:
+        from vkt.calibration.qat import reference_module_for
+
+        reference_module_for(b, component)  # fails now, naming the family, rather than after calibrating
+    if holdout is not None:
+        from vkt.calibration.gate import check_steps, holdout_images
+
+        holdout_images(holdout)
+        check_steps(steps if steps is not None else (0,))
     if shapes is None and not b.preprocess.get("resize"):
         shapes = calibration_shapes(spec)
-    reader = ImageFolderReader(folder, image_preprocess(b, component), shapes=shapes, limit=num_images, spec=spec,
-                               show_progress=show_progress)
-    return quantize_bundle(b, reader, method=method, targets=targets, exclude=exclude, component=component,
-                           percentile=percentile, show_progress=show_progress)
+    pre = image_preprocess(b, component)
+    reader = ImageFolderReader(folder, pre, shapes=shapes, limit=num_images, spec=spec, show_progress=show_progress)
+    section = quantize_bundle(b, reader, method=method, targets=targets, exclude=exclude, component=component,
+                              percentile=percentile, show_progress=show_progress)
+    if holdout is None:
+        return section
+    from vkt.calibration.data import resize_feed
+    from vkt.calibration.gate import DEFAULT_STEPS, holdout_images, task_metric
+
+    paths = holdout_images(holdout)
+    metric = task_metric(b, paths, threads=threads, show_progress=show_progress)
+    # Ranking on two calibration images at a small size (one session per layer: keep it cheap);
+    # latency on the first held-out image at its deployment size.
+    sens = [resize_feed(pre(p), _small(spec)) for p in reader.paths[:2]]
+    latency = pre(paths[0])
+    extra = []
+    if qat:
+        from vkt.calibration.qat import QatConfig, qat_candidate
+
+        cfg = QatConfig(**dict(qat_options or {}))
+        extra.append(qat_candidate(b, reader.paths, pre, method=method, percentile=percentile, config=cfg,
+                                   component=component, show_progress=show_progress))
+    return gate_bundle(b, metric, sensitivity_feeds=sens, latency_feed=latency, max_drop=max_drop,
+                       steps=steps if steps is not None else DEFAULT_STEPS, placement=placement, component=component,
+                       extra_candidates=extra, on_fail=on_fail, threads=threads, show_progress=show_progress,
+                       holdout={"path": str(holdout), "images": len(paths)})
+
+
+def _small(spec: Any) -> tuple[int, int]:
+    """A small (H, W) inside the profile for sensitivity ranking: 320 when allowed, rounded to 32."""
+    if spec.profiles:
+        axes = spec.profiles[0].axes
+        hw = [axes[d] for d in spec.inputs[0].shape[2:] if isinstance(d, str) and d in axes]
+        if len(hw) == 2:
+            return tuple(min(hi, max(lo, 320)) for lo, _, hi in hw)  # type: ignore[return-value]
+    return (320, 320)
+
+
+def gate_bundle(bundle: Any, metric: Any, *, sensitivity_feeds: Sequence[Mapping[str, np.ndarray]],
+                latency_feed: Mapping[str, np.ndarray] | None, max_drop: float = 0.01, steps: Sequence[int] | None = None,
+                placement: str = "ort", component: str = "model", extra_candidates: Sequence[Any] = (),
+                on_fail: str = "fp32", threads: int | None = None, iters: int = 10, exhaustive: bool = False,
+                holdout: Mapping[str, Any] | None = None, ranking_method: str = "jump",
+                show_progress: bool = True) -> dict[str, Any]:
+    """Run :func:`vkt.calibration.gate.accuracy_gate` on a calibrated bundle and ship its choice.
+
+    The bundle must hold a ``calibration table`` (run :func:`quantize_bundle` first). The chosen
+    model replaces the ``placement``'s ``int8 qdq onnx`` (meta: placement, candidate, layers kept
+    in float, metric); when nothing fits and ``on_fail="fp32"``, that placement's Q/DQ graph is
+    removed. ``manifest["calibration"]["gate"]`` records baseline, budget, every step and the choice.
+    Returns the updated calibration section (the gate's record under ``"gate"``).
+    """
+    from vkt.bundle import Bundle
+    from vkt.calibration.gate import DEFAULT_STEPS, GateCandidate, accuracy_gate
+    from vkt.calibration.ranges import CalibrationTable, prepare_model
+    from vkt.calibration.report import count_ops
+    from vkt.onnxio import load_onnx
+
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.load(bundle)
+    tables = [e for e in bundle.files(TABLE_ROLE, component) if e.meta.get("source") != "qat"]
+    section = bundle.manifest.get("calibration")
+    if not tables or not isinstance(section, dict):
+        raise CalibrationError(f"bundle {bundle.name!r} has no calibration table for {component!r}; run `vkt quantize "
+                               "--calib DIR` (or quantize_bundle) before the accuracy gate")
+    table = CalibrationTable.load(bundle.root / tables[-1].path)
+    fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx", component)))
+    ptq = GateCandidate("ptq", fp32, table)
+    result = accuracy_gate([ptq, *extra_candidates], metric, bundle.spec(component), max_drop=max_drop,
+                           steps=steps if steps is not None else DEFAULT_STEPS, placement=placement,
+                           sensitivity_feeds=sensitivity_feeds, latency_feed=latency_feed, threads=threads, iters=iters,
+                           exhaustive=exhaustive, on_fail=on_fail, ranking_method=ranking_method,
+                           show_progress=show_progress)
+    gate = result.to_dict()
+    gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
+    gate["holdout"] = dict(holdout or {})
+    name = f"{component}.int8.{placement}.onnx"
+    placements = dict(section.get("placements", {}))
+    step = result.chosen_step
+    if result.model is None:
+        bundle.entries = [e for e in bundle.entries if not (e.role == QDQ_ROLE and e.path == name)]
+        bundle.save()
+        (bundle.root / name).unlink(missing_ok=True)
+        placements.pop(placement, None)
+    else:
+        cand = next(c for c in [ptq, *extra_candidates] if c.name == step.candidate)
+        counts = count_ops(result.model)
+        meta = {"placement": placement, "method": cand.table.method, "table_sha256": cand.table.sha256,
+                "excluded": sorted(step.float_layers), "candidate": cand.name, "metric": round(step.metric, 5),
+                "metric_drop": round(step.drop, 5), "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute}
+        if cand.name != "ptq":
+            tname = f"{component}.{cand.name}.calib.json"
+            bundle.add_file(cand.table.to_json().encode(), tname, TABLE_ROLE, component,
+                            meta={"source": cand.name, "method": cand.table.method, "table_sha256": cand.table.sha256})
+            gate[cand.name] = {"table": {"path": tname, "sha256": cand.table.sha256}, **dict(cand.meta)}
+        bundle.add_file(result.model.SerializeToString(), name, QDQ_ROLE, component, meta=meta)
+        placements[placement] = {**placements.get(placement, {}), "path": name, **counts.to_dict(),
+                                 "candidate": cand.name, "gate_excluded": sorted(step.float_layers)}
+    section = {**section, "placements": placements, "gate": gate}
+    bundle.update(calibration=section)
+    return section

@@ -26,6 +26,13 @@ def export_onnx(
                                "representative ones; pre-processed as the manifest says)."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
     num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
+    holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="With --holdout: allowed metric drop in points."),
+    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per step, e.g. 0,2,4,8,16."),
+    on_fail: str = typer.Option("fp32", "--on-fail", help="With --holdout, when no step fits: fp32 | best."),
+    qat: bool = typer.Option(False, "--qat", help="With --int8 --holdout: quantization-aware distillation too."),
+    qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
+    qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums."""
@@ -39,6 +46,11 @@ def export_onnx(
         raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
     if calib is not None and not int8:
         raise InputError("--calib is only used with --int8")
+    if (holdout is not None or qat) and not int8:
+        raise InputError("--holdout and --qat are only used with --int8")
+    from vkt.cli.quantize import gate_options
+
+    gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
     out = output or Path(f"{model.stem}.vkt")
     bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16)
     spec = bundle.spec()
@@ -54,7 +66,7 @@ def export_onnx(
         from vkt.calibration.api import quantize_from_images
         from vkt.cli.quantize import print_calibration
 
-        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images)
+        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images, **gate_opts)
         print_calibration(bundle, section)
 
 

@@ -34,20 +34,62 @@ def quantize(
                                     "through them). Default: the manifest's resize rule, or shapes inside the profile."),
     component: str = typer.Option("model", help="Bundle component to quantize."),
     percentile: float = typer.Option(99.999, help="With --method percentile."),
+    holdout: Path = typer.Option(None, "--holdout", help="Folder of held-out images (not in --calib): run the accuracy "
+                                 "gate on the task metric (text detection: hmean of INT8 vs FP32 boxes)."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="With --holdout: allowed metric drop in points (1.0 = 0.01 hmean)."),
+    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per gate step, e.g. 0,2,4,8,16,32."),
+    on_fail: str = typer.Option("fp32", "--on-fail", help="With --holdout, when no step fits: fp32 (ship no INT8 graph) | best."),
+    qat: bool = typer.Option(False, "--qat", help="Also fine-tune the reference PyTorch module under fake quantization "
+                             "(text detector); the gate ships QAT or PTQ. Needs --holdout."),
+    qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
+    qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
+    qat_checkpoint: Path = typer.Option(None, "--qat-checkpoint", help="With --qat: checkpoint file (saved atomically, resumed)."),
+    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
-    """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle (see DESIGN: precision policy)."""
+    """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle (see DESIGN: precision policy).
+
+    With --holdout the accuracy gate keeps the most sensitive layers in float step by step until the
+    metric drop is within --max-drop, prints metric and ORT CPU latency per step and ships the fastest.
+    """
     from vkt.bundle import Bundle
     from vkt.calibration.api import quantize_from_images
 
+    gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, qat_checkpoint)
     b = Bundle.load(bundle)
     section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
                                    num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
-                                   component=component, percentile=percentile)
+                                   component=component, percentile=percentile, threads=threads, **gate_opts)
     if as_json:
         print(json.dumps(section, indent=2))
         return
     print_calibration(b, section)
+
+
+def gate_options(holdout: Path | None, max_drop: float, steps: str | None, on_fail: str, qat: bool, qat_steps: int,
+                 qat_minutes: float, qat_checkpoint: Path | None) -> dict[str, Any]:
+    """The gate/QAT keyword arguments of quantize_from_images from CLI flags (points -> fraction)."""
+    from vkt.errors import InputError
+
+    if holdout is None:
+        if qat:
+            raise CalibrationError("--qat needs --holdout DIR: the accuracy gate decides whether QAT or PTQ ships")
+        if steps is not None:
+            raise InputError("--steps is only used with --holdout")
+        return {}
+    if not 0 <= max_drop < 100:
+        raise InputError(f"--max-drop is in points of the metric (1.0 = 0.01 hmean), in [0, 100); got {max_drop!r}")
+    parsed = None
+    if steps is not None:
+        try:
+            parsed = [int(v) for v in steps.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--steps must be comma-separated layer counts like 0,2,4,8,16; got {steps!r}") from None
+    opts: dict[str, Any] = {"holdout": holdout, "max_drop": max_drop / 100.0, "steps": parsed, "on_fail": on_fail, "qat": qat}
+    if qat:
+        opts["qat_options"] = {"steps": qat_steps, "minutes": qat_minutes,
+                               "checkpoint": str(qat_checkpoint) if qat_checkpoint else None}
+    return opts
 
 
 def print_calibration(b: Any, section: dict) -> None:
@@ -60,6 +102,18 @@ def print_calibration(b: Any, section: dict) -> None:
         sq = ", ".join(f"{k} {v:.1f} dB" if isinstance(v, float) else f"{k} {v}" for k, v in p.get("output_sqnr_db", {}).items())
         c.print(f"  {name}: {p['path']}  fused int8 ops {p['fused_int8_ops']}, float compute ops {p['float_compute_ops']} "
                 f"on onnxruntime CPU; output SQNR vs FP32: {sq or 'not measured'}", highlight=False)
+    gate = section.get("gate")
+    if gate:
+        from vkt.calibration.gate import render_gate_table
+
+        c.print(render_gate_table(gate))
+        ch = gate.get("chosen")
+        if ch is None:
+            c.print(f"[yellow]no INT8 model within {gate['max_drop'] * 100:g} point(s) of FP32: shipped FP32 only "
+                    f"(placement {gate['placement']!r} removed)[/]", highlight=False)
+        else:
+            c.print(f"shipped {ch['candidate']} with {len(ch['float_layers'])} layer(s) in float: {gate.get('metric_name', 'metric')} "
+                    f"{ch['metric']:.4f} (drop {ch['drop'] * 100:.2f} points), {ch['speedup']:.2f}x FP32 on ORT CPU", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,162 @@
+"""Accuracy gate: steps of layers kept in float, the fastest model within budget ships, FP32-only when none fits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from calib_helpers import feeds
+
+from vkt.bundle import Bundle
+from vkt.calibration import quantize_bundle
+from vkt.calibration.api import gate_bundle
+from vkt.calibration.gate import (
+    GateCandidate,
+    accuracy_gate,
+    check_steps,
+    holdout_images,
+    render_gate_table,
+)
+from vkt.errors import CalibrationError
+
+
+def quantized_convs(factory) -> int:
+    """How many Conv nodes of the runner's graph read a DequantizeLinear output (the synthetic metric's input)."""
+    import onnx
+
+    m = onnx.load_from_string(bytes(factory().model))
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in m.graph.node if n.op_type == "Conv" and n.input[0] in dq)
+
+
+def conv_count_metric(factory) -> float:
+    """1 - 0.01 per quantized conv: FP32 scores 1.0, the toy's 6 quantized convs 0.94."""
+    return 1.0 - 0.01 * quantized_convs(factory)
+
+
+@pytest.fixture()
+def calibrated(toy_bundle):
+    quantize_bundle(toy_bundle, feeds(), targets=("ort", "trt"), eval_samples=0, show_progress=False)
+    return toy_bundle
+
+
+def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
+    sens = feeds(((1, 3, 16, 16),), seed=3)
+    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=sens[0], max_drop=0.035,
+                          steps=(0, 2, 4, 8), iters=2, ranking_method="sensitivity", show_progress=False)
+    gate = section["gate"]
+    # 6 convs: k=0 -> 0.94, k=2 -> 0.96 (over 0.035), k=4 -> 0.98 within; k=8 > 6 layers is dropped
+    assert [s["layers_kept_float"] for s in gate["steps"]] == [0, 2, 4]
+    assert [round(s["metric"], 3) for s in gate["steps"]] == [0.94, 0.96, 0.98]
+    assert gate["passed"] and gate["chosen"]["step"] == 2 and gate["baseline"] == 1.0
+    assert all(s["p50_ms"] > 0 and s["fp32_p50_ms"] > 0 for s in gate["steps"])
+    b = Bundle.load(calibrated)  # checksums hold after the rewrite
+    assert b.manifest["calibration"]["gate"] == gate
+    ort = next(e for e in b.files("int8 qdq onnx") if e.meta["placement"] == "ort")
+    assert ort.meta["candidate"] == "ptq" and len(ort.meta["excluded"]) == 4 and ort.meta["metric"] == 0.98
+    assert sorted(ort.meta["excluded"]) == sorted(gate["chosen"]["float_layers"])
+    assert {e.meta["placement"] for e in b.files("int8 qdq onnx")} == {"ort", "trt"}  # trt untouched
+    assert render_gate_table(gate).row_count == 4  # fp32 + 3 steps
+
+
+def test_jump_ranking_sees_every_quantized_op(toy_model):
+    from vkt.calibration import compute_ranges, prepare_model
+    from vkt.calibration.gate import error_jumps
+
+    fp32 = prepare_model(toy_model[0])
+    table = compute_ranges(fp32, feeds(), show_progress=False)
+    rows = error_jumps(fp32, table, feeds(((1, 3, 16, 16),), seed=5))
+    assert {r["op"] for r in rows} >= {"Conv", "Add"}  # not only the convs
+    assert all(r["node"] for r in rows)  # prepare_model names unnamed nodes, so each can be kept in float
+    assert rows == sorted(rows, key=lambda r: -r["jump_db"]) and rows[0]["jump_db"] > 0
+
+
+def test_nothing_within_budget_ships_fp32_only_or_the_best(calibrated, caplog):
+    sens = feeds(((1, 3, 16, 16),), seed=3)
+    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
+                          steps=(0, 2), show_progress=False)
+    assert not section["gate"]["passed"] and section["gate"]["chosen"] is None
+    assert "no INT8 model met the budget" in caplog.text and "shipping FP32 only" in caplog.text
+    b = Bundle.load(calibrated)
+    assert [e.meta["placement"] for e in b.files("int8 qdq onnx")] == ["trt"]
+    assert not (calibrated / "model.int8.ort.onnx").exists() and "ort" not in section["placements"]
+    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
+                          steps=(0, 2), on_fail="best", show_progress=False)
+    assert section["gate"]["chosen"]["step"] == 1  # k=2 scores best
+    assert Bundle.load(calibrated).entry("int8 qdq onnx", placement="ort").meta["excluded"]
+
+
+def test_gate_bad_inputs(toy_bundle, toy_model, tmp_path):
+    from vkt.calibration import compute_ranges, prepare_model
+
+    with pytest.raises(CalibrationError, match="no calibration table"):
+        gate_bundle(toy_bundle, conv_count_metric, sensitivity_feeds=feeds(), latency_feed=None)
+    fp32 = prepare_model(toy_model[0])
+    cand = [GateCandidate("ptq", fp32, compute_ranges(fp32, feeds(), show_progress=False))]
+    for kwargs, match in (({"max_drop": 1.5}, "max_drop must be a fraction"), ({"max_drop": -0.1}, "max_drop"),
+                          ({"steps": []}, "non-empty list"), ({"steps": [0, -1]}, "non-negative integers, got \\[-1\\]"),
+                          ({"on_fail": "int8"}, "on_fail must be one of"), ({"placement": "gpu"}, "placement must be")):
+        with pytest.raises(CalibrationError, match=match):
+            accuracy_gate(cand, conv_count_metric, toy_model[1], **kwargs)
+    with pytest.raises(CalibrationError, match="must return a number, got str"):
+        accuracy_gate(cand, lambda f: "high", toy_model[1], sensitivity_feeds=feeds())
+    with pytest.raises(CalibrationError, match="returned nan"):
+        accuracy_gate(cand, lambda f: float("nan"), toy_model[1], sensitivity_feeds=feeds())
+    assert check_steps([8, 0, 2, 2]) == [0, 2, 8]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    for folder, match in ((tmp_path / "nope", "not found"), (tmp_path / "empty", "holds 0 image"),
+                          (tmp_path / "notes", "holds 0 image")):
+        with pytest.raises(CalibrationError, match=match):
+            holdout_images(folder)
+
+
+def _images(folder, n, value=None, size=24):
+    import cv2
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8) if value is None else np.full((size, size, 3), value, np.uint8)
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    return folder
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--holdout", "{empty}"], "holds 0 image"),
+    (["--holdout", "{missing}"], "holdout folder not found"),
+    (["--holdout", "{calib}"], "no held-out metric for task 'tensor'"),
+    (["--holdout", "{calib}", "--steps", "0,a"], "--steps must be comma-separated"),
+    (["--holdout", "{calib}", "--max-drop", "120"], "--max-drop is in points"),
+    (["--qat"], "--qat needs --holdout"),
+    (["--qat", "--holdout", "{calib}"], "family 'generic', which has none"),
+    (["--steps", "0,2"], "--steps is only used with --holdout"),
+])
+def test_cli_gate_errors_are_one_line(toy_bundle, tmp_path, capsys, args, match):
+    from vkt.cli.main import main
+
+    calib = _images(tmp_path / "calib", 2)
+    (tmp_path / "empty").mkdir()
+    args = [a.format(calib=calib, empty=tmp_path / "empty", missing=tmp_path / "missing") for a in args]
+    assert main(["quantize", str(toy_bundle), "--calib", str(calib), "--shape", "32x32", *args]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "error:" in err and " ".join(match.split()) in " ".join(err.split())
+
+
+def test_cli_bad_calibration_folders(toy_bundle, tmp_path, capsys, caplog):
+    from vkt.cli.main import main
+
+    black = _images(tmp_path / "black", 3, value=0)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not a png at all")
+    (junk / "b.txt").write_text("text")
+    for folder, match in ((black, "degenerate calibration data"), (junk, "could be used")):
+        assert main(["quantize", str(toy_bundle), "--calib", str(folder), "--shape", "32x32"]) == 2
+        assert match in capsys.readouterr().err.replace("\n", " ")
+    few = _images(tmp_path / "few", 2)
+    assert main(["quantize", str(toy_bundle), "--calib", str(few), "--shape", "32x32", "--target", "ort", "--json"]) == 0
+    assert "at least 32 are recommended" in caplog.text.replace("\n", " ")
+    assert json.loads(capsys.readouterr().out)["samples"] == 2

@@ -1,0 +1,408 @@
+"""Accuracy gate: keep the most sensitive layers in float, step by step, until the task metric holds; ship the fastest.
+
+    ranking = layer_sensitivity(fp32, table, feeds)            # worst layers first
+    result = accuracy_gate([GateCandidate("ptq", fp32, table)], metric, spec, max_drop=0.01,
+                           sensitivity_feeds=feeds, latency_feed=feed)
+    result.model                                               # the Q/DQ graph to ship (None: FP32 only)
+
+``metric(runner_factory) -> float`` is the task's score on held-out data, higher is better;
+``runner_factory()`` returns a fresh, not yet activated :class:`vkt.runtime.Runner` for the
+graph under test (FP32 first: its score is the baseline). :func:`textdet_agreement` builds one for
+text detection (hmean of the boxes against FP32's boxes); DETR (AP) and the SD UNet (image error)
+plug in their own.
+
+When no step meets the budget, nothing INT8 ships: a warning names the best step, the result's
+``model`` is None and :func:`vkt.calibration.api.gate_bundle` removes the placement's Q/DQ graph,
+so ``--precision int8`` fails loudly instead of running a model known to be out of budget
+(``on_fail="best"`` ships the best-scoring step instead).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vkt.errors import CalibrationError
+from vkt.log import get_logger, progress
+
+log = get_logger(__name__)
+
+DEFAULT_STEPS = (0, 2, 4, 8, 16, 32)
+DEFAULT_MAX_DROP = 0.01  # 1.0 point of hmean / AP
+ON_FAIL = ("fp32", "best")
+# Below this many FP32 regions on the held-out images, an hmean moves by > 1 point per box: too
+# coarse to gate a 1-point budget.
+MIN_HOLDOUT_REGIONS = 20
+
+Metric = Callable[[Callable[[], Any]], float]
+
+
+@dataclass(frozen=True)
+class GateCandidate:
+    """A quantized model to gate: its prepared FP32 graph (tensor names of ``table``) and its ranges.
+
+    name: "ptq", "qat", ...; ranking: precomputed ``layer_sensitivity`` rows (None: computed here).
+    """
+
+    name: str
+    fp32: Any
+    table: Any
+    ranking: Sequence[Mapping[str, Any]] | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateStep:
+    """One measured model: ``float_layers`` kept in float, its metric, drop vs FP32 and ORT CPU latency."""
+
+    candidate: str
+    float_layers: tuple[str, ...]
+    metric: float
+    drop: float
+    p50_ms: float
+    fp32_p50_ms: float
+    within: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_p50_ms / self.p50_ms if self.p50_ms > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["float_layers"] = list(self.float_layers)
+        d["layers_kept_float"] = len(self.float_layers)
+        d["speedup"] = round(self.speedup, 3)
+        for k in ("metric", "drop"):
+            d[k] = round(d[k], 5)
+        for k in ("p50_ms", "fp32_p50_ms"):
+            d[k] = round(d[k], 3)
+        return d
+
+
+@dataclass
+class GateResult:
+    """What the gate measured and chose. ``model``: the chosen Q/DQ ``onnx.ModelProto`` (None: FP32 only)."""
+
+    baseline: float
+    max_drop: float
+    placement: str
+    steps: list[GateStep]
+    chosen: int | None
+    passed: bool
+    model: Any = None
+    rankings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def chosen_step(self) -> GateStep | None:
+        return None if self.chosen is None else self.steps[self.chosen]
+
+    def to_dict(self) -> dict[str, Any]:
+        ch = self.chosen_step
+        return {
+            "baseline": round(self.baseline, 5), "max_drop": self.max_drop, "placement": self.placement, "passed": self.passed,
+            "chosen": None if ch is None else {"step": self.chosen, "candidate": ch.candidate,
+                                               "float_layers": list(ch.float_layers), "metric": round(ch.metric, 5),
+                                               "drop": round(ch.drop, 5), "speedup": round(ch.speedup, 3)},
+            "steps": [s.to_dict() for s in self.steps],
+            "ranking": {k: [{"node": r["node"], "op": r.get("op"), "output_sqnr_db": _num(r["output_sqnr_db"]),
+                             **({"jump_db": _num(r["jump_db"])} if "jump_db" in r else {})} for r in v[:64]]
+                        for k, v in self.rankings.items()},
+        }
+
+
+def check_steps(steps: Sequence[int]) -> list[int]:
+    """Validate ``steps`` (non-negative ints, e.g. (0, 2, 4, 8, 16)); returns them sorted and deduplicated."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or not steps:
+        raise CalibrationError(f"gate steps must be a non-empty list of layer counts like [0, 2, 4, 8, 16], got {steps!r}")
+    bad = [s for s in steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise CalibrationError(f"gate steps must be non-negative integers, got {bad}")
+    return sorted(set(steps))
+
+
+def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any, *, max_drop: float = DEFAULT_MAX_DROP,
+                  steps: Sequence[int] = DEFAULT_STEPS, placement: str = "ort", sensitivity_feeds: Sequence[Mapping] = (),
+                  latency_feed: Mapping[str, np.ndarray] | None = None, threads: int | None = None, iters: int = 10,
+                  exhaustive: bool = False, on_fail: str = "fp32", ranking_method: str = "jump",
+                  show_progress: bool = True) -> GateResult:
+    """Walk each candidate's steps (layers kept in float), measure metric and latency, choose the fastest within budget.
+
+    For each candidate: rank layers by :func:`vkt.calibration.report.layer_sensitivity` on
+    ``sensitivity_feeds`` (worst first), then for ``k`` in ``steps`` keep the ``k`` worst layers in
+    float, write the ``placement``, score it with ``metric`` and time it against FP32 (ORT CPU,
+    calls interleaved so the ratio holds on a shared machine). A candidate stops at its first step
+    within budget unless ``exhaustive``.
+
+    Args:
+        candidates: models to gate (PTQ first; QAT next when trained).
+        metric: ``metric(runner_factory) -> float``, higher is better (see module docstring).
+        spec: the component's ExportSpec (given to the runners).
+        max_drop: allowed ``baseline - metric`` (default 0.01 = 1 point of hmean), >= 0.
+        steps: how many of the most sensitive layers to keep in float (default 0, 2, 4, 8, 16, 32;
+            counts beyond the number of layers are dropped).
+        placement: "ort" (onnxruntime CPU) or "trt".
+        sensitivity_feeds: 1-4 small feeds for the ranking (needed unless every candidate has ``ranking``).
+        ranking_method: "jump" (default: :func:`error_jumps`, every quantized op, two runs) or
+            "sensitivity" (:func:`layer_sensitivity`: Conv/MatMul/Gemm only, one placement per layer).
+        latency_feed: the feed timed (None: latency not measured, recorded as NaN, ties go to fewer float layers).
+        iters: timed calls per model (median reported).
+        on_fail: "fp32" (ship nothing INT8) or "best" (ship the best-scoring step) when no step fits.
+    """
+    from vkt.calibration.qdq import placement as place
+    from vkt.calibration.report import layer_sensitivity
+
+    if not candidates:
+        raise CalibrationError("accuracy_gate needs at least one candidate model")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop < 1 or math.isnan(max_drop):
+        raise CalibrationError(f"max_drop must be a fraction in [0, 1) of the metric (0.01 = 1 point), got {max_drop!r}")
+    if on_fail not in ON_FAIL:
+        raise CalibrationError(f"on_fail must be one of {list(ON_FAIL)}, got {on_fail!r}")
+    if placement not in ("ort", "trt"):
+        raise CalibrationError(f"gate placement must be 'ort' or 'trt', got {placement!r}")
+    if not callable(metric):
+        raise CalibrationError(f"metric must be a callable runner_factory -> float, got {type(metric).__name__}")
+    steps = check_steps(steps)
+    if ranking_method not in ("jump", "sensitivity"):
+        raise CalibrationError(f"ranking_method must be 'jump' or 'sensitivity', got {ranking_method!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise CalibrationError(f"iters must be a positive integer, got {iters!r}")
+
+    # 1. Baseline: FP32 of the first candidate (the bundle's own graph)
+    fp32_blob = candidates[0].fp32.SerializeToString()
+    baseline = _score(metric, fp32_blob, spec, threads, "FP32")
+    log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.4f", baseline, max_drop)
+
+    result = GateResult(baseline, float(max_drop), placement, [], None, False)
+    for cand in candidates:
+        # 2. Rank layers once per candidate (its node names are its own)
+        ranking = list(cand.ranking) if cand.ranking is not None else None
+        if ranking is None:
+            if not sensitivity_feeds:
+                raise CalibrationError("the gate needs sensitivity_feeds (a few feeds) to rank layers, or a ranking per candidate")
+            if ranking_method == "jump":
+                ranking = error_jumps(cand.fp32, cand.table, sensitivity_feeds, placement, threads=threads)
+            else:
+                ranking = layer_sensitivity(cand.fp32, cand.table, sensitivity_feeds, threads=threads,
+                                            show_progress=show_progress)
+        result.rankings[cand.name] = ranking
+        order = [r["node"] for r in ranking]
+        todo = [k for k in steps if k <= len(order)]
+        if len(todo) < len(steps):
+            log.info("%s: %d rankable layers; dropping steps %s", cand.name, len(order), [k for k in steps if k > len(order)])
+        # 3. One model per step
+        for k in progress(todo, f"gate ({cand.name})", enabled=show_progress):
+            kept = tuple(order[:k])
+            q = place(cand.fp32, cand.table, placement, kept)
+            blob = q.SerializeToString()
+            score = _score(metric, blob, spec, threads, f"{cand.name} k={k}")
+            fp_ms, q_ms = _time_pair(fp32_blob, blob, latency_feed, threads, iters) if latency_feed is not None else (np.nan, np.nan)
+            step = GateStep(cand.name, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
+                            baseline - score <= max_drop + 1e-12)
+            result.steps.append(step)
+            log.info("gate %s: %d layer(s) in float: metric %.4f (drop %.4f), %.1f ms vs FP32 %.1f ms%s", cand.name, k, score,
+                     step.drop, q_ms, fp_ms, " within budget" if step.within else "")
+            if step.within:
+                if result.model is None or _faster(step, result.chosen_step):
+                    result.chosen, result.model = len(result.steps) - 1, q
+                if not exhaustive:
+                    break
+
+    # 4. Nothing within budget: the decision is on_fail's
+    result.passed = result.chosen is not None
+    if not result.passed:
+        best = max(range(len(result.steps)), key=lambda i: result.steps[i].metric)
+        b = result.steps[best]
+        msg = (f"no INT8 model met the budget (drop <= {max_drop:g}); best: {b.candidate} with {len(b.float_layers)} "
+               f"layer(s) in float, metric {b.metric:.4f} vs FP32 {baseline:.4f} (drop {b.drop:.4f})")
+        if on_fail == "best":
+            result.chosen = best
+            result.model = place(next(c for c in candidates if c.name == b.candidate).fp32,
+                                 next(c for c in candidates if c.name == b.candidate).table, placement, b.float_layers)
+            log.warning("%s; shipping it anyway (on_fail='best')", msg)
+        else:
+            log.warning("%s; shipping FP32 only (raise --max-drop, add more steps, or try --qat)", msg)
+    return result
+
+
+def error_jumps(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]], placement: str = "ort",
+                threads: int | None = None, cap_db: float = 60.0) -> list[dict[str, Any]]:
+    """Rank nodes by how much error appears at them in the full placement (one FP32 and one Q/DQ run), worst first.
+
+    For each node the SQNR (vs FP32) of its output is compared with the worst SQNR of its float
+    inputs (capped at ``cap_db``; graph inputs and weights count as exact): the difference is the
+    error its quantized inputs and weights add. Keeping such a node in float makes it read the float
+    tensors. Unlike :func:`layer_sensitivity` this sees every quantized op (Mul, Add, HardSigmoid,
+    Resize ... on the ORT placement), where most of a mobile detector's error can come from, and
+    costs two runs instead of one per layer.
+
+    Returns ``[{"node", "op", "output_sqnr_db", "jump_db"}]`` sorted by ``jump_db`` descending.
+    """
+    from vkt.calibration.qdq import placement as place
+    from vkt.calibration.report import layer_errors
+
+    ops = sorted({n.op_type for n in fp32.graph.node})
+    q = place(fp32, table, placement)
+    rows = layer_errors(fp32, q, feeds, op_types=ops, threads=threads)
+    sq = {r["tensor"]: min(cap_db, r["sqnr_db"]) for r in rows}
+    out = []
+    for n in fp32.graph.node:
+        if not n.output or n.output[0] not in sq:
+            continue
+        ins = [min(cap_db, sq[x]) for x in n.input if x in sq]
+        before = min(ins) if ins else cap_db
+        out.append({"node": n.name, "op": n.op_type, "output_sqnr_db": sq[n.output[0]], "jump_db": before - sq[n.output[0]]})
+    return sorted(out, key=lambda r: -r["jump_db"])
+
+
+def _faster(a: GateStep, b: GateStep | None) -> bool:
+    if b is None:
+        return True
+    if np.isnan(a.p50_ms) or np.isnan(b.p50_ms):
+        return len(a.float_layers) < len(b.float_layers)
+    # Latencies within 3% are a tie on a shared machine: prefer the better metric.
+    if abs(a.p50_ms - b.p50_ms) <= 0.03 * min(a.p50_ms, b.p50_ms):
+        return a.metric > b.metric
+    return a.p50_ms < b.p50_ms
+
+
+def _factory(blob: bytes, spec: Any, threads: int | None) -> Callable[[], Any]:
+    from vkt.runtime.ort import OrtRunner
+
+    return lambda: OrtRunner(blob, threads=threads, spec=spec, name="gate")
+
+
+def _score(metric: Metric, blob: bytes, spec: Any, threads: int | None, what: str) -> float:
+    value = metric(_factory(blob, spec, threads))
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"the gate metric must return a number, got {type(value).__name__} for {what}") from None
+    if not np.isfinite(value):
+        raise CalibrationError(f"the gate metric returned {value} for {what}; expected a finite number")
+    return value
+
+
+def _time_pair(a: bytes, b: bytes, feed: Mapping[str, np.ndarray], threads: int | None, iters: int) -> tuple[float, float]:
+    """Median ms of two graphs on ORT CPU, calls interleaved (a, b, a, b, ...) after two warm-up calls each."""
+    from vkt.runtime.ort import OrtRunner
+
+    runners = [OrtRunner(x, threads=threads, name="time") for x in (a, b)]
+    for r in runners:
+        r.activate()
+    try:
+        times: list[list[float]] = [[], []]
+        for i in range(iters + 2):
+            for j, r in enumerate(runners):
+                t0 = time.perf_counter()
+                r.infer(feed, check=False)
+                if i >= 2:
+                    times[j].append(time.perf_counter() - t0)
+        return float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3)
+    finally:
+        for r in runners:
+            r.deactivate()
+
+
+def _num(x: float) -> float | str:
+    return round(x, 3) if np.isfinite(x) else str(x)
+
+
+# ---- presentation ----------------------------------------------------------------------------
+def render_gate_table(gate: Mapping[str, Any], title: str = "accuracy gate (metric vs FP32, ORT CPU latency)") -> Any:
+    """A rich Table of ``GateResult.to_dict()``: one row per step (FP32 first), the shipped one marked."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("model", "layers in float", "metric", "drop", "p50 ms", "speedup", ""):
+        t.add_column(col, justify="left" if col in ("model", "") else "right")
+    t.add_row("fp32", "all", f"{gate['baseline']:.4f}", "-", "-", "1.00x", "")
+    chosen = (gate.get("chosen") or {}).get("step")
+    for i, s in enumerate(gate["steps"]):
+        mark = "shipped" if i == chosen else ("within budget" if s["within"] else "over budget")
+        style = "bold green" if i == chosen else ("" if s["within"] else "yellow")
+        t.add_row(s["candidate"], str(s["layers_kept_float"]), f"{s['metric']:.4f}", f"{s['drop']:+.4f}",
+                  f"{s['p50_ms']:.1f}", f"{s['speedup']:.2f}x", mark, style=style)
+    return t
+
+
+def task_metric(bundle: Any, holdout: Sequence[Path], threads: int | None = None, show_progress: bool = True) -> Metric:
+    """The gate metric for the bundle's task on held-out images (text detection only so far)."""
+    if bundle.task == "text-detection":
+        m = textdet_agreement(bundle, holdout, threads=threads, show_progress=show_progress)
+        m.name = "hmean vs FP32 boxes"  # type: ignore[attr-defined]
+        return m
+    raise CalibrationError(f"no held-out metric for task {bundle.task!r} (family {bundle.family!r}) yet; the gate knows "
+                           "'text-detection'. Call vkt.calibration.api.gate_bundle() with your own metric(runner_factory)")
+
+
+# ---- text detection: hmean of INT8 boxes against FP32 boxes ----------------------------------
+def holdout_images(folder: str | os.PathLike, min_images: int = 1) -> list[Path]:
+    """Image paths in ``folder`` (sorted, not recursive); CalibrationError when missing or with too few images."""
+    from vkt.calibration.data import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise CalibrationError(f"holdout folder not found or not a folder: {str(root)!r}")
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if len(paths) < min_images:
+        raise CalibrationError(f"holdout folder {str(root)!r} holds {len(paths)} image(s); the accuracy gate needs at least "
+                               f"{min_images} held-out image(s) ({', '.join(sorted(IMAGE_EXTENSIONS))}) not used for calibration")
+    return paths
+
+
+def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = MIN_HOLDOUT_REGIONS,
+                      iou_thresh: float = 0.5, threads: int | None = None, show_progress: bool = True) -> Metric:
+    """Text-detection gate metric: hmean of a model's boxes scored against the bundle's FP32 boxes.
+
+    FP32 detections on ``images`` (paths or BGR uint8 arrays) are computed once here, through
+    :class:`vkt.runtime.textdet.TextDetector` with the bundle's pre/post-processing. Raises
+    CalibrationError when FP32 finds fewer than ``min_regions`` regions in all (default 20): an
+    hmean over so few boxes moves by more than a point per box.
+    """
+    from vkt.eval.textdet import hmean_between
+    from vkt.runtime import make_runner
+    from vkt.runtime.image import load_image
+
+    if bundle.task != "text-detection":
+        raise CalibrationError(f"textdet_agreement scores text detectors; bundle {bundle.name!r} is for task {bundle.task!r}")
+    imgs = []
+    for i, im in enumerate(images):
+        try:
+            imgs.append(load_image(im, i))
+        except Exception as e:
+            raise CalibrationError(f"held-out image {str(im)[:200]!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
+    if not imgs:
+        raise CalibrationError("the text-detection gate needs at least one held-out image, got none")
+    spec = bundle.spec()
+    overrides = {k: v for k, v in bundle.postprocess.items() if k != "type"}
+    overrides.update({k: v for k, v in bundle.preprocess.get("resize", {}).items()
+                      if k in ("limit_side_len", "limit_type", "round_to", "max_side_len")})
+
+    def detect(runner: Any) -> list[list[np.ndarray]]:
+        from vkt.runtime.textdet import TextDetector
+
+        with TextDetector(runner, **overrides) as det:
+            return [det([im])[0].polygons for im in progress(imgs, "held-out images", enabled=show_progress)]
+
+    ref = detect(make_runner(bundle, "ort", "fp32", threads=threads))
+    n = sum(len(r) for r in ref)
+    if n < min_regions:
+        raise CalibrationError(f"FP32 finds {n} text region(s) on the {len(imgs)} held-out image(s); the gate needs at least "
+                               f"{min_regions} to measure a 1-point drop: add held-out images with text")
+
+    def metric(factory: Callable[[], Any]) -> float:
+        runner = factory()
+        if getattr(runner, "_spec", None) is None:
+            runner._spec = spec  # bare runners: give them the bundle's profile (TextDetector caps sizes by it)
+        return hmean_between(detect(runner), ref, iou_thresh)
+
+    metric.reference = ref  # type: ignore[attr-defined]
+    metric.regions = n  # type: ignore[attr-defined]
+    return metric

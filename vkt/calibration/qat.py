@@ -1,0 +1,422 @@
+"""Quantization-aware distillation: fine-tune the reference PyTorch module under the ORT placement's fake quantization.
+
+    cand = qat_candidate(bundle, image_paths, preprocess, config=QatConfig(steps=200, minutes=10))
+    # -> GateCandidate("qat", prepared FP32 graph of the fine-tuned student, its CalibrationTable)
+
+1. teacher = the bundle's FP32 weights imported into the reference module (text detection:
+   transformers' PP-OCRv5 mobile via :mod:`vkt.models.textdet.loader`), folded as exported
+   (one conv per RepLayer, BN folded: :func:`fuse_for_export`), eval mode;
+2. the student (a copy) is exported once and calibrated with :func:`compute_ranges`; each
+   Conv/ConvTranspose is matched to its ONNX node (call order, weight shape and direction);
+3. every conv of the student fake-quantizes as onnxruntime's CPU placement quantizes it:
+   input activations uint8 asymmetric per tensor, with scale and zero point from the calibration
+   range exactly as onnxruntime derives them (range widened to include 0, (max - min) / 255);
+   weights int8 symmetric per output channel (amax / 127, recomputed every step);
+   scales stay fixed (the weights learn to sit on the grid);
+4. loss: MSE (or BCE) between student and teacher probability maps on random crops/scales of the
+   unlabeled calibration images; Adam; bounded by ``steps`` and ``minutes``; checkpoints are
+   written atomically (state_dict + optimizer + step) and resumed;
+5. the student is exported with :func:`export_textdet` and its table is the calibration ranges
+   with every conv input set to the trained fake-quant range, so ``place_ort`` / ``place_trt``
+   write exactly the quantization the student was trained under.
+
+Fake quantization covers conv inputs and weights; the ORT placement also quantizes the outputs of
+Add/Resize/Concat/Sigmoid, which the student sees in float (a documented approximation).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vkt.errors import CalibrationError, ModelError
+from vkt.log import get_logger, progress, timed
+
+log = get_logger(__name__)
+
+REFERENCE_FAMILIES = {"textdet": "transformers PPOCRV5MobileDetForObjectDetection (vkt.models.textdet.loader)"}
+LOSSES = ("mse", "bce")
+UINT8_MAX, INT8_MAX = 255, 127
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Bounds and settings of the distillation run (defaults fit a 2-core CPU in a few minutes).
+
+    steps: optimizer steps (default 150); minutes: wall-clock cap (default 10; None: none);
+    batch: crops per step (2); crop: crop side in pixels, multiple of 32 (320); lr: Adam learning
+    rate (1e-5, cosine-decayed); loss: "mse" or "bce" between probability maps; checkpoint: file to
+    save to and resume from (None: none); checkpoint_every: steps between saves (25); seed (0);
+    threads: torch intra-op threads (None: torch's default).
+    """
+
+    steps: int = 150
+    minutes: float | None = 10.0
+    batch: int = 2
+    crop: int = 320
+    lr: float = 1e-5
+    loss: str = "mse"
+    checkpoint: str | None = None
+    checkpoint_every: int = 25
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise CalibrationError(f"QAT {name} must be a positive integer, got {v!r}")
+        if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, (int, float))
+                                         or not self.minutes > 0):
+            raise CalibrationError(f"QAT minutes must be a positive number or None, got {self.minutes!r}")
+        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 64 or self.crop % 32:
+            raise CalibrationError(f"QAT crop must be a multiple of 32, at least 64, got {self.crop!r}")
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
+            raise CalibrationError(f"QAT lr must be in (0, 1), got {self.lr!r}")
+        if self.loss not in LOSSES:
+            raise CalibrationError(f"QAT loss must be one of {list(LOSSES)}, got {self.loss!r}")
+
+
+def reference_module_for(bundle: Any, component: str = "model") -> Callable[[], Any]:
+    """A zero-argument loader of the bundle's reference PyTorch module (no torch import yet).
+
+    Raises CalibrationError naming the family when vkt has no reference module for it.
+    """
+    if bundle.family not in REFERENCE_FAMILIES:
+        raise CalibrationError(f"--qat needs a reference PyTorch module to fine-tune; bundle {bundle.name!r} is family "
+                               f"{bundle.family!r}, which has none (QAT supports: {', '.join(REFERENCE_FAMILIES)}). "
+                               "Use the accuracy gate alone (--holdout, --max-drop)")
+    path = bundle.path("fp32 onnx", component)
+
+    def load() -> Any:
+        from vkt.models.textdet.loader import load_ppocrv5_mobile_det
+
+        try:
+            return load_ppocrv5_mobile_det(path)
+        except (ModelError, Exception) as e:
+            raise CalibrationError(f"--qat: the {bundle.family!r} reference module is PP-OCRv5 mobile, and the weights of "
+                                   f"{path.name!r} do not import into it ({str(e).splitlines()[0][:300]})") from None
+
+    return load
+
+
+# ---- fake quantization ---------------------------------------------------------------------------
+def ort_uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
+    """onnxruntime's uint8 asymmetric (scale, zero point) for range (lo, hi): widened to include 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi == lo:
+        return 1.0, 0
+    scale = (hi - lo) / UINT8_MAX
+    return float(scale), int(min(UINT8_MAX, max(0, round(-lo / scale))))
+
+
+def _make_qconv_class() -> type:
+    import torch
+    import torch.nn.functional as F
+
+    class QConv(torch.nn.Module):
+        """A conv whose input (uint8 per tensor) and weight (int8 per channel) pass through fake quantization."""
+
+        def __init__(self, conv: torch.nn.Module, lo: float, hi: float):
+            super().__init__()
+            self.conv = conv
+            scale, zp = ort_uint8_qparams(lo, hi)
+            self.register_buffer("in_range", torch.tensor([lo, hi], dtype=torch.float64))
+            self.in_scale, self.in_zp = scale, zp
+            self.enabled = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c = self.conv
+            if not self.enabled:
+                return c(x)
+            x = torch.fake_quantize_per_tensor_affine(x, self.in_scale, self.in_zp, 0, UINT8_MAX)
+            axis = 1 if isinstance(c, torch.nn.ConvTranspose2d) else 0
+            w = c.weight
+            amax = w.detach().abs().transpose(0, axis).reshape(w.shape[axis], -1).amax(dim=1)
+            scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax)).float()
+            wq = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), axis,
+                                                        -INT8_MAX, INT8_MAX)
+            if isinstance(c, torch.nn.ConvTranspose2d):
+                return F.conv_transpose2d(x, wq, c.bias, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
+            return F.conv2d(x, wq, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+    return QConv
+
+
+def conv_modules(model: Any) -> list[tuple[str, Any]]:
+    """(qualified name, module) of every Conv2d / ConvTranspose2d in forward call order (one traced call)."""
+    import torch
+
+    order: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[id(mod)]))
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    mods = dict(model.named_modules())
+    seen: list[str] = []
+    for n in order:
+        if n not in seen:
+            seen.append(n)
+    return [(n, mods[n]) for n in seen]
+
+
+def match_onnx_convs(convs: Sequence[tuple[str, Any]], onnx_model: Any) -> dict[str, str]:
+    """Module name -> input activation tensor of its ONNX Conv/ConvTranspose node.
+
+    Matched in order among nodes whose weight has the same shape, choosing the largest |cosine|
+    between weights (onnxruntime may fold a following scalar Mul into the conv, so values can
+    differ by a factor). Raises ModelError when a conv finds no node.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in onnx_model.graph.initializer}
+    nodes = [n for n in onnx_model.graph.node if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1
+             and n.input[1] in inits]
+    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float64).ravel() for n in nodes}
+    used: set[str] = set()
+    out: dict[str, str] = {}
+    for name, mod in convs:
+        w = mod.weight.detach().double().numpy().ravel()
+        shape = tuple(mod.weight.shape)
+        cands = [n for n in nodes if n.name not in used and tuple(inits[n.input[1]].dims) == shape]
+        if not cands:
+            raise ModelError(f"conv {name!r} (weight {shape}) has no matching Conv node in the exported graph")
+        best = max(cands, key=lambda n: abs(float(np.dot(w, weights[n.name]))) /
+                   (np.linalg.norm(w) * np.linalg.norm(weights[n.name]) + 1e-30))
+        used.add(best.name)
+        out[name] = best.input[0]
+    return out
+
+
+def wrap_convs(model: Any, ranges: Mapping[str, tuple[float, float]]) -> Any:
+    """Replace each named conv (``ranges``: module name -> input (lo, hi)) by a fake-quantizing QConv, in place."""
+    qconv = _make_qconv_class()
+    mods = dict(model.named_modules())
+    for name, (lo, hi) in ranges.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = mods[parent_name] if parent_name else model
+        setattr(parent, attr, qconv(mods[name], lo, hi))
+    return model
+
+
+def unwrap_convs(model: Any) -> Any:
+    """A copy of ``model`` with every QConv replaced by its plain conv (for export)."""
+    out = copy.deepcopy(model)
+    for parent in list(out.modules()):
+        for attr, child in list(parent.named_children()):
+            if type(child).__name__ == "QConv":
+                setattr(parent, attr, child.conv)
+    return out
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def _crops(images: Sequence[np.ndarray], cfg: QatConfig, rng: np.random.Generator) -> Any:
+    """A batch ``[batch, 3, crop, crop]`` of random rescales (0.5-1.5x) and crops of pre-processed images."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for _ in range(cfg.batch):
+        x = torch.from_numpy(images[int(rng.integers(len(images)))])  # [1, 3, H, W]
+        s = float(rng.uniform(0.5, 1.5))
+        h, w = x.shape[2:]
+        s = max(s, cfg.crop / min(h, w))  # the crop must fit
+        x = F.interpolate(x, size=(max(cfg.crop, round(h * s)), max(cfg.crop, round(w * s))), mode="bilinear",
+                          align_corners=False)
+        top = int(rng.integers(x.shape[2] - cfg.crop + 1))
+        left = int(rng.integers(x.shape[3] - cfg.crop + 1))
+        out.append(x[:, :, top:top + cfg.crop, left:left + cfg.crop])
+    return torch.cat(out)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, student: Any, optimizer: Any, step: int, extra: Mapping[str, Any]) -> None:
+    """torch.save of {student, optimizer, step, **extra} to a temp file, fsync, rename (never half-written)."""
+    import torch
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step), **extra}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict (``torch.load(weights_only=True)``: no pickled code runs); CalibrationError if unreadable."""
+    import torch
+
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CalibrationError(f"QAT checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                               "delete it to start over") from None
+    if not isinstance(ck, dict) or not {"student", "optimizer", "step"} <= set(ck):
+        raise CalibrationError(f"QAT checkpoint {str(path)!r} is not a vkt QAT checkpoint (keys {sorted(ck) if isinstance(ck, dict) else type(ck).__name__})")
+    return ck
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def distill(teacher: Any, student: Any, images: Sequence[np.ndarray], cfg: QatConfig, *, resume_key: str = "",
+            show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``student`` (QConv-wrapped) towards ``teacher``'s probability maps; returns a report.
+
+    ``images``: pre-processed ``[1, 3, H, W]`` float32 arrays. ``resume_key`` identifies the model
+    and ranges: a checkpoint saved under another key is refused.
+    """
+    import torch
+
+    if not images:
+        raise CalibrationError("QAT needs at least one training image")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    start = 0
+    if cfg.checkpoint and Path(cfg.checkpoint).is_file():
+        ck = load_checkpoint(cfg.checkpoint)
+        if ck.get("key") != resume_key:
+            raise CalibrationError(f"QAT checkpoint {cfg.checkpoint!r} belongs to another model or calibration "
+                                   f"(key {str(ck.get('key'))[:16]}…, expected {resume_key[:16]}…); delete it or pick another path")
+        student.load_state_dict(ck["student"])
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+        log.info("resumed QAT from %s at step %d", cfg.checkpoint, start)
+    rng = np.random.default_rng(cfg.seed + start)
+    deadline = time.monotonic() + 60 * cfg.minutes if cfg.minutes else math.inf
+    losses: list[float] = []
+    step = start
+    student.eval()  # no BatchNorm or dropout left after folding: eval keeps the maths identical to export
+    with timed(f"QAT distillation ({cfg.steps} steps max)", log):
+        for step in progress(range(start, cfg.steps), "QAT", total=max(0, cfg.steps - start), enabled=show_progress):
+            if time.monotonic() > deadline:
+                log.warning("QAT stopped at step %d of %d: --qat-minutes %.1f reached", step, cfg.steps, cfg.minutes)
+                break
+            for g in opt.param_groups:  # cosine decay to 10%
+                g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+            x = _crops(images, cfg, rng)
+            with torch.no_grad():
+                target = teacher(x, return_dict=False)[0]
+            pred = student(x, return_dict=False)[0]
+            if cfg.loss == "mse":
+                loss = torch.nn.functional.mse_loss(pred, target)
+            else:
+                loss = torch.nn.functional.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if cfg.checkpoint and (step + 1) % cfg.checkpoint_every == 0:
+                save_checkpoint(cfg.checkpoint, student, opt, step + 1, {"key": resume_key})
+        else:
+            step = cfg.steps
+    done = step if losses or start >= cfg.steps else start
+    if cfg.checkpoint and losses:
+        save_checkpoint(cfg.checkpoint, student, opt, done, {"key": resume_key})
+    head, tail = losses[:10], losses[-10:]
+    return {"steps": done, "resumed_from": start, "loss": cfg.loss,
+            "loss_first": float(np.mean(head)) if head else None, "loss_last": float(np.mean(tail)) if tail else None}
+
+
+def _export_spec(spec: Any) -> Any:
+    """The bundle's I/O names and profiles with the detector's export shapes (exporters name the channel axis oddly)."""
+    from vkt.specs import ExportSpec, TensorSpec
+
+    i, o = spec.inputs[0], spec.outputs[0]
+    return ExportSpec((TensorSpec(i.name, "float32", ("batch", 3, "height", "width")),),
+                      (TensorSpec(o.name, "float32", ("batch", 1, "height", "width")),), spec.profiles, 17)
+
+
+def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable[[Path], Mapping[str, np.ndarray]], *,
+                  method: str = "percentile", percentile: float = 99.999, config: QatConfig | None = None,
+                  component: str = "model", show_progress: bool = True) -> Any:
+    """Distil the bundle's reference module under fake quantization; return ``GateCandidate("qat", ...)``.
+
+    ``image_paths`` are the calibration images (unlabeled), ``preprocess(path)`` the bundle's
+    pre-processing (``{input: [1, 3, H, W] float32}``). Steps 1-5 of the module docstring.
+    """
+    import torch
+
+    from vkt.calibration.gate import GateCandidate
+    from vkt.calibration.ranges import (
+        CalibrationTable,
+        compute_ranges,
+        model_sha256,
+        prepare_model,
+    )
+    from vkt.models.textdet.export import export_textdet, fuse_for_export
+    from vkt.onnxio import load_onnx
+
+    cfg = config or QatConfig()
+    load = reference_module_for(bundle, component)
+    spec = _export_spec(bundle.spec(component))
+    feeds = []
+    for p in image_paths:
+        try:
+            feeds.append({k: np.asarray(v, np.float32) for k, v in dict(preprocess(p)).items()})
+        except Exception as e:
+            log.warning("QAT: skipping image %s: %s", Path(p).name, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    if not feeds:
+        raise CalibrationError("QAT found no usable training image among the calibration images")
+    name = spec.inputs[0].name
+    images = [f[name] for f in feeds]
+
+    with tempfile.TemporaryDirectory(prefix="vkt-qat-") as tmp:
+        # 1-2. Teacher, student, calibration of the student's own graph, conv <-> ONNX node map
+        with timed("QAT: loading the reference module", log):
+            teacher = fuse_for_export(load()).eval()
+        student = copy.deepcopy(teacher)
+        export_textdet(student, Path(tmp) / "init.onnx", spec=spec, fuse=False)
+        init = prepare_model(load_onnx(Path(tmp) / "init.onnx"))
+        table0 = compute_ranges(init, feeds, method, percentile=percentile, show_progress=show_progress)
+        convs = conv_modules(student)
+        tensor_of = match_onnx_convs(convs, init)
+        missing = [t for t in tensor_of.values() if t not in table0]
+        if missing:
+            raise ModelError(f"QAT: no calibration range for conv input(s) {missing[:4]}")
+        ranges = {m: table0.ranges[t] for m, t in tensor_of.items()}
+        # 3-4. Fake quantization and distillation
+        wrap_convs(student, ranges)
+        key = model_sha256(init) + table0.sha256 + f"{cfg.crop}:{cfg.batch}:{cfg.loss}"
+        import hashlib
+
+        key = hashlib.sha256(key.encode()).hexdigest()
+        report = distill(teacher, student, images, cfg, resume_key=key, show_progress=show_progress)
+        # 5. Export the student; its table: fresh ranges for every tensor, the trained ones at conv inputs
+        plain = unwrap_convs(student).eval()
+        with torch.no_grad():
+            export_textdet(plain, Path(tmp) / "qat.onnx", spec=spec, fuse=False)
+        qat = prepare_model(load_onnx(Path(tmp) / "qat.onnx"))
+        fresh = compute_ranges(qat, feeds, method, percentile=percentile, show_progress=show_progress)
+        trained = match_onnx_convs(conv_modules(plain), qat)
+        merged = dict(fresh.ranges)
+        for mod, tensor in trained.items():
+            merged[tensor] = ranges[mod]
+        table = CalibrationTable(merged, method, fresh.num_samples, model_sha256(qat),
+                                 {**fresh.options, "qat": {"convs": len(trained), **report}})
+    log.info("QAT: %d steps, %s loss %.3g -> %.3g", report["steps"], cfg.loss, report["loss_first"] or float("nan"),
+             report["loss_last"] or float("nan"))
+    return GateCandidate("qat", qat, table, meta={"config": {k: v for k, v in asdict(cfg).items()}, **report})
