@@ -9,16 +9,32 @@ import typer
 
 
 def eval_cmd(
-    bundle: Path = typer.Argument(..., help="Text-detection bundle folder."),
-    data: Path = typer.Option(..., "--data", help="Folder of images (or DIR/images) with ICDAR gt_<image>.txt labels (or DIR/gt)."),
+    bundle: Path = typer.Argument(..., help="Text-detection or object-detection (DETR) bundle folder."),
+    data: Path = typer.Option(None, "--data", help="Text detection: folder of images (or DIR/images) with ICDAR "
+                              "gt_<image>.txt labels (or DIR/gt)."),
+    coco: Path = typer.Option(None, "--coco", help="Object detection: COCO instances JSON (ground truth)."),
+    images: Path = typer.Option(None, "--images", help="Object detection: folder holding the --coco file's images."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the full result (with per-image matches) to this JSON file."),
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
     threads: int = typer.Option(None, help="onnxruntime intra-op threads."),
     iou: float = typer.Option(0.5, help="IoU a detection needs to match a ground-truth region."),
 ) -> None:
-    """Evaluate a text detector: prints {precision, recall, hmean, ...} as JSON."""
+    """Evaluate a detector: text -> {precision, recall, hmean, ...}; objects -> COCO {AP, AP50, AP75, ...}, as JSON."""
+    from vkt.bundle import Bundle
     from vkt.errors import InputError
+
+    b = Bundle.load(bundle)
+    if b.task == "object-detection":
+        from vkt.cli.detect import eval_coco_bundle
+
+        if coco is None or images is None or data is not None:
+            raise InputError("an object-detection bundle is evaluated with --coco ANN.json --images DIR (not --data)")
+        result = eval_coco_bundle(b, coco, images, out, backend, precision, threads)
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if data is None or coco is not None or images is not None:
+        raise InputError(f"a {b.task} bundle is evaluated with --data DIR (ICDAR-style labels); --coco/--images are for DETR")
     from vkt.eval.textdet import evaluate, load_icdar_dir, save_json
     from vkt.log import progress
     from vkt.runtime.textdet import TextDetector

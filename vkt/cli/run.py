@@ -26,7 +26,7 @@ def draw_detections(img, det):  # type: ignore[no-untyped-def]
 
 
 def run(
-    bundle: Path = typer.Argument(..., help="Text-detection bundle folder."),
+    bundle: Path = typer.Argument(..., help="Text-detection or object-detection (DETR) bundle folder."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders of images (not recursive)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>.jpg (annotated), <name>.json and summary.json."),
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
@@ -36,8 +36,18 @@ def run(
     box_thresh: float = typer.Option(None, help="Override the bundle's DB box_thresh."),
     thresh: float = typer.Option(None, help="Override the bundle's DB pixel threshold."),
     no_draw: bool = typer.Option(False, "--no-draw", help="Write JSON only, no annotated images."),
+    score_threshold: float = typer.Option(None, "--score-threshold", help="Object detection: override the bundle's "
+                                          "score_threshold."),
 ) -> None:
-    """Detect text in images; unreadable images are skipped with a warning and listed in summary.json."""
+    """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
+    from vkt.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    if b.task == "object-detection":
+        from vkt.cli.detect import run_detection
+
+        run_detection(b, images, out, backend, precision, threads, batch, score_threshold, no_draw)
+        return
     import cv2
 
     from vkt.errors import InputError, VktError

@@ -191,7 +191,7 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
         # transformers' get_size_with_aspect_ratio (DetrImageProcessor), step for step: when the
         # long side limits, the short side is round(raw) but the long side is int(raw * long / short)
         # from the unrounded raw, so 640 x 1280 -> 666 x 1333 (not 1332).
-        short = _positive_int(resize, "shortest_edge")
+        short = want = _positive_int(resize, "shortest_edge")
         long_ = _positive_int(resize, "longest_edge", 10**9)
         lo, hi = float(min(height, width)), float(max(height, width))
         raw = None
@@ -203,7 +203,7 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
         scale = raw if raw is not None else short
         out = (int(scale * height / width), short) if width < height else (short, int(scale * width / height))
         if min(out) < 1:
-            raise InputError(f"image of {height}x{width} pixels is too elongated for resize shortest_edge {short} / "
+            raise InputError(f"image of {height}x{width} pixels is too elongated for resize shortest_edge {want} / "
                              f"longest_edge {long_}: it would become {out[0]}x{out[1]}; expected an aspect ratio "
                              f"below {2 * long_}:1")
         return out

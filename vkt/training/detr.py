@@ -137,7 +137,7 @@ class FitResult:
 
 def fit(model: Any, train: Sequence[Sample], val: Sequence[Sample] | None = None,
         config: DetrTrainConfig | None = None, out_dir: str | os.PathLike | None = None,
-        preprocess: dict[str, Any] | None = None, progress: bool = False) -> FitResult:
+        preprocess: dict[str, Any] | None = None, progress: bool = False, resume: bool = False) -> FitResult:
     """Train ``model`` (DetrForObjectDetection) on ``train`` samples; validate on ``val`` with COCO AP.
 
     Args:
@@ -147,6 +147,10 @@ def fit(model: Any, train: Sequence[Sample], val: Sequence[Sample] | None = None
         out_dir: where Lightning writes ``last.ckpt`` and logs; None: a temp-free run without checkpoints.
         preprocess: manifest ``preprocess`` dict (default ``TASKS["detr"].preprocess``) — use the
             same one in the exported bundle.
+        resume: continue from ``out_dir/checkpoints/last.ckpt`` (weights, optimizer, LR schedule, epoch
+            and step counters), read with ``torch.load(weights_only=True)``; ``config.epochs`` is the
+            total, not a number of extra epochs. Lightning writes that file atomically (temp file, then
+            a move), so a run killed mid-save resumes from the previous epoch.
     """
     import lightning as L
     import torch
@@ -167,6 +171,14 @@ def fit(model: Any, train: Sequence[Sample], val: Sequence[Sample] | None = None
         if len(s.labels) and (s.labels.min() < 0 or s.labels.max() >= n_cls):
             raise InputError(f"sample {s.image_id}: class ids {sorted(set(s.labels.tolist()))} outside the model's "
                              f"0..{n_cls - 1}; load the model with num_labels={int(s.labels.max()) + 1} or remap")
+    ckpt_path = None
+    if resume:
+        if out_dir is None:
+            raise InputError("resume needs out_dir: the run folder whose checkpoints/last.ckpt to continue from")
+        last = Path(out_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise InputError(f"nothing to resume: {str(last)!r} does not exist; start the run without resume")
+        ckpt_path = str(last)
     L.seed_everything(config.seed, workers=True, verbose=False)
     gt = None
     if val:
@@ -191,7 +203,13 @@ def fit(model: Any, train: Sequence[Sample], val: Sequence[Sample] | None = None
                         default_root_dir=str(out_dir) if out_dir is not None else None, logger=out_dir is not None,
                         enable_checkpointing=out_dir is not None, callbacks=callbacks, enable_progress_bar=progress,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
-    trainer.fit(module, loader, val_loader)
+    try:
+        trainer.fit(module, loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    except RuntimeError as e:
+        if ckpt_path is None or "state_dict" not in str(e):
+            raise
+        raise InputError(f"cannot resume from {ckpt_path!r}: {str(e).splitlines()[0][:300]} "
+                         "(a checkpoint of another model or config?)") from None
     ckpt = Path(out_dir) / "checkpoints" / "last.ckpt" if out_dir is not None else None
     return FitResult(model.eval(), module.history, ckpt if ckpt is not None and ckpt.is_file() else None,
                      asdict(config))

@@ -43,3 +43,26 @@ def tiny_detr(num_labels: int = 5, num_queries: int = 10, seed: int = 0, head_st
             elif name.endswith("running_mean"):
                 buf.normal_(0.0, 0.1)
     return model
+
+
+def reduced_detr(num_labels: int = 3, num_queries: int = 10, seed: int = 0) -> Any:
+    """The reduced DETR that learns the synthetic shapes set on CPU in minutes (``vkt train detr --synth``).
+
+    Basic-block ResNet (16-128 channels, one block per stage), d_model 64, 2 + 2 layers, 4 heads, FFN 128,
+    ``num_queries`` queries, auxiliary decoding losses on, no dropout; transformers' own initialisation.
+    The whole backbone trains: transformers freezes every parameter of its non-timm ResNet backbone
+    (it looks for ``stage.1`` in names that read ``stages.1``), which only makes sense for pretrained weights.
+    """
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
+                            out_features=["stage4"])
+    config = DetrConfig(use_timm_backbone=False, backbone_config=backbone, d_model=64, encoder_layers=2, decoder_layers=2,
+                        encoder_ffn_dim=128, decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
+                        num_queries=num_queries, num_labels=num_labels, auxiliary_loss=True, dropout=0.0)
+    model = DetrForObjectDetection(config)
+    for p in model.model.backbone.parameters():
+        p.requires_grad_(True)
+    return model.eval()
