@@ -13,6 +13,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("lightning")
 pytest.importorskip("PIL")
 
+from vkt.training import synth_text as _st  # noqa: E402
+
+if not any(_st.fonts_for(s) for s in _st.SCRIPTS):
+    pytest.skip("no font for synthetic text: apt-get install fonts-dejavu-core", allow_module_level=True)
+
 from vkt.cli.main import main  # noqa: E402
 
 
@@ -89,3 +94,18 @@ def test_cli_bad_inputs(run, tmp_path, capsys):
     (tmp_path / "cfg.yaml").write_text("steps: 2\nbogus: 1\n")
     assert main(["train", "textdet", "--synth", "4", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "cfg.yaml")]) == 2
     assert "unknown training option(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_cli_resume_extends_the_run(run):
+    # last in this file: it moves the shared run on by one step
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "textdet", "--synth", "8", "--out", str(run), "--resume", "--steps", "3",
+                     "--size", "320", "--no-export"]) == 0          # --size is ignored: the run's own (64) is kept
+    finally:
+        torch.set_num_threads(n)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"] == 2 and summary["steps"] == 3 and summary["config"]["size"] == 64
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]

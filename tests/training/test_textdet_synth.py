@@ -12,6 +12,9 @@ from vkt.errors import InputError  # noqa: E402
 from vkt.training import synth_text as st  # noqa: E402
 from vkt.training.textdet_data import IcdarFolder  # noqa: E402
 
+if not any(st.fonts_for(s) for s in st.SCRIPTS):
+    pytest.skip("no font for synthetic text: apt-get install fonts-dejavu-core", allow_module_level=True)
+
 CFG = st.SynthConfig(size=(96, 128), text_height=(12, 26), words=(2, 4))
 
 

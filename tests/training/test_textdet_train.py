@@ -13,6 +13,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("lightning")
 pytest.importorskip("PIL")
 
+from vkt.training import synth_text as _st  # noqa: E402
+
+if not any(_st.fonts_for(s) for s in _st.SCRIPTS):
+    pytest.skip("no font for synthetic text: apt-get install fonts-dejavu-core", allow_module_level=True)
+
 from vkt.errors import InputError, ModelError  # noqa: E402
 from vkt.training.synth_text import SynthConfig, SynthStream  # noqa: E402
 from vkt.training.textdet import TextDetTrainConfig, fit  # noqa: E402

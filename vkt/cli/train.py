@@ -57,15 +57,20 @@ def textdet(
     opts = _read_config(config) if config is not None else {}
     opts.update({k: v for k, v in given.items() if v is not None})
     cfg = TextDetTrainConfig.from_dict(opts, str(config) if config else "options")
-    if resume and not out.is_dir():
-        raise InputError(f"--resume: run folder {str(out)!r} not found; expected a folder holding ckpt.pt")
+    if resume:
+        if not out.is_dir():
+            raise InputError(f"--resume: run folder {str(out)!r} not found; expected a folder holding ckpt.pt")
+        from vkt.training.textdet_ckpt import load_checkpoint
+
+        # the run's own size and seed rebuild the same data stream; only --steps may change
+        saved = TextDetTrainConfig.from_dict(load_checkpoint(out)["train_config"], f"{str(out)!r}/ckpt.pt")
+        cfg = TextDetTrainConfig.from_dict({**asdict(saved), **({"steps": steps} if steps is not None else {})})
 
     # 1. data
     train_set, val_set = _datasets(data, synth, val, cfg)
     # 2. train
     t0 = time.perf_counter()
-    result = fit(train_set, cfg if not resume or steps is not None else None, val_set, out_dir=out, resume=resume,
-                 progress=True)
+    result = fit(train_set, cfg, val_set, out_dir=out, resume=resume, progress=True)
     seconds = time.perf_counter() - t0
     losses = [h for h in result.history if "loss" in h]
     vals = [h for h in result.history if "val_hmean" in h]

@@ -355,6 +355,7 @@ def fit(train: Sequence[TextSample], config: TextDetTrainConfig | None = None, v
                         default_root_dir=str(out) if out is not None else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|LightningModule.log).*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen BNs, on purpose
         trainer.fit(module, loader)
     ckpt = out / CKPT_NAME if out is not None and (out / CKPT_NAME).is_file() else None
     return FitResult(model.eval(), head.eval(), module.history, ckpt, cfg, start)
