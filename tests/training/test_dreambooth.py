@@ -330,3 +330,21 @@ def test_missing_pipeline_file_and_cli_errors(base, tmp_path, capsys):
     p.write_text("pretrained: x\nidentifer: sks\n")
     assert main(["train", "dreambooth", "--config", str(p)]) == 2
     assert "unknown setting 'identifer' (did you mean 'identifier'?)" in capsys.readouterr().err
+
+
+def test_bf16_accumulation_cosine_and_text_encoder(base, tmp_path, torch1):
+    """Lightning's precision flag, gradient accumulation, warm-up + cosine LR and text-encoder training on CPU."""
+    from safetensors.torch import load_file
+
+    from vkt.training.dreambooth import train_dreambooth
+
+    r = train_dreambooth(_cfg(base, tmp_path / "te", max_steps=4, checkpoint_every=4, precision="bf16-mixed", grad_accum=2,
+                              lr_scheduler="cosine", warmup_steps=2, train_text_encoder=True, random_flip=True,
+                              trackers=["none"]))
+    assert [x["step"] for x in r.losses] == [1, 2, 3, 4]
+    assert [x["lr"] for x in r.losses] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])  # diffusers' warm-up then cosine
+    w = load_file(str(r.run_dir / "checkpoints" / "step-000004" / "weights.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in w) and any(k.startswith("unet.") for k in w)
+    te = load_file(str(r.model_dir / "text_encoder" / "model.safetensors"))
+    te0 = load_file(str(base / "base" / "text_encoder" / "model.safetensors"))
+    assert any(not torch1.equal(te[k], te0[k]) for k in te0)
