@@ -20,9 +20,29 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_tiny_clip_vocab(dest: str | os.PathLike) -> Path:
     """A CLIP BPE vocabulary of 512 byte symbols + a few merges (``vocab.json``, ``merges.txt``) in ``dest``."""
-    dest = Path(dest)
     merges = ["p h", "ph o", "t o</w>", "pho to</w>", "t h", "th e</w>", "o f</w>", "c a", "ca t", "cat s</w>", "ca t</w>",
               "d o", "do g</w>", "s k", "sk s</w>"]
+    return write_clip_vocab(dest, merges)
+
+
+def write_real_clip_vocab(dest: str | os.PathLike) -> Path:
+    """CLIP's own BPE table (49,408 tokens, SD 1.x/2.x) from open-clip-torch's ``bpe_simple_vocab_16e6.txt.gz``."""
+    import gzip
+    import importlib.util
+
+    from vkt.errors import InputError
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the real CLIP vocabulary comes from open-clip-torch: pip install open-clip-torch")
+    gz = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.open(gz).read().decode("utf-8").split("\n")
+    return write_clip_vocab(dest, lines[1: 49152 - 256 - 2 + 1])  # the merges CLIP's simple_tokenizer.py takes
+
+
+def write_clip_vocab(dest: str | os.PathLike, merges: list[str]) -> Path:
+    """``vocab.json`` + ``merges.txt`` as OpenAI CLIP defines them: bytes, bytes + </w>, merges, specials."""
+    dest = Path(dest)
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -65,4 +85,4 @@ def tiny_pipeline(tokenizer_dir: str | os.PathLike, size: int = 32, seed: int = 
     return pipe
 
 
-__all__ = ["tiny_pipeline", "write_tiny_clip_vocab"]
+__all__ = ["tiny_pipeline", "write_clip_vocab", "write_real_clip_vocab", "write_tiny_clip_vocab"]
