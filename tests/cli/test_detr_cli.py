@@ -194,3 +194,16 @@ def test_train_synthetic_resume_and_export(tmp_path, capsys):
     assert main(["train", "detr", "--data", str(tmp_path), "-o", str(tmp_path / "r5")]) == 2
     assert "not a COCO-format folder" in capsys.readouterr().err
 
+
+
+def test_export_int8_calibrates_past_the_zero_queries(ckpt, coco, tmp_path, capsys):
+    """The decoder's first value projection reads constant zeros (no query content yet): calibration must not call
+    that degenerate data, and the placement keeps that one MatMul in float."""
+    from vkt.bundle import Bundle
+
+    out = tmp_path / "q.vkt"
+    assert main(["export", "detr", str(ckpt), "-o", str(out), "--shortest-edge", "160", "--longest-edge", "224",
+                 "--int8", "--calib", str(coco / "val")]) == 0
+    b = Bundle.load(out)
+    assert {e.meta["placement"] for e in b.files("int8 qdq onnx")} == {"ort", "trt"}
+    assert "fused int8 ops" in capsys.readouterr().out
