@@ -121,7 +121,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"steps": 0}, "steps must be a positive integer"), ({"crop": 100}, "multiple of 32"),
     ({"loss": "l1"}, "loss must be one of"), ({"minutes": 0}, "minutes must be a positive number"),
-    ({"lr": 2.0}, "lr must be in"),
+    ({"lr": 2.0}, "lr must be in"), ({"synth_p": 1.5}, "synth_p must be in"),
 ])
 def test_qat_config_rejects_bad_values(kwargs, match):
     from vkt.calibration.qat import QatConfig

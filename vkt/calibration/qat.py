@@ -56,7 +56,10 @@ class QatConfig:
     batch: crops per step (2); crop: crop side in pixels, multiple of 32 (320); lr: Adam learning
     rate (1e-5, cosine-decayed); loss: "mse" or "bce" between probability maps; checkpoint: file to
     save to and resume from (None: none); checkpoint_every: steps between saves (25); seed (0);
-    threads: torch intra-op threads (None: torch's default).
+    threads: torch intra-op threads (None: torch's default); synth_p: share of crops drawn from
+    :func:`vkt.training.synth_text.render_synth` (words on photos) rather than the calibration
+    images (0.5: photos alone carry almost no text, and distilling on them teaches the student
+    to suppress text — measured: 12 steps on text-free photos dropped hmean vs FP32 from 0.93 to 0.57).
     """
 
     steps: int = 150
@@ -69,6 +72,7 @@ class QatConfig:
     checkpoint_every: int = 25
     seed: int = 0
     threads: int | None = None
+    synth_p: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "checkpoint_every"):
@@ -82,6 +86,8 @@ class QatConfig:
             raise CalibrationError(f"QAT crop must be a multiple of 32, at least 64, got {self.crop!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
             raise CalibrationError(f"QAT lr must be in (0, 1), got {self.lr!r}")
+        if isinstance(self.synth_p, bool) or not isinstance(self.synth_p, (int, float)) or not 0 <= self.synth_p <= 1:
+            raise CalibrationError(f"QAT synth_p must be in [0, 1], got {self.synth_p!r}")
         if self.loss not in LOSSES:
             raise CalibrationError(f"QAT loss must be one of {list(LOSSES)}, got {self.loss!r}")
 
@@ -224,13 +230,18 @@ def unwrap_convs(model: Any) -> Any:
 
 
 # ---- data ----------------------------------------------------------------------------------------
-def _crops(images: Sequence[np.ndarray], cfg: QatConfig, rng: np.random.Generator) -> Any:
-    """A batch ``[batch, 3, crop, crop]`` of random rescales (0.5-1.5x) and crops of pre-processed images."""
+def _crops(images: Sequence[np.ndarray], cfg: QatConfig, rng: np.random.Generator,
+           synth: Callable[[int], np.ndarray] | None = None) -> Any:
+    """A batch ``[batch, 3, crop, crop]``: with probability ``synth_p`` a synthetic image ``synth(i)``, else a
+    random rescale (0.5-1.5x) and crop of a pre-processed image."""
     import torch
     import torch.nn.functional as F
 
     out = []
     for _ in range(cfg.batch):
+        if synth is not None and rng.random() < cfg.synth_p:
+            out.append(torch.from_numpy(synth(int(rng.integers(1 << 30)))))
+            continue
         x = torch.from_numpy(images[int(rng.integers(len(images)))])  # [1, 3, H, W]
         s = float(rng.uniform(0.5, 1.5))
         h, w = x.shape[2:]
@@ -278,10 +289,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 # ---- the run -------------------------------------------------------------------------------------
 def distill(teacher: Any, student: Any, images: Sequence[np.ndarray], cfg: QatConfig, *, resume_key: str = "",
-            show_progress: bool = True) -> dict[str, Any]:
+            synth: Callable[[int], np.ndarray] | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``student`` (QConv-wrapped) towards ``teacher``'s probability maps; returns a report.
 
-    ``images``: pre-processed ``[1, 3, H, W]`` float32 arrays. ``resume_key`` identifies the model
+    ``images``: pre-processed ``[1, 3, H, W]`` float32 arrays; ``synth(i)``: an optional source of
+    pre-processed synthetic crops ``[1, 3, crop, crop]``. ``resume_key`` identifies the model
     and ranges: a checkpoint saved under another key is refused.
     """
     import torch
@@ -317,7 +329,7 @@ def distill(teacher: Any, student: Any, images: Sequence[np.ndarray], cfg: QatCo
                 break
             for g in opt.param_groups:  # cosine decay to 10%
                 g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-            x = _crops(images, cfg, rng)
+            x = _crops(images, cfg, rng, synth)
             with torch.no_grad():
                 target = teacher(x, return_dict=False)[0]
             pred = student(x, return_dict=False)[0]
@@ -339,6 +351,33 @@ def distill(teacher: Any, student: Any, images: Sequence[np.ndarray], cfg: QatCo
     head, tail = losses[:10], losses[-10:]
     return {"steps": done, "resumed_from": start, "loss": cfg.loss,
             "loss_first": float(np.mean(head)) if head else None, "loss_last": float(np.mean(tail)) if tail else None}
+
+
+def _synth_source(bundle: Any, cfg: QatConfig) -> Callable[[int], np.ndarray] | None:
+    """``synth(i) -> [1, 3, crop, crop]`` synthetic words on photos, normalised as the bundle's manifest says (None if unavailable)."""
+    if cfg.synth_p == 0:
+        return None
+    try:
+        from vkt.training.synth_text import SynthConfig, render_synth, resolve_scripts
+
+        sc = SynthConfig(size=(cfg.crop, cfg.crop), text_height=(12, max(13, cfg.crop // 6)))
+        fonts = resolve_scripts(sc.scripts)
+    except Exception as e:  # fonts or the training extra missing: photos alone, said loudly
+        log.warning("QAT: no synthetic text (%s); distilling on the calibration photos alone", str(e).splitlines()[0][:200])
+        return None
+    pre = bundle.preprocess
+    scale = float(pre.get("scale", 1 / 255))
+    mean = np.asarray(pre.get("mean", (0.0, 0.0, 0.0)), np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.get("std", (1.0, 1.0, 1.0)), np.float32).reshape(3, 1, 1)
+    rgb = pre.get("color", "BGR") == "RGB"
+
+    def synth(i: int) -> np.ndarray:
+        img = render_synth(i, seed=cfg.seed, config=sc, fonts=fonts).image  # BGR uint8 [crop, crop, 3]
+        img = img[:, :, ::-1] if rgb else img
+        x = (img.transpose(2, 0, 1).astype(np.float32) * scale - mean) / std
+        return np.ascontiguousarray(x[None])
+
+    return synth
 
 
 def _export_spec(spec: Any) -> Any:
@@ -404,7 +443,8 @@ def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable
         import hashlib
 
         key = hashlib.sha256(key.encode()).hexdigest()
-        report = distill(teacher, student, images, cfg, resume_key=key, show_progress=show_progress)
+        report = distill(teacher, student, images, cfg, resume_key=key, synth=_synth_source(bundle, cfg),
+                         show_progress=show_progress)
         # 5. Export the student; its table: fresh ranges for every tensor, the trained ones at conv inputs
         plain = unwrap_convs(student).eval()
         with torch.no_grad():
