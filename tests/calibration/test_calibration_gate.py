@@ -60,6 +60,18 @@ def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
     assert render_gate_table(gate).row_count == 4  # fp32 + 3 steps
 
 
+def test_cli_prints_the_gate_table_and_the_choice(calibrated, capsys):
+    from vkt.cli.quantize import print_calibration
+
+    sens = feeds(((1, 3, 16, 16),), seed=3)
+    for drop, want in ((0.035, "shipped ptq with 4 layer(s) in float"), (0.0, "shipped FP32 only")):
+        section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=drop,
+                              steps=(0, 2, 4), ranking_method="sensitivity", show_progress=False)
+        print_calibration(Bundle.load(calibrated), section)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "accuracy gate" in out and want in out
+
+
 def test_jump_ranking_sees_every_quantized_op(toy_model):
     from vkt.calibration import compute_ranges, prepare_model
     from vkt.calibration.gate import error_jumps
