@@ -144,3 +144,21 @@ def test_bad_checkpoints_and_runs(synth, tmp_path):
         TextDetTrainConfig(size=100)
     with pytest.raises(InputError, match="unknown pretrained"):
         TextDetTrainConfig(pretrained="resnet")
+
+
+@pytest.mark.parametrize("pretrained", [None, "ppocrv5-mobile"])
+def test_threshold_branch_reaches_the_detector_only_from_scratch(synth, pretrained):
+    from vkt.training.textdet import ThresholdHead, build_model, lightning_module
+
+    cfg = TextDetTrainConfig(steps=2, pretrained=pretrained, **TINY)
+    m = lightning_module(build_model(None, seed=0), cfg, ThresholdHead())
+    m.train()
+    terms = m.losses(_fixed_batch(synth))
+    (terms["loss_threshold"] + terms["loss_binary"]).backward()
+    neck = m.detector.model.neck.insert_conv[0].in_conv.weight.grad
+    head = next(p for p in m.threshold_head.parameters())
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    if pretrained is None:
+        assert neck is not None and neck.abs().sum() > 0
+    else:
+        assert neck is None or neck.abs().sum() == 0
