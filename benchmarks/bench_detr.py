@@ -1,0 +1,286 @@
+"""DETR-R50 at 800x1066 on CPU: torch eager (and channels_last) vs onnxruntime FP32 vs onnxruntime INT8, interleaved.
+
+Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--calib 6] [--trained RUN/model]
+     [--json benchmarks/results/detr.json]
+
+1. transformers' DetrForObjectDetection with DETR-R50's architecture (ResNet-50 from transformers, no
+   timm, random weights, seed 0) is exported with vkt.models.detr.export.export_bundle (raw heads).
+2. INT8: one calibration (percentile 99.999) on scikit-image photos resized to 800x1066, written as
+   the onnxruntime placement (vkt.calibration.quantize_bundle): Q/DQ on Conv/MatMul/Gemm and the
+   element-wise ops between them, Softmax and LayerNormalization kept in float (quantizing Softmax
+   collapses attention: ORT's uint8 Softmax output scale is fixed at 1/255).
+3. Speed: vkt.bench.run_bench interleaves the four targets call by call on one 1x3x800x1066 feed.
+4. % of peak: FLOPs of every Conv/MatMul/Gemm from the graph's inferred shapes (2 x MACs) / p50,
+   against peak = cores x GHz x FLOPs/cycle (--flops-per-cycle, default 64: two 512-bit FMA units
+   x 16 float32 lanes x 2, what AVX-512 FMA gives on Zen 5 / Intel server cores; --ghz default:
+   the nominal clock /proc/cpuinfo reports).
+5. INT8 agreement: COCO AP (pycocotools, vkt.eval.coco) of the INT8 detections against the FP32
+   detections taken as ground truth — on real photos (DETR-R50, random weights: FP32's top-10 per
+   image are the ground truth, as its scores are near-uniform), and, with --trained, on the
+   reduced model trained by `vkt train detr` (ground truth: FP32 detections scoring > 0.5) on
+   synthetic validation images and on the photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "horse.png",
+          "camera.png", "coins.png")
+SIZE = (800, 1066)
+
+
+def photo_paths() -> list[Path]:
+    import skimage
+
+    root = Path(skimage.__file__).parent / "data"
+    return [root / p for p in PHOTOS if (root / p).is_file()]
+
+
+def detr_r50(seed: int = 0):
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    from vkt.models.detr.checkpoints import resnet_backbone_config
+
+    torch.manual_seed(seed)
+    cfg = DetrConfig(use_timm_backbone=False, backbone_config=resnet_backbone_config("resnet50"), num_labels=91)
+    return DetrForObjectDetection(cfg).eval()
+
+
+def fixed_size_feed(pre, path: Path, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The photo stretched to exactly ``size`` and normalised as the manifest says (speed and ranges only)."""
+    import cv2
+
+    from vkt.runtime.image import read_image
+
+    img = cv2.resize(read_image(path), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    x = np.zeros((1, 3, *size), np.float32)
+    pre.write(img, pre.plan(img), x[0])
+    return {"pixel_values": x}
+
+
+def conv_matmul_flops(onnx_path: Path, feed_shape: tuple[int, ...]) -> dict[str, float]:
+    """2 x MACs of Conv / MatMul / Gemm nodes with the graph input fixed to ``feed_shape``."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    m = onnx.load(str(onnx_path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, feed_shape):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    m = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output)}
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    total = {"Conv": 0.0, "MatMul": 0.0, "Gemm": 0.0}
+    for n in m.graph.node:
+        if n.op_type == "Conv":
+            w, y = shapes[n.input[1]], shapes[n.output[0]]
+            total["Conv"] += 2.0 * np.prod(y) * np.prod(w[1:])            # per output: Cin/g x kh x kw MACs
+        elif n.op_type == "MatMul":
+            a, y = shapes[n.input[0]], shapes[n.output[0]]
+            total["MatMul"] += 2.0 * np.prod(y) * a[-1]
+        elif n.op_type == "Gemm":
+            y = shapes[n.output[0]]
+            trans_a = any(a.name == "transA" and a.i for a in n.attribute)
+            a = shapes[n.input[0]]
+            total["Gemm"] += 2.0 * np.prod(y) * (a[0] if trans_a else a[-1])
+    total["total"] = sum(total.values())
+    return total
+
+
+def cpu_ghz() -> float:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1000.0
+    except OSError:
+        pass
+    return 2.5
+
+
+def agreement(fp32: list, int8: list, image_sizes: list[tuple[int, int]], gt_top: int | None = None,
+              gt_threshold: float = 0.5) -> dict[str, float]:
+    """COCO AP of INT8 detections with FP32's as ground truth (labels are category ids)."""
+    from vkt.eval.coco import coco_ap, coco_ground_truth, to_coco_results
+
+    cats = sorted({int(c) for d in fp32 + int8 for c in d.labels}) or [0]
+    gt_boxes, gt_labels = [], []
+    for d in fp32:
+        keep = np.arange(min(gt_top, len(d))) if gt_top else np.flatnonzero(d.scores > gt_threshold)
+        b = d.boxes[keep].astype(np.float64)
+        b = np.stack([b[:, 0], b[:, 1], np.maximum(b[:, 2], b[:, 0]), np.maximum(b[:, 3], b[:, 1])], 1) if len(b) else b
+        gt_boxes.append(b.reshape(-1, 4))
+        gt_labels.append(d.labels[keep])
+    images = [{"id": i + 1, "height": h, "width": w} for i, (h, w) in enumerate(image_sizes)]
+    gt = coco_ground_truth(images, [{"id": c, "name": str(c)} for c in cats], gt_boxes, gt_labels)
+    m = coco_ap(gt, to_coco_results(int8, [i + 1 for i in range(len(int8))]))
+    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "gt_boxes": int(sum(len(b) for b in gt_boxes))}
+
+
+def quantize(bundle: Path, feeds: list[dict[str, np.ndarray]], method: str) -> dict:
+    from vkt.calibration.api import quantize_bundle
+
+    return quantize_bundle(bundle, feeds, method=method, targets=("ort",), eval_samples=0, show_progress=True)
+
+
+def detections(bundle: Path, precision: str, images: list, threads: int) -> list:
+    from vkt.runtime.detection import Detector
+
+    with Detector(bundle, precision=precision, threads=threads, score_threshold=0.0, top_k=100) as det:
+        return [det(im)[0] for im in images]
+
+
+def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, method: str) -> dict:
+    """INT8 vs FP32 on the reduced model trained by `vkt train detr` (synthetic val images and photos)."""
+    from vkt.bundle import Bundle
+    from vkt.models.detr.checkpoints import load_checkpoint
+    from vkt.models.detr.export import export_bundle
+    from vkt.runtime.image import Preprocessor, read_image
+    from vkt.training.detr_data import synthetic_shapes
+
+    model = load_checkpoint(model_dir)
+    run_cfg = json.loads((model_dir / "vkt_train.json").read_text()) if (model_dir / "vkt_train.json").is_file() else {}
+    resize = run_cfg.get("resize", {"shortest_edge": 160, "longest_edge": 224})
+    size = tuple(run_cfg.get("image_size", (160, 224)))
+    se, le = resize["shortest_edge"], resize["longest_edge"]
+    dest = export_bundle(model, work / "reduced.vkt", score_threshold=0.0, overwrite=True, shortest_edge=se, longest_edge=le,
+                         profile={"batch": (1, 1, 4), "height": (32, se, le), "width": (32, min(le, se * 4 // 3), le)})
+    b = Bundle.load(dest)
+    pre = Preprocessor(b.preprocess)
+    calib_imgs = [s.image for s in synthetic_shapes(16, size=size, seed=7)]
+    feeds = []
+    for img in calib_imgs:
+        x, _ = pre([img])
+        feeds.append({"pixel_values": x})
+    quantize(dest, feeds, method)
+    val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1)]
+    photos = [read_image(p) for p in photo_paths()]
+    out = {}
+    for name, imgs in (("synthetic_val", val), ("photos", photos)):
+        f = detections(dest, "fp32", imgs, threads)
+        q = detections(dest, "int8", imgs, threads)
+        out[name] = agreement(f, q, [im.shape[:2] for im in imgs], gt_threshold=0.5)
+        out[name]["images"] = len(imgs)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--calib", type=int, default=6, help="calibration photos (at 800x1066)")
+    ap.add_argument("--method", default="percentile")
+    ap.add_argument("--flops-per-cycle", type=float, default=64.0)
+    ap.add_argument("--ghz", type=float, default=None)
+    ap.add_argument("--trained", type=Path, default=None, help="a `vkt train detr` model folder (RUN/model)")
+    ap.add_argument("--n-val", type=int, default=64)
+    ap.add_argument("--skip-r50", action="store_true")
+    ap.add_argument("--bundle", type=Path, default=None, help="reuse this exported + calibrated DETR-R50 bundle")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/detr.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from vkt.bench import BenchConfig, Case, Target, machine_info, print_table, run_bench
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+    from vkt.runtime.image import Preprocessor, read_image
+
+    torch.set_num_threads(args.threads)
+    result: dict = {"machine": machine_info(), "threads": args.threads, "size": list(SIZE), "argv": sys.argv[1:]}
+    work = Path(tempfile.mkdtemp(prefix="bench-detr-"))
+    if args.trained is not None:
+        t0 = time.perf_counter()
+        result["trained_int8_agreement"] = trained_agreement(args.trained, work, args.threads, args.n_val, args.method)
+        print("trained reduced model, INT8 vs FP32:", json.dumps(result["trained_int8_agreement"]), f"({time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if not args.skip_r50:
+        from vkt.models.detr.export import export_bundle
+
+        model = detr_r50()
+        photos = photo_paths()
+        if args.bundle is not None:       # an earlier run's exported + calibrated bundle (same seed, same weights)
+            dest = args.bundle
+        else:
+            t0 = time.perf_counter()
+            dest = export_bundle(model, work / "r50.vkt", overwrite=True)
+            result["export_s"] = round(time.perf_counter() - t0, 1)
+            pre = Preprocessor(Bundle.load(dest).preprocess)
+            calib = [fixed_size_feed(pre, p, SIZE) for p in photos[1:1 + args.calib]]
+            t0 = time.perf_counter()
+            section = quantize(dest, calib, args.method)
+            result["calibration_s"] = round(time.perf_counter() - t0, 1)
+            print(f"bundle {dest}: export {result['export_s']} s, calibration {result['calibration_s']} s", flush=True)
+        b = Bundle.load(dest)               # after quantize: the manifest now lists the INT8 graph
+        pre = Preprocessor(b.preprocess)
+        result["calibration"] = b.manifest.get("calibration")
+        feed = fixed_size_feed(pre, photos[0], SIZE)
+        x = torch.from_numpy(feed["pixel_values"])
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        model_cl = detr_r50().to(memory_format=torch.channels_last)
+
+        def eager(m, t):
+            def run(_):
+                with torch.inference_mode():
+                    return m(pixel_values=t)
+            return run
+
+        fp32 = make_runner(b, "ort", "fp32", threads=args.threads)
+        int8 = make_runner(b, "ort", "int8", threads=args.threads)
+        # Parity of the timed ORT graph with the timed torch model at 800x1066 (same weights, same feed).
+        fp32.activate()
+        with torch.inference_mode():
+            ref = model(pixel_values=x)
+        got = fp32.infer(feed)
+        result["fp32_vs_torch_max_abs"] = {"logits": float(np.abs(got["logits"] - ref.logits.numpy()).max()),
+                                           "pred_boxes": float(np.abs(got["pred_boxes"] - ref.pred_boxes.numpy()).max())}
+        targets = [
+            Target("torch-eager", eager(model, x), "transformers forward (SDPA attention), fp32, NCHW"),
+            Target("torch-eager-channels_last", eager(model_cl, x_cl), "same, model and input channels_last"),
+            Target("ort-fp32", fp32.infer, "vkt OrtRunner.infer (feed checks + onnxruntime CPU), fp32",
+                   setup=fp32.activate, teardown=fp32.deactivate),
+            Target("ort-int8", int8.infer, "vkt OrtRunner.infer, INT8 Q/DQ (ORT placement)",
+                   setup=int8.activate, teardown=int8.deactivate),
+        ]
+        rows = run_bench(targets, [Case("1x3x800x1066", feed, 1)], BenchConfig(warmup=args.warmup, iters=args.iters))
+        print_table(rows, "DETR-R50 800x1066")
+        p50 = {r.target: r.p50_ms for r in rows}
+        flops = conv_matmul_flops(b.root / b.entry("fp32 onnx", "model").path, (1, 3, *SIZE))
+        ghz = args.ghz or cpu_ghz()
+        peak = args.threads * ghz * 1e9 * args.flops_per_cycle
+        result["rows"] = [r.to_dict() for r in rows]
+        result["flops"] = flops
+        result["peak_gflops"] = {"value": peak / 1e9, "cores": args.threads, "ghz": ghz, "flops_per_cycle": args.flops_per_cycle}
+        result["percent_of_peak"] = {t: 100.0 * flops["total"] / (ms / 1e3) / peak for t, ms in p50.items()}
+        result["ratios"] = {"ort_fp32_over_eager": p50["torch-eager"] / p50["ort-fp32"],
+                            "ort_fp32_over_channels_last": p50["torch-eager-channels_last"] / p50["ort-fp32"],
+                            "int8_over_fp32": p50["ort-fp32"] / p50["ort-int8"]}
+        print(json.dumps({k: result[k] for k in ("flops", "peak_gflops", "percent_of_peak", "ratios")}, indent=1), flush=True)
+        # INT8 vs FP32 on the photos (the held-out first one included), at the manifest's resize.
+        imgs = [read_image(p) for p in photos]
+        f = detections(dest, "fp32", imgs, args.threads)
+        q = detections(dest, "int8", imgs, args.threads)
+        result["r50_int8_agreement_photos"] = agreement(f, q, [im.shape[:2] for im in imgs], gt_top=10)
+        print("DETR-R50 (random weights), INT8 vs FP32 top-10 on photos:", json.dumps(result["r50_int8_agreement_photos"]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    sys.exit(main())
