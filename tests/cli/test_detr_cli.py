@@ -207,3 +207,21 @@ def test_export_int8_calibrates_past_the_zero_queries(ckpt, coco, tmp_path, caps
     b = Bundle.load(out)
     assert {e.meta["placement"] for e in b.files("int8 qdq onnx")} == {"ort", "trt"}
     assert "fused int8 ops" in capsys.readouterr().out
+
+
+def test_fine_tune_on_fewer_classes_reinitialises_the_head(ckpt, coco, tmp_path, capsys):
+    """A 3-class checkpoint fine-tuned on a 2-category COCO folder: warned, head re-made, labels from the data."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(coco / "val", data / "train")
+    gt = json.loads((coco / "val.json").read_text())
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 3]
+    gt["categories"] = [{"id": 1, "name": "box"}, {"id": 2, "name": "disc"}]
+    (data / "train.json").write_text(json.dumps(gt))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {ckpt}\nshortest_edge: 64\nlongest_edge: 96\ntrain:\n  epochs: 1\n  batch_size: 4\n")
+    with pytest.warns(UserWarning, match="3 classes, 2 were asked for"):
+        assert main(["train", "detr", "--data", str(data), "-o", str(tmp_path / "run"), "--config", str(cfg)]) == 0
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "box", "1": "disc"}
