@@ -18,6 +18,7 @@ from vkt.tasks import TASKS  # noqa: E402
 from vkt.training.detr_data import CocoDetectionDataset, DetrTransform, collate, synthetic_shapes  # noqa: E402
 
 PRE = {**TASKS["detr"].preprocess, "resize": {"mode": "shortest_edge", "shortest_edge": 128, "longest_edge": 192}}
+AP50_FLOOR = 0.04
 
 
 def test_synthetic_samples_and_targets():
@@ -84,3 +85,19 @@ def test_short_training_run_lowers_the_loss(tmp_path):
         fit(tiny_detr(num_labels=2), data, config=cfg)
     with pytest.raises(InputError, match="lr must be a number > 0"):
         DetrTrainConfig(lr=0)
+
+
+@pytest.mark.slow
+def test_reduced_config_learns_the_synthetic_set(tmp_path):
+    """`vkt train detr --synth 256` (the reduced config's defaults) reaches a modest AP50 on held-out shapes.
+
+    Measured once (seed 0, 576 steps): AP50 0.103 (AP 0.023) on the 64 held-out images after 22 min on a shared
+    2-core CPU; the floor is well below that and far above an untrained model's ~0.002.
+    """
+    pytest.importorskip("pycocotools")
+    from vkt.training.detr_run import load_run_config, train_detr_run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train_detr_run(load_run_config(None), tmp_path / "run", synth=256, progress=False)
+    assert result.history and result.history[-1]["AP50"] >= AP50_FLOOR, result.history

@@ -49,7 +49,7 @@ def reduced_detr(num_labels: int = 3, num_queries: int = 10, seed: int = 0) -> A
     """The reduced DETR that learns the synthetic shapes set on CPU in minutes (``vkt train detr --synth``).
 
     Basic-block ResNet (16-128 channels, one block per stage), d_model 64, 2 + 2 layers, 4 heads, FFN 128,
-    ``num_queries`` queries, auxiliary decoding losses on, no dropout; transformers' own initialisation.
+    ``num_queries`` queries, auxiliary decoding losses on, no dropout; fan-in scaled transformer weights.
     The whole backbone trains: transformers freezes every parameter of its non-timm ResNet backbone
     (it looks for ``stage.1`` in names that read ``stages.1``), which only makes sense for pretrained weights.
     """
@@ -63,6 +63,15 @@ def reduced_detr(num_labels: int = 3, num_queries: int = 10, seed: int = 0) -> A
                         encoder_ffn_dim=128, decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
                         num_queries=num_queries, num_labels=num_labels, auxiliary_loss=True, dropout=0.0)
     model = DetrForObjectDetection(config)
+    with torch.no_grad():
+        # transformers' std-0.02 init makes every query of a model this small decode the same box, and
+        # Hungarian matching then never breaks the tie (measured: the loss stayed flat for 200 steps with
+        # ~9 of 10 queries claiming an object). Fan-in scaled weights and distinct queries, as tiny_detr.
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and not name.startswith("model.backbone"):
+                mod.weight.normal_(0.0, 1.0 / mod.weight.shape[1] ** 0.5)
+                mod.bias.zero_()
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
     for p in model.model.backbone.parameters():
         p.requires_grad_(True)
     return model.eval()
