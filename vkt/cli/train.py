@@ -29,7 +29,7 @@ def textdet(
                                    "(BatchNorm frozen). Default: from scratch."),
     steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (default 1000)."),
     batch: int = typer.Option(None, "--batch", help="Images per step (default 8)."),
-    lr: float = typer.Option(None, "--lr", help="Peak AdamW learning rate after warm-up (default 1e-3; ~1e-4 to fine-tune)."),
+    lr: float = typer.Option(None, "--lr", help="Peak AdamW learning rate after warm-up (default 1e-3 from scratch, 3e-5 with --pretrained)."),
     size: int = typer.Option(None, "--size", help="Square training crop, a multiple of 32 (default 320)."),
     ckpt_every: int = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 100)."),
     val_every: int = typer.Option(None, "--val-every", help="Validation hmean every N steps (default 100)."),

@@ -50,7 +50,7 @@ class TextDetTrainConfig:
 
     steps: int = 1000             # optimiser steps in all
     batch: int = 8
-    lr: float = 1e-3              # peak, after warm-up; use ~1e-4 when fine-tuning
+    lr: float | None = None       # peak after warm-up; None: 1e-3 from scratch, 3e-5 fine-tuning (see peak_lr)
     weight_decay: float = 1e-4
     warmup: int = 50              # linear warm-up steps
     clip_grad: float = 5.0        # max gradient norm
@@ -75,6 +75,8 @@ class TextDetTrainConfig:
                 raise InputError(f"{name} must be an integer >= 0, got {v!r}")
         for name in ("lr", "clip_grad"):
             v = getattr(self, name)
+            if v is None and name == "lr":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise InputError(f"{name} must be a number > 0, got {v!r}")
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
@@ -83,6 +85,15 @@ class TextDetTrainConfig:
             raise InputError(f"size must be a multiple of 32 and >= 32, got {self.size!r}")
         if self.pretrained is not None and self.pretrained not in PRETRAINED:
             raise InputError(f"unknown pretrained model {self.pretrained!r}; expected one of {list(PRETRAINED)} or none")
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or its default. Fine-tuning with frozen BatchNorm needs a small one: PP-OCRv5 mobile on
+        synthetic text (320 px, batch 4, 100 steps, 64 held-out images) went hmean 0.706 -> 0.894 at
+        3e-5, but peaked at 0.862 (step 50) and fell to 0.552 at 1e-4 (weights drift under frozen statistics)."""
+        if self.lr is not None:
+            return float(self.lr)
+        return 1e-3 if self.pretrained is None else 3e-5
 
     @property
     def bn_frozen(self) -> bool:
@@ -193,7 +204,7 @@ def lightning_module(model: Any, config: TextDetTrainConfig, threshold_head: Thr
 
         def configure_optimizers(self) -> Any:
             params = [p for p in self.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.cfg.peak_lr, weight_decay=self.cfg.weight_decay)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup, self.cfg.steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -264,21 +275,25 @@ def _callbacks(out_dir: Path | None, val: Sequence[TextSample] | None, config: T
                 module._resume_state = None
 
         def on_train_batch_end(self, trainer: Any, module: Any, *_: Any) -> None:
+            from vkt.fsutil import atomic_write_text
+
             step = module.step_offset + int(trainer.global_step)
             last = step >= config.steps
-            if val and (step % config.val_every == 0 or last):
+            validated = bool(val) and (step % config.val_every == 0 or last)
+            if validated:
                 m = validate(module.detector, val, config.size, config.box_thresh)
                 module.history.append({"step": step, **{f"val_{k}": v for k, v in m.items()}})
                 for k in ("hmean", "precision", "recall"):
                     module.log(f"val/{k}", float(m[k]), prog_bar=k == "hmean")
                 log.info("step %d: val hmean %.3f (P %.3f R %.3f)", step, m["hmean"], m["precision"], m["recall"])
                 module.train()
-            if out_dir is not None and (step % config.ckpt_every == 0 or last):
+            saved = out_dir is not None and (step % config.ckpt_every == 0 or last)
+            if saved:
                 save_checkpoint(out_dir / CKPT_NAME, step=step, model=module.detector,
                                 threshold_head=module.threshold_head, optimizer=trainer.optimizers[0],
                                 scheduler=trainer.lr_scheduler_configs[0].scheduler, train_config=asdict(config),
                                 history=module.history)
-                from vkt.fsutil import atomic_write_text
+            if out_dir is not None and (saved or validated):
                 atomic_write_text(out_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in module.history))
 
     return [StepHooks()]
