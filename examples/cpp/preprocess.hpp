@@ -74,10 +74,19 @@ struct Preprocess {
     void target(int h0, int w0, int& h, int& w) const {
         if (mode == "none") { h = h0; w = w0; return; }
         if (mode == "shortest_edge") {
-            int lo = std::min(h0, w0), hi = std::max(h0, w0), s = shortest_edge;
-            if (static_cast<double>(hi) / lo * s > longest_edge) s = static_cast<int>(std::nearbyint(static_cast<double>(longest_edge) * lo / hi));
-            if (h0 <= w0) { h = s; w = static_cast<int>(static_cast<double>(s) * w0 / h0); }
-            else { w = s; h = static_cast<int>(static_cast<double>(s) * h0 / w0); }
+            // transformers' DetrImageProcessor rule, step for step: when the long side limits, the
+            // short side is round(raw) but the long side comes from the unrounded raw
+            // (640 x 1280 -> 666 x 1333, not 1332).
+            const double lo = std::min(h0, w0), hi = std::max(h0, w0);
+            int s = shortest_edge;
+            double scale = s;
+            if (hi / lo * s > longest_edge) {
+                scale = static_cast<double>(longest_edge) * lo / hi;
+                s = static_cast<int>(std::nearbyint(scale));  // Python's round: half to even
+            }
+            if ((h0 <= w0 && h0 == s) || (w0 <= h0 && w0 == s)) { h = h0; w = w0; return; }
+            if (w0 < h0) { w = s; h = static_cast<int>(scale * h0 / w0); }
+            else { h = s; w = static_cast<int>(scale * w0 / h0); }
             return;
         }
         double ratio = 1.0;
