@@ -82,3 +82,11 @@ def test_help_explains_every_command():
         assert f" {cmd} " in r.stdout, cmd
         sub = subprocess.run([sys.executable, "-m", "vkt", cmd, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0 and "Usage" in sub.stdout, cmd
+
+
+def test_usage_errors_are_usage_errors_not_internal_errors(capsys):
+    assert main(["bench", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option" in err and "internal error" not in err and "Traceback" not in err
+    assert main(["inspect"]) == 2  # missing argument
+    assert "Missing argument" in capsys.readouterr().err
