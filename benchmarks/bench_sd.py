@@ -20,14 +20,18 @@ Threads: torch.set_num_threads(T) and onnxruntime intra_op_num_threads = T for e
 Figures include tokenization, text encoding, the denoising loop, VAE decoding and the conversion to
 uint8 arrays (diffusers: output_type="np"; vkt: uint8 HxWx3); not model loading.
 
+CPU seconds (process_time, all threads) are recorded beside wall time: on a shared, loaded machine
+wall time swings with other processes while CPU time tracks the work done.
+
 Per-stage breakdown: wall time spent inside the text encoder, UNet and VAE decoder calls (timers around
 the module calls of each pipeline), averaged over the timed generations; "other" = total - stages
 (scheduler maths, guidance, pre/post-processing, Python).
 
 Peak memory (--memory, default on): each pipeline is loaded alone in a fresh subprocess that runs one
-generation at batch 1; reported: peak resident set size (getrusage ru_maxrss, which counts native
-allocations by torch and onnxruntime, unlike tracemalloc) and the increase over the process's RSS
-right after imports. One process per pipeline because ru_maxrss is a per-process high-water mark.
+generation at batch 1; reported: peak resident set size (VmHWM in /proc/self/status, which counts
+native allocations by torch and onnxruntime, unlike tracemalloc; not getrusage's ru_maxrss, which
+Linux carries over fork + exec from the parent) and the increase over the RSS right after imports.
+One process per pipeline because the high-water mark is per process.
 
     .venv/bin/python benchmarks/bench_sd.py --size sd15 --height 256 --steps 4 --batches 1,4 --iters 2
     .venv/bin/python benchmarks/bench_sd.py --size small --height 256 --steps 10
@@ -40,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -260,13 +263,22 @@ def memory_child(paths: dict[str, Path], threads: int, name: str) -> None:
     base = _rss_now_mib()
     pipes = load_pipelines(paths, threads, (name,))  # diffusers-ort also holds vkt's VAE session (unused)
     pipes[name][0](1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mib("VmHWM")
     print(json.dumps({"target": name, "peak_rss_mib": peak, "baseline_rss_mib": base, "delta_mib": peak - base}))
 
 
 def _rss_now_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mib("VmRSS")
+
+
+def _status_mib(key: str) -> float:
+    """A /proc/self/status size in MiB. VmHWM (peak RSS of this address space) rather than getrusage's
+    ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of a 10 GB parent reports >= 10 GB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -310,12 +322,13 @@ def main() -> None:
         def run(feed: Any) -> None:
             B = int(feed["B"][0])
             st.take()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(B)
             total = time.perf_counter() - t0
             s = st.take()
+            s["other"] = total - sum(s.values())
             s["total"] = total
-            s["other"] = total - sum(v for k, v in s.items() if k != "total")
+            s["cpu"] = time.process_time() - c0  # CPU seconds of all threads: steadier than wall on a shared machine
             stage_log.setdefault((name, B), []).append(s)
 
         return Target(name, run, includes=INCLUDES[name])
@@ -343,13 +356,14 @@ def main() -> None:
         args.out.write_text(text + "\n")
     print_table(rows, title=f"txt2img end to end, {args.size} components, {H}x{H}, {STEPS} DDIM steps, guidance {GUIDANCE}")
     print("\nper-stage mean seconds per generation (timed calls):")
-    print(f"{'target':16} {'B':>2} {'text_enc':>9} {'unet':>9} {'vae':>9} {'other':>8} {'total':>9} {'peak RSS MiB (B=1)':>20}")
+    print(f"{'target':16} {'B':>2} {'text_enc':>9} {'unet':>9} {'vae':>9} {'other':>8} {'total':>9} {'cpu s':>9} "
+          f"{'peak RSS MiB (B=1)':>20}")
     for r in rows:
         s = r.info.get("stages_s", {})
         m = r.info.get("memory_b1", {})
         mem = f"{m['peak_rss_mib']:.0f} (+{m['delta_mib']:.0f})" if "peak_rss_mib" in m else "-"
         print(f"{r.target:16} {r.batch:>2} {s.get('text_encoder', 0):9.3f} {s.get('unet', 0):9.3f} {s.get('vae', 0):9.3f} "
-              f"{s.get('other', 0):8.3f} {s.get('total', 0):9.3f} {mem:>20}")
+              f"{s.get('other', 0):8.3f} {s.get('total', 0):9.3f} {s.get('cpu', 0):9.1f} {mem:>20}")
 
 
 INCLUDES = {
