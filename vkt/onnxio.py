@@ -59,3 +59,26 @@ def check_onnx(model_or_path: Any) -> None:
         onnx.checker.check_model(model_or_path if not isinstance(model_or_path, (str, os.PathLike)) else str(model_or_path))
     except Exception as e:
         raise ModelError(f"ONNX check failed: {e}") from None
+
+
+def apply_spec_dims(model: Any, spec: Any) -> None:
+    """Give the graph's inputs and outputs the spec's axis names and static sizes.
+
+    Exporters invent their own names for dynamic dims (``s0``, ``Addoutput_dim_2``, ...); after this
+    the graph says ``batch`` / ``height`` / ``width`` exactly where the ExportSpec does.
+    Raises ModelError when a spec tensor is missing from the graph.
+    """
+    for vis, tensors in ((model.graph.input, spec.inputs), (model.graph.output, spec.outputs)):
+        by_name = {v.name: v for v in vis}
+        for t in tensors:
+            vi = by_name.get(t.name)
+            if vi is None:
+                raise ModelError(f"the exported graph has no tensor named {t.name!r}; it has {sorted(by_name)}")
+            dims = vi.type.tensor_type.shape.dim
+            for i, d in enumerate(t.shape):
+                if isinstance(d, str):
+                    dims[i].ClearField("dim_value")
+                    dims[i].dim_param = d
+                else:
+                    dims[i].ClearField("dim_param")
+                    dims[i].dim_value = d

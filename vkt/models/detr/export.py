@@ -243,7 +243,7 @@ def _export(model: Any, path: str | os.PathLike, postprocess: bool, top_k: int, 
             check_shape: tuple[int, int, int, int] | None, atol: float) -> ExportReport:
     import torch
 
-    from vkt.onnxio import check_onnx, save_onnx
+    from vkt.onnxio import apply_spec_dims, check_onnx, save_onnx
 
     wrapper = export_module(model, postprocess=postprocess, top_k=top_k, pixel_mask=pixel_mask)
     cfg = model.config
@@ -267,7 +267,7 @@ def _export(model: Any, path: str | os.PathLike, postprocess: bool, top_k: int, 
     import onnx
 
     proto = onnx.load_from_string(buf.getvalue())
-    _name_dims(proto, spec)
+    apply_spec_dims(proto, spec)
     check_onnx(proto)
     bad = sorted({n.op_type for n in proto.graph.node} & {"NonZero", "Compress"})
     if bad:
@@ -346,19 +346,3 @@ def onnx_parity(module: Any, onnx_path: str | os.PathLike, feed: dict[str, np.nd
     return out
 
 
-def _name_dims(proto: Any, spec: ExportSpec) -> None:
-    """Give the graph's I/O the spec's axis names and sizes (the tracer invents names for derived dims)."""
-    for vis, tensors in ((proto.graph.input, spec.inputs), (proto.graph.output, spec.outputs)):
-        by_name = {v.name: v for v in vis}
-        for t in tensors:
-            vi = by_name.get(t.name)
-            if vi is None:
-                raise ModelError(f"the exported graph has no tensor named {t.name!r}; it has {sorted(by_name)}")
-            dims = vi.type.tensor_type.shape.dim
-            for i, d in enumerate(t.shape):
-                if isinstance(d, str):
-                    dims[i].ClearField("dim_value")
-                    dims[i].dim_param = d
-                else:
-                    dims[i].ClearField("dim_param")
-                    dims[i].dim_value = d

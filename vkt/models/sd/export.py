@@ -352,8 +352,7 @@ def _export_one(module: Any, args: tuple, spec: ExportSpec, opset: int) -> Any:
     import onnx
     import torch
 
-    from vkt.models.textdet.export import _name_dynamic_dims
-    from vkt.onnxio import TWO_GB, check_onnx
+    from vkt.onnxio import TWO_GB, apply_spec_dims, check_onnx
 
     with tempfile.TemporaryDirectory(prefix="vkt-sd-export-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -364,7 +363,7 @@ def _export_one(module: Any, args: tuple, spec: ExportSpec, opset: int) -> Any:
                               dynamic_axes=spec.dynamic_axes(), opset_version=opset, do_constant_folding=True,
                               dynamo=False)
         proto = onnx.load(str(path), load_external_data=True)
-    _name_dynamic_dims(proto, spec)
+    apply_spec_dims(proto, spec)
     if proto.ByteSize() < TWO_GB:  # the checker cannot take a > 2 GB proto in memory
         check_onnx(proto)
     return proto

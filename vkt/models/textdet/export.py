@@ -195,7 +195,7 @@ def export_textdet(model: Any, path: str | os.PathLike, spec: ExportSpec | None 
         SpecError for a spec that does not fit the detector; ModelError when the graph fails the
         ONNX checker or parity.
     """
-    from vkt.onnxio import check_onnx, save_onnx
+    from vkt.onnxio import apply_spec_dims, check_onnx, save_onnx
 
     spec = textdet_spec(opset) if spec is None else ExportSpec(spec.inputs, spec.outputs, spec.profiles, opset)
     _check_spec(spec)
@@ -221,7 +221,7 @@ def export_textdet(model: Any, path: str | os.PathLike, spec: ExportSpec | None 
             import onnx
 
             proto = onnx.load_from_string(buf.getvalue())
-    _name_dynamic_dims(proto, spec)
+    apply_spec_dims(proto, spec)
     check_onnx(proto)
     save_onnx(proto, path)
     parity = {"x".join(map(str, s)): onnx_parity(reference, path, s, spec) for s in shapes}
@@ -298,18 +298,3 @@ def _dynamic_shapes(spec: ExportSpec) -> dict[str, dict[int, Any]]:
     return out
 
 
-def _name_dynamic_dims(proto: Any, spec: ExportSpec) -> None:
-    """Give the graph's I/O the spec's axis names (exporters may invent their own, e.g. ``s0``)."""
-    for vis, specs in ((proto.graph.input, spec.inputs), (proto.graph.output, spec.outputs)):
-        by_name = {v.name: v for v in vis}
-        for t in specs:
-            vi = by_name.get(t.name)
-            if vi is None:
-                raise ModelError(f"the exported graph has no tensor named {t.name!r}; it has {sorted(by_name)}")
-            dims = vi.type.tensor_type.shape.dim
-            for i, d in enumerate(t.shape):
-                if isinstance(d, str):
-                    dims[i].ClearField("dim_value")
-                    dims[i].dim_param = d
-                else:
-                    dims[i].dim_value = d
