@@ -25,7 +25,6 @@ the source image's width/height, not clipped (as transformers).
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError, ModelError
-from vkt.runtime.image import Preprocessor, Resized, load_image
+from vkt.runtime.image import Preprocessor, load_image
+from vkt.runtime.pipeline import ImagePipeline
 
 RAW_OUTPUTS = ("logits", "pred_boxes")
 FINAL_OUTPUTS = ("scores", "labels", "boxes")
@@ -206,7 +206,7 @@ def select(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, src_size: 
 _RESIZE_KEYS = ("shortest_edge", "longest_edge")
 
 
-class Detector:
+class Detector(ImagePipeline):
     """DETR detector: images -> pre-process -> model -> post-process -> Detections (source pixels).
 
     Args:
@@ -284,20 +284,9 @@ class Detector:
         self.static_batch = dims[0] if isinstance(dims[0], int) else None
         return self
 
-    def close(self) -> None:
-        self.runner.deactivate()
-
-    def __enter__(self) -> Detector:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __call__(self, images: Any) -> list[Detections]:
         # 1. Check and load inputs (paths are read here; arrays are validated and converted).
-        if isinstance(images, (np.ndarray, str, os.PathLike)):
-            images = [images]
-        images = [load_image(im, i) for i, im in enumerate(images)]
+        images = self._load(images)
         if not images:
             return []
         assert self.pre is not None
@@ -336,15 +325,6 @@ class Detector:
                 det.meta["input_size"] = {"height": plans[i].size[0], "width": plans[i].size[1]}
                 results[i] = det
         return results  # type: ignore[return-value]
-
-    def _bucket(self, plans: Sequence[Resized]) -> list[list[int]]:
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, p in enumerate(plans):
-            by_shape[p.size].append(i)
-        return [idx[k:k + self.max_batch] for idx in by_shape.values() for k in range(0, len(idx), self.max_batch)]
-
-    def _chunks(self, n: int) -> list[list[int]]:
-        return [list(range(k, min(k + self.max_batch, n))) for k in range(0, n, self.max_batch)]
 
 
 # ---- drawing and bundles -------------------------------------------------------------------------

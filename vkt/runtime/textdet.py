@@ -26,8 +26,7 @@ Boxes are mapped back to the source image by ``x * src_w / map_w`` (``y`` likewi
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ import numpy as np
 import pyclipper
 
 from vkt.errors import InputError
-from vkt.runtime.image import Preprocessor, Resized, load_image
+from vkt.runtime.image import Preprocessor
+from vkt.runtime.pipeline import ImagePipeline
 
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
 
@@ -229,7 +229,7 @@ _RESIZE_KEYS = ("limit_side_len", "limit_type", "round_to", "max_side_len")
 BATCH_MODES = ("bucket", "pad_to_largest")
 
 
-class TextDetector:
+class TextDetector(ImagePipeline):
     """DB text detector: images -> pre-process -> model -> DB post-process -> Detections.
 
     Args:
@@ -301,20 +301,9 @@ class TextDetector:
         self.max_batch = min(mb, batch_cap)
         return self
 
-    def close(self) -> None:
-        self.runner.deactivate()
-
-    def __enter__(self) -> TextDetector:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __call__(self, images: Any) -> list[Detections]:
         # 1. Check and load inputs (paths are read here; arrays are validated and converted).
-        if isinstance(images, (np.ndarray, str, os.PathLike)):
-            images = [images]
-        images = [load_image(im, i) for i, im in enumerate(images)]
+        images = self._load(images)
         if not images:
             return []
         assert self.pre is not None
@@ -339,15 +328,6 @@ class TextDetector:
                 det.meta["input_size"] = {"height": rh, "width": rw}
                 results[i] = det
         return results  # type: ignore[return-value]
-
-    def _bucket(self, plans: Sequence[Resized]) -> list[list[int]]:
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, p in enumerate(plans):
-            by_shape[p.size].append(i)
-        return [idx[k:k + self.max_batch] for idx in by_shape.values() for k in range(0, len(idx), self.max_batch)]
-
-    def _chunks(self, n: int) -> list[list[int]]:
-        return [list(range(k, min(k + self.max_batch, n))) for k in range(0, n, self.max_batch)]
 
 
 # ---- bundles -----------------------------------------------------------------------------------
