@@ -237,17 +237,8 @@ class Detector(ImagePipeline):
                 raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; Detector needs 'object-detection'")
             pre, post = bundle.preprocess, bundle.postprocess
             runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre = {**pre, "resize": dict(pre.get("resize", {}))}
-        post = dict(post)
-        names = {f.name for f in fields(DetrParams)}
-        for k, v in overrides.items():
-            if k in _RESIZE_KEYS:
-                pre["resize"][k] = v
-            elif k in names:
-                post[k] = v
-            else:
-                raise InputError(f"unknown Detector option {k!r}; expected a postprocess key {sorted(names)} "
-                                 f"or a resize key {list(_RESIZE_KEYS)}")
+        pre, post = self._apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
+                                          "Detector")
         self.params = DetrParams.from_dict(post)
         self.runner = runner
         self._max_batch_arg = max_batch

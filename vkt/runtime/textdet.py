@@ -265,16 +265,8 @@ class TextDetector(ImagePipeline):
                 raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; TextDetector needs 'text-detection'")
             pre, post = bundle.preprocess, bundle.postprocess
             runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre = {**pre, "resize": dict(pre.get("resize", {}))}
-        post = dict(post)
-        for k, v in overrides.items():
-            if k in _RESIZE_KEYS:
-                pre["resize"][k] = v
-            elif k in {f.name for f in fields(DBParams)}:
-                post[k] = v
-            else:
-                raise InputError(f"unknown TextDetector option {k!r}; expected a postprocess key "
-                                 f"{sorted(f.name for f in fields(DBParams))} or a resize key {list(_RESIZE_KEYS)}")
+        pre, post = self._apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
+                                          "TextDetector")
         self.params = DBParams.from_dict(post)
         self.runner = runner
         self.batch_mode = batch_mode
