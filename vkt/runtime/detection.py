@@ -34,7 +34,7 @@ import numpy as np
 
 from vkt.errors import InputError, ModelError
 from vkt.runtime.image import Preprocessor, load_image
-from vkt.runtime.pipeline import ImagePipeline
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides
 
 RAW_OUTPUTS = ("logits", "pred_boxes")
 FINAL_OUTPUTS = ("scores", "labels", "boxes")
@@ -237,8 +237,8 @@ class Detector(ImagePipeline):
                 raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; Detector needs 'object-detection'")
             pre, post = bundle.preprocess, bundle.postprocess
             runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre, post = self._apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
-                                          "Detector")
+        pre, post = apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
+                                    "Detector option")
         self.params = DetrParams.from_dict(post)
         self.runner = runner
         self._max_batch_arg = max_batch
@@ -381,15 +381,8 @@ def make_detr_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, labe
     post = dict(t.postprocess)
     if labels is not None:
         post["labels"] = [str(x) for x in labels]
-    names = {f.name for f in fields(DetrParams)}
-    for k, v in param_overrides.items():
-        if k in _RESIZE_KEYS:
-            pre["resize"][k] = v
-        elif k in names:
-            post[k] = v
-        else:
-            raise InputError(f"unknown DETR parameter {k!r}; expected a postprocess key {sorted(names)} "
-                             f"or a resize key {list(_RESIZE_KEYS)}")
+    pre, post = apply_overrides(pre, post, param_overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
+                                "DETR parameter")
     post = DetrParams.from_dict(post).to_dict()
     Preprocessor(pre)
     with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:

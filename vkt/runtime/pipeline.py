@@ -46,19 +46,20 @@ class ImagePipeline:
         """Indices in input order, max_batch per call."""
         return [list(range(k, min(k + self.max_batch, n))) for k in range(0, n, self.max_batch)]
 
-    @staticmethod
-    def _apply_overrides(pre: Mapping[str, Any], post: Mapping[str, Any], overrides: Mapping[str, Any],
-                         resize_keys: Sequence[str], post_keys: Sequence[str], owner: str) -> tuple[dict, dict]:
-        """Copies of the manifest's pre/post-processing dicts with caller overrides applied: resize keys go to
-        ``pre["resize"]``, post-processing keys to ``post``; anything else is an InputError naming both lists."""
-        pre = {**pre, "resize": dict(pre.get("resize", {}))}
-        post = dict(post)
-        for k, v in overrides.items():
-            if k in resize_keys:
-                pre["resize"][k] = v
-            elif k in post_keys:
-                post[k] = v
-            else:
-                raise InputError(f"unknown {owner} option {k!r}; expected a postprocess key {sorted(post_keys)} "
-                                 f"or a resize key {list(resize_keys)}")
-        return pre, post
+
+def apply_overrides(pre: Mapping[str, Any], post: Mapping[str, Any], overrides: Mapping[str, Any],
+                    resize_keys: Sequence[str], post_keys: Sequence[str], what: str) -> tuple[dict, dict]:
+    """Copies of a manifest's pre/post-processing dicts with overrides applied: resize keys go to
+    ``pre["resize"]``, post-processing keys to ``post``; anything else is an InputError
+    ("unknown <what> 'key'") naming both lists. Used by the pipelines and the bundle makers."""
+    pre = {**pre, "resize": dict(pre.get("resize", {}))}
+    post = dict(post)
+    for k, v in overrides.items():
+        if k in resize_keys:
+            pre["resize"][k] = v
+        elif k in post_keys:
+            post[k] = v
+        else:
+            raise InputError(f"unknown {what} {k!r}; expected a postprocess key {sorted(post_keys)} "
+                             f"or a resize key {list(resize_keys)}")
+    return pre, post

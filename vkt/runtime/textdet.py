@@ -37,7 +37,7 @@ import pyclipper
 
 from vkt.errors import InputError
 from vkt.runtime.image import Preprocessor
-from vkt.runtime.pipeline import ImagePipeline
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides
 
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
 
@@ -265,8 +265,8 @@ class TextDetector(ImagePipeline):
                 raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; TextDetector needs 'text-detection'")
             pre, post = bundle.preprocess, bundle.postprocess
             runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre, post = self._apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
-                                          "TextDetector")
+        pre, post = apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
+                                    "TextDetector option")
         self.params = DBParams.from_dict(post)
         self.runner = runner
         self.batch_mode = batch_mode
@@ -354,14 +354,8 @@ def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, o
     spec = ExportSpec((rename(raw.inputs[0]),), tuple(rename(o) for o in raw.outputs), (t.profile,), raw.opset)
     pre = {**t.preprocess, "input": spec.inputs[0].name, "resize": dict(t.preprocess["resize"])}
     post = dict(t.postprocess)
-    for k, v in param_overrides.items():
-        if k in _RESIZE_KEYS:
-            pre["resize"][k] = v
-        elif k in {f.name for f in fields(DBParams)}:
-            post[k] = v
-        else:
-            raise InputError(f"unknown textdet parameter {k!r}; expected a postprocess key "
-                             f"{sorted(f.name for f in fields(DBParams))} or a resize key {list(_RESIZE_KEYS)}")
+    pre, post = apply_overrides(pre, post, param_overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
+                                "textdet parameter")
     DBParams.from_dict(post)
     Preprocessor(pre)
     with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:

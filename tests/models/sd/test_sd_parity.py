@@ -29,26 +29,6 @@ NEGATIVES = ["ugly photo", ""]
 TOL_FLOAT = 1e-4
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    out = {b: chr(b) for b in keep}
-    for b in range(256):
-        if b not in out:
-            out[b] = chr(256 + len(out) - len(keep))
-    return out
-
-
-def _write_tiny_clip_vocab(dest: Path) -> Path:
-    merges = ["p h", "ph o", "t o</w>", "pho to</w>", "t h", "th e</w>", "o f</w>", "c a", "ca t", "cat s</w>", "ca t</w>"]
-    symbols = list(_bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    dest.mkdir(parents=True)
-    (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
-    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return dest
-
-
 @pytest.fixture(scope="module")
 def torch1():
     """torch with one thread: on a shared 2-core machine two threads run the tiny pipeline 20x slower."""
@@ -64,29 +44,10 @@ def torch1():
 @pytest.fixture(scope="module")
 def tiny_pipe(torch1, tmp_path_factory):
     """A random StableDiffusionPipeline: CLIP text encoder (2 layers, width 16), UNet (8, 16), VAE (4 x 8 channels)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from vkt.models.sd.tiny import tiny_pipeline
 
-    tok_dir = _write_tiny_clip_vocab(tmp_path_factory.mktemp("sd") / "tokenizer")
-    torch1.manual_seed(0)
-    tok = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=77)
-    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=H // 8, in_channels=4,
-                                out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                norm_num_groups=4, attention_head_dim=2)
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        norm_num_groups=4, layers_per_block=1, sample_size=H)
-    te = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
-                                      vocab_size=len(tok), max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    # SD 1.x's scheduler config: DDIM form of its scaled-linear schedule
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    # SD 1.x's DDIM schedule; the tiny vocabulary is written beside it (vkt.models.sd.tiny, shared with Dreambooth's tests)
+    return tiny_pipeline(tmp_path_factory.mktemp("sd") / "tokenizer", size=H, seed=0)
 
 
 @pytest.fixture(scope="module")
