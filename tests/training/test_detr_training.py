@@ -42,6 +42,25 @@ def test_synthetic_samples_and_targets():
     assert batch["pixel_mask"][0].sum() == 128 * 170
 
 
+def test_separated_synthetic_shapes_keep_apart():
+    data = synthetic_shapes(32, size=(128, 160), max_objects=4, seed=3, separated=True, min_frac=0.2, max_frac=0.4)
+    assert sum(len(s.boxes) for s in data) > 48        # most draws find room
+    for s in data:
+        w, h = s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1]
+        assert (w >= 32).all() and (w < 64).all() and (h >= 25).all() and (h < 51).all(), s.boxes
+        for i in range(len(s.boxes)):
+            for j in range(i):
+                a, b = s.boxes[i], s.boxes[j]
+                apart = a[2] + 4 <= b[0] or b[2] + 4 <= a[0] or a[3] + 4 <= b[1] or b[3] + 4 <= a[1]
+                assert apart, (a, b)
+        # each box holds its shape's colour (class 0 red, 1 green, 2 blue in BGR), not the grey noise
+        for (x0, y0, x1, y1), c in zip(s.boxes.astype(int), s.labels):
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            assert int(s.image[cy, cx].argmax()) == (2, 1, 0)[c], (c, s.image[cy, cx])
+    with pytest.raises(InputError, match="min_frac"):
+        synthetic_shapes(1, min_frac=0.5, max_frac=0.4)
+
+
 def test_coco_folder_dataset(tmp_path):
     import cv2
 

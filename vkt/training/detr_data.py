@@ -34,28 +34,42 @@ class Sample:
 
 # ---- sources ---------------------------------------------------------------------------------------
 def synthetic_shapes(n: int, size: tuple[int, int] = (160, 224), num_classes: int = 3, max_objects: int = 3,
-                     seed: int = 0) -> list[Sample]:
+                     seed: int = 0, separated: bool = False, min_frac: float = 1 / 6, max_frac: float = 1 / 2) -> list[Sample]:
     """``n`` images of coloured shapes on noise: class 0 rectangle, 1 ellipse, 2 triangle, then repeating
-    with other colours. Boxes are the shapes' exact extents (for smoke training and tests)."""
+    with other colours. Boxes are the shapes' exact extents (for smoke training and tests).
+
+    Each shape's width and height are drawn in ``[min_frac, max_frac)`` of the image's; ``separated``
+    re-draws a shape (up to 50 tries, else drops it) until its box, grown by 4 pixels, overlaps no earlier one.
+    """
     import cv2
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be a positive integer, got {n!r}")
     if num_classes < 1 or max_objects < 1:
         raise InputError(f"num_classes and max_objects must be >= 1, got {num_classes} and {max_objects}")
+    if not 0 < min_frac < max_frac <= 1:
+        raise InputError(f"expected 0 < min_frac < max_frac <= 1, got min_frac={min_frac} and max_frac={max_frac}")
     rng = np.random.default_rng(seed)
     h, w = size
     if min(h, w) < 32:
         raise InputError(f"size must be at least 32 x 32, got {size}")
     palette = [(40, 40, 220), (40, 200, 40), (220, 60, 40), (0, 200, 220), (200, 0, 200), (220, 220, 0)]
+    lo_w, hi_w = max(2, int(w * min_frac)), max(3, int(w * max_frac))
+    lo_h, hi_h = max(2, int(h * min_frac)), max(3, int(h * max_frac))
     out = []
     for i in range(n):
         img = rng.integers(90, 160, (h, w, 3), dtype=np.uint8)
         boxes, labels = [], []
         for _ in range(int(rng.integers(1, max_objects + 1))):
             c = int(rng.integers(0, num_classes))
-            bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
-            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            for _try in range(50 if separated else 1):
+                bw, bh = int(rng.integers(lo_w, hi_w)), int(rng.integers(lo_h, hi_h))
+                x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+                if not separated or all(x0 + bw + 4 <= b[0] or b[2] + 4 <= x0 or y0 + bh + 4 <= b[1] or b[3] + 4 <= y0
+                                        for b in boxes):
+                    break
+            else:
+                continue
             x1, y1 = x0 + bw - 1, y0 + bh - 1
             color = palette[c % len(palette)]
             shape = c % 3
@@ -68,7 +82,7 @@ def synthetic_shapes(n: int, size: tuple[int, int] = (160, 224), num_classes: in
                 cv2.fillPoly(img, [pts], color)
             boxes.append([x0, y0, x1 + 1, y1 + 1])
             labels.append(c)
-        out.append(Sample(img, np.asarray(boxes, np.float32), np.asarray(labels, np.int64), image_id=i + 1))
+        out.append(Sample(img, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), image_id=i + 1))
     return out
 
 
