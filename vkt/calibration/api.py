@@ -280,13 +280,15 @@ def gate_bundle(bundle: Any, metric: Any, *, sensitivity_feeds: Sequence[Mapping
                 placement: str = "ort", component: str = "model", extra_candidates: Sequence[Any] = (),
                 on_fail: str = "fp32", threads: int | None = None, iters: int = 10, exhaustive: bool = False,
                 holdout: Mapping[str, Any] | None = None, ranking_method: str = "jump",
-                show_progress: bool = True) -> dict[str, Any]:
+                ranking: Sequence[Mapping[str, Any]] | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Run :func:`vkt.calibration.gate.accuracy_gate` on a calibrated bundle and ship its choice.
 
     The bundle must hold a ``calibration table`` (run :func:`quantize_bundle` first). The chosen
     model replaces the ``placement``'s ``int8 qdq onnx`` (meta: placement, candidate, layers kept
     in float, metric); when nothing fits and ``on_fail="fp32"``, that placement's Q/DQ graph is
     removed. ``manifest["calibration"]["gate"]`` records baseline, budget, every step and the choice.
+    ``ranking``: the PTQ candidate's layer order (rows with ``node``, ``op``, ``output_sqnr_db``), e.g. a
+    family's keep-list (vkt.models.detr.int8); None: ranked by ``ranking_method`` on ``sensitivity_feeds``.
     Returns the updated calibration section (the gate's record under ``"gate"``).
     """
     from vkt.bundle import Bundle
@@ -304,7 +306,7 @@ def gate_bundle(bundle: Any, metric: Any, *, sensitivity_feeds: Sequence[Mapping
                                "--calib DIR` (or quantize_bundle) before the accuracy gate")
     table = CalibrationTable.load(bundle.root / tables[-1].path)
     fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx", component)))
-    ptq = GateCandidate("ptq", fp32, table)
+    ptq = GateCandidate("ptq", fp32, table, ranking=ranking)
     result = accuracy_gate([ptq, *extra_candidates], metric, bundle.spec(component), max_drop=max_drop,
                            steps=steps if steps is not None else DEFAULT_STEPS, placement=placement,
                            sensitivity_feeds=sensitivity_feeds, latency_feed=latency_feed, threads=threads, iters=iters,
