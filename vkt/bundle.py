@@ -173,19 +173,22 @@ class Bundle:
         return bool(self.files(role, component))
 
     def path(self, role: str, component: str = "model") -> Path:
+        """The newest file of ``role``, preferring files without a placement (the canonical graph: an SD
+        bundle's ``fp32 onnx`` beside its onnxruntime-only fused ``*.ort.onnx``)."""
         found = self.files(role, component)
         if not found:
             have = sorted({e.role for e in self.files(component=component)})
             raise BundleError(f"bundle {self.name!r} component {component!r} has no {role!r} file; it has {have}")
-        return self.root / found[-1].path
+        return self.root / ([e for e in found if "placement" not in e.meta] or found)[-1].path
 
     def entry(self, role: str, component: str = "model", placement: str | None = None) -> FileEntry:
-        """The newest file of ``role``; with ``placement`` ("ort" / "trt"), the Q/DQ graph written for that
-        backend when the bundle has one (files without a placement fit any)."""
+        """The newest file of ``role``; with ``placement`` ("ort" / "trt"), the graph written for that
+        backend when the bundle has one, else one without a placement (those fit any)."""
         self.path(role, component)  # raises, listing what the component has
         found = self.files(role, component)
         if placement is not None:
-            found = [e for e in found if e.meta.get("placement", placement) == placement] or found
+            found = ([e for e in found if e.meta.get("placement") == placement]
+                     or [e for e in found if "placement" not in e.meta] or found)
         return found[-1]
 
     # ---- in-place additions (plans, calibration tables, ...) --------------------------------
