@@ -23,6 +23,8 @@ def txt2img(
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
     precision: str = typer.Option("fp32", help="Bundle graphs to run: fp32, fp16 or int8."),
     threads: int = typer.Option(None, help="onnxruntime intra-op threads (default: one per physical core)."),
+    cfg: str = typer.Option("auto", help="Guidance: batched (one UNet call at 2B per step), sequential (two at B) or "
+                                        "auto (batched on GPU; on CPU times both on the first steps, keeps the faster)."),
 ) -> None:
     """Text to image; prints where each image went and the time per stage."""
     import cv2
@@ -32,7 +34,8 @@ def txt2img(
 
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise InputError(f"--out must end in .png, .jpg, .jpeg, .webp or .bmp, got {str(out)!r}")
-    with Txt2Img(bundle, scheduler=scheduler, backend=backend, precision=precision, threads=threads) as pipe:
+    with Txt2Img(bundle, scheduler=scheduler, backend=backend, precision=precision, threads=threads,
+                 cfg=cfg) as pipe:
         images = pipe(prompt, negative_prompt=negative, height=height, width=width, steps=steps, guidance_scale=guidance,
                       seed=seed, num_images_per_prompt=num_images)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -43,7 +46,7 @@ def txt2img(
         typer.echo(f"wrote {path} ({im.shape[1]}x{im.shape[0]})")
     t = images.timings
     per_step = sum(t.unet) / max(len(t.unet), 1)
-    typer.echo(f"{t.total:.2f} s: text encoder {t.text_encoder:.3f} s, UNet {len(t.unet)} x {per_step:.3f} s, "
+    typer.echo(f"{t.total:.2f} s: text encoder {t.text_encoder:.3f} s, UNet {len(t.unet)} calls x {per_step:.3f} s, "
                f"VAE {t.vae:.3f} s ({pipe.scheduler.name}, {steps} steps, guidance {guidance})")
 
 

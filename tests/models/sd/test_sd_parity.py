@@ -157,6 +157,40 @@ def test_batched_cfg_equals_two_calls(bundle, latents):
     np.testing.assert_allclose(out["batched"][0], out["sequential"][0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("slow_batch, want", [(4, "sequential"), (2, "batched")])
+def test_cfg_auto_keeps_the_faster_mode_on_cpu(bundle, latents, slow_batch, want):
+    """cfg="auto" on onnxruntime CPU times both guidance modes and keeps the faster: UNet calls at the
+    ``slow_batch`` size are made 30 ms slower, so the other mode must win; images stay the same."""
+    import time
+
+    from vkt.runtime.txt2img import AUTO_SAMPLES, Txt2Img
+
+    pipe = Txt2Img(bundle, scheduler="ddim", threads=1, progress_bar=False)
+    assert pipe.cfg_mode == "auto"
+    spy = _Spy(pipe.runners["unet"])
+
+    def slowed(feed, check=True):
+        if feed["sample"].shape[0] == slow_batch:
+            time.sleep(0.03)
+        return spy(feed, check)
+
+    pipe.runners["unet"].infer = slowed
+    kw = dict(negative_prompt=NEGATIVES, height=H, width=W, steps=STEPS, guidance_scale=5.0, latents=latents,
+              output_type="float")
+    first = pipe(PROMPTS, **kw)
+    assert spy.batches == [4, 2, 2] * (STEPS // 2)  # measuring: batched and sequential steps alternate
+    pipe(PROMPTS, **kw)  # each mode now has AUTO_SAMPLES timed steps past its first
+    assert AUTO_SAMPLES + 1 <= STEPS
+    spy.batches.clear()
+    last = pipe(PROMPTS, **kw)
+    assert spy.batches == ([4] * STEPS if want == "batched" else [2] * (2 * STEPS))
+    assert pipe.cfg_choice[f"B=2 {H // 8}x{W // 8}"]["mode"] == want
+    np.testing.assert_allclose(np.stack(first), np.stack(last), rtol=0, atol=1e-5)
+    pipe.backend = "trt"  # on GPU backends "auto" batches without measuring
+    assert pipe._pick_cfg((2, 4, H // 8, W // 8)) == "batched"
+    pipe.close()
+
+
 def test_guidance_one_skips_uncond_and_seed_is_reproducible(bundle):
     from vkt.runtime.txt2img import Txt2Img
 
@@ -256,12 +290,13 @@ def test_cli_txt2img(bundle, tmp_path, capsys):
 
     out = tmp_path / "img.png"
     assert main(["txt2img", str(bundle), "a photo of the cats", "-o", str(out), "--steps", "2", "--seed", "1",
-                 "--height", "32", "--width", "48", "--num-images", "2", "--scheduler", "euler_a", "--threads", "1"]) == 0
+                 "--height", "32", "--width", "48", "--num-images", "2", "--scheduler", "euler_a", "--threads", "1",
+                 "--cfg", "batched"]) == 0
     for i in range(2):
         img = cv2.imread(str(tmp_path / f"img-{i}.png"))
         assert img is not None and img.shape == (32, 48, 3)
     text = capsys.readouterr().out
-    assert "UNet 2 x" in text and "euler_a" in text
+    assert "UNet 2 calls x" in text and "euler_a" in text  # batched guidance: one call per step
     assert main(["txt2img", str(bundle), "a cat", "-o", str(out), "--height", "60"]) == 2
     assert "height=60 is not divisible by 8" in capsys.readouterr().err
     assert main(["txt2img", str(bundle), "a cat", "-o", str(tmp_path / "x.gif")]) == 2
