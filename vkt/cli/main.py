@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "vkt.cli.train",
     "vkt.cli.train_dreambooth",  # after vkt.cli.train: joins its `train` group (or makes one)
     "vkt.cli.train_detr",  # after vkt.cli.train: joins its `train` group (or makes one)
+    "vkt.cli.synth",
 ]
 
 
