@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,73 +13,14 @@ def run_detection(bundle: Any, inputs: Sequence[Path], out: Path, backend: str =
                   no_draw: bool = False) -> dict[str, Any]:
     """DETR bundle on images/folders: <stem>.json (boxes in source pixels, labels, scores), <stem>.jpg (boxes drawn)
     and summary.json in ``out``. Unreadable images are skipped with a warning and listed; none readable raises."""
-    import cv2
-    import typer
-
-    from vkt.errors import InputError, VktError
-    from vkt.log import get_logger, progress
+    from vkt.cli.images import run_pipeline_on_images
     from vkt.runtime.detection import Detector, draw_detections
-    from vkt.runtime.image import list_images, read_image
 
-    log = get_logger("cli.run")
-    files = list_images(inputs, warn=log.warning)
     overrides = {"score_threshold": score_threshold} if score_threshold is not None else {}
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    used: set[str] = set()
     with Detector(bundle, backend=backend, precision=precision, threads=threads, max_batch=batch, **overrides) as det:
-        step = det.max_batch
-        for k in progress(range(0, len(files), step), "detecting", total=-(-len(files) // step)):
-            chunk, arrays = [], []
-            for f in files[k:k + step]:
-                try:
-                    arrays.append(read_image(f))
-                    chunk.append(f)
-                except VktError as e:
-                    log.warning("skipping %s", e)
-                    failed.append({"image": str(f), "error": str(e)})
-            if not arrays:
-                continue
-            try:
-                found = det(arrays)
-            except VktError as e:
-                if len(arrays) == 1:     # e.g. an image that resizes beyond a static graph's size
-                    log.warning("skipping %s: %s", chunk[0], e)
-                    failed.append({"image": str(chunk[0]), "error": str(e)})
-                    continue
-                found = []
-                for f, img in zip(chunk, arrays):   # find which image it was; keep the rest
-                    try:
-                        found.append(det([img])[0])
-                    except VktError as e1:
-                        log.warning("skipping %s: %s", f, e1)
-                        failed.append({"image": str(f), "error": str(e1)})
-                        found.append(None)
-            for f, img, d in zip(chunk, arrays, found):
-                if d is None:
-                    continue
-                stem, n = f.stem, 2
-                while stem in used:  # same name in two folders: keep both
-                    stem, n = f"{f.stem}_{n}", n + 1
-                used.add(stem)
-                (out / f"{stem}.json").write_text(json.dumps({"image": str(f), **d.to_dict()}, indent=1) + "\n",
-                                                  encoding="utf-8")
-                row = {"image": str(f), "json": f"{stem}.json", "detections": len(d)}
-                if not no_draw:
-                    cv2.imwrite(str(out / f"{stem}.jpg"), draw_detections(img, d))
-                    row["annotated"] = f"{stem}.jpg"
-                rows.append(row)
-    summary = {"bundle": str(getattr(bundle, "root", bundle)), "task": "object-detection", "backend": backend,
-               "precision": precision, "images": len(rows), "detections": sum(r["detections"] for r in rows),
-               "failed": failed, "seconds": round(time.perf_counter() - t0, 3), "results": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if not rows:
-        raise InputError(f"none of the {len(files)} input image(s) could be used: {failed[0]['error']}")
-    typer.echo(f"{len(rows)} image(s), {summary['detections']} object(s) -> {out}"
-               + (f" ({len(failed)} skipped)" if failed else ""))
-    return summary
+        return run_pipeline_on_images(det, inputs, out, None if no_draw else draw_detections,
+                                      {"bundle": str(getattr(bundle, "root", bundle)), "task": "object-detection",
+                                       "backend": backend, "precision": precision}, "object")
 
 
 def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | None = None, backend: str = "ort",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import typer
@@ -48,53 +46,13 @@ def run(
 
         run_detection(b, images, out, backend, precision, threads, batch, score_threshold, no_draw)
         return
-    import cv2
-
-    from vkt.errors import InputError, VktError
-    from vkt.log import get_logger, progress
-    from vkt.runtime.image import list_images, read_image
+    from vkt.cli.images import run_pipeline_on_images
     from vkt.runtime.textdet import TextDetector
 
-    log = get_logger("cli.run")
-    files = list_images(images, warn=log.warning)
     overrides = {k: v for k, v in (("box_thresh", box_thresh), ("thresh", thresh)) if v is not None}
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    rows, failed, used = [], [], set()
     with TextDetector(bundle, backend=backend, precision=precision, threads=threads, max_batch=batch, **overrides) as det:
-        step = det.max_batch
-        for k in progress(range(0, len(files), step), "detecting", total=-(-len(files) // step)):
-            chunk, arrays = [], []
-            for f in files[k:k + step]:
-                try:
-                    arrays.append(read_image(f))
-                    chunk.append(f)
-                except VktError as e:
-                    log.warning("skipping %s", e)
-                    failed.append({"image": str(f), "error": str(e)})
-            if not arrays:
-                continue
-            for f, img, d in zip(chunk, arrays, det(arrays)):
-                stem = f.stem
-                n = 2
-                while stem in used:  # same name in two folders: keep both
-                    stem, n = f"{f.stem}_{n}", n + 1
-                used.add(stem)
-                record = {"image": str(f), **d.to_dict()}
-                (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-                row = {"image": str(f), "json": f"{stem}.json", "detections": len(d)}
-                if not no_draw:
-                    cv2.imwrite(str(out / f"{stem}.jpg"), draw_detections(img, d))
-                    row["annotated"] = f"{stem}.jpg"
-                rows.append(row)
-    summary = {"bundle": str(bundle), "backend": backend, "precision": precision, "images": len(rows),
-               "detections": sum(r["detections"] for r in rows), "failed": failed,
-               "seconds": round(time.perf_counter() - t0, 3), "results": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if not rows:
-        raise InputError(f"none of the {len(files)} input image(s) could be read: {failed[0]['error']}")
-    typer.echo(f"{len(rows)} image(s), {summary['detections']} text region(s) -> {out}"
-               + (f" ({len(failed)} skipped)" if failed else ""))
+        run_pipeline_on_images(det, images, out, None if no_draw else draw_detections,
+                               {"bundle": str(bundle), "backend": backend, "precision": precision}, "text region")
 
 
 def register(app: typer.Typer) -> None:
