@@ -1,6 +1,6 @@
 """`vkt train`: the training group; `vkt train textdet` trains / fine-tunes the DB text detector.
 
-Other families add their command to the same group (``train_group(app)`` finds or makes it).
+Other families add their command to the same group (vkt.cli.train_common finds or makes it).
 """
 
 from __future__ import annotations
@@ -9,18 +9,20 @@ from pathlib import Path
 
 import typer
 
+from vkt.cli.train_common import (
+    add_train_command,
+    config_option,
+    out_option,
+    read_yaml_mapping,
+    resume_option,
+    train_group,
+)
 
-def train_group(app: typer.Typer) -> typer.Typer:
-    """The app's ``train`` sub-app, made on first use, so each family's module can add a command to it."""
-    group = next((g.typer_instance for g in app.registered_groups if g.name == "train" and g.typer_instance), None)
-    if group is None:
-        group = typer.Typer(help="Train or fine-tune models (PyTorch Lightning).", no_args_is_help=True)
-        app.add_typer(group, name="train")
-    return group
+__all__ = ["register", "textdet", "train_group"]
 
 
 def textdet(
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: ckpt.pt, history.jsonl, logs/, bundle/."),
+    out: Path = out_option("Run folder: ckpt.pt, history.jsonl, logs/, bundle/."),
     data: Path = typer.Option(None, "--data", help="ICDAR-style folder: images + gt_<name>.txt / <name>.txt labels."),
     synth: int = typer.Option(None, "--synth", help="Train on N synthetic images rendered on the fly instead of --data."),
     val: Path = typer.Option(None, "--val", help="ICDAR-style validation folder (default: a synthetic set with --synth, "
@@ -35,8 +37,8 @@ def textdet(
     val_every: int = typer.Option(None, "--val-every", help="Validation hmean every N steps (default 100)."),
     seed: int = typer.Option(None, "--seed", help="Seed of data order, augmentation, synthetic text and init (default 0)."),
     workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (default 0)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its ckpt.pt."),
-    config: Path = typer.Option(None, "--config", help="YAML file of TextDetTrainConfig fields; command-line options win."),
+    resume: bool = resume_option("Continue the run in --out from its ckpt.pt."),
+    config: Path = config_option("YAML file of TextDetTrainConfig fields; command-line options win."),
     export: bool = typer.Option(True, "--export/--no-export", help="Export OUT/bundle at the end."),
 ) -> None:
     """Train or fine-tune the PP-OCRv5 mobile DB detector; ends with an exported bundle in OUT/bundle."""
@@ -54,7 +56,7 @@ def textdet(
                          f"got {'both' if data is not None else 'neither'}")
     given = {"steps": steps, "batch": batch, "lr": lr, "size": size, "ckpt_every": ckpt_every, "val_every": val_every,
              "seed": seed, "workers": workers, "pretrained": pretrained}
-    opts = _read_config(config) if config is not None else {}
+    opts = read_yaml_mapping(config) if config is not None else {}
     opts.update({k: v for k, v in given.items() if v is not None})
     cfg = TextDetTrainConfig.from_dict(opts, str(config) if config else "options")
     if resume:
@@ -92,24 +94,6 @@ def textdet(
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
 
 
-def _read_config(path: Path) -> dict:
-    from vkt.errors import InputError
-
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - PyYAML comes with the train extras
-        raise InputError("--config needs PyYAML: pip install pyyaml") from None
-    if not path.is_file():
-        raise InputError(f"config file not found: {str(path)!r}")
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{str(path)!r}: expected a mapping of training options, got {type(d).__name__}")
-    return d
-
-
 def _datasets(data: Path | None, synth: int | None, val: Path | None, cfg):  # type: ignore[no-untyped-def]
     from vkt.training.synth_text import SynthConfig, SynthStream
     from vkt.training.textdet_data import IcdarFolder
@@ -132,4 +116,4 @@ def _datasets(data: Path | None, synth: int | None, val: Path | None, cfg):  # t
 
 
 def register(app: typer.Typer) -> None:
-    train_group(app).command("textdet")(textdet)
+    add_train_command(app, "textdet", textdet)

@@ -1,9 +1,4 @@
-"""`vkt train detr`: train or fine-tune DETR (vkt.training.detr_run) on a COCO folder or synthetic shapes.
-
-Registration: the command joins the app's existing ``train`` group (``vkt train textdet`` lives in
-vkt.cli.train) and creates that group only when no module made it, so this module must come after
-vkt.cli.train in COMMAND_MODULES.
-"""
+"""`vkt train detr`: train or fine-tune DETR (vkt.training.detr_run) on a COCO folder or synthetic shapes."""
 
 from __future__ import annotations
 
@@ -11,17 +6,23 @@ from pathlib import Path
 
 import typer
 
+from vkt.cli.train_common import (
+    add_train_command,
+    config_option,
+    out_option,
+    resume_option,
+)
+
 
 def detr(
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints/last.ckpt, model/ (for `vkt export detr`), "
-                             "metrics.json."),
+    out: Path = out_option("Run folder: checkpoints/last.ckpt, model/ (for `vkt export detr`), metrics.json."),
     data: Path = typer.Option(None, "--data", help="COCO-format folder: train.json + train/ (+ val.json + val/), or "
                               "annotations/instances_{train,val}2017.json + {train,val}2017/."),
     synth: int = typer.Option(None, "--synth", help="Train on N synthetic shape images instead (validation: 64 more)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML run config (vkt.training.detr_run.DetrRunConfig: "
-                                "model, num_queries, shortest_edge, longest_edge, synth_size, train: {lr, epochs, ...})."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoints/last.ckpt (weights, optimizer, "
-                                "LR schedule, epoch); the config's epochs is the total."),
+    config: Path = config_option("YAML run config (vkt.training.detr_run.DetrRunConfig: model, num_queries, "
+                                 "shortest_edge, longest_edge, synth_size, train: {lr, epochs, ...})."),
+    resume: bool = resume_option("Continue from RUN/checkpoints/last.ckpt (weights, optimizer, LR schedule, epoch); "
+                                 "the config's epochs is the total."),
     epochs: int = typer.Option(None, "--epochs", help="Override train.epochs."),
     max_steps: int = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override train.batch_size."),
@@ -42,8 +43,4 @@ def detr(
 
 
 def register(app: typer.Typer) -> None:
-    group = next((g.typer_instance for g in app.registered_groups if g.name == "train" and g.typer_instance), None)
-    if group is None:
-        group = typer.Typer(help="Train or fine-tune models (PyTorch Lightning).", no_args_is_help=True)
-        app.add_typer(group, name="train")
-    group.command("detr")(detr)
+    add_train_command(app, "detr", detr)

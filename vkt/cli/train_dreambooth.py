@@ -1,9 +1,4 @@
-"""`vkt train dreambooth`: personalise a Stable Diffusion pipeline from a YAML config (vkt.training.dreambooth).
-
-Registration: the command joins the app's existing ``train`` group (``vkt train textdet`` lives in
-vkt.cli.train) and creates that group only when no module made it, so this module must come after
-vkt.cli.train in COMMAND_MODULES.
-"""
+"""`vkt train dreambooth`: personalise a Stable Diffusion pipeline from a YAML config (vkt.training.dreambooth)."""
 
 from __future__ import annotations
 
@@ -11,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from vkt.cli.train_common import add_train_command, config_option, resume_option
+
 
 def dreambooth(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML run config (see vkt.training.dreambooth_config."
-                                "DreamboothConfig: pretrained, instance_dir, identifier, class_noun, output_dir, ...)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (weights, optimizer, "
-                                "LR scheduler, step, RNG states)."),
+    config: Path = config_option("YAML run config (see vkt.training.dreambooth_config.DreamboothConfig: pretrained, "
+                                 "instance_dir, identifier, class_noun, output_dir, ...).", required=True),
+    resume: bool = resume_option("Continue from the run's last checkpoint (weights, optimizer, LR scheduler, step, "
+                                 "RNG states)."),
 ) -> None:
     """Dreambooth fine-tuning with class-prior preservation; writes <output_dir>/model, a diffusers folder for
     `vkt export sd`."""
@@ -35,8 +32,4 @@ def dreambooth(
 
 
 def register(app: typer.Typer) -> None:
-    group = next((g.typer_instance for g in app.registered_groups if g.name == "train" and g.typer_instance), None)
-    if group is None:
-        group = typer.Typer(help="Train or fine-tune models (PyTorch Lightning).", no_args_is_help=True)
-        app.add_typer(group, name="train")
-    group.command("dreambooth")(dreambooth)
+    add_train_command(app, "dreambooth", dreambooth)
