@@ -87,14 +87,14 @@ def test_jump_ranking_sees_every_quantized_op(toy_model):
 def test_nothing_within_budget_ships_fp32_only_or_the_best(calibrated, caplog):
     sens = feeds(((1, 3, 16, 16),), seed=3)
     section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
-                          steps=(0, 2), show_progress=False)
+                          steps=(0, 2), ranking_method="jump", show_progress=False)
     assert not section["gate"]["passed"] and section["gate"]["chosen"] is None
     assert "no INT8 model met the budget" in caplog.text and "shipping FP32 only" in caplog.text
     b = Bundle.load(calibrated)
     assert [e.meta["placement"] for e in b.files("int8 qdq onnx")] == ["trt"]
     assert not (calibrated / "model.int8.ort.onnx").exists() and "ort" not in section["placements"]
     section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
-                          steps=(0, 2), on_fail="best", show_progress=False)
+                          steps=(0, 2), on_fail="best", ranking_method="jump", show_progress=False)
     assert section["gate"]["chosen"]["step"] == 1  # k=2 scores best
     assert Bundle.load(calibrated).entry("int8 qdq onnx", placement="ort").meta["excluded"]
 
@@ -172,3 +172,57 @@ def test_cli_bad_calibration_folders(toy_bundle, tmp_path, capsys, caplog):
     assert main(["quantize", str(toy_bundle), "--calib", str(few), "--shape", "32x32", "--target", "ort", "--json"]) == 0
     assert "at least 32 are recommended" in caplog.text.replace("\n", " ")
     assert json.loads(capsys.readouterr().out)["samples"] == 2
+
+
+def test_tensor_ranking_keeps_whole_tensors_in_float(toy_model):
+    # Each row names an activation tensor and every node reading it; keeping the k worst in float must
+    # leave no Q/DQ between those tensors and their readers in the onnxruntime placement.
+    from vkt.calibration import compute_ranges, place_ort, prepare_model
+    from vkt.calibration.gate import tensor_sensitivity
+    from vkt.calibration.report import sqnr_db
+
+    fp32 = prepare_model(toy_model[0])
+    data = feeds()
+    table = compute_ranges(fp32, data, show_progress=False)
+    rows = tensor_sensitivity(fp32, table, data[:1], show_progress=False)
+    readers = {}
+    for n in fp32.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n.name)
+    assert rows and [r["output_sqnr_db"] for r in rows] == sorted(r["output_sqnr_db"] for r in rows)
+    assert all(tuple(readers[r["tensor"]]) == r["nodes"] for r in rows)
+    assert all(np.isfinite(r["output_sqnr_db"]) and r["output_sqnr_db"] > 20 for r in rows)  # one 8-bit tensor: small error
+    kept = [x for r in rows[:3] for x in r["nodes"]]
+    q = place_ort(fp32, table, exclude=kept)
+    prod = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if n.name in kept:
+            assert not any(prod.get(x) is not None and prod[x].op_type == "DequantizeLinear" for x in n.input[:1]), n.name
+    # Independent check of one row: quantize that tensor by hand in numpy and compare the output SQNR.
+    import onnx
+    import onnxruntime as ort
+
+    t = rows[0]["tensor"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    out_name = fp32.graph.output[0].name
+    ref, x = sess.run([out_name, t], data[0])
+    lo, hi = min(table[t][0], 0.0), max(table[t][1], 0.0)
+    s = (hi - lo) / 255
+    zp = round(-lo / s)
+    xq = ((np.clip(np.rint(x / s) + zp, 0, 255) - zp) * s).astype(np.float32)
+    assert rows[0]["op"] != "input"  # an op's output, not the graph input
+    readers_only = onnx.ModelProto()
+    readers_only.CopyFrom(fp32)
+    # Feed the hand-quantized tensor in place of its producer's output.
+    g = readers_only.graph
+    for n in list(g.node):
+        if t in n.output:
+            g.node.remove(n)
+    g.input.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    sess2 = ort.InferenceSession(readers_only.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {k: v for k, v in data[0].items() if k in {i.name for i in g.input}}
+    out = sess2.run([out_name], {**feed, t: xq})[0]
+    assert abs(sqnr_db(ref, out) - rows[0]["output_sqnr_db"]) < 0.05

@@ -44,6 +44,8 @@ def quantize(
     qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
     qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
     qat_checkpoint: Path = typer.Option(None, "--qat-checkpoint", help="With --qat: checkpoint file (saved atomically, resumed)."),
+    weight_rounding: str = typer.Option(None, "--weight-rounding", help="gptq (activation-aware int8 conv weights) or "
+                                        "nearest. Default: gptq for text detection, nearest otherwise."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
@@ -59,7 +61,8 @@ def quantize(
     b = Bundle.load(bundle)
     section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
                                    num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
-                                   component=component, percentile=percentile, threads=threads, **gate_opts)
+                                   component=component, percentile=percentile, threads=threads,
+                                   weight_rounding=weight_rounding, **gate_opts)
     if as_json:
         print(json.dumps(section, indent=2))
         return
