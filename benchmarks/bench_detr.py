@@ -1,7 +1,7 @@
 """DETR-R50 at 800x1066 on CPU: torch eager (and channels_last) vs onnxruntime FP32 vs onnxruntime INT8, interleaved.
 
 Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--calib 6] [--trained RUN/model]
-     [--json benchmarks/results/detr.json]
+     [--keep] [--skip-torch] [--json benchmarks/results/detr.json]
 
 1. transformers' DetrForObjectDetection with DETR-R50's architecture (ResNet-50 from transformers, no
    timm, random weights, seed 0) is exported with vkt.models.detr.export.export_bundle (raw heads).
@@ -9,7 +9,9 @@ Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--cali
    the onnxruntime placement (vkt.calibration.quantize_bundle): Q/DQ on Conv/MatMul/Gemm and the
    element-wise ops between them, Softmax and LayerNormalization kept in float (quantizing Softmax
    collapses attention: ORT's uint8 Softmax output scale is fixed at 1/255).
-3. Speed: vkt.bench.run_bench interleaves the four targets call by call on one 1x3x800x1066 feed.
+3. Speed: vkt.bench.run_bench interleaves the targets call by call on one 1x3x800x1066 feed; with --keep
+   also the INT8 placement with each cumulative step of the DETR gate's keep-list in float
+   (vkt.models.detr.int8.KEEP_GROUPS: heads, decoder, encoder, stem).
 4. % of peak: FLOPs of every Conv/MatMul/Gemm from the graph's inferred shapes (2 x MACs) / p50,
    against peak = cores x GHz x FLOPs/cycle (--flops-per-cycle, default 64: two 512-bit FMA units
    x 16 float32 lanes x 2, what AVX-512 FMA gives on Zen 5 / Intel server cores; --ghz default:
@@ -18,7 +20,8 @@ Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--cali
    detections taken as ground truth — on real photos (DETR-R50, random weights: FP32's top-10 per
    image are the ground truth, as its scores are near-uniform), and, with --trained, on the
    reduced model trained by `vkt train detr` (ground truth: FP32 detections scoring > 0.5) on
-   synthetic validation images and on the photos.
+   synthetic validation images and on the photos, for the INT8 graph `vkt export detr --int8` ships
+   (calibration + accuracy gate on other synthetic images; --no-gate: calibration only).
 """
 
 from __future__ import annotations
@@ -112,21 +115,10 @@ def cpu_ghz() -> float:
 
 def agreement(fp32: list, int8: list, image_sizes: list[tuple[int, int]], gt_top: int | None = None,
               gt_threshold: float = 0.5) -> dict[str, float]:
-    """COCO AP of INT8 detections with FP32's as ground truth (labels are category ids)."""
-    from vkt.eval.coco import coco_ap, coco_ground_truth, to_coco_results
+    """COCO AP of INT8 detections with FP32's as ground truth (vkt.models.detr.int8.agreement_ap)."""
+    from vkt.models.detr.int8 import agreement_ap
 
-    cats = sorted({int(c) for d in fp32 + int8 for c in d.labels}) or [0]
-    gt_boxes, gt_labels = [], []
-    for d in fp32:
-        keep = np.arange(min(gt_top, len(d))) if gt_top else np.flatnonzero(d.scores > gt_threshold)
-        b = d.boxes[keep].astype(np.float64)
-        b = np.stack([b[:, 0], b[:, 1], np.maximum(b[:, 2], b[:, 0]), np.maximum(b[:, 3], b[:, 1])], 1) if len(b) else b
-        gt_boxes.append(b.reshape(-1, 4))
-        gt_labels.append(d.labels[keep])
-    images = [{"id": i + 1, "height": h, "width": w} for i, (h, w) in enumerate(image_sizes)]
-    gt = coco_ground_truth(images, [{"id": c, "name": str(c)} for c in cats], gt_boxes, gt_labels)
-    m = coco_ap(gt, to_coco_results(int8, [i + 1 for i in range(len(int8))]))
-    return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "gt_boxes": int(sum(len(b) for b in gt_boxes))}
+    return agreement_ap(fp32, int8, image_sizes, gt_threshold, gt_top)
 
 
 def quantize(bundle: Path, feeds: list[dict[str, np.ndarray]], method: str) -> dict:
@@ -142,37 +134,63 @@ def detections(bundle: Path, precision: str, images: list, threads: int) -> list
         return [det(im)[0] for im in images]
 
 
-def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, method: str) -> dict:
-    """INT8 vs FP32 on the reduced model trained by `vkt train detr` (synthetic val images and photos)."""
-    from vkt.bundle import Bundle
+def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, method: str, gate: bool = True) -> dict:
+    """INT8 vs FP32 on the reduced model trained by `vkt train detr` (synthetic val images and photos).
+
+    The INT8 graph is what `vkt export detr --int8` ships: calibration on 24 synthetic images (seed 7),
+    the accuracy gate (AP vs FP32, budget 0.02) on 32 other held-out ones (seed 2); agreement is then
+    measured on ``n_val`` further synthetic images (seed 1, the training run's validation draw) and the photos.
+    """
+    import cv2
+
     from vkt.models.detr.checkpoints import load_checkpoint
     from vkt.models.detr.export import export_bundle
-    from vkt.runtime.image import Preprocessor, read_image
+    from vkt.models.detr.int8 import quantize_detr
+    from vkt.runtime.image import read_image
     from vkt.training.detr_data import synthetic_shapes
 
     model = load_checkpoint(model_dir)
     run_cfg = json.loads((model_dir / "vkt_train.json").read_text()) if (model_dir / "vkt_train.json").is_file() else {}
     resize = run_cfg.get("resize", {"shortest_edge": 160, "longest_edge": 224})
     size = tuple(run_cfg.get("image_size", (160, 224)))
+    synth = dict(run_cfg.get("data", {}).get("synth_options", {}))
     se, le = resize["shortest_edge"], resize["longest_edge"]
-    dest = export_bundle(model, work / "reduced.vkt", score_threshold=0.0, overwrite=True, shortest_edge=se, longest_edge=le,
+    dest = export_bundle(model, work / "reduced.vkt", overwrite=True, shortest_edge=se, longest_edge=le,
                          profile={"batch": (1, 1, 4), "height": (32, se, le), "width": (32, min(le, se * 4 // 3), le)})
-    b = Bundle.load(dest)
-    pre = Preprocessor(b.preprocess)
-    calib_imgs = [s.image for s in synthetic_shapes(16, size=size, seed=7)]
-    feeds = []
-    for img in calib_imgs:
-        x, _ = pre([img])
-        feeds.append({"pixel_values": x})
-    quantize(dest, feeds, method)
-    val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1)]
+    folders = {}
+    for name, n, seed in (("calib", 24, 7), ("holdout", 32, 2)):
+        folders[name] = work / name
+        folders[name].mkdir(exist_ok=True)
+        for i, smp in enumerate(synthetic_shapes(n, size=size, seed=seed, **synth)):
+            cv2.imwrite(str(folders[name] / f"{i:03d}.png"), smp.image)
+    section = quantize_detr(dest, folders["calib"], holdout=folders["holdout"] if gate else None, gate=gate, method=method,
+                            targets=("ort",), on_fail="best", threads=threads)
+    val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1, **synth)]
     photos = [read_image(p) for p in photo_paths()]
-    out = {}
+    out: dict = {"gate": {k: section["gate"][k] for k in ("baseline", "chosen", "steps")} if "gate" in section else None}
     for name, imgs in (("synthetic_val", val), ("photos", photos)):
         f = detections(dest, "fp32", imgs, threads)
         q = detections(dest, "int8", imgs, threads)
         out[name] = agreement(f, q, [im.shape[:2] for im in imgs], gt_threshold=0.5)
         out[name]["images"] = len(imgs)
+    return out
+
+
+def keep_variants(bundle: Path) -> dict[str, bytes]:
+    """The onnxruntime INT8 placement with each cumulative keep-list step of vkt.models.detr.int8 in float."""
+    from vkt.bundle import Bundle
+    from vkt.calibration.qdq import place_ort
+    from vkt.calibration.ranges import CalibrationTable, prepare_model
+    from vkt.models.detr.int8 import keep_list
+    from vkt.onnxio import load_onnx
+
+    b = Bundle.load(bundle)
+    fp32 = prepare_model(load_onnx(b.path("fp32 onnx")))
+    table = CalibrationTable.load(b.root / b.files("calibration table")[-1].path)
+    rows, steps = keep_list(fp32)
+    out = {}
+    for k in steps[1:]:
+        out[f"ort-int8-keep-{rows[k - 1]['group']}"] = place_ort(fp32, table, [r["node"] for r in rows[:k]]).SerializeToString()
     return out
 
 
@@ -189,14 +207,25 @@ def main() -> int:
     ap.add_argument("--n-val", type=int, default=64)
     ap.add_argument("--skip-r50", action="store_true")
     ap.add_argument("--bundle", type=Path, default=None, help="reuse this exported + calibrated DETR-R50 bundle")
+    ap.add_argument("--keep", action="store_true", help="also time INT8 with each keep-list step of the DETR gate in float")
+    ap.add_argument("--skip-torch", action="store_true", help="time ORT only (FP32 and INT8 graphs)")
+    ap.add_argument("--no-gate", action="store_true", help="--trained: INT8 without the accuracy gate")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/detr.json"))
     args = ap.parse_args()
 
     import torch
 
-    from vkt.bench import BenchConfig, Case, Target, machine_info, print_table, run_bench
+    from vkt.bench import (
+        BenchConfig,
+        Case,
+        Target,
+        machine_info,
+        print_table,
+        run_bench,
+    )
     from vkt.bundle import Bundle
     from vkt.runtime import make_runner
+    from vkt.runtime.detection import Detector
     from vkt.runtime.image import Preprocessor, read_image
 
     torch.set_num_threads(args.threads)
@@ -204,7 +233,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-detr-"))
     if args.trained is not None:
         t0 = time.perf_counter()
-        result["trained_int8_agreement"] = trained_agreement(args.trained, work, args.threads, args.n_val, args.method)
+        result["trained_int8_agreement"] = trained_agreement(args.trained, work, args.threads, args.n_val, args.method,
+                                                             gate=not args.no_gate)
         print("trained reduced model, INT8 vs FP32:", json.dumps(result["trained_int8_agreement"]), f"({time.perf_counter() - t0:.0f} s)",
               flush=True)
     if not args.skip_r50:
@@ -230,7 +260,7 @@ def main() -> int:
         feed = fixed_size_feed(pre, photos[0], SIZE)
         x = torch.from_numpy(feed["pixel_values"])
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        model_cl = detr_r50().to(memory_format=torch.channels_last)
+        model_cl = None if args.skip_torch else detr_r50().to(memory_format=torch.channels_last)
 
         def eager(m, t):
             def run(_):
@@ -247,14 +277,23 @@ def main() -> int:
         got = fp32.infer(feed)
         result["fp32_vs_torch_max_abs"] = {"logits": float(np.abs(got["logits"] - ref.logits.numpy()).max()),
                                            "pred_boxes": float(np.abs(got["pred_boxes"] - ref.pred_boxes.numpy()).max())}
-        targets = [
+        targets = [] if args.skip_torch else [
             Target("torch-eager", eager(model, x), "transformers forward (SDPA attention), fp32, NCHW"),
             Target("torch-eager-channels_last", eager(model_cl, x_cl), "same, model and input channels_last"),
+        ]
+        targets += [
             Target("ort-fp32", fp32.infer, "vkt OrtRunner.infer (feed checks + onnxruntime CPU), fp32",
                    setup=fp32.activate, teardown=fp32.deactivate),
             Target("ort-int8", int8.infer, "vkt OrtRunner.infer, INT8 Q/DQ (ORT placement)",
                    setup=int8.activate, teardown=int8.deactivate),
         ]
+        variants = keep_variants(dest) if args.keep else {}
+        for name, blob in variants.items():
+            from vkt.runtime.ort import OrtRunner
+
+            r = OrtRunner(blob, threads=args.threads, spec=b.spec(), name=name)
+            targets.append(Target(name, r.infer, f"INT8 ORT placement, DETR keep-list up to {name.rsplit('-', 1)[1]} in float",
+                                  setup=r.activate, teardown=r.deactivate))
         rows = run_bench(targets, [Case("1x3x800x1066", feed, 1)], BenchConfig(warmup=args.warmup, iters=args.iters))
         print_table(rows, "DETR-R50 800x1066")
         p50 = {r.target: r.p50_ms for r in rows}
@@ -265,9 +304,10 @@ def main() -> int:
         result["flops"] = flops
         result["peak_gflops"] = {"value": peak / 1e9, "cores": args.threads, "ghz": ghz, "flops_per_cycle": args.flops_per_cycle}
         result["percent_of_peak"] = {t: 100.0 * flops["total"] / (ms / 1e3) / peak for t, ms in p50.items()}
-        result["ratios"] = {"ort_fp32_over_eager": p50["torch-eager"] / p50["ort-fp32"],
-                            "ort_fp32_over_channels_last": p50["torch-eager-channels_last"] / p50["ort-fp32"],
-                            "int8_over_fp32": p50["ort-fp32"] / p50["ort-int8"]}
+        result["ratios"] = {f"{t}_over_fp32": p50["ort-fp32"] / ms for t, ms in p50.items() if t.startswith("ort-int8")}
+        if not args.skip_torch:
+            result["ratios"].update({"ort_fp32_over_eager": p50["torch-eager"] / p50["ort-fp32"],
+                                     "ort_fp32_over_channels_last": p50["torch-eager-channels_last"] / p50["ort-fp32"]})
         print(json.dumps({k: result[k] for k in ("flops", "peak_gflops", "percent_of_peak", "ratios")}, indent=1), flush=True)
         # INT8 vs FP32 on the photos (the held-out first one included), at the manifest's resize.
         imgs = [read_image(p) for p in photos]
@@ -275,6 +315,13 @@ def main() -> int:
         q = detections(dest, "int8", imgs, args.threads)
         result["r50_int8_agreement_photos"] = agreement(f, q, [im.shape[:2] for im in imgs], gt_top=10)
         print("DETR-R50 (random weights), INT8 vs FP32 top-10 on photos:", json.dumps(result["r50_int8_agreement_photos"]))
+        for name, blob in variants.items():
+            from vkt.runtime.ort import OrtRunner
+
+            with Detector(OrtRunner(blob, threads=args.threads, spec=b.spec()), score_threshold=0.0, top_k=100) as det:
+                qv = [det(im)[0] for im in imgs]
+            result.setdefault("r50_keep_agreement_photos", {})[name] = agreement(f, qv, [im.shape[:2] for im in imgs], gt_top=10)
+            print(f"  {name}:", json.dumps(result["r50_keep_agreement_photos"][name]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.json}")

@@ -151,6 +151,13 @@ def export_detr_cmd(
     calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
     num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
+    holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate (default: "
+                                 "every 4th --calib image when it holds 8 or more, left out of calibration)."),
+    gate: bool = typer.Option(True, "--gate/--no-gate", help="With --int8: run the accuracy gate (metric: COCO AP of INT8 "
+                              "detections against FP32's; keeps heads, decoder, encoder, stem in float step by step)."),
+    max_drop: float = typer.Option(2.0, "--max-drop", help="With the gate: allowed AP drop vs FP32 in points (2.0: AP >= 0.98)."),
+    on_fail: str = typer.Option("fp32", "--on-fail", help="With the gate, when no step fits: fp32 (ship no INT8 graph) | best."),
+    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Export a DETR checkpoint to a bundle: ONNX checked against transformers on onnxruntime, manifest with labels."""
@@ -165,6 +172,12 @@ def export_detr_cmd(
         raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
     if calib is not None and not int8:
         raise InputError("--calib is only used with --int8")
+    if holdout is not None and not (int8 and gate):
+        raise InputError("--holdout is only used with --int8 and the gate (not with --no-gate)")
+    if not 0 <= max_drop < 100:
+        raise InputError(f"--max-drop is in points of AP (2.0 = 0.02), in [0, 100); got {max_drop!r}")
+    if on_fail not in ("fp32", "best"):
+        raise InputError(f"--on-fail must be fp32 or best, got {on_fail!r}")
     static_shape = None
     if static is not None:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", static)
@@ -223,11 +236,12 @@ def export_detr_cmd(
     if parity:
         c.print("  onnxruntime vs torch max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()), highlight=False)
     if int8:
-        from vkt.calibration.api import quantize_from_images
         from vkt.cli.quantize import print_calibration
+        from vkt.models.detr.int8 import quantize_detr
 
-        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images)
-        print_calibration(bundle, section)
+        section = quantize_detr(bundle, calib, holdout=holdout, gate=gate, method=calib_method, num_images=num_images,
+                                max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads)
+        print_calibration(Bundle.load(dest), section)
 
 
 def register(app: typer.Typer) -> None:
