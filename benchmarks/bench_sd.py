@@ -12,10 +12,14 @@ Targets, interleaved call by call after warm-up (vkt.bench.run_bench), each one 
 images for one prompt at guidance 7.5 with DDIM (the three pipelines share the bundle's schedule):
   vkt-ort          Txt2Img, classifier-free guidance batched: one UNet call at 2B per step
   vkt-ort-2calls   the same object with cfg="sequential": two UNet calls at B per step
+  vkt-ort-auto     the same object with cfg="auto" (the default): times both on its first steps, keeps the faster
   diffusers-torch  StableDiffusionPipeline.from_pretrained(folder) in fp32, torch.no_grad
-  diffusers-ort    OnnxStableDiffusionPipeline on the *same* onnxruntime sessions vkt uses for the text
-                   encoder and UNet (so same graphs, same session options), plus a VAE decoder graph with
-                   diffusers' input name (latent_sample) and without the baked 1/scaling_factor
+  diffusers-ort    OnnxStableDiffusionPipeline on plain graphs, as its users export them: the bundle's
+                   unfused text_encoder.onnx / unet.onnx (torch.onnx.export, opset 17) and a VAE decoder
+                   graph with diffusers' input name (latent_sample) and no baked 1/scaling_factor, in its own
+                   sessions (onnxruntime's default options but the thread count)
+vkt's bundle runs the onnxruntime-only fused graphs (``*.ort.onnx``, vkt.models.sd.optimize: Attention /
+MultiHeadAttention / SkipLayerNormalization / Gelu); they are added to the cached bundle when missing.
 Threads: torch.set_num_threads(T) and onnxruntime intra_op_num_threads = T for everything (default 2).
 Figures include tokenization, text encoding, the denoising loop, VAE decoding and the conversion to
 uint8 arrays (diffusers: output_type="np"; vkt: uint8 HxWx3); not model loading.
@@ -58,7 +62,7 @@ os.environ.setdefault("COLUMNS", "150")  # rich's table width when stdout is not
 PROMPT = "a photo of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
 GUIDANCE = 7.5
-TARGETS = ("vkt-ort", "vkt-ort-2calls", "diffusers-torch", "diffusers-ort")
+TARGETS = ("vkt-ort", "vkt-ort-2calls", "vkt-ort-auto", "diffusers-torch", "diffusers-ort")
 
 
 # ---- components ---------------------------------------------------------------------------------
@@ -114,6 +118,12 @@ def prepare(size: str, work: Path, height: int, max_batch: int) -> dict[str, Pat
         export_sd(folder, bundle, profile=SDProfile(max_batch=max_batch, min_size=min(height, 256), opt_size=height,
                                                     max_size=max(height, 512)), overwrite=True)
         print(f"# exported the vkt bundle in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if not any(e.meta.get("placement") == "ort" for e in _bundle_files(bundle, "fp32 onnx")):
+        from vkt.models.sd.optimize import add_ort_graphs
+
+        t0 = time.perf_counter()
+        done = add_ort_graphs(bundle, ("text_encoder", "unet"))  # the VAE decoder has nothing to fuse
+        print(f"# fused graphs for onnxruntime in {time.perf_counter() - t0:.0f} s: {done}", file=sys.stderr, flush=True)
     if not vae_onnx.is_file():
         vae = AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
 
@@ -132,6 +142,12 @@ def prepare(size: str, work: Path, height: int, max_batch: int) -> dict[str, Pat
                               dynamic_axes={"latent_sample": {0: "batch", 2: "height", 3: "width"},
                                             "sample": {0: "batch", 2: "image_height", 3: "image_width"}})
     return {"folder": folder, "bundle": bundle, "vae_onnx": vae_onnx}
+
+
+def _bundle_files(bundle: Path, role: str) -> list[Any]:
+    from vkt.bundle import Bundle
+
+    return Bundle.load(bundle).files(role)
 
 
 # ---- pipelines with stage timers ----------------------------------------------------------------------
@@ -187,14 +203,14 @@ def load_pipelines(paths: dict[str, Path], threads: int, which: tuple[str, ...])
     torch.set_num_threads(threads)
     out: dict[str, Any] = {}
     vkt_pipe = None
-    if {"vkt-ort", "vkt-ort-2calls", "diffusers-ort"} & set(which):
+    if {"vkt-ort", "vkt-ort-2calls", "vkt-ort-auto"} & set(which):
         from vkt.runtime.txt2img import Txt2Img
 
         vkt_pipe = Txt2Img(paths["bundle"], scheduler="ddim", threads=threads, progress_bar=False).activate()
     for name in which:
         st = Stages()
-        if name in ("vkt-ort", "vkt-ort-2calls"):
-            mode = "batched" if name == "vkt-ort" else "sequential"
+        if name in ("vkt-ort", "vkt-ort-2calls", "vkt-ort-auto"):
+            mode = {"vkt-ort": "batched", "vkt-ort-2calls": "sequential", "vkt-ort-auto": "auto"}[name]
 
             def run(B: int, _m: str = mode, _st: Stages = st) -> Any:
                 vkt_pipe.cfg_mode = _m
@@ -206,6 +222,7 @@ def load_pipelines(paths: dict[str, Path], threads: int, which: tuple[str, ...])
                 _st.add("vae", t.vae)
                 return out_
 
+            run.pipe = vkt_pipe  # type: ignore[attr-defined]  (cfg="auto" reports its choice)
             out[name] = (run, st)
         elif name == "diffusers-torch":
             from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -230,15 +247,22 @@ def load_pipelines(paths: dict[str, Path], threads: int, which: tuple[str, ...])
             from diffusers import DDIMScheduler, OnnxRuntimeModel, OnnxStableDiffusionPipeline
             from transformers import CLIPTokenizer
 
+            from vkt.bundle import Bundle
+
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
-            vae = ort.InferenceSession(str(paths["vae_onnx"]), so, providers=["CPUExecutionProvider"])
+            plain = Bundle.load(paths["bundle"])  # path(): the canonical, unfused graphs
+
+            def session(p: Path, stage: str, _st: Stages = st) -> Any:
+                return OnnxRuntimeModel(model=TimedSession(
+                    ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]), _st, stage))
+
             pipe = OnnxStableDiffusionPipeline(
                 vae_encoder=None,
-                vae_decoder=OnnxRuntimeModel(model=TimedSession(vae, st, "vae")),
-                text_encoder=OnnxRuntimeModel(model=TimedSession(vkt_pipe.runners["text_encoder"].session, st, "text_encoder")),
+                vae_decoder=session(paths["vae_onnx"], "vae"),
+                text_encoder=session(plain.path("fp32 onnx", "text_encoder"), "text_encoder"),
                 tokenizer=CLIPTokenizer.from_pretrained(str(paths["folder"] / "tokenizer")),
-                unet=OnnxRuntimeModel(model=TimedSession(vkt_pipe.runners["unet"].session, st, "unet")),
+                unet=session(plain.path("fp32 onnx", "unet"), "unet"),
                 scheduler=DDIMScheduler.from_pretrained(str(paths["folder"]), subfolder="scheduler"),
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             pipe.set_progress_bar_config(disable=True)
@@ -261,7 +285,7 @@ def memory_child(paths: dict[str, Path], threads: int, name: str) -> None:
     import vkt.runtime.txt2img  # noqa: F401
 
     base = _rss_now_mib()
-    pipes = load_pipelines(paths, threads, (name,))  # diffusers-ort also holds vkt's VAE session (unused)
+    pipes = load_pipelines(paths, threads, (name,))
     pipes[name][0](1)
     peak = _status_mib("VmHWM")
     print(json.dumps({"target": name, "peak_rss_mib": peak, "baseline_rss_mib": base, "delta_mib": peak - base}))
@@ -340,6 +364,10 @@ def main() -> None:
         r.info = dict(r.info)  # run_bench shares one info dict between a target's rows
         if recs:
             r.info["stages_s"] = {k: float(np.mean([x[k] for x in recs])) for k in recs[0]}
+    for r in rows:
+        pipe = getattr(pipes[r.target][0], "pipe", None)
+        if r.target == "vkt-ort-auto" and pipe is not None:
+            r.info["cfg_choice"] = pipe.cfg_choice
     if not args.no_memory:
         for name in [t for t in args.memory_targets.split(",") if t in which]:
             cmd = [sys.executable, __file__, "--size", args.size, "--height", str(H), "--steps", str(STEPS), "--threads",
@@ -371,8 +399,9 @@ INCLUDES = {
                "numpy DDIM, VAE decoder, uint8 images",
     "vkt-ort-2calls": "the same, guidance as two UNet calls at B per step",
     "diffusers-torch": "diffusers StableDiffusionPipeline, torch fp32 eager, no_grad, output_type=np",
-    "diffusers-ort": "diffusers OnnxStableDiffusionPipeline: vkt's ORT sessions for text encoder + UNet, its own VAE "
-                     "decoder graph (one image per call), torch DDIM scheduler, output_type=np",
+    "vkt-ort-auto": "the same, cfg='auto': batched or two calls, whichever its first steps measured faster",
+    "diffusers-ort": "diffusers OnnxStableDiffusionPipeline on plain (unfused) graphs in its own sessions, VAE decoder "
+                     "one image per call, torch DDIM scheduler, output_type=np",
 }
 H, STEPS = 256, 4
 

@@ -60,7 +60,8 @@ class Txt2Img:
         scheduler: None (the bundle's scheduler config as is), a name ("ddim", "euler", "euler_a",
             "dpm++2m", "pndm"; the bundle's noise schedule with that sampler), or a Scheduler instance.
         backend: "ort" (default), "ort-cuda", "ort-trt" or "trt" (see ``vkt.runtime.make_runner``).
-        precision: which graph/plan of the bundle: "fp32", "fp16" or "int8".
+        precision: which graph/plan of the bundle: "fp32", "fp16" or "int8" (the UNet must have it;
+            components without it run fp32: an INT8 bundle quantizes the UNet only).
         threads: onnxruntime intra-op threads (None: its default).
         cfg: "auto" (default), "batched" (one UNet call at 2B per step) or "sequential" (two calls
             at B: for UNet profiles too small for 2B, and to check that batching changes nothing).
@@ -110,7 +111,14 @@ class Txt2Img:
         unet_in = self.specs["unet"].input(UNET_SAMPLE)
         self.latent_channels = int(unet_in.shape[1])
         self.default_size = int(comps["unet"].get("default_size", 512))
-        self.runners = {c: make_runner(b, backend=backend, precision=precision, component=c, threads=threads)
+        roles = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
+        if precision in roles and not b.has(roles[precision], "unet"):
+            raise BundleError(f"bundle {b.name!r} has no {precision} UNet ({roles[precision]!r}); export it with "
+                              + ("int8=True (calibrated Q/DQ)" if precision == "int8" else f"{precision}=True"))
+        # INT8 is for the UNet (the text encoder and VAE run once per image): other components fall back to fp32.
+        self.precisions = {c: precision if precision not in roles or b.has(roles[precision], c) else "fp32"
+                           for c in ("text_encoder", "unet", "vae_decoder")}
+        self.runners = {c: make_runner(b, backend=backend, precision=self.precisions[c], component=c, threads=threads)
                         for c in ("text_encoder", "unet", "vae_decoder")}
 
     # ---- lifecycle -------------------------------------------------------------------------------

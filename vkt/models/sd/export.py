@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,8 @@ class SDExportReport:
 
 def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = None, opset: int = 17,
               check: bool = True, tol: float = 1e-3, overwrite: bool = False, name: str | None = None,
-              fp16: bool = False) -> SDExportReport:
+              fp16: bool = False, ort_fused: bool = True, int8: bool = False,
+              calib_prompts: Sequence[str] | None = None, calib_steps: int = 8) -> SDExportReport:
     """Export a Stable Diffusion pipeline's three graphs into a bundle at ``dest``.
 
     Args:
@@ -207,6 +209,12 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
         overwrite: replace an existing bundle at ``dest``.
         fp16: also write ``<component>.fp16.onnx`` per graph (role "fp16 onnx": FP16 weights and
             compute, I/O and numerically sensitive ops kept in FP32; ``Txt2Img(precision="fp16")``).
+        ort_fused: also write onnxruntime-only fused graphs ``<component>.ort.onnx`` (placement "ort";
+            vkt.models.sd.optimize), which the "ort" backend then runs; TensorRT builds the plain ones.
+        int8: calibrate the UNet on its inputs from FP32 generations of ``calib_prompts`` (default
+            vkt.models.sd.int8.CALIB_PROMPTS) x ``calib_steps`` DDIM steps at the profile's opt size, and
+            add its Q/DQ graphs (placements "ort" and "trt"; ``Txt2Img(precision="int8")``). Graphs
+            with external data (> 2 GB, the fp32 SD 1.5 UNet) cannot be quantized yet.
     Returns:
         SDExportReport. Graphs over 2 GB (the fp32 SD UNet is 3.4 GB) are written with one external
         data file beside them (role "onnx external data").
@@ -306,6 +314,21 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 "to_uint8": "round(x * 255)", "layout": "NCHW -> NHWC", "color": "RGB",
             }
             w.manifest["precision"] = {"compute": "fp32", **({"fp16": "<component>.fp16.onnx"} if fp16 else {})}
+        if ort_fused:
+            from vkt.models.sd.optimize import add_ort_graphs
+
+            add_ort_graphs(dest)
+        if int8:
+            from vkt.bundle import Bundle
+            from vkt.models.sd.int8 import CALIB_PROMPTS, capture_unet_feeds, quantize_unet
+
+            b = Bundle.load(dest)
+            if b.files("onnx external data", "unet"):
+                raise ModelError("the UNet graph keeps its weights in external data (> 2 GB); vkt's Q/DQ writer "
+                                 "handles single-file graphs only so far: the bundle was written without INT8")
+            feeds = capture_unet_feeds(b, list(calib_prompts or CALIB_PROMPTS), steps=calib_steps)
+            with timed(f"calibrating the UNet on {len(feeds)} captured inputs", log):
+                quantize_unet(b, feeds)
         return SDExportReport(Path(dest), specs, parity)
     finally:
         for p in parts.cleanup:

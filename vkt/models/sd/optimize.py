@@ -72,8 +72,9 @@ def _unet_num_heads_fix() -> Iterator[None]:
 def optimize_graph(src: str | Path, model_type: str) -> tuple[Any, dict[str, int]]:
     """Fuse ``src`` (an .onnx path; external data beside it) for onnxruntime CPU.
 
-    Returns (onnx.ModelProto with its weights loaded, {fused op type: count}). Raises ModelError when
-    the result holds a com.microsoft op without a CPU kernel.
+    Returns (onnx.ModelProto, {fused op type: count}): weights that were external in ``src`` stay
+    references to ``src``'s data file (save the result in the same folder); new (repacked) weights are
+    inline. Raises ModelError when the result holds a com.microsoft op without a CPU kernel.
     """
     with _quiet_optimizer():
         from onnxruntime.transformers import optimizer
@@ -83,16 +84,37 @@ def optimize_graph(src: str | Path, model_type: str) -> tuple[Any, dict[str, int
     for k in _CUDA_ONLY:
         if hasattr(opts, k):
             setattr(opts, k, False)
-    with _unet_num_heads_fix(), _quiet_optimizer():
+    import onnx
+
+    src = Path(src)
+    # External weights stay on disk: the fusions read the few they repack (QKV) from the file, and the
+    # fused graph keeps pointing at the same data file (so it must be saved beside it). Loading them
+    # all made the SD 1.5 UNet's optimisation peak at ~14 GB (and get OOM-killed on a shared machine).
+    proto = onnx.load(str(src), load_external_data=False)
+    with _unet_num_heads_fix(), _quiet_optimizer(), _chdir(src.parent):
         # opt_level 0: fusions only; onnxruntime's own session-time optimisations (NCHWc convs, constant
         # folding) still run when the session loads the graph, as for the plain one.
-        m = optimizer.optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
+        m = optimizer.optimize_model(proto, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
                                      optimization_options=opts, use_gpu=False)
     counts = Counter(n.op_type for n in m.model.graph.node if n.domain == "com.microsoft")
     bad = sorted(set(counts) - CPU_CONTRIB_OPS)
     if bad:
         raise ModelError(f"onnxruntime's {model_type} optimizer wrote {bad}, which have no CPU kernel")
     return m.model, dict(counts)
+
+
+@contextlib.contextmanager
+def _chdir(d: Path) -> Iterator[None]:
+    """onnx resolves external-data locations against the working directory when no base dir is given
+    (as the optimizer's fusions call it)."""
+    import os
+
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 @contextlib.contextmanager
@@ -160,9 +182,10 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
             its plain graph and a warning says why.
     Returns:
         {component: {"fused": {op: count}, "parity_max_rel": float, "file": name}} for the graphs added.
-    Peak memory is about 4x the graph's size (the SD 1.5 UNet: ~13.7 GB for 3.4 GB of weights).
+    A graph with external data shares its plain graph's data file (only repacked weights are new).
     """
     from vkt.bundle import Bundle
+    from vkt.fsutil import atomic_write_bytes
     from vkt.onnxio import save_onnx
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -177,7 +200,14 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
             log.info("%s: nothing to fuse; keeping the plain graph only", comp)
             continue
         name = f"{comp}.ort.onnx"
-        files = save_onnx(proto, b.root / name)  # atomic; recorded in the manifest only once checked
+        shared = sorted({kv.value for t in proto.graph.initializer for kv in t.external_data if kv.key == "location"})
+        if shared:  # weights stay in the plain graph's data file; only the repacked ones are inline
+            if proto.ByteSize() >= 2**31 - 1:  # protobuf's own limit
+                raise ModelError(f"{comp}: the fused graph's inline weights pass 2 GB; cannot write it")
+            atomic_write_bytes(b.root / name, proto.SerializeToString())
+            files = [b.root / name]
+        else:
+            files = save_onnx(proto, b.root / name)  # atomic; recorded in the manifest only once checked
         del proto
         err = max_rel_diff(plain, files[0], b.spec(comp))
         if not err <= tol:
@@ -186,7 +216,7 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
             log.warning("%s: the fused graph differs from the plain one by %.3g (> tol %g); not added", comp, err, tol)
             continue
         meta = {"placement": "ort", "optimizer": "onnxruntime.transformers", "model_type": MODEL_TYPES[comp],
-                "fused": counts, "parity_max_rel": err}
+                "fused": counts, "parity_max_rel": err, **({"shares_external_data": shared} if shared else {})}
         if len(files) > 1:
             b.add_file(files[1], files[1].name, role="onnx external data", component=comp, meta={"placement": "ort"})
         b.add_file(files[0], name, role="fp32 onnx", component=comp, meta=meta)
