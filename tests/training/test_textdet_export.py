@@ -26,8 +26,10 @@ def run(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # see test_textdet_train.one_thread
     out = tmp_path_factory.mktemp("textdet") / "run"
+    # fine-tuned: a from-scratch model after 2 steps is far from any trained function (Kaiming init, BatchNorm
+    # statistics of 2 batches) and its probability map on the parity check's noise input is too steep for 1e-4
     rc = main(["train", "textdet", "--synth", "8", "--out", str(out), "--steps", "2", "--batch", "2", "--size", "64",
-               "--ckpt-every", "1", "--val-every", "2"])
+               "--ckpt-every", "1", "--val-every", "2", "--pretrained", "ppocrv5-mobile"])
     torch.set_num_threads(n)
     assert rc == 0
     return out

@@ -122,12 +122,15 @@ class ThresholdHead(torch.nn.Module):
     sigmoid) on the neck's features ``[B, C, H/4, W/4]`` -> threshold map ``[B, 1, H, W]``."""
 
     def __init__(self, in_channels: int = 96):
+        from vkt.models.textdet.init import init_head
+
         super().__init__()
         c = in_channels // 4
         self.body = torch.nn.Sequential(
             torch.nn.Conv2d(in_channels, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
             torch.nn.ConvTranspose2d(c, c, 2, stride=2), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
             torch.nn.ConvTranspose2d(c, 1, 2, stride=2))
+        init_head(self)  # PaddleOCR's DB head init (vkt.models.textdet.init)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.body(features))
@@ -141,15 +144,18 @@ def build_model(pretrained: str | None, seed: int = 0) -> Any:
     )
 
     if pretrained is None:
+        from vkt.models.textdet.init import init_ppocr_det
+
         torch.manual_seed(seed)
-        return build_ppocrv5_mobile_det()
+        return init_ppocr_det(build_ppocrv5_mobile_det())  # transformers' N(0, 0.02) init does not train (see init.py)
     if pretrained not in PRETRAINED:
         raise InputError(f"unknown pretrained model {pretrained!r}; expected one of {list(PRETRAINED)}")
     return load_ppocrv5_mobile_det()
 
 
 def lightning_module(model: Any, config: TextDetTrainConfig, threshold_head: ThresholdHead | None = None) -> Any:
-    """LightningModule: DB forward (prob + threshold), DBLoss, AdamW + warm-up/cosine, optional frozen BN."""
+    """LightningModule: DB forward (prob + threshold), DBLoss, AdamW (no decay on biases / norms) + warm-up/cosine,
+    optional frozen BN."""
     import lightning as L
 
     from vkt.models.textdet.loss import DBLoss
@@ -174,6 +180,8 @@ def lightning_module(model: Any, config: TextDetTrainConfig, threshold_head: Thr
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             """``x [B, 3, H, W]`` -> ``{"prob", "thresh": [B, 1, H, W]}``."""
+            if self.training:
+                debias_batchnorm_momentum(self)
             feats = self.detector.model(x).last_hidden_state   # [B, C, H/4, W/4]
             prob = self.detector.head(feats)
             if self.cfg.threshold_trains_detector:
@@ -203,12 +211,28 @@ def lightning_module(model: Any, config: TextDetTrainConfig, threshold_head: Thr
             return terms["loss"]
 
         def configure_optimizers(self) -> Any:
-            params = [p for p in self.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=self.cfg.peak_lr, weight_decay=self.cfg.weight_decay)
+            from vkt.models.textdet.init import param_groups
+
+            # biases, BatchNorm and learnable-affine parameters stay out of weight decay
+            opt = torch.optim.AdamW(param_groups(self, self.cfg.weight_decay), lr=self.cfg.peak_lr)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup, self.cfg.steps))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     return TextDetModule()
+
+
+def debias_batchnorm_momentum(module: torch.nn.Module, momentum: float = 0.1) -> None:
+    """Set each training BatchNorm's momentum to ``max(momentum, 1 / (n + 1))`` before its (n+1)-th batch.
+
+    The running statistics then start as the first batch's and average the first ``1 / momentum`` batches
+    before turning into the usual moving average, instead of decaying from their init (mean 0, var 1) at
+    10 % a step. From scratch the init is far off (PaddleOCR's Kaiming init: activations grow ~6x per
+    LCNetV3 rep-block in eval mode with init statistics; after 2 steps the neck reached 3e8 and the FP16
+    export overflowed to NaN), so eval mode (validation, export) was wrong for the first ~50 steps.
+    ``n`` is the module's ``num_batches_tracked`` buffer, so a resumed run continues identically."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            m.momentum = max(momentum, 1.0 / (int(m.num_batches_tracked) + 1))
 
 
 def lr_lambda(warmup: int, steps: int) -> Any:
@@ -393,5 +417,5 @@ def fit(train: Sequence[TextSample], config: TextDetTrainConfig | None = None, v
     return FitResult(model.eval(), head.eval(), module.history, ckpt, cfg, start)
 
 
-__all__ = ["PRETRAINED", "FitResult", "TextDetTrainConfig", "ThresholdHead", "build_model", "fit", "lightning_module",
-           "lr_lambda", "predict_polygons", "validate", "val_resize"]
+__all__ = ["PRETRAINED", "FitResult", "TextDetTrainConfig", "ThresholdHead", "build_model", "debias_batchnorm_momentum",
+           "fit", "lightning_module", "lr_lambda", "predict_polygons", "validate", "val_resize"]
