@@ -106,6 +106,27 @@ def test_short_training_run_lowers_the_loss(tmp_path):
         DetrTrainConfig(lr=0)
 
 
+def test_reduced_config_defaults(tmp_path):
+    from vkt.models.detr import reduced_detr
+    from vkt.training.detr_run import load_run_config
+
+    cfg = load_run_config(None)
+    assert cfg.stride == 16 and cfg.synth_size == (128, 160) and cfg.train_config().lr == 3e-4
+    opts = cfg.synth_options()
+    assert opts["separated"] and (opts["min_frac"], opts["max_frac"]) == (0.2, 0.45)
+    # stride 16: a 128 x 160 image gives the transformer an 8 x 10 feature map
+    model = reduced_detr(stride=16)
+    with torch.no_grad():
+        maps = model.model.backbone.model(torch.zeros(1, 3, 128, 160)).feature_maps
+    assert maps[-1].shape[-2:] == (8, 10)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth_object_frac: [0.2]\n")
+    with pytest.raises(InputError, match="synth_object_frac"):
+        load_run_config(bad)
+    with pytest.raises(InputError, match="stride must be 16 or 32"):
+        reduced_detr(stride=8)
+
+
 @pytest.mark.slow
 def test_reduced_config_learns_the_synthetic_set(tmp_path):
     """`vkt train detr --synth 256` (the reduced config's defaults) reaches a modest AP50 on held-out shapes.
