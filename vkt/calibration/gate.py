@@ -34,7 +34,7 @@ from vkt.log import get_logger, progress
 
 log = get_logger(__name__)
 
-DEFAULT_STEPS = (0, 2, 4, 8, 16, 32)
+DEFAULT_STEPS = (0, 4, 8, 16, 24, 32, 48)  # tensors (or layers) kept in float
 RANKING_METHODS = ("tensor", "jump", "sensitivity")
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of hmean / AP
 ON_FAIL = ("fp32", "best")
@@ -147,7 +147,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         metric: ``metric(runner_factory) -> float``, higher is better (see module docstring).
         spec: the component's ExportSpec (given to the runners).
         max_drop: allowed ``baseline - metric`` (default 0.01 = 1 point of hmean), >= 0.
-        steps: how many of the most sensitive layers to keep in float (default 0, 2, 4, 8, 16, 32;
+        steps: how many of the most sensitive tensors (or layers) to keep in float (default 0, 4, 8, 16, 24, 32, 48;
             counts beyond the number of layers are dropped).
         placement: "ort" (onnxruntime CPU) or "trt".
         sensitivity_feeds: 1-4 small feeds for the ranking (needed unless every candidate has ``ranking``).
@@ -259,8 +259,8 @@ def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.nd
     import onnx
     from onnx import helper, numpy_helper
 
-    from vkt.calibration.report import sqnr_db
     from vkt.calibration.ranges import data_independent_tensors
+    from vkt.calibration.report import sqnr_db
     from vkt.runtime.ort import OrtRunner
 
     feeds = list(feeds)

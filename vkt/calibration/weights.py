@@ -41,7 +41,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, damp: float = 0.01) -> np.ndarray:
     h = np.array(h, np.float64)
     if w.ndim != 3 or h.shape != (w.shape[0], w.shape[2], w.shape[2]):
         raise CalibrationError(f"gptq_round expects w [G, R, K] and h [G, K, K], got {w.shape} and {h.shape}")
-    g, r, k = w.shape
+    k = w.shape[2]
     amax = np.abs(w).max(axis=2)
     scale = np.where(amax > 0, amax / INT8_MAX, 1.0)  # [G, R]
     pinned = np.zeros_like(w, bool)
