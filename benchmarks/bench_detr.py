@@ -38,14 +38,17 @@ import numpy as np
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "horse.png",
           "camera.png", "coins.png")
+# Other scikit-image pictures, for calibrating the reduced model on both domains it is measured on (never scored).
+CALIB_PHOTOS = ("motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "brick.png", "color.png",
+                "page.png", "cell.png")
 SIZE = (800, 1066)
 
 
-def photo_paths() -> list[Path]:
+def photo_paths(names: tuple[str, ...] = PHOTOS) -> list[Path]:
     import skimage
 
     root = Path(skimage.__file__).parent / "data"
-    return [root / p for p in PHOTOS if (root / p).is_file()]
+    return [root / p for p in names if (root / p).is_file()]
 
 
 def detr_r50(seed: int = 0):
@@ -137,10 +140,13 @@ def detections(bundle: Path, precision: str, images: list, threads: int) -> list
 def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, method: str, gate: bool = True) -> dict:
     """INT8 vs FP32 on the reduced model trained by `vkt train detr` (synthetic val images and photos).
 
-    The INT8 graph is what `vkt export detr --int8` ships: calibration on 24 synthetic images (seed 7),
-    the accuracy gate (AP vs FP32, budget 0.02) on 32 other held-out ones (seed 2); agreement is then
-    measured on ``n_val`` further synthetic images (seed 1, the training run's validation draw) and the photos.
+    The INT8 graph is what `vkt export detr --int8` ships: calibration on 24 synthetic images (seed 7) and
+    8 scikit-image pictures not among the scored photos (CALIB_PHOTOS), the accuracy gate (AP vs FP32, budget
+    0.02) on 32 other synthetic images (seed 2); agreement is then measured on ``n_val`` further synthetic
+    images (seed 1, the training run's validation draw) and the photos.
     """
+    import shutil
+
     import cv2
 
     from vkt.models.detr.checkpoints import load_checkpoint
@@ -163,11 +169,16 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
         folders[name].mkdir(exist_ok=True)
         for i, smp in enumerate(synthetic_shapes(n, size=size, seed=seed, **synth)):
             cv2.imwrite(str(folders[name] / f"{i:03d}.png"), smp.image)
+    for p in photo_paths(CALIB_PHOTOS):
+        shutil.copy(p, folders["calib"] / f"photo_{p.name}")
     section = quantize_detr(dest, folders["calib"], holdout=folders["holdout"] if gate else None, gate=gate, method=method,
                             targets=("ort",), on_fail="best", threads=threads)
     val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1, **synth)]
     photos = [read_image(p) for p in photo_paths()]
-    out: dict = {"gate": {k: section["gate"][k] for k in ("baseline", "chosen", "steps")} if "gate" in section else None}
+    gate = section.get("gate")
+    out: dict = {"gate": None if gate is None else {
+        "baseline": gate["baseline"], "chosen_step": (gate["chosen"] or {}).get("step"),
+        "steps": [{k: st[k] for k in ("layers_kept_float", "metric", "speedup")} for st in gate["steps"]]}}
     for name, imgs in (("synthetic_val", val), ("photos", photos)):
         f = detections(dest, "fp32", imgs, threads)
         q = detections(dest, "int8", imgs, threads)
