@@ -102,7 +102,8 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
         with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
             w.add_component("model", spec, source=source)
             w.add_file(onnx_path, "model.onnx", role="fp32 onnx",
-                       meta={"opset": opset, "exporter": report.exporter, "parity_max_abs_vs_torch": report.parity})
+                       meta={"opset": opset, "exporter": report.exporter, "parity_max_abs_vs_torch": report.parity,
+                                 "bn_fold_max_abs": report.fold_deviation})
             w.manifest["precision"] = {"fp32": "model.onnx"}
             if fp16:
                 w.add_file(Path(tmp) / "model.fp16.onnx", "model.fp16.onnx", role="fp16 onnx",
