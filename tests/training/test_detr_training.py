@@ -18,7 +18,7 @@ from vkt.tasks import TASKS  # noqa: E402
 from vkt.training.detr_data import CocoDetectionDataset, DetrTransform, collate, synthetic_shapes  # noqa: E402
 
 PRE = {**TASKS["detr"].preprocess, "resize": {"mode": "shortest_edge", "shortest_edge": 128, "longest_edge": 192}}
-AP50_FLOOR = 0.04
+AP50_FLOOR = 0.6
 
 
 def test_synthetic_samples_and_targets():
@@ -129,15 +129,17 @@ def test_reduced_config_defaults(tmp_path):
 
 @pytest.mark.slow
 def test_reduced_config_learns_the_synthetic_set(tmp_path):
-    """`vkt train detr --synth 256` (the reduced config's defaults) reaches a modest AP50 on held-out shapes.
+    """`vkt train detr --synth 512` (the reduced config's defaults) learns the held-out shapes.
 
-    Measured once (seed 0, 576 steps): AP50 0.103 (AP 0.023) on the 64 held-out images after 22 min on a shared
-    2-core CPU; the floor is well below that and far above an untrained model's ~0.002.
+    Measured (seed 0, 2560 steps, OMP_NUM_THREADS=1 on the shared 2-core CPU at load 8-15): `vkt train detr
+    --synth 512` reached AP50 0.894, AP 0.596 on the 64 held-out images in 26 min (the same recipe through
+    vkt.training.detr.fit in a script: AP50 0.954, AP 0.636); the floor is well below that and far above an
+    untrained model's ~0.002.
     """
     pytest.importorskip("pycocotools")
     from vkt.training.detr_run import load_run_config, train_detr_run
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = train_detr_run(load_run_config(None), tmp_path / "run", synth=256, progress=False)
+        result = train_detr_run(load_run_config(None), tmp_path / "run", synth=512, progress=False)
     assert result.history and result.history[-1]["AP50"] >= AP50_FLOOR, result.history

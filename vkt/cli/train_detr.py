@@ -18,7 +18,8 @@ def detr(
     out: Path = out_option("Run folder: checkpoints/last.ckpt, model/ (for `vkt export detr`), metrics.json."),
     data: Path = typer.Option(None, "--data", help="COCO-format folder: train.json + train/ (+ val.json + val/), or "
                               "annotations/instances_{train,val}2017.json + {train,val}2017/."),
-    synth: int = typer.Option(None, "--synth", help="Train on N synthetic shape images instead (validation: 64 more)."),
+    synth: int = typer.Option(None, "--synth", help="Train on N synthetic shape images instead (validation: 64 more); "
+                              "the reduced recipe uses 512."),
     config: Path = config_option("YAML run config (vkt.training.detr_run.DetrRunConfig: model, num_queries, "
                                  "shortest_edge, longest_edge, synth_size, train: {lr, epochs, ...})."),
     resume: bool = resume_option("Continue from RUN/checkpoints/last.ckpt (weights, optimizer, LR schedule, epoch); "
