@@ -35,8 +35,8 @@ COMMAND_MODULES = [
     "vkt.cli.txt2img",
     "vkt.cli.quantize",
     "vkt.cli.train",
-    "vkt.cli.train_dreambooth",  # after vkt.cli.train: joins its `train` group (or makes one)
-    "vkt.cli.train_detr",  # after vkt.cli.train: joins its `train` group (or makes one)
+    "vkt.cli.train_dreambooth",  # the three train modules share one `train` group (vkt.cli.train_common), any order
+    "vkt.cli.train_detr",
     "vkt.cli.synth",
 ]
 
