@@ -97,3 +97,22 @@ def test_profile_too_small_for_guided_batch(cli_bundle):
     out = Txt2Img(cli_bundle, threads=1, progress_bar=False, cfg="sequential")("a cat", num_images_per_prompt=3,
                                                                                height=32, width=32, steps=1, seed=0)
     assert len(out) == 3
+
+
+def test_cli_export_sd_int8_unet(sd_folder, tmp_path):
+    from vkt.bundle import Bundle
+    from vkt.cli.main import main
+    from vkt.runtime.txt2img import Txt2Img
+
+    out = tmp_path / "int8.vkt"
+    assert main(["export", "sd", str(sd_folder), "-o", str(out), "--max-batch", "1", "--min-size", "32", "--opt-size", "32",
+                 "--max-size", "32", "--int8", "--calib-steps", "2", "--no-ort-fused"]) == 0
+    b = Bundle.load(out)
+    assert not [e for e in b.files("fp32 onnx") if e.path.endswith(".ort.onnx")]  # --no-ort-fused
+    qdq = b.files("int8 qdq onnx")
+    assert {e.component for e in qdq} == {"unet"} and {e.meta["placement"] for e in qdq} == {"ort", "trt"}
+    kw = dict(height=32, width=32, steps=2, seed=3, output_type="float")
+    with Txt2Img(b, threads=1, progress_bar=False) as p32, Txt2Img(b, threads=1, progress_bar=False, precision="int8") as p8:
+        a, q = np.stack(p32("a photo of the cats", **kw)), np.stack(p8("a photo of the cats", **kw))
+    assert np.isfinite(q).all() and a.shape == q.shape
+    assert not np.array_equal(a, q)  # the UNet really ran quantized
