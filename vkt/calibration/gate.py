@@ -437,6 +437,21 @@ def holdout_images(folder: str | os.PathLike, min_images: int = 1) -> list[Path]
     return paths
 
 
+def load_holdout_images(images: Sequence[Any], who: str) -> list[np.ndarray]:
+    """Held-out images (paths or arrays) as BGR uint8 arrays; CalibrationError naming an unreadable one, or none."""
+    from vkt.runtime.image import load_image
+
+    imgs = []
+    for i, im in enumerate(images):
+        try:
+            imgs.append(load_image(im, i))
+        except Exception as e:
+            raise CalibrationError(f"held-out image {str(im)[:200]!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
+    if not imgs:
+        raise CalibrationError(f"{who} needs at least one held-out image, got none")
+    return imgs
+
+
 def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = MIN_HOLDOUT_REGIONS,
                       iou_thresh: float = 0.5, threads: int | None = None, show_progress: bool = True) -> Metric:
     """Text-detection gate metric: hmean of a model's boxes scored against the bundle's FP32 boxes.
@@ -448,18 +463,10 @@ def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = 
     """
     from vkt.eval.textdet import hmean_between
     from vkt.runtime import make_runner
-    from vkt.runtime.image import load_image
 
     if bundle.task != "text-detection":
         raise CalibrationError(f"textdet_agreement scores text detectors; bundle {bundle.name!r} is for task {bundle.task!r}")
-    imgs = []
-    for i, im in enumerate(images):
-        try:
-            imgs.append(load_image(im, i))
-        except Exception as e:
-            raise CalibrationError(f"held-out image {str(im)[:200]!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
-    if not imgs:
-        raise CalibrationError("the text-detection gate needs at least one held-out image, got none")
+    imgs = load_holdout_images(images, "the text-detection gate")
     spec = bundle.spec()
     overrides = {k: v for k, v in bundle.postprocess.items() if k != "type"}
     overrides.update({k: v for k, v in bundle.preprocess.get("resize", {}).items()

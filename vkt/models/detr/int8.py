@@ -102,21 +102,14 @@ def detr_agreement(bundle: Any, images: Sequence[Any], *, gt_threshold: float | 
     Raises CalibrationError when the reference holds fewer than ``min_boxes`` boxes: an AP over so
     few moves by several points per box.
     """
+    from vkt.calibration.gate import load_holdout_images
     from vkt.log import progress
     from vkt.runtime import make_runner
     from vkt.runtime.detection import Detector
-    from vkt.runtime.image import load_image
 
     if bundle.task != "object-detection":
         raise CalibrationError(f"detr_agreement scores object detectors; bundle {bundle.name!r} is for task {bundle.task!r}")
-    imgs = []
-    for i, im in enumerate(images):
-        try:
-            imgs.append(load_image(im, i))
-        except Exception as e:
-            raise CalibrationError(f"held-out image {str(im)[:200]!r} cannot be read: {str(e).splitlines()[0][:200]}") from None
-    if not imgs:
-        raise CalibrationError("the DETR accuracy gate needs at least one held-out image, got none")
+    imgs = load_holdout_images(images, "the DETR accuracy gate")
     threshold = float(bundle.postprocess.get("score_threshold", 0.5)) if gt_threshold is None else float(gt_threshold)
     resize = {k: v for k, v in bundle.preprocess.get("resize", {}).items() if k in ("shortest_edge", "longest_edge")}
     spec = bundle.spec()
