@@ -115,6 +115,15 @@ def test_checkpoint_kill_resume_gives_the_same_next_loss(synth, tmp_path):
     with pytest.raises(Killed):
         _fit(synth, cfg, out_dir=run, callbacks=[KillAfterStep2()])
     assert load_checkpoint(run)["step"] == 2
+    # a checkpoint from before biases/norms left weight decay (one optimizer group): a clear error, not torch's
+    old = tmp_path / "old"
+    old.mkdir()
+    state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    state["optimizer"]["param_groups"] = [{**groups[0], "params": sorted(p for g in groups for p in g["params"])}]
+    torch.save(state, old / "ckpt.pt")
+    with pytest.raises(InputError, match="1 parameter group"):
+        _fit(synth, None, out_dir=old, resume=True)
     resumed = _fit(synth, None, out_dir=run, resume=True)
     got = {h["step"]: h["loss"] for h in resumed.history if "loss" in h}
     assert resumed.start_step == 2 and sorted(got) == [1, 2, 3, 4]

@@ -293,7 +293,14 @@ def _callbacks(out_dir: Path | None, val: Sequence[TextSample] | None, config: T
         def on_train_start(self, trainer: Any, module: Any) -> None:
             st = getattr(module, "_resume_state", None)
             if st is not None:  # optimiser / scheduler exist only now
-                trainer.optimizers[0].load_state_dict(st["optimizer"])
+                opt = trainer.optimizers[0]
+                got, want = len(st["optimizer"].get("param_groups", [])), len(opt.param_groups)
+                if got != want:
+                    raise InputError(f"the checkpoint's optimizer has {got} parameter group(s), this version of vkt "
+                                     f"trains with {want} (biases and norms out of weight decay): a checkpoint from "
+                                     "an older vkt cannot be resumed; export it (vkt export textdet RUN/ckpt.pt) or "
+                                     "start a new run")
+                opt.load_state_dict(st["optimizer"])
                 trainer.lr_scheduler_configs[0].scheduler.load_state_dict(st["scheduler"])
                 set_rng_state(st["rng"])
                 module._resume_state = None
