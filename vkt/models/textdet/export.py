@@ -234,15 +234,26 @@ def export_textdet(model: Any, path: str | os.PathLike, spec: ExportSpec | None 
     # exporter's correctness. Folding BN into the convs is exact maths but not exact float32; on a
     # model with near-zero BN variances (a few steps from scratch) it moves a steep probability map
     # by ~1e-3, which is a property of the weights, not an export fault: reported and warned, not fatal.
-    parity = {"x".join(map(str, s)): onnx_parity(wrapper, path, s, spec) for s in shapes}
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    parity: dict[str, float] = {}
+    fold: dict[str, float] | None = {} if fuse else None
+    for s in shapes:
+        key, x = "x".join(map(str, s)), noise_input(s)
+        y = torch_map(wrapper, x)
+        got = sess.run([spec.output_names[0]], {spec.input_names[0]: x})[0]
+        if got.shape != y.shape:
+            raise ModelError(f"ONNX output shape {got.shape} differs from torch's {y.shape} for input {tuple(s)}")
+        parity[key] = float(np.abs(got - y).max())
+        if fold is not None:
+            fold[key] = float(np.abs(torch_map(reference, x) - y).max())
     bad = {k: v for k, v in parity.items() if not v <= atol}
     if bad:
         bad = _beyond_float32_rounding(wrapper, path, [s for s in shapes if "x".join(map(str, s)) in bad], spec, atol)
     if bad:
         raise ModelError(f"exported {str(path)!r} differs from torch by more than {atol}: max abs diff {bad}")
-    fold = None
-    if fuse:
-        fold = {"x".join(map(str, s)): _module_deviation(reference, wrapper, s) for s in shapes}
+    if fold:
         loose = {k: v for k, v in fold.items() if not v <= atol}
         if loose:
             log.warning("folding BatchNorm into the convolutions moved the probability map by %s (max abs, "
@@ -267,12 +278,8 @@ def _beyond_float32_rounding(module: Any, path: str | os.PathLike, shapes: Seque
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = {}
     for s in shapes:
-        x = np.random.default_rng(0).uniform(-1.0, 1.0, tuple(s)).astype(np.float32)
-        with torch.no_grad():
-            y64 = m64(torch.from_numpy(x).double())
-            y32 = module(torch.from_numpy(x))
-        y64 = (y64 if isinstance(y64, torch.Tensor) else y64[0]).numpy()
-        y32 = (y32 if isinstance(y32, torch.Tensor) else y32[0]).double().numpy()
+        x = noise_input(s)
+        y64, y32 = torch_map(m64, x.astype(np.float64)), torch_map(module, x).astype(np.float64)
         got = sess.run([spec.output_names[0]], {spec.input_names[0]: x})[0].astype(np.float64)
         e_ort, e_torch = float(np.abs(got - y64).max()), float(np.abs(y32 - y64).max())
         key = "x".join(map(str, s))
@@ -285,14 +292,16 @@ def _beyond_float32_rounding(module: Any, path: str | os.PathLike, shapes: Seque
     return out
 
 
-def _module_deviation(a: Any, b: Any, shape: Sequence[int], seed: int = 0) -> float:
-    """Max abs difference of two torch modules' maps on the parity check's noise input."""
-    x = torch.from_numpy(np.random.default_rng(seed).uniform(-1.0, 1.0, tuple(shape)).astype(np.float32))
+def noise_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """The parity checks' input: uniform noise in [-1, 1] (the normalised pixel range), float32."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, tuple(shape)).astype(np.float32)
+
+
+def torch_map(module: Any, x: np.ndarray) -> np.ndarray:
+    """``module(x)`` without autograd, as numpy (the first output when the module returns several)."""
     with torch.no_grad():
-        ya, yb = a(x), b(x)
-    ya = ya if isinstance(ya, torch.Tensor) else ya[0]
-    yb = yb if isinstance(yb, torch.Tensor) else yb[0]
-    return float((ya - yb).abs().max())
+        y = module(torch.from_numpy(x))
+    return (y if isinstance(y, torch.Tensor) else y[0]).numpy()
 
 
 def onnx_parity(module: Any, onnx_path: str | os.PathLike, shape: Sequence[int], spec: ExportSpec | None = None,
@@ -304,13 +313,10 @@ def onnx_parity(module: Any, onnx_path: str | os.PathLike, shape: Sequence[int],
     import onnxruntime as ort
     spec = spec or textdet_spec()
     if x is None:
-        x = np.random.default_rng(seed).uniform(-1.0, 1.0, tuple(shape)).astype(np.float32)
+        x = noise_input(shape, seed)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run([spec.output_names[0]], {spec.input_names[0]: x})[0]
-    with torch.no_grad():
-        want = module(torch.from_numpy(x))
-    want = want if isinstance(want, torch.Tensor) else want[0]
-    want = want.numpy()
+    want = torch_map(module, x)
     if got.shape != want.shape:
         raise ModelError(f"ONNX output shape {got.shape} differs from torch's {want.shape} for input {tuple(shape)}")
     return float(np.abs(got - want).max())
