@@ -119,6 +119,17 @@ class Detections:
 
 
 # ---- post-processing -----------------------------------------------------------------------------
+def output_kind(output_names: Sequence[str], error: type[Exception] = ModelError) -> str:
+    """``"postprocessed"`` (in-graph scores/labels/boxes) or ``"raw"`` (logits/pred_boxes) for a DETR graph's
+    outputs; ``error`` (ModelError by default) naming both expected sets otherwise."""
+    outs = set(output_names)
+    if set(FINAL_OUTPUTS) <= outs:
+        return "postprocessed"
+    if set(RAW_OUTPUTS) <= outs:
+        return "raw"
+    raise error(f"a DETR graph has outputs {list(RAW_OUTPUTS)} or {list(FINAL_OUTPUTS)}, got {list(output_names)}")
+
+
 def decode_raw(logits: np.ndarray, pred_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's raw heads -> (scores [Q], labels [Q] int64, boxes [Q, 4] xyxy in [0, 1]).
 
@@ -249,13 +260,7 @@ class Detector(ImagePipeline):
     def activate(self) -> Detector:
         self.runner.activate()
         spec = self.runner.spec
-        outs = set(spec.output_names)
-        if set(FINAL_OUTPUTS) <= outs:
-            self.kind = "postprocessed"
-        elif set(RAW_OUTPUTS) <= outs:
-            self.kind = "raw"
-        else:
-            raise ModelError(f"a DETR graph has outputs {list(RAW_OUTPUTS)} or {list(FINAL_OUTPUTS)}, got {spec.output_names}")
+        self.kind = output_kind(spec.output_names)
         self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
         self.has_mask = MASK in spec.input_names
         if self.kind == "postprocessed" and SIZES not in spec.input_names:

@@ -180,22 +180,10 @@ class ObjectDetectTask:
     task = "object-detection"
 
     def __init__(self, preprocess: Mapping[str, Any], postprocess: Mapping[str, Any], spec: Any):
-        from vkt.runtime.detection import (
-            FINAL_OUTPUTS,
-            MASK,
-            RAW_OUTPUTS,
-            SIZES,
-            DetrParams,
-        )
+        from vkt.runtime.detection import MASK, SIZES, DetrParams, output_kind
 
         self.params = DetrParams.from_dict(postprocess)
-        outs = set(spec.output_names)
-        if set(FINAL_OUTPUTS) <= outs:
-            self.kind = "postprocessed"
-        elif set(RAW_OUTPUTS) <= outs:
-            self.kind = "raw"
-        else:
-            raise InputError(f"a DETR graph has outputs {list(RAW_OUTPUTS)} or {list(FINAL_OUTPUTS)}, got {spec.output_names}")
+        self.kind = output_kind(spec.output_names, InputError)
         self.input_name = preprocess.get("input") or spec.input_names[0]
         self.has_mask = MASK in spec.input_names
         self.has_sizes = SIZES in spec.input_names
