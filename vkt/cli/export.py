@@ -10,6 +10,16 @@ export_app = typer.Typer(help="Export a model to a bundle (ONNX + manifest; INT8
                          no_args_is_help=True)
 
 
+def _check_calib(int8: bool, calib: Path | None) -> None:
+    """--int8 and --calib come together (exit 2 otherwise)."""
+    from vkt.errors import InputError
+
+    if int8 and calib is None:
+        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    if calib is not None and not int8:
+        raise InputError("--calib is only used with --int8")
+
+
 @export_app.command("onnx")
 def export_onnx(
     model: Path = typer.Argument(..., help="The .onnx file to import (weights as initializers or Constant nodes)."),
@@ -42,10 +52,7 @@ def export_onnx(
     from vkt.export.onnx_import import import_onnx
     from vkt.specs import parse_profile
 
-    if int8 and calib is None:
-        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
-    if calib is not None and not int8:
-        raise InputError("--calib is only used with --int8")
+    _check_calib(int8, calib)
     if (holdout is not None or qat) and not int8:
         raise InputError("--holdout and --qat are only used with --int8")
     from vkt.cli.quantize import gate_options
@@ -177,10 +184,7 @@ def export_detr_cmd(
 
     from vkt.errors import InputError
 
-    if int8 and calib is None:
-        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
-    if calib is not None and not int8:
-        raise InputError("--calib is only used with --int8")
+    _check_calib(int8, calib)
     if holdout is not None and not (int8 and gate):
         raise InputError("--holdout is only used with --int8 and the gate (not with --no-gate)")
     if not 0 <= max_drop < 100:
