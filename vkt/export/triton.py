@@ -141,6 +141,19 @@ def pipeline_config_pbtxt(name: str, core: str, task: str, instances: int = 1) -
     ]) + "\n"
 
 
+def _write_model_dir(model_dir: Path, src: Path, fname: str, manifest: dict, config: str, overwrite: bool) -> Path:
+    """One Triton model folder: ``1/<fname>`` copied from ``src``, ``vkt_manifest.json``, then ``config.pbtxt``."""
+    if model_dir.exists():
+        if not overwrite:
+            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    atomic_copy(src, model_dir / "1" / fname)
+    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(model_dir / "config.pbtxt", config)  # last: Triton ignores a folder without it
+    return model_dir
+
+
 def write_pipeline_model(b: Bundle, repo: str | os.PathLike, core: str, instances: int = 1, overwrite: bool = False) -> Path:
     """Write ``<core>_pipeline`` (Python backend: image bytes -> detections, BLS to ``core``); returns its folder."""
     if b.task not in PIPELINE_TASKS:
@@ -152,16 +165,8 @@ def write_pipeline_model(b: Bundle, repo: str | os.PathLike, core: str, instance
     if not _NAME.match(name):
         raise InputError(f"Triton model name {name!r} is too long or has characters Triton does not accept")
     text = pipeline_config_pbtxt(name, core, b.task, instances)
-    model_dir = Path(repo) / name
-    if model_dir.exists():
-        if not overwrite:
-            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
-        shutil.rmtree(model_dir)
-    (model_dir / "1").mkdir(parents=True)
-    atomic_copy(Path(__file__).with_name("triton_pipeline_model.py"), model_dir / "1" / "model.py")
-    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(b.manifest, indent=2) + "\n")
-    atomic_write_text(model_dir / "config.pbtxt", text)  # last: Triton ignores a folder without it
-    return model_dir
+    return _write_model_dir(Path(repo) / name, Path(__file__).with_name("triton_pipeline_model.py"), "model.py",
+                            b.manifest, text, overwrite)
 
 
 def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
@@ -195,15 +200,7 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
             raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
         src, fname = b.root / b.entry(role, component, placement="ort").path, "model.onnx"
     text = config_pbtxt(name, spec, opts)
-    model_dir = Path(repo) / name
-    if model_dir.exists():
-        if not overwrite:
-            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
-        shutil.rmtree(model_dir)
-    (model_dir / "1").mkdir(parents=True)
-    atomic_copy(src, model_dir / "1" / fname)
-    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(b.manifest, indent=2) + "\n")
-    atomic_write_text(model_dir / "config.pbtxt", text)  # last: Triton ignores a folder without it
+    model_dir = _write_model_dir(Path(repo) / name, src, fname, b.manifest, text, overwrite)
     if pipeline:
         write_pipeline_model(b, repo, name, instances=opts.instances, overwrite=overwrite)
     return model_dir
