@@ -70,3 +70,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, CHUNK)
+
+
+def read_utf8_lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
+    """Non-blank lines of a UTF-8 text file (BOM allowed) as ``(line number, line)``.
+
+    ``what`` names the file in errors ("label file", "ground-truth file"): InputError when it is
+    missing or not UTF-8.
+    """
+    from vkt.errors import InputError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found: {str(p)!r}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]

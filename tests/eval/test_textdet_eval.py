@@ -102,3 +102,23 @@ def test_icdar_folder_loader(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images"):
         load_icdar_dir(tmp_path / "empty")
+
+
+def test_label_readers_name_missing_and_non_utf8_files(tmp_path):
+    from vkt.errors import InputError
+    from vkt.eval.textdet import load_icdar_gt
+    from vkt.training.textdet_data import read_label_file
+
+    bad = tmp_path / "gt_a.txt"
+    bad.write_bytes("0,0,9,0,9,9,0,9,caf\xe9\n".encode("latin-1"))
+    good = tmp_path / "gt_b.txt"
+    good.write_text("\ufeff0,0,9,0,9,9,0,9,ab,c\n\n1,1,5,1,5,5,1,5,###\n", encoding="utf-8")
+    for reader, what in ((load_icdar_gt, "ground-truth file"), (read_label_file, "label file")):
+        with pytest.raises(InputError, match=f"{what} not found: .*nope.txt"):
+            reader(tmp_path / "nope.txt")
+        with pytest.raises(InputError, match=f"{what} .*gt_a.txt.* is not UTF-8 text"):
+            reader(bad)
+    regions = load_icdar_gt(good)  # BOM dropped, blank line skipped, commas kept in the transcription
+    assert [r.text for r in regions] == ["ab,c", "###"] and [r.dont_care for r in regions] == [False, True]
+    polys, texts = read_label_file(good)
+    assert texts == ["ab,c", "###"] and polys[1].tolist() == [[1, 1], [5, 1], [5, 5], [1, 5]]

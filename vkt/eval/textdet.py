@@ -76,14 +76,9 @@ def parse_icdar_line(line: str, where: str = "label") -> GtRegion:
 
 def load_icdar_gt(path: str | os.PathLike) -> list[GtRegion]:
     """Read one ICDAR-2015 ground-truth file (UTF-8, BOM allowed, blank lines skipped)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"ground-truth file not found: {str(p)!r}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"ground-truth file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return [parse_icdar_line(line, f"{p.name} line {i}") for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    from vkt.fsutil import read_utf8_lines
+
+    return [parse_icdar_line(line, f"{Path(path).name} line {i}") for i, line in read_utf8_lines(path, "ground-truth file")]
 
 
 def gt_path_for(image: Path, root: Path) -> Path | None:

@@ -68,19 +68,13 @@ def parse_label_line(line: str, where: str = "label") -> tuple[np.ndarray, str]:
 
 def read_label_file(path: str | os.PathLike) -> tuple[list[np.ndarray], list[str]]:
     """All regions of one label file (UTF-8, BOM allowed, blank lines skipped); errors give the line number."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"label file not found: {str(p)!r}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"label file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from vkt.fsutil import read_utf8_lines
+
     polys, texts = [], []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            poly, t = parse_label_line(line, f"{p.name} line {i}")
-            polys.append(poly)
-            texts.append(t)
+    for i, line in read_utf8_lines(path, "label file"):
+        poly, t = parse_label_line(line, f"{Path(path).name} line {i}")
+        polys.append(poly)
+        texts.append(t)
     return polys, texts
 
 
