@@ -146,6 +146,10 @@ def test_export_errors(ckpt, tmp_path, capsys):
     assert "--max-drop is in points of AP" in capsys.readouterr().err
     assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--on-fail", "ship"]) == 2
     assert "--on-fail must be fp32 or best" in capsys.readouterr().err
+    assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--weight-rounding", "adaround"]) == 2
+    assert "--weight-rounding must be gptq or nearest, got 'adaround'" in capsys.readouterr().err
+    assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--percentile", "0"]) == 2
+    assert "--percentile must be in (0, 100]" in capsys.readouterr().err
     assert main(["export", "detr", str(tmp_path / "none"), "-o", out]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     # a checkpoint with a missing and an unexpected key: listed by name

@@ -167,6 +167,10 @@ def export_detr_cmd(
     calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
     num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
+    percentile: float = typer.Option(99.99, "--percentile", help="With --int8 and --calib-method percentile: the |x| "
+                                     "percentile of each activation range."),
+    weight_rounding: str = typer.Option("gptq", "--weight-rounding", help="With --int8: gptq (conv weights rounded to "
+                                        "int8 against the calibration images' activations) | nearest."),
     holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate (default: "
                                  "every 4th --calib image when it holds 8 or more, left out of calibration)."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="With --int8: run the accuracy gate (metric: COCO AP of INT8 "
@@ -191,6 +195,10 @@ def export_detr_cmd(
         raise InputError(f"--max-drop is in points of AP (2.0 = 0.02), in [0, 100); got {max_drop!r}")
     if on_fail not in ("fp32", "best"):
         raise InputError(f"--on-fail must be fp32 or best, got {on_fail!r}")
+    if weight_rounding not in ("gptq", "nearest"):
+        raise InputError(f"--weight-rounding must be gptq or nearest, got {weight_rounding!r}")
+    if not 0 < percentile <= 100:
+        raise InputError(f"--percentile must be in (0, 100], got {percentile!r}")
     static_shape = None
     if static is not None:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", static)
@@ -253,7 +261,8 @@ def export_detr_cmd(
         from vkt.models.detr.int8 import quantize_detr
 
         section = quantize_detr(bundle, calib, holdout=holdout, gate=gate, method=calib_method, num_images=num_images,
-                                max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads)
+                                max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads, percentile=percentile,
+                                weight_rounding=weight_rounding)
         print_calibration(Bundle.load(dest), section)
 
 
