@@ -5,8 +5,9 @@ Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--cali
 
 1. transformers' DetrForObjectDetection with DETR-R50's architecture (ResNet-50 from transformers, no
    timm, random weights, seed 0) is exported with vkt.models.detr.export.export_bundle (raw heads).
-2. INT8: one calibration (percentile 99.999) on scikit-image photos resized to 800x1066, written as
-   the onnxruntime placement (vkt.calibration.quantize_bundle): Q/DQ on Conv/MatMul/Gemm and the
+2. INT8: one calibration (percentile 99.99, DETR's default) on scikit-image photos resized to 800x1066, written as
+   the onnxruntime placement (vkt.calibration.quantize_bundle; round-to-nearest weights: GPTQ, the
+   default of `vkt export detr --int8`, changes weight values, not the graph that is timed): Q/DQ on Conv/MatMul/Gemm and the
    element-wise ops between them, Softmax and LayerNormalization kept in float (quantizing Softmax
    collapses attention: ORT's uint8 Softmax output scale is fixed at 1/255).
 3. Speed: vkt.bench.run_bench interleaves the targets call by call on one 1x3x800x1066 feed; with --keep
@@ -20,8 +21,9 @@ Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--cali
    detections taken as ground truth — on real photos (DETR-R50, random weights: FP32's top-10 per
    image are the ground truth, as its scores are near-uniform), and, with --trained, on the
    reduced model trained by `vkt train detr` (ground truth: FP32 detections scoring > 0.5) on
-   synthetic validation images and on the photos, for the INT8 graph `vkt export detr --int8` ships
-   (calibration + accuracy gate on other synthetic images; --no-gate: calibration only).
+   synthetic validation images and on the photos (also mirrored, and centre crops of both: more real
+   boxes, less noise), for the INT8 graph `vkt export detr --int8` ships (calibration + accuracy gate on
+   other synthetic images and pictures; --no-gate: calibration only; --weight-rounding / --percentile).
 """
 
 from __future__ import annotations
@@ -128,8 +130,16 @@ def agreement(fp32: list, int8: list, image_sizes: list[tuple[int, int]], gt_top
 
 def quantize(bundle: Path, feeds: list[dict[str, np.ndarray]], method: str) -> dict:
     from vkt.calibration.api import quantize_bundle
+    from vkt.models.detr.int8 import PERCENTILE
 
-    return quantize_bundle(bundle, feeds, method=method, targets=("ort",), eval_samples=0, show_progress=True)
+    return quantize_bundle(bundle, feeds, method=method, targets=("ort",), eval_samples=0, percentile=PERCENTILE,
+                           show_progress=True)
+
+
+def centre_crop(img: np.ndarray, frac: float = 0.8) -> np.ndarray:
+    h, w = img.shape[:2]
+    dh, dw = int(h * (1 - frac) / 2), int(w * (1 - frac) / 2)
+    return np.ascontiguousarray(img[dh:h - dh, dw:w - dw])
 
 
 def detections(bundle: Path, precision: str, images: list, threads: int) -> list:
@@ -140,13 +150,14 @@ def detections(bundle: Path, precision: str, images: list, threads: int) -> list
 
 
 def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, method: str, gate: bool = True,
-                      max_drop: float = 0.02) -> dict:
+                      max_drop: float = 0.02, **options) -> dict:
     """INT8 vs FP32 on the reduced model trained by `vkt train detr` (synthetic val images and photos).
 
     The INT8 graph is what `vkt export detr --int8` ships: calibration on 24 synthetic images (seed 7) and
     8 scikit-image pictures not among the scored photos (CALIB_PHOTOS), the accuracy gate (AP vs FP32, budget
     0.02) on 32 other synthetic images (seed 2) and 6 other pictures (HOLDOUT_PHOTOS); agreement is then measured on ``n_val`` further synthetic
-    images (seed 1, the training run's validation draw) and the photos.
+    images (seed 1, the training run's validation draw) and the photos (as they are, mirrored, and
+    centre crops of both). ``options``: further quantize_detr arguments (weight_rounding, percentile).
     """
     import shutil
 
@@ -177,14 +188,17 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
     for p in photo_paths(HOLDOUT_PHOTOS):
         shutil.copy(p, folders["holdout"] / f"photo_{p.name}")
     section = quantize_detr(dest, folders["calib"], holdout=folders["holdout"] if gate else None, gate=gate, method=method,
-                            targets=("ort",), on_fail="best", threads=threads, max_drop=max_drop)
+                            targets=("ort",), on_fail="best", threads=threads, max_drop=max_drop, **options)
     val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1, **synth)]
     photos = [read_image(p) for p in photo_paths()]
+    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in photos]
     gate = section.get("gate")
-    out: dict = {"gate": None if gate is None else {
+    out: dict = {"weights": section.get("weights"), "options": section.get("options"),
+                 "gate": None if gate is None else {
         "baseline": gate["baseline"], "chosen_step": (gate["chosen"] or {}).get("step"),
         "steps": [{k: st[k] for k in ("layers_kept_float", "metric", "speedup")} for st in gate["steps"]]}}
-    for name, imgs in (("synthetic_val", val), ("photos", photos)):
+    for name, imgs in (("synthetic_val", val), ("photos", photos), ("photos_mirrored", mirrored),
+                       ("photo_crops", [centre_crop(im) for im in photos + mirrored])):
         f = detections(dest, "fp32", imgs, threads)
         q = detections(dest, "int8", imgs, threads)
         out[name] = agreement(f, q, [im.shape[:2] for im in imgs], gt_threshold=0.5)
@@ -227,6 +241,8 @@ def main() -> int:
     ap.add_argument("--skip-torch", action="store_true", help="time ORT only (FP32 and INT8 graphs)")
     ap.add_argument("--no-gate", action="store_true", help="--trained: INT8 without the accuracy gate")
     ap.add_argument("--max-drop", type=float, default=0.02, help="--trained: the gate's AP budget (0.02 = 2 points)")
+    ap.add_argument("--weight-rounding", default=None, help="--trained: gptq | nearest (default: quantize_detr's)")
+    ap.add_argument("--percentile", type=float, default=None, help="--trained: calibration percentile (default: quantize_detr's)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/detr.json"))
     args = ap.parse_args()
 
@@ -251,7 +267,9 @@ def main() -> int:
     if args.trained is not None:
         t0 = time.perf_counter()
         result["trained_int8_agreement"] = trained_agreement(args.trained, work, args.threads, args.n_val, args.method,
-                                                             gate=not args.no_gate, max_drop=args.max_drop)
+                                                             gate=not args.no_gate, max_drop=args.max_drop,
+                                                             **{k: v for k, v in (("weight_rounding", args.weight_rounding),
+                                                                                  ("percentile", args.percentile)) if v is not None})
         print("trained reduced model, INT8 vs FP32:", json.dumps(result["trained_int8_agreement"]), f"({time.perf_counter() - t0:.0f} s)",
               flush=True)
     if not args.skip_r50:
