@@ -105,6 +105,26 @@ def test_bundle_layout(bundle):
     assert b.manifest["postprocess"]["type"] == "sd-vae"
 
 
+def test_ort_graphs_carry_the_cpu_rewrites(bundle):
+    """The onnxruntime graphs (which test_txt2img_matches_diffusers runs) hold the sub-pixel up-samplers and
+    flash-attention MultiHeadAttention, and match the plain graphs; TensorRT's plain graphs keep Resize + Conv."""
+    import onnx
+
+    from vkt.bundle import Bundle
+    from vkt.models.sd.optimize import max_rel_diff
+
+    b = Bundle.load(bundle)
+    for comp, rewrites in (("unet", {"subpixel_upsample_conv": 1, "self_attention_mha": 4}),  # 4 transformer blocks
+                           ("vae_decoder", {"subpixel_upsample_conv": 3})):
+        e = b.entry("fp32 onnx", comp, placement="ort")
+        assert e.path == f"{comp}.ort.onnx" and e.meta["rewrites"] == rewrites, e.meta
+        ops = [n.op_type for n in onnx.load(str(b.root / e.path)).graph.node]
+        assert "Resize" not in ops and ops.count("DepthToSpace") == rewrites["subpixel_upsample_conv"]
+        assert "Attention" not in ops
+        assert "Resize" in [n.op_type for n in onnx.load(str(b.path("fp32 onnx", comp))).graph.node]
+        assert max_rel_diff(b.path("fp32 onnx", comp), b.root / e.path, b.spec(comp)) < 1e-5
+
+
 @pytest.mark.parametrize("scheduler, guidance", [(None, 7.5), ("euler", 7.5), ("dpm++2m", 7.5), ("pndm", 7.5), (None, 1.0)])
 def test_txt2img_matches_diffusers(bundle, tiny_pipe, torch1, latents, scheduler, guidance):
     from vkt.runtime.txt2img import Txt2Img

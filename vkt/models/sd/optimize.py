@@ -9,6 +9,10 @@ Which fusions, and why (onnxruntime 1.31, CPUExecutionProvider):
   LayerNorm -> ``LayerNormalization`` / ``SkipLayerNormalization``, Gelu / QuickGelu: all have CPU kernels;
 - off: ``GroupNorm``, ``SkipGroupNorm``, ``NhwcConv``, ``BiasSplitGelu``, ``BiasAdd`` and packed
   QKV / KV for MultiHeadAttention: CUDA-only kernels (a CPU session would fail to load them).
+Then exact rewrites (vkt.models.sd.cpu_rewrites) that cut CPU work: UNet and VAE up-samplers (nearest x2 +
+3x3 conv) as four 2x2 sub-pixel convs (2.25x fewer FLOPs), UNet self-attention as MultiHeadAttention (the CPU
+flash-attention kernel) instead of packed-QKV ``Attention``. So the VAE decoder, where no fusion applies, gets an
+``.ort.onnx`` graph too.
 The written graph is checked: every com.microsoft op must be in :data:`CPU_CONTRIB_OPS`, and its
 output must match the plain graph's on onnxruntime CPU (``max |fused - plain| / max |plain|``).
 """
@@ -69,12 +73,13 @@ def _unet_num_heads_fix() -> Iterator[None]:
             m.FusionAttentionUnet.get_num_heads = f
 
 
-def optimize_graph(src: str | Path, model_type: str) -> tuple[Any, dict[str, int]]:
-    """Fuse ``src`` (an .onnx path; external data beside it) for onnxruntime CPU.
+def optimize_graph(src: str | Path, model_type: str) -> tuple[Any, dict[str, int], dict[str, int]]:
+    """Fuse ``src`` (an .onnx path; external data beside it) for onnxruntime CPU, then apply the exact rewrites.
 
-    Returns (onnx.ModelProto, {fused op type: count}): weights that were external in ``src`` stay
-    references to ``src``'s data file (save the result in the same folder); new (repacked) weights are
-    inline. Raises ModelError when the result holds a com.microsoft op without a CPU kernel.
+    Returns (onnx.ModelProto, {fused op type: count}, {rewrite: count}): weights that were external in
+    ``src`` stay references to ``src``'s data file (save the result in the same folder); new (repacked or
+    rewritten) weights are inline. Raises ModelError when the result holds a com.microsoft op without a
+    CPU kernel.
     """
     with _quiet_optimizer():
         from onnxruntime.transformers import optimizer
@@ -96,11 +101,19 @@ def optimize_graph(src: str | Path, model_type: str) -> tuple[Any, dict[str, int
         # folding) still run when the session loads the graph, as for the plain one.
         m = optimizer.optimize_model(proto, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
                                      optimization_options=opts, use_gpu=False)
+    from vkt.models.sd.cpu_rewrites import self_attention_to_mha, subpixel_upsample_convs
+
+    rewrites = {}
+    if model_type in ("unet", "vae"):
+        rewrites["subpixel_upsample_conv"] = subpixel_upsample_convs(m.model, src.parent)
+    if model_type == "unet":
+        rewrites["self_attention_mha"] = self_attention_to_mha(m.model)
+    rewrites = {k: v for k, v in rewrites.items() if v}
     counts = Counter(n.op_type for n in m.model.graph.node if n.domain == "com.microsoft")
     bad = sorted(set(counts) - CPU_CONTRIB_OPS)
     if bad:
         raise ModelError(f"onnxruntime's {model_type} optimizer wrote {bad}, which have no CPU kernel")
-    return m.model, dict(counts)
+    return m.model, dict(counts), rewrites
 
 
 @contextlib.contextmanager
@@ -181,7 +194,8 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
         tol: largest accepted ``max |fused - plain| / max |plain|``; above it the component keeps only
             its plain graph and a warning says why.
     Returns:
-        {component: {"fused": {op: count}, "parity_max_rel": float, "file": name}} for the graphs added.
+        {component: {"fused": {op: count}, "rewrites": {rewrite: count}, "parity_max_rel": float, "file": name}}
+        for the graphs added.
     A graph with external data shares its plain graph's data file (only repacked weights are new).
     """
     from vkt.bundle import Bundle
@@ -195,9 +209,9 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
             raise ModelError(f"no onnxruntime fusion recipe for component {comp!r}; expected some of {sorted(MODEL_TYPES)}")
         plain = b.path("fp32 onnx", comp)
         with timed(f"fusing {comp} for onnxruntime CPU", log):
-            proto, counts = optimize_graph(plain, MODEL_TYPES[comp])
-        if not counts:
-            log.info("%s: nothing to fuse; keeping the plain graph only", comp)
+            proto, counts, rewrites = optimize_graph(plain, MODEL_TYPES[comp])
+        if not counts and not rewrites:
+            log.info("%s: nothing to fuse or rewrite; keeping the plain graph only", comp)
             continue
         name = f"{comp}.ort.onnx"
         shared = sorted({kv.value for t in proto.graph.initializer for kv in t.external_data if kv.key == "location"})
@@ -216,12 +230,13 @@ def add_ort_graphs(bundle: Any, components: Sequence[str] = ("text_encoder", "un
             log.warning("%s: the fused graph differs from the plain one by %.3g (> tol %g); not added", comp, err, tol)
             continue
         meta = {"placement": "ort", "optimizer": "onnxruntime.transformers", "model_type": MODEL_TYPES[comp],
-                "fused": counts, "parity_max_rel": err, **({"shares_external_data": shared} if shared else {})}
+                "fused": counts, "rewrites": rewrites, "parity_max_rel": err,
+                **({"shares_external_data": shared} if shared else {})}
         if len(files) > 1:
             b.add_file(files[1], files[1].name, role="onnx external data", component=comp, meta={"placement": "ort"})
         b.add_file(files[0], name, role="fp32 onnx", component=comp, meta=meta)
-        done[comp] = {"fused": counts, "parity_max_rel": err, "file": name}
-        log.info("%s: fused %s; max rel diff vs plain %.2g", comp, counts, err)
+        done[comp] = {"fused": counts, "rewrites": rewrites, "parity_max_rel": err, "file": name}
+        log.info("%s: fused %s, rewrote %s; max rel diff vs plain %.2g", comp, counts, rewrites, err)
     return done
 
 
