@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
-from vkt.models.sd.cpu_rewrites import self_attention_to_mha, subpixel_upsample_convs  # noqa: E402
+from vkt.models.sd.cpu_rewrites import self_attention_to_mha, subpixel_upsample_convs
 
 
 def _model(nodes, inputs, inits, opsets=(("", 17),)):
@@ -35,7 +35,7 @@ def _run(m, feed):
 
 def _conv3x3(x, w, b):
     """Direct conv, stride 1, zero pad 1: x [N, C, H, W], w [M, C, 3, 3] -> [N, M, H, W] (float64)."""
-    n, c, h, wd = x.shape
+    n, _, h, wd = x.shape
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
     y = np.zeros((n, w.shape[0], h, wd)) + b[None, :, None, None]
     for dy in range(3):
@@ -77,8 +77,8 @@ def test_subpixel_upsample_conv_matches_direct_conv(n, c, m, h, wd):
     assert np.abs(got - want).max() < 1e-5 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("kw", [dict(coord=b"half_pixel"), dict(mode=b"linear"), dict(strides=(2, 2)),
-                                dict(extra_consumer=True)])
+@pytest.mark.parametrize("kw", [{"coord": b"half_pixel"}, {"mode": b"linear"}, {"strides": (2, 2)},
+                                {"extra_consumer": True}])
 def test_subpixel_leaves_other_patterns(kw):
     """Half-pixel or linear up-sampling, strided convs and up-sampled tensors read twice are not the pattern."""
     rng = np.random.default_rng(1)
