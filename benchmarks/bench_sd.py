@@ -18,8 +18,9 @@ images for one prompt at guidance 7.5 with DDIM (the three pipelines share the b
                    unfused text_encoder.onnx / unet.onnx (torch.onnx.export, opset 17) and a VAE decoder
                    graph with diffusers' input name (latent_sample) and no baked 1/scaling_factor, in its own
                    sessions (onnxruntime's default options but the thread count)
-vkt's bundle runs the onnxruntime-only fused graphs (``*.ort.onnx``, vkt.models.sd.optimize: Attention /
-MultiHeadAttention / SkipLayerNormalization / Gelu); they are added to the cached bundle when missing.
+vkt's bundle runs the onnxruntime-only graphs (``*.ort.onnx``, vkt.models.sd.optimize: MultiHeadAttention /
+SkipLayerNormalization / Gelu fusions, sub-pixel up-sampler convs); they are (re)written in the cached bundle when
+missing or older than the CPU rewrites.
 Threads: torch.set_num_threads(T) and onnxruntime intra_op_num_threads = T for everything (default 2).
 Figures include tokenization, text encoding, the denoising loop, VAE decoding and the conversion to
 uint8 arrays (diffusers: output_type="np"; vkt: uint8 HxWx3); not model loading.
@@ -118,11 +119,14 @@ def prepare(size: str, work: Path, height: int, max_batch: int) -> dict[str, Pat
         export_sd(folder, bundle, profile=SDProfile(max_batch=max_batch, min_size=min(height, 256), opt_size=height,
                                                     max_size=max(height, 512)), overwrite=True)
         print(f"# exported the vkt bundle in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    if not any(e.meta.get("placement") == "ort" for e in _bundle_files(bundle, "fp32 onnx")):
+    ort_graphs = {e.component: e.meta for e in _bundle_files(bundle, "fp32 onnx") if e.meta.get("placement") == "ort"}
+    stale = [c for c in ("text_encoder", "unet", "vae_decoder")
+             if c not in ort_graphs or (c != "text_encoder" and "rewrites" not in ort_graphs[c])]
+    if stale:  # missing, or written before the CPU rewrites (vkt.models.sd.cpu_rewrites)
         from vkt.models.sd.optimize import add_ort_graphs
 
         t0 = time.perf_counter()
-        done = add_ort_graphs(bundle, ("text_encoder", "unet"))  # the VAE decoder has nothing to fuse
+        done = add_ort_graphs(bundle, stale)
         print(f"# fused graphs for onnxruntime in {time.perf_counter() - t0:.0f} s: {done}", file=sys.stderr, flush=True)
     if not vae_onnx.is_file():
         vae = AutoencoderKL.from_pretrained(str(folder / "vae")).eval()
@@ -358,7 +362,9 @@ def main() -> None:
         return Target(name, run, includes=INCLUDES[name])
 
     cases = [Case(f"B={B} {H}x{H} {STEPS} steps", {"B": np.array([B])}, B) for B in batches]
+    load_before = os.getloadavg()
     rows = run_bench([make(n) for n in which], cases, BenchConfig(warmup=args.warmup, iters=args.iters), show_progress=True)
+    load_after = os.getloadavg()
     for r in rows:
         recs = stage_log.get((r.target, r.batch), [])[args.warmup:]
         r.info = dict(r.info)  # run_bench shares one info dict between a target's rows
@@ -377,7 +383,8 @@ def main() -> None:
             for r in rows:
                 if r.target == name:
                     r.info["memory_b1"] = mem
-    extra = {"bench": "sd", "size": args.size, "height": H, "steps": STEPS, "threads": args.threads, "guidance": GUIDANCE}
+    extra = {"bench": "sd", "size": args.size, "height": H, "steps": STEPS, "threads": args.threads, "guidance": GUIDANCE,
+             "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after]}
     text = rows_to_json(rows, extra)
     print(text)
     if args.out:
