@@ -174,7 +174,8 @@ def export_detr_cmd(
     holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate (default: "
                                  "every 4th --calib image when it holds 8 or more, left out of calibration)."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="With --int8: run the accuracy gate (metric: COCO AP of INT8 "
-                              "detections against FP32's; keeps heads, decoder, encoder attention, encoder FFNs, stem in float step by step)."),
+                              "detections against FP32's; keeps heads, decoder, encoder attention, the backbone's last-stage residual sums, "
+                              "encoder FFNs, stem in float step by step)."),
     max_drop: float = typer.Option(2.0, "--max-drop", help="With the gate: allowed AP drop vs FP32 in points (2.0: AP >= 0.98)."),
     on_fail: str = typer.Option("fp32", "--on-fail", help="With the gate, when no step fits: fp32 (ship no INT8 graph) | best."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),

@@ -74,7 +74,14 @@ def test_keep_list_groups_in_order(bundle):
     heads = [r["node"] for r in rows if r["group"] == "heads"]
     assert any("bbox_predictor" in n for n in heads) and any("class_labels_classifier" in n for n in heads)
     assert all(r["node"].startswith("/decoder/") for r in rows if r["group"] == "decoder")
-    assert not any(r["node"].startswith("/model/encoder/") for r in rows)       # the backbone's stages stay INT8
+    # of the backbone's stages only the last one's residual sums (block outputs) join, no conv
+    import re
+
+    last = max(int(m.group(1)) for n in model.graph.node if (m := re.match(r"^/model/encoder/stages\.(\d+)/", n.name)))
+    sums = sorted(n.name for n in model.graph.node if re.fullmatch(rf"/model/encoder/stages\.{last}/layers\.\d+/Add", n.name))
+    assert last >= 1 and sums
+    assert sorted(r["node"] for r in rows if r["node"].startswith("/model/encoder/")) == sums
+    assert {r["group"] for r in rows if r["node"] in sums} == {"backbone_residual"}
     from vkt.export.toy import toy_convnet
 
     with pytest.raises(CalibrationError, match="keep-list"):
