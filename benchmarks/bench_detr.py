@@ -1,7 +1,7 @@
 """DETR-R50 at 800x1066 on CPU: torch eager (and channels_last) vs onnxruntime FP32 vs onnxruntime INT8, interleaved.
 
 Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--calib 6] [--trained RUN/model]
-     [--keep] [--skip-torch] [--json benchmarks/results/detr.json]
+     [--keep] [--skip-torch] [--keep-work] [--json benchmarks/results/detr.json]
 
 1. transformers' DetrForObjectDetection with DETR-R50's architecture (ResNet-50 from transformers, no
    timm, random weights, seed 0) is exported with vkt.models.detr.export.export_bundle (raw heads).
@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from vkt.runtime.detection import Detector
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "horse.png",
           "camera.png", "coins.png")
@@ -143,8 +145,6 @@ def centre_crop(img: np.ndarray, frac: float = 0.8) -> np.ndarray:
 
 
 def detections(bundle: Path, precision: str, images: list, threads: int) -> list:
-    from vkt.runtime.detection import Detector
-
     with Detector(bundle, precision=precision, threads=threads, score_threshold=0.0, top_k=100) as det:
         return [det(im)[0] for im in images]
 
@@ -197,12 +197,49 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
                  "gate": None if gate is None else {
         "baseline": gate["baseline"], "chosen_step": (gate["chosen"] or {}).get("step"),
         "steps": [{k: st[k] for k in ("layers_kept_float", "metric", "speedup")} for st in gate["steps"]]}}
-    for name, imgs in (("synthetic_val", val), ("photos", photos), ("photos_mirrored", mirrored),
-                       ("photo_crops", [centre_crop(im) for im in photos + mirrored])):
-        f = detections(dest, "fp32", imgs, threads)
+    sets = {"synthetic_val": val, "photos": photos, "photos_mirrored": mirrored,
+            "photo_crops": [centre_crop(im) for im in photos + mirrored]}
+    ref = {}
+    for name, imgs in sets.items():
+        ref[name] = detections(dest, "fp32", imgs, threads)
         q = detections(dest, "int8", imgs, threads)
-        out[name] = agreement(f, q, [im.shape[:2] for im in imgs], gt_threshold=0.5)
+        out[name] = agreement(ref[name], q, [im.shape[:2] for im in imgs], gt_threshold=0.5)
         out[name]["images"] = len(imgs)
+    # every keep-list step (not only the gate's choice), from the same table and weights
+    out["keep_steps"] = keep_step_agreement(dest, section, folders["calib"], sets, ref, threads)
+    return out
+
+
+def keep_step_agreement(bundle: Path, section: dict, calib: Path, sets: dict, ref: dict, threads: int) -> list[dict]:
+    """AP vs FP32 of the onnxruntime placement with each cumulative keep-list step in float, per image set."""
+    from vkt.bundle import Bundle
+    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.qdq import place_ort
+    from vkt.calibration.ranges import CalibrationTable, model_sha256, prepare_model
+    from vkt.calibration.weights import round_conv_weights
+    from vkt.models.detr.int8 import _images, keep_list
+    from vkt.onnxio import load_onnx
+    from vkt.runtime.ort import OrtRunner
+
+    b = Bundle.load(bundle)
+    graph = prepare_model(load_onnx(b.path("fp32 onnx")))
+    if section["weights"]["rounding"] == "gptq":   # deterministic: the same images in the same order as quantize_detr
+        pre = image_preprocess(b)
+        graph = round_conv_weights(graph, [pre(p) for p in _images(calib)], show_progress=False)[0]
+    if model_sha256(graph) != section["model_sha256"]:
+        raise RuntimeError("could not rebuild the graph quantize_detr calibrated")
+    table = CalibrationTable.load(b.root / section["table"]["path"])
+    rows, steps = keep_list(graph)
+    resize = {k: v for k, v in b.preprocess["resize"].items() if k in ("shortest_edge", "longest_edge")}
+    out = []
+    for k in steps:
+        blob = place_ort(graph, table, [r["node"] for r in rows[:k]]).SerializeToString()
+        row = {"layers_kept_float": k, "group": rows[k - 1]["group"] if k else None}
+        with Detector(OrtRunner(blob, threads=threads, spec=b.spec()), score_threshold=0.0, top_k=100, **resize) as det:
+            for name, imgs in sets.items():
+                row[name] = round(agreement(ref[name], [det(im)[0] for im in imgs], [im.shape[:2] for im in imgs])["AP"], 4)
+        print("  keep step", json.dumps(row), flush=True)
+        out.append(row)
     return out
 
 
@@ -244,6 +281,7 @@ def main() -> int:
     ap.add_argument("--weight-rounding", default=None, help="--trained: gptq | nearest (default: quantize_detr's)")
     ap.add_argument("--percentile", type=float, default=None, help="--trained: calibration percentile (default: quantize_detr's)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/detr.json"))
+    ap.add_argument("--keep-work", action="store_true", help="keep the temporary folder (exported bundles, for --bundle)")
     args = ap.parse_args()
 
     import torch
@@ -258,7 +296,6 @@ def main() -> int:
     )
     from vkt.bundle import Bundle
     from vkt.runtime import make_runner
-    from vkt.runtime.detection import Detector
     from vkt.runtime.image import Preprocessor, read_image
 
     torch.set_num_threads(args.threads)
@@ -360,6 +397,12 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"wrote {args.json}")
+    if args.keep_work:
+        print(f"kept {work}")
+    else:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
