@@ -1,0 +1,106 @@
+"""One SD UNet call and one VAE decode, interleaved in one process: vkt's onnxruntime graphs (``*.ort.onnx``) vs the
+plain exported graphs vs diffusers' torch modules, on bench_sd.py's cached components.
+
+Why beside bench_sd.py: the end-to-end ratio on a shared machine moves with the load (torch's OpenMP threads
+spin at barriers while the other thread is descheduled, so its CPU seconds grow under contention). Per-call
+figures at ``--threads 1`` have no barriers: they compare the work each implementation does, whatever the load.
+
+    .venv/bin/python benchmarks/bench_sd_calls.py --threads 1 --size 512 --reps 3
+    .venv/bin/python benchmarks/bench_sd_calls.py --threads 2 --size 512 --reps 3
+
+UNet: batch 2 (guidance), latents size/8, 77 tokens; VAE decoder: batch 1. Prints JSON rows, then a table
+(p50 wall, p50 CPU seconds, ratio of diffusers-torch's p50 to each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vkt-bench-sd/sd15"), help="bench_sd.py's cache folder")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--components", default="unet,vae_decoder")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from vkt.bundle import Bundle
+
+    torch.set_num_threads(args.threads)
+    b = Bundle.load(args.work / "bundle")
+    lat = args.size // 8
+    rng = np.random.default_rng(0)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    rows = []
+    for comp in args.components.split(","):
+        if comp == "unet":
+            feed = {"sample": rng.standard_normal((2, 4, lat, lat), dtype=np.float32),
+                    "timestep": np.full((2,), 500.0, np.float32),
+                    "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32)}
+            m = UNet2DConditionModel.from_pretrained(str(args.work / "pipeline" / "unet")).eval()
+            t_in = [torch.from_numpy(feed[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
+            torch_fn = lambda: m(*t_in, return_dict=False)[0]  # noqa: E731
+        else:
+            feed = {"latents": rng.standard_normal((1, 4, lat, lat), dtype=np.float32)}
+            m = AutoencoderKL.from_pretrained(str(args.work / "pipeline" / "vae")).eval()
+            z = torch.from_numpy(feed["latents"]) / m.config.scaling_factor  # the bundle's graph bakes 1/scaling_factor
+            torch_fn = lambda: m.decode(z, return_dict=False)[0]  # noqa: E731
+        graphs = {"vkt-ort-graph": b.root / b.entry("fp32 onnx", comp, placement="ort").path,
+                  "plain-graph": b.path("fp32 onnx", comp)}
+        fns = {}
+        for name, p in graphs.items():
+            s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            fns[name] = lambda s=s: s.run(None, feed)[0]
+        fns["diffusers-torch"] = torch_fn
+        with torch.no_grad():
+            outs = {n: np.asarray(f()) for n, f in fns.items()}  # warm-up + parity
+            ref = outs["diffusers-torch"]
+            wall: dict[str, list[float]] = {n: [] for n in fns}
+            cpu: dict[str, list[float]] = {n: [] for n in fns}
+            load0 = os.getloadavg()
+            for _ in range(args.reps):
+                for n, f in fns.items():
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    f()
+                    wall[n].append(time.perf_counter() - t0)
+                    cpu[n].append(time.process_time() - c0)
+            load1 = os.getloadavg()
+        tw, tc = float(np.median(wall["diffusers-torch"])), float(np.median(cpu["diffusers-torch"]))
+        for n in fns:
+            rows.append({"bench": "sd-calls", "component": comp, "impl": n, "size": args.size, "threads": args.threads,
+                         "reps": args.reps, "p50_s": round(float(np.median(wall[n])), 3), "min_s": round(min(wall[n]), 3),
+                         "cpu_p50_s": round(float(np.median(cpu[n])), 3),
+                         "torch_over_this_wall": round(tw / float(np.median(wall[n])), 3),
+                         "torch_over_this_cpu": round(tc / float(np.median(cpu[n])), 3),
+                         "max_rel_vs_torch": float(np.abs(outs[n] - ref).max() / np.abs(ref).max()),
+                         "load_avg_before": [round(x, 2) for x in load0], "load_avg_after": [round(x, 2) for x in load1]})
+        del fns, m
+    text = "\n".join(json.dumps(r) for r in rows)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(f"\n{'component':12}{'impl':17}{'p50 s':>9}{'cpu s':>9}{'torch/this':>12}{'(cpu)':>8}{'rel err':>10}   load")
+    for r in rows:
+        print(f"{r['component']:12}{r['impl']:17}{r['p50_s']:9.2f}{r['cpu_p50_s']:9.2f}{r['torch_over_this_wall']:11.2f}x"
+              f"{r['torch_over_this_cpu']:7.2f}x{r['max_rel_vs_torch']:10.1e}   {r['load_avg_before'][0]}->{r['load_avg_after'][0]}")
+
+
+if __name__ == "__main__":
+    main()
