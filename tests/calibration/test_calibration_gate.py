@@ -226,3 +226,29 @@ def test_tensor_ranking_keeps_whole_tensors_in_float(toy_model):
     feed = {k: v for k, v in data[0].items() if k in {i.name for i in g.input}}
     out = sess2.run([out_name], {**feed, t: xq})[0]
     assert abs(sqnr_db(ref, out) - rows[0]["output_sqnr_db"]) < 0.05
+
+
+def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_model):
+    """ranking_method="prefix": step k keeps every node up to the k-th conv in float, the rest stays INT8 (no runs needed)."""
+    import onnx
+
+    from vkt.calibration import prepare_model
+    from vkt.calibration.gate import prefix_ranking
+
+    fp32 = prepare_model(toy_model[0])
+    rows = prefix_ranking(fp32)
+    names = [n.name for n in fp32.graph.node]
+    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
+    assert [r["node"] for r in rows] == convs and {r["op"] for r in rows} == {"Conv"}
+    flat = [x for r in rows for x in r["nodes"]]
+    assert flat == names[:names.index(convs[-1]) + 1]  # contiguous, in graph order, each node once
+    assert all(r["nodes"][-1] == r["node"] for r in rows)
+
+    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=(), latency_feed=None, max_drop=0.035,
+                          steps=(0, 2, 4), ranking_method="prefix", show_progress=False)
+    gate = section["gate"]
+    assert [round(s["metric"], 3) for s in gate["steps"]] == [0.94, 0.96, 0.98] and gate["chosen"]["step"] == 2
+    shipped = onnx.load(str(calibrated / "model.int8.ort.onnx"))
+    dq = {o for n in shipped.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    reads_int8 = [n.input[0] in dq for n in shipped.graph.node if n.op_type == "Conv"]
+    assert reads_int8 == [False] * 4 + [True] * (len(reads_int8) - 4)  # the first 4 convs float, the others INT8

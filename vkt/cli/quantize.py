@@ -37,15 +37,20 @@ def quantize(
     holdout: Path = typer.Option(None, "--holdout", help="Folder of held-out images (not in --calib): run the accuracy "
                                  "gate on the task metric (text detection: hmean of INT8 vs FP32 boxes)."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="With --holdout: allowed metric drop in points (1.0 = 0.01 hmean)."),
-    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per gate step, e.g. 0,2,4,8,16,32."),
+    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per gate step, e.g. 0,2,4,8,16,32 (default: every 4th layer "
+                        "with --ranking prefix, else 0,4,8,16,24,32,48)."),
     on_fail: str = typer.Option("fp32", "--on-fail", help="With --holdout, when no step fits: fp32 (ship no INT8 graph) | best."),
     qat: bool = typer.Option(False, "--qat", help="Also fine-tune the reference PyTorch module under fake quantization "
                              "(text detector); the gate ships QAT or PTQ. Needs --holdout."),
     qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
     qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
     qat_checkpoint: Path = typer.Option(None, "--qat-checkpoint", help="With --qat: checkpoint file (saved atomically, resumed)."),
-    weight_rounding: str = typer.Option(None, "--weight-rounding", help="gptq (activation-aware int8 conv weights) or "
-                                        "nearest. Default: gptq for text detection, nearest otherwise."),
+    weight_rounding: str = typer.Option(None, "--weight-rounding", help="nearest (default) or gptq (activation-aware "
+                                        "int8 conv weights)."),
+    ranking: str = typer.Option(None, "--ranking", help="With --holdout: what the gate keeps in float first: prefix (the graph "
+                                "from its input up to the k-th conv/matmul; default for text detection), tensor (the k "
+                                "tensors whose quantization alone costs most at the output; default otherwise), jump, "
+                                "sensitivity."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
@@ -57,7 +62,15 @@ def quantize(
     from vkt.bundle import Bundle
     from vkt.calibration.api import quantize_from_images
 
+    from vkt.calibration.gate import RANKING_METHODS
+
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, qat_checkpoint)
+    if ranking is not None:
+        if ranking not in RANKING_METHODS:
+            raise CalibrationError(f"--ranking must be one of {', '.join(RANKING_METHODS)}, got {ranking!r}")
+        if holdout is None:
+            raise CalibrationError("--ranking is only used with --holdout (the accuracy gate)")
+        gate_opts["ranking_method"] = ranking
     b = Bundle.load(bundle)
     section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
                                    num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
