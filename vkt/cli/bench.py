@@ -143,8 +143,50 @@ def _raw_ort_target(bundle: Any, source: Path, precision: str, threads: int | No
     return Target(f"ort-raw-{precision}", lambda feed: sess.run(None, feed), INCLUDES_RAW)
 
 
+INCLUDES_TXT2IMG = ("Txt2Img(prompt): tokenize, text encoder, UNet per step (classifier-free guidance as the runtime "
+                    "chooses), numpy scheduler, VAE decoder, uint8 images")
+
+
+def _txt2img_targets(b: Any, targets: list[tuple[str, str]], threads: int | None, steps: int, guidance: float) -> list:
+    """One Target per backend/precision: a whole text-to-image generation of an SD bundle (fixed prompt and seed)."""
+    from vkt.bench import Target
+    from vkt.runtime.txt2img import Txt2Img
+
+    out = []
+    for backend, precision in targets:
+        if backend == "ort-raw":
+            raise InputError("--target ort-raw times one ONNX graph; an SD bundle is timed end to end (use ort)")
+        pipe = Txt2Img(b, backend=backend, precision=precision, threads=threads, progress_bar=False)
+
+        def call(feed: dict, pipe: Any = pipe) -> Any:
+            return pipe([str(feed["prompt"])] * int(feed["batch"]), height=int(feed["height"]), width=int(feed["width"]),
+                        steps=steps, guidance_scale=guidance, seed=0)
+
+        out.append(Target(f"txt2img-{backend}-{precision}", call, INCLUDES_TXT2IMG,
+                          info={"steps": steps, "guidance": guidance, "scheduler": pipe.scheduler_config.get("_class_name")}))
+    return out
+
+
+def _txt2img_cases(b: Any, batches: list[int], shapes: list[dict[str, int]]) -> list:
+    from vkt.bench import Case
+
+    cases = []
+    for shape in shapes or [{}]:
+        unknown = set(shape) - {"height", "width"}
+        if unknown:
+            raise InputError(f"--shape for an SD bundle takes height=PIXELS,width=PIXELS; got axes {sorted(unknown)}")
+        h, w = shape.get("height", 512), shape.get("width", shape.get("height", 512))
+        for n in batches:
+            if n < 1:
+                raise InputError(f"--batch must be >= 1, got {n}")
+            cases.append(Case(f"B={n} {h}x{w}", {"prompt": "a photo of an astronaut riding a horse", "batch": n,
+                                                  "height": h, "width": w}, n))
+    return cases
+
+
 def bench(
-    source: Path = typer.Argument(..., help="An .onnx file or a bundle folder."),
+    source: Path = typer.Argument(..., help="An .onnx file or a bundle folder (an SD bundle is timed end to end: "
+                                  "text-to-image generations, --shape height=H,width=W in pixels, --steps)."),
     target: list[str] = typer.Option(None, "--target", "-t", help="backend[:precision], repeatable. Backends: ort, ort-cuda, "
                                      "ort-trt, trt, ort-raw (plain InferenceSession, to see vkt's overhead). Precisions: fp32, "
                                      "fp16, int8. Default: ort:fp32, plus ort:int8 and trt when the bundle has them (a default "
@@ -162,19 +204,34 @@ def bench(
     json_out: str = typer.Option(None, "--json", help="Write JSON rows (one per line) to this file, or '-' for stdout."),
     plot: Path = typer.Option(None, help="Write a PNG bar chart of p50/p90 latency."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table, no progress bar (JSON only)."),
+    steps: int = typer.Option(4, "--steps", help="SD bundles: denoising steps per generation."),
+    guidance: float = typer.Option(7.5, "--guidance", help="SD bundles: classifier-free guidance scale."),
 ) -> None:
     """Time one or more backends side by side, interleaved call by call in one process.
 
     Every figure is the wall time of one call, measured with perf_counter around it; the report says
     what each target's call includes. Latency p50/p90/p99/mean/min in ms, throughput in items/s.
     """
-    from vkt.bench import BenchConfig, plot_rows, print_table, rows_to_json, run_bench
+    from vkt.bench import BenchConfig, run_bench
     from vkt.bundle import Bundle
 
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
     if source.is_dir():
         b = Bundle.load(source)
+        if b.family == "sd":
+            if torch_model:
+                raise InputError("--torch is for one ONNX graph; compare SD pipelines with benchmarks/bench_sd.py")
+            if steps < 1:
+                raise InputError(f"--steps must be >= 1, got {steps}")
+            if guidance < 0:
+                raise InputError(f"--guidance must be >= 0, got {guidance}")
+            cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
+            built = _txt2img_targets(b, parse_targets(target or ["ort"]), threads, steps, guidance)
+            cases = _txt2img_cases(b, list(batch), [parse_shape(s) for s in (shape or [])])
+            rows = run_bench(built, cases, cfg, show_progress=not quiet)
+            _report(rows, source, threads, json_out, quiet, plot)
+            return
         if target:
             targets = parse_targets(target)
         else:
@@ -192,6 +249,12 @@ def bench(
     built, spec = build_targets(source, targets, threads, torch_model, channels_last, strict=bool(target))
     cases = make_cases(spec, list(batch), shapes)
     rows = run_bench(built, cases, cfg, show_progress=not quiet)
+    _report(rows, source, threads, json_out, quiet, plot)
+
+
+def _report(rows: list, source: Path, threads: int | None, json_out: str | None, quiet: bool, plot: Path | None) -> None:
+    from vkt.bench import plot_rows, print_table, rows_to_json
+
     text = rows_to_json(rows, {"source": str(source), "threads": threads})
     if json_out == "-":
         print(text)

@@ -116,3 +116,22 @@ def test_cli_export_sd_int8_unet(sd_folder, tmp_path):
         a, q = np.stack(p32("a photo of the cats", **kw)), np.stack(p8("a photo of the cats", **kw))
     assert np.isfinite(q).all() and a.shape == q.shape
     assert not np.array_equal(a, q)  # the UNet really ran quantized
+
+
+def test_vkt_bench_times_whole_generations_of_an_sd_bundle(cli_bundle, tmp_path, capsys):
+    import json
+
+    from vkt.cli.main import main
+
+    out = tmp_path / "rows.jsonl"
+    assert main(["bench", str(cli_bundle), "--shape", "height=32,width=32", "-B", "1", "-B", "2", "--iters", "2",
+                 "--warmup", "1", "--steps", "2", "--threads", "1", "--json", str(out), "--quiet"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    assert [(r["target"], r["case"], r["batch"], r["n"]) for r in rows] == [
+        ("txt2img-ort-fp32", "B=1 32x32", 1, 2), ("txt2img-ort-fp32", "B=2 32x32", 2, 2)]
+    assert all(r["p50_ms"] > 0 and r["status"] == "ok" for r in rows)
+    assert rows[0]["info"]["steps"] == 2 and "VAE decoder" in rows[0]["includes"]
+    for args, match in ((["--steps", "0"], "--steps must be >= 1, got 0"), (["--shape", "height=32,frames=2"], "height=PIXELS"),
+                        (["-t", "ort-raw"], "end to end")):
+        assert main(["bench", str(cli_bundle), "--iters", "1", "--quiet", *args]) == 2
+        assert match in capsys.readouterr().err
