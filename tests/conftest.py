@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_torch)
 
 
+@pytest.fixture(scope="module")
+def torch1():
+    """torch (the test skips without it) with one intra-op thread for the module, restored after: on a shared
+    2-core machine two threads run the tiny torch models many times slower."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def toy_model():
     """(onnx.ModelProto, ExportSpec) of a tiny conv net with dynamic batch/height/width."""

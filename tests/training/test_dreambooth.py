@@ -22,14 +22,11 @@ RES = 32
 
 
 @pytest.fixture(scope="module")
-def torch1():
-    torch = pytest.importorskip("torch")
+def torch1(torch1):
+    """The shared one-thread torch (tests/conftest.py), skipping without diffusers or lightning."""
     pytest.importorskip("diffusers")
     pytest.importorskip("lightning")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(before)
+    return torch1
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,13 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+def sd_folder(torch1, tmp_path_factory):
     pytest.importorskip("diffusers")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     from vkt.models.sd.tiny import tiny_pipeline
 
     root = tmp_path_factory.mktemp("sdcli")
     tiny_pipeline(root / "tok", size=32).save_pretrained(str(root / "pipe"))
-    yield root / "pipe"
-    torch.set_num_threads(before)
+    return root / "pipe"
 
 
 @pytest.fixture(scope="module")

@@ -30,20 +30,10 @@ TOL_FLOAT = 1e-4
 
 
 @pytest.fixture(scope="module")
-def torch1():
-    """torch with one thread: on a shared 2-core machine two threads run the tiny pipeline 20x slower."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def tiny_pipe(torch1, tmp_path_factory):
     """A random StableDiffusionPipeline: CLIP text encoder (2 layers, width 16), UNet (8, 16), VAE (4 x 8 channels)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
     from vkt.models.sd.tiny import tiny_pipeline
 
     # SD 1.x's DDIM schedule; the tiny vocabulary is written beside it (vkt.models.sd.tiny, shared with Dreambooth's tests)
