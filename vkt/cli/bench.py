@@ -162,12 +162,12 @@ def _txt2img_targets(b: Any, targets: list[tuple[str, str]], threads: int | None
             return pipe([str(feed["prompt"])] * int(feed["batch"]), height=int(feed["height"]), width=int(feed["width"]),
                         steps=steps, guidance_scale=guidance, seed=0)
 
-        out.append(Target(f"txt2img-{backend}-{precision}", call, INCLUDES_TXT2IMG,
+        out.append(Target(f"txt2img-{backend}-{precision}", call, INCLUDES_TXT2IMG, teardown=pipe.close,
                           info={"steps": steps, "guidance": guidance, "scheduler": pipe.scheduler_config.get("_class_name")}))
     return out
 
 
-def _txt2img_cases(b: Any, batches: list[int], shapes: list[dict[str, int]]) -> list:
+def _txt2img_cases(batches: list[int], shapes: list[dict[str, int]]) -> list:
     from vkt.bench import Case
 
     cases = []
@@ -217,6 +217,8 @@ def bench(
 
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
+    shapes = [parse_shape(s) for s in (shape or [])]
+    cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
     if source.is_dir():
         b = Bundle.load(source)
         if b.family == "sd":
@@ -226,11 +228,9 @@ def bench(
                 raise InputError(f"--steps must be >= 1, got {steps}")
             if guidance < 0:
                 raise InputError(f"--guidance must be >= 0, got {guidance}")
-            cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
+            cases = _txt2img_cases(list(batch), shapes)
             built = _txt2img_targets(b, parse_targets(target or ["ort"]), threads, steps, guidance)
-            cases = _txt2img_cases(b, list(batch), [parse_shape(s) for s in (shape or [])])
-            rows = run_bench(built, cases, cfg, show_progress=not quiet)
-            _report(rows, source, threads, json_out, quiet, plot)
+            _report(run_bench(built, cases, cfg, show_progress=not quiet), source, threads, json_out, quiet, plot)
             return
         if target:
             targets = parse_targets(target)
@@ -244,8 +244,6 @@ def bench(
                 raise InputError(f"bundle {b.name!r} has no ONNX or plan to benchmark")
     else:
         targets = parse_targets(target or (["trt"] if source.suffix in (".plan", ".engine") else ["ort"]))
-    shapes = [parse_shape(s) for s in (shape or [])]
-    cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
     built, spec = build_targets(source, targets, threads, torch_model, channels_last, strict=bool(target))
     cases = make_cases(spec, list(batch), shapes)
     rows = run_bench(built, cases, cfg, show_progress=not quiet)
