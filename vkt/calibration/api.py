@@ -290,7 +290,12 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
     if holdout is None:
         return section
     from vkt.calibration.data import resize_feed
-    from vkt.calibration.gate import DEFAULT_STEPS, PREFIX_STEPS, holdout_images, task_metric
+    from vkt.calibration.gate import (
+        DEFAULT_STEPS,
+        PREFIX_STEPS,
+        holdout_images,
+        task_metric,
+    )
 
     paths = holdout_images(holdout)
     metric = task_metric(b, paths, threads=threads, show_progress=show_progress)
@@ -298,7 +303,10 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
     # deployment size (on PP-OCRv5 mobile, ranked at 320x320 it kept the wrong tensors: pooled hmean
     # 0.78 with 32 in float, vs 0.99 real / 0.93 synthetic ranked at 736), the others at a small size;
     # latency on the first held-out image at its deployment size.
-    sens = [pre(p) if ranking_method == "tensor" else resize_feed(pre(p), _small(spec)) for p in reader.paths[:2]]
+    if ranking_method == "prefix":  # ranked by graph order: nothing to run
+        sens = []
+    else:
+        sens = [pre(p) if ranking_method == "tensor" else resize_feed(pre(p), _small(spec)) for p in reader.paths[:2]]
     if steps is None:
         steps = PREFIX_STEPS if ranking_method == "prefix" else DEFAULT_STEPS
     latency = pre(paths[0])

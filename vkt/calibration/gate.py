@@ -324,7 +324,8 @@ def prefix_ranking(fp32: Any, ops: Sequence[str] = PREFIX_OPS) -> list[dict[str,
     networks whose quantization noise is born early and amplified on the way out, this beats
     per-tensor rankings, which scatter float islands: on PP-OCRv5 mobile det (short side 736, held-out
     page/text + 8 synthetic pages) the first 32 of 62 convs in float kept hmean 0.99 vs FP32 where the
-    tensor ranking's best was 0.94 (benchmarks/results/textdet_int8_gate.json). ``output_sqnr_db`` is NaN (not measured).
+    tensor ranking's best was 0.94 (benchmarks/results/textdet_int8_gate_prefix.json vs textdet_int8_gate.json).
+    ``output_sqnr_db`` is NaN (not measured).
     """
     rows: list[dict[str, Any]] = []
     pending: list[str] = []

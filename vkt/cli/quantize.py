@@ -61,7 +61,6 @@ def quantize(
     """
     from vkt.bundle import Bundle
     from vkt.calibration.api import quantize_from_images
-
     from vkt.calibration.gate import RANKING_METHODS
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, qat_checkpoint)
