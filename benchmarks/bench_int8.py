@@ -326,7 +326,9 @@ def main() -> None:
     ap.add_argument("--qat", action="store_true", help="with --gate: add the quantization-aware distillation candidate")
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--qat-minutes", type=float, default=10.0)
-    ap.add_argument("--ranking", default=None, choices=("prefix", "tensor", "jump", "sensitivity"),
+    from vkt.calibration.gate import RANKING_METHODS
+
+    ap.add_argument("--ranking", default=None, choices=RANKING_METHODS,
                     help="with --gate: the gate's ranking (default: vkt quantize's, prefix for text detection)")
     ap.add_argument("--server", action="store_true", help="PP-OCRv5 server det architecture (random weights) FP32 vs INT8")
     ap.add_argument("--work", default=None, help="working folder for bundles and images (default: a temp folder)")

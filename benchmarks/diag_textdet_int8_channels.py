@@ -36,52 +36,6 @@ DEFAULT_TENSORS = ("p2o.pd_op.batch_norm_.0.0", "Add.1", "p2o.pd_op.hardswish.0.
                    "p2o.pd_op.hardswish.1.0", "Add.11", "Add.13", "Add.121", "Add.173", "Add.187")
 
 
-def sqnr(test: np.ndarray, ref: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    err = ((test.astype(np.float64) - ref) ** 2).mean()
-    return float("inf") if err == 0 else float(10 * np.log10((ref ** 2).mean() / err))
-
-
-def with_outputs(model, names):
-    import onnx
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for n in names:
-        m.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    return m
-
-
-def insert_qdq(model, tensor: str, scale: np.ndarray, zero_point: np.ndarray, axis: int | None):
-    """A copy of ``model`` whose readers of ``tensor`` read Q->DQ(tensor) (uint8; per-channel when ``axis``)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    s, z, q, d = f"{tensor}__s", f"{tensor}__zp", f"{tensor}__q", f"{tensor}__dq"
-    g.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), s),
-                          numpy_helper.from_array(np.asarray(zero_point, np.uint8), z)])
-    kw = {} if axis is None else {"axis": axis}
-    for node in g.node:
-        for i, x in enumerate(node.input):
-            if x == tensor:
-                node.input[i] = d
-    pos = next(i for i, n in enumerate(g.node) if tensor in n.output) + 1
-    g.node.insert(pos, helper.make_node("DequantizeLinear", [q, s, z], [d], **kw))
-    g.node.insert(pos, helper.make_node("QuantizeLinear", [tensor, s, z], [q], **kw))
-    return m
-
-
-def uint8_params(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's rule: range widened to include 0, scale (hi - lo) / 255, zero point round(-lo / scale)."""
-    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
-    return scale.astype(np.float32), np.clip(np.round(-lo / scale), 0, 255).astype(np.uint8)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", type=int, default=736, help="short side the bundle resizes to (default 736)")
@@ -93,12 +47,16 @@ def main() -> int:
 
     import tempfile
 
+    import onnx
     import onnxruntime as ort
     import skimage
+    from onnx import helper, numpy_helper
 
     from vkt.bundle import Bundle
     from vkt.calibration.api import image_preprocess
+    from vkt.calibration.gate import ort_uint8_params, with_tensor_qdq
     from vkt.calibration.ranges import compute_ranges, prepare_model
+    from vkt.calibration.report import sqnr_db
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
     from vkt.onnxio import load_onnx
 
@@ -126,7 +84,9 @@ def main() -> int:
     t0 = time.perf_counter()
     table = compute_ranges(fp32, calib, "percentile", percentile=99.999, show_progress=False)
     # per-channel calibration ranges of the tested tensors
-    probe = with_outputs(fp32, tensors)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     lo = {t: None for t in tensors}
     hi = {t: None for t in tensors}
@@ -140,20 +100,16 @@ def main() -> int:
     for t in tensors:
         span = np.maximum(hi[t], 0) - np.minimum(lo[t], 0)
         live = span[span > 1e-6 * span.max()]
-        s_t, z_t = uint8_params(np.asarray(table.ranges[t][0]), np.asarray(table.ranges[t][1]))
-        s_c, z_c = uint8_params(lo[t], hi[t])
-        per_tensor = insert_qdq(fp32, t, s_t, z_t, None)
-        per_channel = insert_qdq(fp32, t, s_c, z_c, 1)
+        per_tensor = with_tensor_qdq(fp32, t, *ort_uint8_params(*table.ranges[t]))
+        per_channel = with_tensor_qdq(fp32, t, *ort_uint8_params(lo[t], hi[t]), axis=1)
         row = {"model": "PP-OCRv5 mobile det", "shape": f"short side {args.side}", "tensor": t, "producer": producers[t],
                "channels": int(span.size), "span_ratio": round(float(live.max() / live.min()), 1)}
         for p, f in hold.items():
-            row[f"sqnr_per_tensor_{p}"] = round(sqnr(run(per_tensor, f)[0], refs[p]), 1)
-            row[f"sqnr_per_channel_{p}"] = round(sqnr(run(per_channel, f)[0], refs[p]), 1)
+            row[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(per_tensor, f)[0]), 1)
+            row[f"sqnr_per_channel_{p}"] = round(sqnr_db(refs[p], run(per_channel, f)[0]), 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
     # the weights alone: every conv weight int8 per output channel, round to nearest
-    import onnx
-    from onnx import numpy_helper
 
     wq = onnx.ModelProto()
     wq.CopyFrom(fp32)
@@ -167,7 +123,7 @@ def main() -> int:
     row = {"model": "PP-OCRv5 mobile det", "shape": f"short side {args.side}", "tensor": "(all conv weights, activations float)",
            "producer": None, "channels": None, "span_ratio": None}
     for p, f in hold.items():
-        row[f"sqnr_per_tensor_{p}"] = round(sqnr(run(wq, f)[0], refs[p]), 1)
+        row[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(wq, f)[0]), 1)
         row[f"sqnr_per_channel_{p}"] = None
     rows.append(row)
     print(json.dumps(row), flush=True)

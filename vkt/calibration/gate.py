@@ -247,6 +247,42 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     return result
 
 
+def ort_uint8_params(lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's uint8 rule for ranges (scalars or per-channel arrays): widened to include 0, scale
+    (hi - lo) / 255 (1 for an empty range), zero point round(-lo / scale). Returns (float32 scale, uint8 zero point)."""
+    lo, hi = np.minimum(np.asarray(lo, np.float64), 0.0), np.maximum(np.asarray(hi, np.float64), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
+    return scale.astype(np.float32), np.clip(np.round(-lo / scale), 0, 255).astype(np.uint8)
+
+
+def with_tensor_qdq(model: Any, tensor: str, scale: Any, zero_point: Any, axis: int | None = None) -> Any:
+    """A copy of ``model`` whose readers of ``tensor`` read QuantizeLinear -> DequantizeLinear(tensor) instead.
+
+    ``scale`` / ``zero_point``: scalars (per tensor) or 1-D arrays along ``axis`` (per channel). The pair
+    is inserted right after the producer (first, for a graph input), so the graph stays topologically sorted.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    s, z, q, d = f"{tensor}_vkt_s", f"{tensor}_vkt_z", f"{tensor}_vkt_q", f"{tensor}_vkt_dq"
+    for n in m.graph.node:
+        for i, x in enumerate(n.input):
+            if x == tensor:
+                n.input[i] = d
+    m.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), s),
+                                numpy_helper.from_array(np.asarray(zero_point, np.uint8), z)])
+    kw = {} if axis is None else {"axis": axis}
+    qdq = [helper.make_node("QuantizeLinear", [tensor, s, z], [q], **kw),
+           helper.make_node("DequantizeLinear", [q, s, z], [d], **kw)]
+    nodes = list(m.graph.node)
+    at = next((i + 1 for i, n in enumerate(nodes) if tensor in n.output), 0)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes[:at] + qdq + nodes[at:])
+    return m
+
+
 def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None,
                        show_progress: bool = True) -> list[dict[str, Any]]:
     """Rank activation tensors by the model's output SQNR when only that tensor is quantized, worst first.
@@ -261,8 +297,6 @@ def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.nd
     Returns ``[{"node": producer, "tensor", "nodes": reading nodes, "op", "output_sqnr_db"}]``.
     One session per tensor: give small feeds (e.g. two 320x320 crops).
     """
-    import onnx
-    from onnx import helper, numpy_helper
 
     from vkt.calibration.ranges import data_independent_tensors
     from vkt.calibration.report import sqnr_db
@@ -290,26 +324,8 @@ def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.nd
     ref = np.concatenate(run(fp32))
     rows = []
     for t in progress(tensors, "tensor sensitivity", enabled=show_progress):
-        lo, hi = table[t]
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = (hi - lo) / 255.0 if hi > lo else 1.0
-        zp = int(min(255, max(0, round(-lo / scale))))
-        m = onnx.ModelProto()
-        m.CopyFrom(fp32)
-        for n in m.graph.node:
-            for i, x in enumerate(n.input):
-                if x == t:
-                    n.input[i] = f"{t}_vkt_dq"
-        m.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{t}_vkt_s"),
-                                    numpy_helper.from_array(np.array(zp, np.uint8), f"{t}_vkt_z")])
-        qdq = [helper.make_node("QuantizeLinear", [t, f"{t}_vkt_s", f"{t}_vkt_z"], [f"{t}_vkt_q"]),
-               helper.make_node("DequantizeLinear", [f"{t}_vkt_q", f"{t}_vkt_s", f"{t}_vkt_z"], [f"{t}_vkt_dq"])]
-        # Insert right after the producer (or first, for a graph input) to keep topological order.
-        nodes = list(m.graph.node)
-        at = next((i + 1 for i, n in enumerate(nodes) if t in n.output), 0)
-        del m.graph.node[:]
-        m.graph.node.extend(nodes[:at] + qdq + nodes[at:])
-        out = np.concatenate(run(m))
+        scale, zp = ort_uint8_params(*table[t])
+        out = np.concatenate(run(with_tensor_qdq(fp32, t, scale, zp)))
         p = producer.get(t)
         rows.append({"node": p.name if p is not None else t, "tensor": t, "nodes": tuple(readers[t]),
                      "op": p.op_type if p is not None else "input", "output_sqnr_db": sqnr_db(ref, out)})
