@@ -64,10 +64,27 @@ def test_silent_fallback_is_detected(toy_onnx, monkeypatch):
     (dict(providers=("rocm",)), BackendError, "unknown onnxruntime provider"),
     (dict(threads=0), BackendError, "threads must be a positive integer"),
     (dict(graph_optimization="max"), BackendError, "graph_optimization"),
+    (dict(session_config={"session.intra_op.allow_spinning": 0}), BackendError, "session_config must map strings"),
+    (dict(session_config=[("a", "b")]), BackendError, "session_config must map strings"),
 ])
 def test_bad_options(toy_onnx, kw, exc, match):
     with pytest.raises(exc, match=match):
         OrtRunner(toy_onnx, **kw)
+
+
+def test_session_config_reaches_onnxruntime(toy_onnx, toy_bundle, toy_model):
+    """Entries are applied to the session: spinning off changes no output; an entry onnxruntime acts on at load
+    time (read the file as ORT format) makes the load fail; make_runner passes them through."""
+    feed = toy_model[1].opt_feed()
+    with OrtRunner(toy_onnx) as plain, OrtRunner(toy_onnx, session_config={"session.intra_op.allow_spinning": "0"}) as r:
+        np.testing.assert_array_equal(r.infer(feed)["features"], plain.infer(feed)["features"])
+        assert r.describe()["session_config"] == {"session.intra_op.allow_spinning": "0"}
+    with pytest.raises(ModelError, match="cannot load"):
+        OrtRunner(toy_onnx, session_config={"session.load_model_format": "ORT"}).activate()
+    r = make_runner(toy_bundle, session_config={"session.load_model_format": "ORT"})
+    assert r.session_config == {"session.load_model_format": "ORT"}
+    with pytest.raises(ModelError, match="cannot load"):
+        r.activate()
 
 
 def test_missing_and_corrupt_models(tmp_path):

@@ -28,11 +28,12 @@ def __getattr__(name: str) -> Any:  # TrtRunner imports nothing heavy, but keep 
 
 
 def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", component: str = "model",
-                threads: int | None = None) -> Runner:
+                threads: int | None = None, session_config: dict[str, str] | None = None) -> Runner:
     """A runner for a bundle (``vkt.bundle.Bundle`` or its folder) or a bare .onnx/.plan path.
 
     ``precision`` picks the bundle file: "fp32" (fp32 onnx), "fp16" (fp16 onnx), "int8" (int8 qdq onnx);
-    backend "trt" takes the bundle's plan of that precision.
+    backend "trt" takes the bundle's plan of that precision. ``session_config``: onnxruntime session config
+    entries for the onnxruntime backends (see ``OrtRunner``); ignored by "trt".
     """
     from pathlib import Path
 
@@ -63,4 +64,4 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
 
         return TrtRunner(path, spec=spec, name=name)
     providers = {"ort": ("cpu",), "ort-cuda": ("cuda",), "ort-trt": ("tensorrt", "cuda")}[backend]
-    return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name)
+    return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name, session_config=session_config)

@@ -31,13 +31,16 @@ class OrtRunner(Runner):
         spec: ExportSpec to validate feeds against (default: read from the graph).
         provider_options: per-provider option dicts, keyed like ``providers``.
         optimized_model_path: where onnxruntime writes its optimized graph (to count fused ops).
+        session_config: onnxruntime session config entries (``SessionOptions.add_session_config_entry``), e.g.
+            ``{"session.intra_op.allow_spinning": "0"}``; keys and values are strings.
     """
 
     backend = "ort"
 
     def __init__(self, model: str | os.PathLike | bytes, providers: Sequence[str] = ("cpu",), threads: int | None = None,
                  spec: ExportSpec | None = None, provider_options: Mapping[str, dict] | None = None,
-                 graph_optimization: str = "all", optimized_model_path: str | None = None, name: str | None = None):
+                 graph_optimization: str = "all", optimized_model_path: str | None = None, name: str | None = None,
+                 session_config: Mapping[str, str] | None = None):
         super().__init__(spec, name or f"ort-{'+'.join(providers)}")
         self.model = model
         if not isinstance(model, (bytes, bytearray)):
@@ -51,8 +54,13 @@ class OrtRunner(Runner):
             raise BackendError(f"threads must be a positive integer or None, got {threads!r}")
         if graph_optimization not in ("disable", "basic", "extended", "all"):
             raise BackendError(f"graph_optimization must be disable/basic/extended/all, got {graph_optimization!r}")
+        if session_config is not None and (not isinstance(session_config, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in session_config.items())):
+            raise BackendError(f"session_config must map strings to strings (onnxruntime session config entries), "
+                               f"got {session_config!r}")
         self.providers = list(providers)
         self.threads = threads
+        self.session_config = dict(session_config or {})
         self.provider_options = dict(provider_options or {})
         self.graph_optimization = graph_optimization
         self.optimized_model_path = optimized_model_path
@@ -78,6 +86,11 @@ class OrtRunner(Runner):
         }[self.graph_optimization]
         if self.optimized_model_path:
             so.optimized_model_filepath = str(self.optimized_model_path)
+        for k, v in self.session_config.items():
+            try:
+                so.add_session_config_entry(k, v)
+            except Exception as e:  # onnxruntime refuses malformed entries here, unknown keys only when they are read
+                raise BackendError(f"onnxruntime rejects session config entry {k!r}={v!r}: {str(e).strip()[:300]}") from None
         so.log_severity_level = 3
         provs = [(PROVIDERS[p], self.provider_options.get(p, {})) for p in self.providers]
         if "CPUExecutionProvider" not in wanted:
@@ -114,6 +127,8 @@ class OrtRunner(Runner):
         if self.session is not None:
             d["providers"] = self.session.get_providers()
         d["threads"] = self.threads
+        if self.session_config:
+            d["session_config"] = dict(self.session_config)
         return d
 
 

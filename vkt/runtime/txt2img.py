@@ -70,6 +70,10 @@ class Txt2Img:
             both ways per (B, h, w) on the first guided steps (alternating, each way's first call
             not counted) and then keeps the faster.
         progress_bar: show a rich progress bar over the denoising steps (on a terminal only).
+        session_config: onnxruntime session config entries for the three sessions (onnxruntime backends;
+            None: onnxruntime's defaults). On a CPU shared with other busy processes,
+            ``{"session.intra_op.allow_spinning": "0"}`` (workers block between ops instead of spinning) ran
+            the SD 1.5 UNet 1.09-1.16x faster; on an idle CPU it ran 0.95x (docs/ARCHITECTURE.md).
 
     Sessions open on the first call (or ``activate()``); ``close()`` or a ``with`` block frees them.
     One call at a time per instance: the scheduler keeps per-generation state (step counter,
@@ -77,7 +81,8 @@ class Txt2Img:
     """
 
     def __init__(self, bundle: Any, scheduler: str | Scheduler | None = None, backend: str = "ort",
-                 precision: str = "fp32", threads: int | None = None, cfg: str = "auto", progress_bar: bool = True):
+                 precision: str = "fp32", threads: int | None = None, cfg: str = "auto", progress_bar: bool = True,
+                 session_config: dict[str, str] | None = None):
         from vkt.bundle import Bundle
         from vkt.runtime import make_runner
 
@@ -118,7 +123,8 @@ class Txt2Img:
         # INT8 is for the UNet (the text encoder and VAE run once per image): other components fall back to fp32.
         self.precisions = {c: precision if precision not in roles or b.has(roles[precision], c) else "fp32"
                            for c in ("text_encoder", "unet", "vae_decoder")}
-        self.runners = {c: make_runner(b, backend=backend, precision=self.precisions[c], component=c, threads=threads)
+        self.runners = {c: make_runner(b, backend=backend, precision=self.precisions[c], component=c, threads=threads,
+                                       session_config=session_config)
                         for c in ("text_encoder", "unet", "vae_decoder")}
 
     # ---- lifecycle -------------------------------------------------------------------------------

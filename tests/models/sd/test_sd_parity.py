@@ -255,6 +255,25 @@ def test_bad_bundle_and_scheduler(bundle, toy_bundle):
         Txt2Img(bundle, cfg="parallel")
 
 
+def test_session_config_reaches_every_session(bundle, latents):
+    """Txt2Img's session_config goes to its three onnxruntime sessions: without spinning the images are the
+    same; an entry onnxruntime acts on at load time (read the graph as ORT format) fails each component's load."""
+    from vkt.errors import ModelError
+    from vkt.runtime.txt2img import Txt2Img
+
+    args = dict(prompt=PROMPTS[0], height=H, width=W, steps=2, latents=latents[:1], output_type="float")
+    want = Txt2Img(bundle, threads=1, progress_bar=False)(**args)
+    nospin = Txt2Img(bundle, threads=1, progress_bar=False, session_config={"session.intra_op.allow_spinning": "0"})
+    got = nospin(**args)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert {c: r.session_config for c, r in nospin.runners.items()} == {
+        c: {"session.intra_op.allow_spinning": "0"} for c in ("text_encoder", "unet", "vae_decoder")}
+    bad = Txt2Img(bundle, threads=1, progress_bar=False, session_config={"session.load_model_format": "ORT"})
+    for r in bad.runners.values():
+        with pytest.raises(ModelError, match="cannot load"):
+            r.activate()
+
+
 def test_export_in_memory_with_external_data(tiny_pipe, bundle, latents, tmp_path, monkeypatch):
     """The > 2 GB path at tiny scale: with the threshold lowered, every graph keeps its weights in a
     ``.onnx.data`` file listed in the manifest, and the runtime gives the same images."""
