@@ -180,9 +180,10 @@ def _detect(bundle, precision: str, images, threads: int) -> list:
 
 
 def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: float, work: Path,
-              steps: tuple[int, ...] | None = None, ranking: str | None = None) -> list[dict]:
+              steps: tuple[int, ...] | None = None, ranking: str | None = None, ort_ops: str | None = None) -> list[dict]:
     """Calibrate + gate the real PP-OCRv5 mobile bundle at short side ``side`` (the default `vkt quantize` path:
-    percentile ranges, round-to-nearest weights, prefix ranking walking every 4th conv; ``steps``/``ranking``
+    percentile ranges, round-to-nearest weights, prefix ranking walking every 4th conv, the "compute" ORT placement;
+    ``steps``/``ranking``/``ort_ops``
     override); one row per gate step, then the shipped
     model's hmean vs FP32 on the real photos and on the synthetic set separately, and both against the labels."""
     import shutil
@@ -208,7 +209,7 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     t0 = time.perf_counter()
     qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
     section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
-                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, show_progress=False)
+                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops, show_progress=False)
     seconds = time.perf_counter() - t0
     gate = section["gate"]
     bundle = Bundle.load(bundle.root)
@@ -237,7 +238,8 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     for r in rows:
         r.update({"threads": threads, "holdout": f"{len(GATE_HOLDOUT)} real photos + {len(synth)} synthetic (vkt.training.synth_text)",
                   "gate_seconds": round(seconds, 1), "max_drop": gate["max_drop"],
-                  "weights": section.get("weights", {}).get("rounding"), "ranking": ranking or "prefix (default)"})
+                  "weights": section.get("weights", {}).get("rounding"), "ranking": ranking or "prefix (default)",
+                  "ort_ops": section["placements"].get("ort", {}).get("ort_ops", ort_ops)})
     return rows
 
 
@@ -327,7 +329,10 @@ def main() -> None:
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--qat-minutes", type=float, default=10.0)
     from vkt.calibration.gate import RANKING_METHODS
+    from vkt.calibration.qdq import ORT_OPS
 
+    ap.add_argument("--ort-ops", default=None, choices=ORT_OPS,
+                    help="with --gate: what the ORT placement quantizes (default: vkt quantize's, compute for text detection)")
     ap.add_argument("--ranking", default=None, choices=RANKING_METHODS,
                     help="with --gate: the gate's ranking (default: vkt quantize's, prefix for text detection)")
     ap.add_argument("--server", action="store_true", help="PP-OCRv5 server det architecture (random weights) FP32 vs INT8")
@@ -353,7 +358,8 @@ def main() -> None:
 
         if args.gate:
             for side in (int(v) for v in args.sides.split(",")):
-                emit(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work, ranking=args.ranking))
+                emit(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work, ranking=args.ranking,
+                                ort_ops=args.ort_ops))
         if args.server:
             emit(server_rows(args.threads, max(3, args.iters // 4), work))
         print_gate_table(rows)

@@ -110,3 +110,46 @@ def trt_build(model, profile: dict | None = None) -> bytes:
     plan = builder.build_serialized_network(net, config)
     assert plan is not None and plan.nbytes > 0, "TensorRT-RTX built no plan"
     return bytes(plan)
+
+
+def affine_chain_net(seed: int = 3):
+    """A PP-OCRv5-like block chain with dynamic H/W: X [1, 3, H, 16] ->
+    Conv(3->8) -> Mul(scalar) -> Add(scalar) -> hard-swish (HardSigmoid, Mul) -> Mul(scalar) -> Add(scalar) ->
+    depthwise Conv(8, 3x3, pad 1) -> Mul([1, 8, 1, 1]) -> Add([8, 1, 1]) -> Conv 1x1 (8->4) -> Mul([16], along W:
+    must not fold) -> Y. Channel scales differ by ~100x, as PP-OCRv5's first block's do."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    spread = np.geomspace(0.05, 5.0, 8).astype(np.float32)
+    arrays = {
+        "w0": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * spread[:, None, None, None],
+        "b0": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "a0": np.array([1.7], np.float32), "c0": np.array(0.2, np.float32),
+        "a1": np.array(0.8, np.float32), "c1": np.array([-0.1], np.float32),
+        "w1": rng.standard_normal((8, 1, 3, 3)).astype(np.float32), "b1": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "s1": rng.uniform(0.5, 2.0, (1, 8, 1, 1)).astype(np.float32), "t1": rng.standard_normal((8, 1, 1)).astype(np.float32),
+        "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3, "b2": np.zeros(4, np.float32),
+        "sw": rng.uniform(0.5, 1.5, 16).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["X", "w0", "b0"], ["y0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["y0", "a0"], ["m0"], name="lab0_mul"),
+        helper.make_node("Add", ["c0", "m0"], ["l0"], name="lab0_add"),
+        helper.make_node("HardSigmoid", ["l0"], ["hs0"], name="hsig0", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["l0", "hs0"], ["h0"], name="hswish0"),
+        helper.make_node("Mul", ["a1", "h0"], ["m1"], name="act_mul"),
+        helper.make_node("Add", ["m1", "c1"], ["x1"], name="act_add"),
+        helper.make_node("Conv", ["x1", "w1", "b1"], ["y1"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Mul", ["y1", "s1"], ["m2"], name="ch_mul"),
+        helper.make_node("Add", ["m2", "t1"], ["x2"], name="ch_add"),
+        helper.make_node("Conv", ["x2", "w2", "b2"], ["y2"], name="pw"),
+        helper.make_node("Mul", ["y2", "sw"], ["Y"], name="width_mul"),
+    ]
+    inits = [numpy_helper.from_array(v, k) for k, v in arrays.items()]
+    g = helper.make_graph(nodes, "affine_chain", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3, "h", 16])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4, "h", 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

@@ -252,3 +252,27 @@ def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_mo
     dq = {o for n in shipped.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     reads_int8 = [n.input[0] in dq for n in shipped.graph.node if n.op_type == "Conv"]
     assert reads_int8 == [False] * 4 + [True] * (len(reads_int8) - 4)  # the first 4 convs float, the others INT8
+
+
+def test_cli_ort_ops_default_per_task_and_override(toy_bundle, tmp_path, capsys):
+    """Text detection defaults to the "compute" ORT placement, other tasks to "all"; --ort-ops overrides; bad values fail."""
+    from vkt.bundle import Bundle
+    from vkt.cli.main import main
+
+    calib = _images(tmp_path / "calib", 2)
+    base = ["quantize", str(toy_bundle), "--calib", str(calib), "--shape", "32x32", "--target", "ort", "--json"]
+
+    def ops_of(args):
+        assert main(base + args) == 0
+        section = json.loads(capsys.readouterr().out)
+        entry = next(e for e in Bundle.load(toy_bundle).files("int8 qdq onnx") if e.meta.get("placement") == "ort")
+        assert entry.meta["ort_ops"] == section["placements"]["ort"]["ort_ops"]
+        return section["placements"]["ort"]["ort_ops"], section["placements"]["ort"]["fused_int8_ops"]
+
+    assert ops_of([])[0] == "all"  # a generic bundle
+    ops, fused = ops_of(["--ort-ops", "compute"])
+    assert ops == "compute" and fused == 6  # the toy's six convs, its Relu/Add/Sigmoid left in float
+    Bundle.load(toy_bundle).update(task="text-detection")
+    assert ops_of([])[0] == "compute"
+    assert main(base + ["--ort-ops", "convs"]) == 2
+    assert "ort_ops must be one of ['all', 'compute'], got 'convs'" in capsys.readouterr().err.replace("\n", " ")

@@ -188,3 +188,71 @@ def test_layer_sensitivity_ranks_every_conv(toy):
     assert sorted(r["node"] for r in rows) == sorted(n.name for n in fp32.graph.node if n.op_type == "Conv")
     sq = [r["output_sqnr_db"] for r in rows]
     assert sq == sorted(sq) and all(30 < s < 80 for s in sq), rows  # one quantized layer: small, non-zero error
+
+
+# ---- the "compute" ORT placement: Conv/MatMul/Gemm only, affine folded, the chains between in float ----
+@pytest.fixture(scope="module")
+def chain():
+    from calib_helpers import affine_chain_net
+
+    m = prepare_model(affine_chain_net())
+    data = feeds(shapes=((1, 3, 16, 16), (1, 3, 24, 16), (1, 3, 32, 16)), name="X")
+    return m, compute_ranges(m, data, show_progress=False), data
+
+
+def test_fold_conv_affine_is_exact_and_keeps_output_names(chain):
+    from vkt.calibration.qdq import fold_conv_affine
+
+    from calib_helpers import affine_chain_net
+
+    _, _, data = chain
+    fp32 = affine_chain_net()  # unprepared: quant_pre_process already folds the per-channel constants itself
+    folded, names = fold_conv_affine(fp32)
+    # the scalar, [1, C, 1, 1] and [C, 1, 1] constants fold; the one broadcasting along W ([16]) must not
+    assert sorted(names) == ["ch_add", "ch_mul", "lab0_add", "lab0_mul"], names
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops.count("Mul") == 3 and ops.count("Add") == 1, ops  # hswish0, act_mul, width_mul; act_add stay
+    convs = {n.name: n.output[0] for n in folded.graph.node if n.op_type == "Conv"}
+    assert convs == {"conv0": "l0", "dw": "x2", "pw": "y2"}  # a table of the unfolded graph still names them
+    for feed in data:
+        ref, got = run(fp32, feed)[0], run(folded, feed)[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_compute_placement_quantizes_only_conv_inputs_and_outputs(chain):
+    fp32, table, data = chain
+    q = place_ort(fp32, table, ops="compute")
+    assert {p.key: p.value for p in q.metadata_props}["vkt.qdq.ops"] == "compute"
+    counts = count_ops(q)
+    assert counts.int8 == {"QLinearConv": 3} and counts.float_compute == 0, counts  # all three convs fused, nothing else
+    prod = _producers(q)
+    readers = {}
+    for n in q.graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    n_q = 0
+    for n in q.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        n_q += 1
+        src = n.input[0]
+        feeds_conv = all(r.op_type == "Conv" for dq in readers[n.output[0]] for r in readers.get(dq.output[0], []))
+        from_conv = src in prod and prod[src].op_type == "Conv"
+        assert feeds_conv or from_conv, f"Q/DQ on {src!r}: neither a conv input nor a conv output"
+    assert n_q == 5  # X, x1, the dw output (folded: x2), l0 (conv0's folded output), y2 (pw output, read by width_mul)
+    for feed in data:
+        assert _rel_l2(run(fp32, feed)[0], run(q, feed)[0]) < REL_L2_BOUND
+
+
+def test_compute_placement_is_closer_than_all_on_spread_channels(chain):
+    """The chain's per-tensor Q/DQ points in "all" lose the small channels; "compute" keeps them float."""
+    fp32, table, data = chain
+    err = {ops: np.mean([_rel_l2(run(fp32, f)[0], run(place_ort(fp32, table, ops=ops), f)[0]) for f in data])
+           for ops in ("all", "compute")}
+    assert err["compute"] < err["all"], err
+
+
+def test_place_ort_rejects_unknown_ops(chain):
+    fp32, table, _ = chain
+    with pytest.raises(CalibrationError, match="ops must be one of"):
+        place_ort(fp32, table, ops="convs")

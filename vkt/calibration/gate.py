@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
 from vkt.errors import CalibrationError
 from vkt.log import get_logger, progress
 
@@ -135,7 +136,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                   steps: Sequence[int] = DEFAULT_STEPS, placement: str = "ort", sensitivity_feeds: Sequence[Mapping] = (),
                   latency_feed: Mapping[str, np.ndarray] | None = None, threads: int | None = None, iters: int = 10,
                   exhaustive: bool = False, on_fail: str = "fp32", ranking_method: str = "tensor",
-                  reference: Any = None, show_progress: bool = True) -> GateResult:
+                  reference: Any = None, ort_ops: str = "all", show_progress: bool = True) -> GateResult:
     """Walk each candidate's steps (layers kept in float), measure metric and latency, choose the fastest within budget.
 
     For each candidate: rank layers by :func:`vkt.calibration.report.layer_sensitivity` on
@@ -163,6 +164,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         latency_feed: the feed timed (None: latency not measured, recorded as NaN, ties go to fewer float layers).
         iters: timed calls per model (median reported).
         on_fail: "fp32" (ship nothing INT8) or "best" (ship the best-scoring step) when no step fits.
+        ort_ops: with placement "ort", what it quantizes: "all" or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     """
     from vkt.calibration.qdq import placement as place
     from vkt.calibration.report import layer_sensitivity
@@ -201,7 +203,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                 ranking = tensor_sensitivity(cand.fp32, cand.table, sensitivity_feeds, threads=threads,
                                              show_progress=show_progress)
             elif ranking_method == "jump":
-                ranking = error_jumps(cand.fp32, cand.table, sensitivity_feeds, placement, threads=threads)
+                ranking = error_jumps(cand.fp32, cand.table, sensitivity_feeds, placement, threads=threads, ort_ops=ort_ops)
             else:
                 ranking = layer_sensitivity(cand.fp32, cand.table, sensitivity_feeds, threads=threads,
                                             show_progress=show_progress)
@@ -215,7 +217,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         for k in progress(todo, f"gate ({cand.name})", enabled=show_progress):
             # A tensor ranking keeps tensors in float: every node that reads one of the first k.
             kept = tuple(dict.fromkeys(x for nodes in nodes_of[:k] for x in nodes))
-            q = place(cand.fp32, cand.table, placement, kept)
+            q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops)
             blob = q.SerializeToString()
             score = _score(metric, blob, spec, threads, f"{cand.name} k={k}")
             fp_ms, q_ms = _time_pair(fp32_blob, blob, latency_feed, threads, iters) if latency_feed is not None else (np.nan, np.nan)
@@ -240,47 +242,12 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         if on_fail == "best":
             result.chosen = best
             result.model = place(next(c for c in candidates if c.name == b.candidate).fp32,
-                                 next(c for c in candidates if c.name == b.candidate).table, placement, b.float_layers)
+                                 next(c for c in candidates if c.name == b.candidate).table, placement, b.float_layers,
+                                 ort_ops=ort_ops)
             log.warning("%s; shipping it anyway (on_fail='best')", msg)
         else:
             log.warning("%s; shipping FP32 only (raise --max-drop, add more steps, or try --qat)", msg)
     return result
-
-
-def ort_uint8_params(lo: Any, hi: Any) -> tuple[np.ndarray, np.ndarray]:
-    """onnxruntime's uint8 rule for ranges (scalars or per-channel arrays): widened to include 0, scale
-    (hi - lo) / 255 (1 for an empty range), zero point round(-lo / scale). Returns (float32 scale, uint8 zero point)."""
-    lo, hi = np.minimum(np.asarray(lo, np.float64), 0.0), np.maximum(np.asarray(hi, np.float64), 0.0)
-    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
-    return scale.astype(np.float32), np.clip(np.round(-lo / scale), 0, 255).astype(np.uint8)
-
-
-def with_tensor_qdq(model: Any, tensor: str, scale: Any, zero_point: Any, axis: int | None = None) -> Any:
-    """A copy of ``model`` whose readers of ``tensor`` read QuantizeLinear -> DequantizeLinear(tensor) instead.
-
-    ``scale`` / ``zero_point``: scalars (per tensor) or 1-D arrays along ``axis`` (per channel). The pair
-    is inserted right after the producer (first, for a graph input), so the graph stays topologically sorted.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    s, z, q, d = f"{tensor}_vkt_s", f"{tensor}_vkt_z", f"{tensor}_vkt_q", f"{tensor}_vkt_dq"
-    for n in m.graph.node:
-        for i, x in enumerate(n.input):
-            if x == tensor:
-                n.input[i] = d
-    m.graph.initializer.extend([numpy_helper.from_array(np.asarray(scale, np.float32), s),
-                                numpy_helper.from_array(np.asarray(zero_point, np.uint8), z)])
-    kw = {} if axis is None else {"axis": axis}
-    qdq = [helper.make_node("QuantizeLinear", [tensor, s, z], [q], **kw),
-           helper.make_node("DequantizeLinear", [q, s, z], [d], **kw)]
-    nodes = list(m.graph.node)
-    at = next((i + 1 for i, n in enumerate(nodes) if tensor in n.output), 0)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes[:at] + qdq + nodes[at:])
-    return m
 
 
 def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None,
@@ -356,7 +323,7 @@ def prefix_ranking(fp32: Any, ops: Sequence[str] = PREFIX_OPS) -> list[dict[str,
 
 
 def error_jumps(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]], placement: str = "ort",
-                threads: int | None = None, cap_db: float = 60.0) -> list[dict[str, Any]]:
+                threads: int | None = None, cap_db: float = 60.0, ort_ops: str = "all") -> list[dict[str, Any]]:
     """Rank nodes by how much error appears at them in the full placement (one FP32 and one Q/DQ run), worst first.
 
     For each node the SQNR (vs FP32) of its output is compared with the worst SQNR of its float
@@ -372,7 +339,7 @@ def error_jumps(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]]
     from vkt.calibration.report import layer_errors
 
     ops = sorted({n.op_type for n in fp32.graph.node})
-    q = place(fp32, table, placement)
+    q = place(fp32, table, placement, ort_ops=ort_ops)
     rows = layer_errors(fp32, q, feeds, op_types=ops, threads=threads)
     sq = {r["tensor"]: min(cap_db, r["sqnr_db"]) for r in rows}
     out = []

@@ -51,6 +51,9 @@ def quantize(
                                 "from its input up to the k-th conv/matmul; default for text detection), tensor (the k "
                                 "tensors whose quantization alone costs most at the output; default otherwise), jump, "
                                 "sensitivity."),
+    ort_ops: str = typer.Option(None, "--ort-ops", help="What the ort placement quantizes: compute (Conv/MatMul/Gemm only, "
+                                "the ops between them in float; default for text detection) or all (every op onnxruntime "
+                                "has an integer kernel for; default otherwise)."),
     threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
@@ -74,7 +77,7 @@ def quantize(
     section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
                                    num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
                                    component=component, percentile=percentile, threads=threads,
-                                   weight_rounding=weight_rounding, **gate_opts)
+                                   weight_rounding=weight_rounding, ort_ops=ort_ops, **gate_opts)
     if as_json:
         print(json.dumps(section, indent=2))
         return
@@ -115,7 +118,8 @@ def print_calibration(b: Any, section: dict) -> None:
             f"{section['table']['sha256'][:12]}", highlight=False)
     for name, p in section["placements"].items():
         sq = ", ".join(f"{k} {v:.1f} dB" if isinstance(v, float) else f"{k} {v}" for k, v in p.get("output_sqnr_db", {}).items())
-        c.print(f"  {name}: {p['path']}  fused int8 ops {p['fused_int8_ops']}, float compute ops {p['float_compute_ops']} "
+        scope = f" (quantizes: {p['ort_ops']} ops)" if p.get("ort_ops") else ""
+        c.print(f"  {name}{scope}: {p['path']}  fused int8 ops {p['fused_int8_ops']}, float compute ops {p['float_compute_ops']} "
                 f"on onnxruntime CPU; output SQNR vs FP32: {sq or 'not measured'}", highlight=False)
     gate = section.get("gate")
     if gate:
