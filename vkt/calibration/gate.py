@@ -73,6 +73,7 @@ class GateStep:
     p50_ms: float
     fp32_p50_ms: float
     within: bool
+    parts: Mapping[str, float] = field(default_factory=dict)  # the metric's components, when it reports them
 
     @property
     def speedup(self) -> float:
@@ -83,6 +84,7 @@ class GateStep:
         d["float_layers"] = list(self.float_layers)
         d["layers_kept_float"] = len(self.float_layers)
         d["speedup"] = round(self.speedup, 3)
+        d["parts"] = {k: round(float(v), 5) for k, v in self.parts.items()}
         for k in ("metric", "drop"):
             d[k] = round(d[k], 5)
         for k in ("p50_ms", "fp32_p50_ms"):
@@ -222,7 +224,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             score = _score(metric, blob, spec, threads, f"{cand.name} k={k}")
             fp_ms, q_ms = _time_pair(fp32_blob, blob, latency_feed, threads, iters) if latency_feed is not None else (np.nan, np.nan)
             step = GateStep(cand.name, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
-                            baseline - score <= max_drop + 1e-12)
+                            baseline - score <= max_drop + 1e-12, dict(getattr(metric, "last", None) or {}))
             result.steps.append(step)
             log.info("gate %s: %d layer(s) in float: metric %.4f (drop %.4f), %.1f ms vs FP32 %.1f ms%s", cand.name, k, score,
                      step.drop, q_ms, fp_ms, " within budget" if step.within else "")
@@ -424,10 +426,22 @@ def render_gate_table(gate: Mapping[str, Any], title: str = "accuracy gate (metr
 
 
 def task_metric(bundle: Any, holdout: Sequence[Path], threads: int | None = None, show_progress: bool = True) -> Metric:
-    """The gate metric for the bundle's task on held-out images (text detection only so far)."""
+    """The gate metric for the bundle's task on held-out images (text detection only so far).
+
+    Text detection: hmean of the INT8 boxes against FP32's; when some held-out images have ICDAR labels
+    beside them (``gt_<image stem>.txt``, as ``vkt synth textdet`` and ``vkt eval --data`` use), the metric is
+    ``min(agreement, 1 - (FP32's hmean vs labels - INT8's))``, so ``--max-drop`` bounds both drops.
+    """
     if bundle.task == "text-detection":
-        m = textdet_agreement(bundle, holdout, threads=threads, show_progress=show_progress)
-        m.name = "hmean vs FP32 boxes"  # type: ignore[attr-defined]
+        from vkt.eval.textdet import gt_path_for, load_icdar_gt
+
+        labels = {}
+        for p in holdout:
+            gt = gt_path_for(Path(p), Path(p).parent)
+            if gt is not None:
+                labels[Path(p)] = load_icdar_gt(gt)
+        m = textdet_agreement(bundle, holdout, threads=threads, show_progress=show_progress, labels=labels or None)
+        m.name = ("min(hmean vs FP32 boxes, 1 - hmean drop vs labels)" if labels else "hmean vs FP32 boxes")  # type: ignore[attr-defined]
         return m
     raise CalibrationError(f"no held-out metric for task {bundle.task!r} (family {bundle.family!r}) yet; the gate knows "
                            "'text-detection'. Call vkt.calibration.api.gate_bundle() with your own metric(runner_factory)")
@@ -464,15 +478,21 @@ def load_holdout_images(images: Sequence[Any], who: str) -> list[np.ndarray]:
 
 
 def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = MIN_HOLDOUT_REGIONS,
-                      iou_thresh: float = 0.5, threads: int | None = None, show_progress: bool = True) -> Metric:
+                      iou_thresh: float = 0.5, threads: int | None = None, show_progress: bool = True,
+                      labels: Mapping[Any, Sequence[Any]] | None = None) -> Metric:
     """Text-detection gate metric: hmean of a model's boxes scored against the bundle's FP32 boxes.
 
     FP32 detections on ``images`` (paths or BGR uint8 arrays) are computed once here, through
     :class:`vkt.runtime.textdet.TextDetector` with the bundle's pre/post-processing. Raises
     CalibrationError when FP32 finds fewer than ``min_regions`` regions in all (default 20): an
     hmean over so few boxes moves by more than a point per box.
+
+    ``labels``: ground truth (GtRegion lists or polygons) for some of ``images``, keyed by the same
+    objects (paths). The metric is then ``min(agreement, 1 - (FP32 hmean - model hmean))`` over the
+    labelled images: agreement with FP32 can stay high while boxes near the IoU threshold of the
+    labels move, so the budget bounds both. ``metric.last`` holds the parts of the latest call.
     """
-    from vkt.eval.textdet import hmean_between
+    from vkt.eval.textdet import evaluate, hmean_between
     from vkt.runtime import make_runner
 
     if bundle.task != "text-detection":
@@ -494,13 +514,30 @@ def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = 
     if n < min_regions:
         raise CalibrationError(f"FP32 finds {n} text region(s) on the {len(imgs)} held-out image(s); the gate needs at least "
                                f"{min_regions} to measure a 1-point drop: add held-out images with text")
+    by_path = {Path(k): v for k, v in (labels or {}).items()}
+    labelled = [i for i, im in enumerate(images) if isinstance(im, (str, os.PathLike)) and Path(im) in by_path]
+    gts = [by_path[Path(images[i])] for i in labelled]
+
+    def vs_labels(dets: Sequence[Any]) -> float:
+        return evaluate([dets[i] for i in labelled], gts, iou_thresh=iou_thresh)["hmean"]
+
+    fp32_labels = vs_labels(ref) if labelled else None
 
     def metric(factory: Callable[[], Any]) -> float:
         runner = factory()
         if getattr(runner, "_spec", None) is None:
             runner._spec = spec  # bare runners: give them the bundle's profile (TextDetector caps sizes by it)
-        return hmean_between(detect(runner), ref, iou_thresh)
+        dets = detect(runner)
+        agreement = hmean_between(dets, ref, iou_thresh)
+        metric.last = {"agreement": agreement}  # type: ignore[attr-defined]
+        if not labelled:
+            return agreement
+        got = vs_labels(dets)
+        metric.last.update(labels_hmean=got, labels_fp32=fp32_labels)  # type: ignore[attr-defined]
+        return min(agreement, 1.0 - (fp32_labels - got))
 
     metric.reference = ref  # type: ignore[attr-defined]
     metric.regions = n  # type: ignore[attr-defined]
+    metric.labelled = len(labelled)  # type: ignore[attr-defined]
+    metric.last = {}  # type: ignore[attr-defined]
     return metric
