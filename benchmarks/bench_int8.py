@@ -155,7 +155,8 @@ def synthetic_text_set(folder: Path, n: int = 8, size: tuple[int, int] = (736, 1
     rotation + perspective, on photos and procedural backgrounds); returns (image, word quads [4, 2]) pairs.
 
     Seed 1000 is not used by calibration (which sees scikit-image photos only) or by training defaults.
-    Each image gets its ICDAR label beside it (``gt_<stem>.txt``): the gate then bounds the drop vs labels too.
+    Each image gets its ICDAR label beside it (``gt_<stem>.txt``): with ``--holdout-labels`` the gate bounds the
+    drop vs labels too.
     """
     import cv2
 
@@ -188,7 +189,7 @@ def _detect(bundle, precision: str, images, threads: int) -> list:
 
 def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: float, work: Path,
               steps: tuple[int, ...] | None = None, ranking: str | None = None, ort_ops: str | None = None,
-              time_iters: int = 0) -> list[dict]:
+              time_iters: int = 0, labels: bool = False) -> list[dict]:
     """Calibrate + gate the real PP-OCRv5 mobile bundle at short side ``side`` (the default `vkt quantize` path:
     percentile ranges, round-to-nearest weights, prefix ranking walking every 4th conv, the "compute" ORT placement;
     ``steps``/``ranking``/``ort_ops``
@@ -218,7 +219,8 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     t0 = time.perf_counter()
     qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
     section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
-                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops, show_progress=False)
+                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops,
+                                   holdout_labels=labels, show_progress=False)
     seconds = time.perf_counter() - t0
     gate = section["gate"]
     bundle = Bundle.load(bundle.root)
@@ -252,7 +254,7 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
         r.update({"threads": threads, "holdout": f"{len(GATE_HOLDOUT)} real photos + {len(synth)} synthetic (vkt.training.synth_text)",
                   "gate_seconds": round(seconds, 1), "max_drop": gate["max_drop"],
                   "weights": section.get("weights", {}).get("rounding"), "ranking": ranking or "prefix (default)",
-                  "ort_ops": section["placements"].get("ort", {}).get("ort_ops", ort_ops)})
+                  "ort_ops": section["placements"].get("ort", {}).get("ort_ops", ort_ops), "gate_uses_labels": labels})
     return rows
 
 
@@ -368,6 +370,8 @@ def main() -> None:
     from vkt.calibration.gate import RANKING_METHODS
     from vkt.calibration.qdq import ORT_OPS
 
+    ap.add_argument("--holdout-labels", action="store_true",
+                    help="with --gate: the gate also bounds the hmean drop vs the synthetic pages' labels (vkt quantize --holdout-labels)")
     ap.add_argument("--time-iters", type=int, default=0,
                     help="with --gate: also time the shipped model vs FP32 (and the other ORT scope) with this many calls each")
     ap.add_argument("--ort-ops", default=None, choices=ORT_OPS,
@@ -398,7 +402,7 @@ def main() -> None:
         if args.gate:
             for side in (int(v) for v in args.sides.split(",")):
                 emit(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work, ranking=args.ranking,
-                                ort_ops=args.ort_ops, time_iters=args.time_iters))
+                                ort_ops=args.ort_ops, time_iters=args.time_iters, labels=args.holdout_labels))
         if args.server:
             emit(server_rows(args.threads, max(3, args.iters // 4), work))
         print_gate_table(rows)

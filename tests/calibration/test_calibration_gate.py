@@ -145,6 +145,7 @@ def _images(folder, n, value=None, size=24):
     (["--qat"], "--qat needs --holdout"),
     (["--qat", "--holdout", "{calib}"], "family 'generic', which has none"),
     (["--steps", "0,2"], "--steps is only used with --holdout"),
+    (["--holdout-labels"], "--holdout-labels is only used with --holdout"),
 ])
 def test_cli_gate_errors_are_one_line(toy_bundle, tmp_path, capsys, args, match):
     from vkt.cli.main import main

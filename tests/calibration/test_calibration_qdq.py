@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from calib_helpers import feeds, linear_layers, run, trt_build
 
-from vkt.calibration import compute_ranges, count_ops, layer_errors, place_ort, place_trt, prepare_model
+from vkt.calibration import (
+    compute_ranges,
+    count_ops,
+    layer_errors,
+    place_ort,
+    place_trt,
+    prepare_model,
+)
 from vkt.errors import CalibrationError
 
 needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="needs tensorrt-rtx (pip install 'vkt[rtx]')")
@@ -201,9 +208,9 @@ def chain():
 
 
 def test_fold_conv_affine_is_exact_and_keeps_output_names(chain):
-    from vkt.calibration.qdq import fold_conv_affine
-
     from calib_helpers import affine_chain_net
+
+    from vkt.calibration.qdq import fold_conv_affine
 
     _, _, data = chain
     fp32 = affine_chain_net()  # unprepared: quant_pre_process already folds the per-channel constants itself

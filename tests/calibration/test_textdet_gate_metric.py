@@ -60,6 +60,15 @@ def test_metric_without_labels_is_the_agreement(setup):
     assert 0.5 < got < 1.0  # the nearby model really differs, and not wholesale
 
 
+def test_use_labels_without_label_files_is_an_error(setup):
+    from vkt.bundle import Bundle
+    from vkt.errors import CalibrationError
+
+    bundle, paths, _ = setup
+    with pytest.raises(CalibrationError, match="none of the held-out images has an ICDAR label file"):
+        task_metric(Bundle.load(bundle), paths, threads=2, show_progress=False, use_labels=True)
+
+
 def test_metric_with_labels_bounds_the_label_drop_too(setup):
     """Labels for text.png = FP32's own boxes there: the label term is then the agreement on text.png alone,
     so the metric must equal min(agreement on both, agreement on text.png) (hand-derived); there the nearby
@@ -74,7 +83,9 @@ def test_metric_with_labels_bounds_the_label_drop_too(setup):
     gt = paths[1].parent / f"gt_{paths[1].stem}.txt"
     gt.write_text(format_label(text_boxes, ["x"] * len(text_boxes)), encoding="utf-8")
     try:
-        metric = task_metric(b, paths, threads=2, show_progress=False)
+        plain = task_metric(b, paths, threads=2, show_progress=False)  # labels are opt-in
+        assert plain.labelled == 0 and plain.name == "hmean vs FP32 boxes"
+        metric = task_metric(b, paths, threads=2, show_progress=False, use_labels=True)
         assert metric.labelled == 1 and "labels" in metric.name
         assert metric(_factory(Bundle.load(bundle).path("fp32 onnx").read_bytes(), bundle)) == pytest.approx(1.0)
         got = metric(_factory(nearby, bundle))

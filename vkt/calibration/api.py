@@ -243,7 +243,7 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
                          max_drop: float = 0.01, steps: Sequence[int] | None = None, placement: str = "ort",
                          qat: bool = False, qat_options: Mapping[str, Any] | None = None, on_fail: str = "fp32",
                          weight_rounding: str | None = None, ranking_method: str | None = None, threads: int | None = None,
-                         ort_ops: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                         ort_ops: str | None = None, holdout_labels: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """:func:`quantize_bundle` on a folder of images pre-processed as the bundle's manifest says, then
     (with ``holdout``) the accuracy gate on held-out images and (with ``qat``) quantization-aware distillation.
 
@@ -270,6 +270,8 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
         ort_ops: what the "ort" placement quantizes (:func:`vkt.calibration.qdq.place_ort`); default "compute"
             for text detection (Conv only, elementwise chains in float: on PP-OCRv5 mobile, 736, all convs INT8,
             held-out hmean vs FP32 0.92 vs 0.66 with "all" at the same speed), "all" otherwise.
+        holdout_labels: text detection: the gate also bounds the hmean drop vs ICDAR labels beside held-out
+            images (see :func:`vkt.calibration.gate.task_metric`; off by default: that hmean is noisy).
     """
     from vkt.bundle import Bundle
     from vkt.calibration.data import ImageFolderReader, calibration_shapes
@@ -311,7 +313,7 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
     )
 
     paths = holdout_images(holdout)
-    metric = task_metric(b, paths, threads=threads, show_progress=show_progress)
+    metric = task_metric(b, paths, threads=threads, show_progress=show_progress, use_labels=holdout_labels)
     # Ranking on two calibration images (one session per tensor/layer): the tensor ranking at their
     # deployment size (on PP-OCRv5 mobile, ranked at 320x320 it kept the wrong tensors: pooled hmean
     # 0.78 with 32 in float, vs 0.99 real / 0.93 synthetic ranked at 736), the others at a small size;

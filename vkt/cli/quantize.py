@@ -51,6 +51,9 @@ def quantize(
                                 "from its input up to the k-th conv/matmul; default for text detection), tensor (the k "
                                 "tensors whose quantization alone costs most at the output; default otherwise), jump, "
                                 "sensitivity."),
+    holdout_labels: bool = typer.Option(False, "--holdout-labels", help="With --holdout (text detection): also bound "
+                                        "the hmean drop vs ICDAR labels (gt_<image>.txt) beside held-out images. Off by "
+                                        "default: that hmean flips with boxes near IoU 0.5, so it is noisy."),
     ort_ops: str = typer.Option(None, "--ort-ops", help="What the ort placement quantizes: compute (Conv/MatMul/Gemm only, "
                                 "the ops between them in float; default for text detection) or all (every op onnxruntime "
                                 "has an integer kernel for; default otherwise)."),
@@ -73,6 +76,10 @@ def quantize(
         if holdout is None:
             raise CalibrationError("--ranking is only used with --holdout (the accuracy gate)")
         gate_opts["ranking_method"] = ranking
+    if holdout_labels:
+        if holdout is None:
+            raise CalibrationError("--holdout-labels is only used with --holdout (the accuracy gate)")
+        gate_opts["holdout_labels"] = True
     b = Bundle.load(bundle)
     section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
                                    num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
