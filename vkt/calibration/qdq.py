@@ -279,10 +279,11 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
         ops: "all" (default): every op type onnxruntime has an integer kernel for (QLinearConv, QLinearMul,
             QLinearAdd, pooling, ...); "compute": constant Mul/Add after a Conv folded into it
             (:func:`fold_conv_affine`, exact), then only Conv/MatMul/Gemm quantized, with Q/DQ on their
-            outputs too so they still fuse, and every op between them (elementwise, activations, ...) in float. On PP-OCRv5
-            mobile det (short side 736, 1 thread) "compute" ran as fast as "all" (1.47x vs 1.49x over FP32)
-            and kept held-out hmean vs FP32 at 0.92 where "all" gave 0.72: its scalar-affine and
-            hard-swish chains, quantized per tensor, lose the small channels twice per block.
+            outputs too so they still fuse, and every op between them (elementwise, activations, ...) in
+            float. On PP-OCRv5 mobile det (short side 736, every conv INT8) "compute" kept held-out hmean vs
+            FP32 at 0.92 where "all" gave 0.66, at the same speed: "all" quantizes the scalar-affine and
+            hard-swish chains per tensor, losing the small channels twice per block
+            (benchmarks/results/textdet_int8_gate_compute.json, benchmarks/results/textdet_int8_gate_prefix.json).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static, save_tensors_data
