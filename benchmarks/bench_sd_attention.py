@@ -1,11 +1,19 @@
-"""SD 1.5's largest self-attention (64x64 latents: 4096 tokens, 8 heads x 40, batch 2 for guidance) on CPU:
-onnxruntime's fused MultiHeadAttention (what vkt.models.sd.optimize puts in the .ort.onnx UNet) vs the plain
-MatMul-Softmax-MatMul graph of an unfused export vs torch's scaled_dot_product_attention, interleaved.
+"""SD 1.5's self-attention on CPU, one formulation against another, interleaved: onnxruntime's fused
+MultiHeadAttention (what vkt.models.sd.optimize puts in the .ort.onnx UNet: its CPU kernel is flash attention) vs
+the alternatives that have CPU kernels — MatMul-Softmax-MatMul as an unfused export writes it, the same with the
+queries split into k static chunks (smaller probability blocks), ONNX's own Attention op (opset 23), and
+com.microsoft Attention with packed QKV weights (layer level: projections included, against MatMul + Split +
+MultiHeadAttention) — and torch's scaled_dot_product_attention.
 
-    .venv/bin/python benchmarks/bench_sd_attention.py [--reps 5] [--threads 2]
+Shapes (--shape): unet64 = 64x64 latents (512 px): 4096 tokens, 8 heads x 40, batch 2 (guidance);
+unet32 = 32x32 latents: 1024 tokens, 8 heads x 80; vae64 = the VAE decoder's mid-block at 512 px: 4096 tokens,
+one head x 512, batch 1.
 
-Prints one JSON row per implementation, then a table. Tells whether attention is where the SD UNet's
-time goes at 512x512 (it is not: see docs/ARCHITECTURE.md).
+    .venv/bin/python benchmarks/bench_sd_attention.py --shape unet64 [--reps 5] [--threads 2] [--chunks 4,16]
+
+Inputs are q, k, v [B, S, E] (already projected) and the output is [B, S, E], so every formulation pays for its
+own head transposes. Prints one JSON row per implementation (p50 / min ms, max |diff| vs MultiHeadAttention),
+then a table.
 """
 import argparse
 import json
@@ -14,52 +22,119 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("--reps", type=int, default=5)
-ap.add_argument("--threads", type=int, default=2)
-args = ap.parse_args()
-B, S, H, D = 2, 4096, 8, 40
-E = H * D
-torch.set_num_threads(args.threads)
-# ORT contrib MultiHeadAttention (q,k,v already projected, BSE layout)
-node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["o"], domain="com.microsoft", num_heads=H)
-g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B, S, E]) for n in "qkv"],
-                      [helper.make_tensor_value_info("o", TensorProto.FLOAT, [B, S, E])])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]); m.ir_version = 8
-so = ort.SessionOptions(); so.intra_op_num_threads = args.threads
-s_mha = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-# plain ONNX: MatMul + Softmax + MatMul (what the unfused export runs)
-x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [B * H, S, D]) for n in "qkv"]
-nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-         helper.make_node("MatMul", ["q", "kt"], ["s"]),
-         helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-         helper.make_node("MatMul", ["p", "v"], ["o"])]
-g2 = helper.make_graph(nodes, "g2", x, [helper.make_tensor_value_info("o", TensorProto.FLOAT, [B * H, S, D])])
-m2 = helper.make_model(g2, opset_imports=[helper.make_opsetid("", 17)]); m2.ir_version = 8
-s_plain = ort.InferenceSession(m2.SerializeToString(), so, providers=["CPUExecutionProvider"])
-rng = np.random.default_rng(0)
-q, k, v = (rng.standard_normal((B, S, E), dtype=np.float32) * 0.3 for _ in range(3))
-qh, kh, vh = (a.reshape(B, S, H, D).transpose(0, 2, 1, 3).reshape(B * H, S, D).copy() for a in (q, k, v))
-tq, tk, tv = (torch.from_numpy(a.reshape(B, H, S, D)) for a in (qh, kh, vh))
-fns = {"ort-mha": lambda: s_mha.run(None, {"q": q, "k": k, "v": v}),
-       "ort-plain": lambda: s_plain.run(None, {"q": qh * (D ** -0.5), "k": kh, "v": vh}),
-       "torch-sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv)}
-ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv).numpy().reshape(B, H, S, D)
-o = s_mha.run(None, {"q": q, "k": k, "v": v})[0].reshape(B, S, H, D).transpose(0, 2, 1, 3)
-err = float(np.abs(o - ref).max())
-ts = {n: [] for n in fns}
-for f in fns.values(): f()
-for _ in range(args.reps):
-    for n, f in fns.items():
-        t = time.perf_counter(); f(); ts[n].append(time.perf_counter() - t)
-p50 = {n: float(np.median(v)) * 1e3 for n, v in ts.items()}
-for n in fns:
-    print(json.dumps({"op": "self-attention", "impl": n, "shape": [B, S, H, D], "threads": args.threads, "n": args.reps,
-                      "p50_ms": round(p50[n], 1), "vs_torch_sdpa": round(p50["torch-sdpa"] / p50[n], 2),
-                      "mha_vs_sdpa_max_abs": err, "load_avg_1m": round(os.getloadavg()[0], 2)}))
-print(f"\n{'impl':<12}{'p50 ms':>10}{'vs sdpa':>10}")
-for n in fns:
-    print(f"{n:<12}{p50[n]:>10.1f}{p50['torch-sdpa'] / p50[n]:>9.2f}x")
+SHAPES = {"unet64": (2, 4096, 8, 40), "unet32": (2, 1024, 8, 80), "vae64": (1, 4096, 1, 512)}
+F = TensorProto.FLOAT
+
+
+def model(nodes, inputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, F, s) for n, s in inputs],
+                          [helper.make_tensor_value_info("o", F, None)], list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 8 if opset < 21 else 10
+    return m
+
+
+def plain(B, S, H, D, chunks):
+    """softmax(q k^T / sqrt(D)) v per head with ONNX ops; queries split into ``chunks`` static blocks."""
+    c = numpy_helper.from_array
+    inits = [c(np.array([B, S, H, D], np.int64), "shape4"), c(np.array([B, S, H * D], np.int64), "shape3"),
+             c(np.array(D ** -0.5, np.float32), "scale")]
+    n = [helper.make_node("Mul", ["q", "scale"], ["qs"]),
+         helper.make_node("Reshape", ["qs", "shape4"], ["q4"]), helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+         helper.make_node("Reshape", ["k", "shape4"], ["k4"]), helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+         helper.make_node("Reshape", ["v", "shape4"], ["v4"]), helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3])]
+    if chunks == 1:
+        n += [helper.make_node("MatMul", ["qh", "kt"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["oh"])]
+    else:
+        inits.append(c(np.full(chunks, S // chunks, np.int64), "split"))
+        n.append(helper.make_node("Split", ["qh", "split"], [f"qc{i}" for i in range(chunks)], axis=2))
+        for i in range(chunks):
+            n += [helper.make_node("MatMul", [f"qc{i}", "kt"], [f"s{i}"]),
+                  helper.make_node("Softmax", [f"s{i}"], [f"p{i}"], axis=-1),
+                  helper.make_node("MatMul", [f"p{i}", "vh"], [f"oc{i}"])]
+        n.append(helper.make_node("Concat", [f"oc{i}" for i in range(chunks)], ["oh"], axis=2))
+    n += [helper.make_node("Transpose", ["oh"], ["ot"], perm=[0, 2, 1, 3]), helper.make_node("Reshape", ["ot", "shape3"], ["o"])]
+    return model(n, [(x, [B, S, H * D]) for x in "qkv"], inits)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="unet64")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunks", default="4,16", help="query chunk counts of the chunked MatMul-Softmax-MatMul")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    B, S, H, D = SHAPES[args.shape]
+    E = H * D
+    qkv = [(x, [B, S, E]) for x in "qkv"]
+    graphs = {"ort-mha": model([helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["o"], domain="com.microsoft",
+                                                 num_heads=H)], qkv),
+              "onnx-attention-23": model([helper.make_node("Attention", ["q", "k", "v"], ["o"], q_num_heads=H, kv_num_heads=H)],
+                                         qkv, opset=23),
+              "ort-plain": plain(B, S, H, D, 1)}
+    for k in (int(x) for x in args.chunks.split(",") if x):
+        graphs[f"ort-plain-chunks{k}"] = plain(B, S, H, D, k)
+    rng = np.random.default_rng(0)
+    # layer level: x -> packed QKV projection -> attention, as com.microsoft Attention and as MatMul + Split + MHA
+    w = numpy_helper.from_array((rng.standard_normal((E, 3 * E)) * E ** -0.5).astype(np.float32), "w")
+    zero = numpy_helper.from_array(np.zeros(3 * E, np.float32), "zero")  # onnxruntime 1.31's CPU kernel crashes without a bias
+    layer = {"L-ort-attention-packed": model([helper.make_node("Attention", ["x", "w", "zero"], ["o"], domain="com.microsoft",
+                                                               num_heads=H)], [("x", [B, S, E])], [w, zero]),
+             "L-matmul-split-mha": model([helper.make_node("MatMul", ["x", "w"], ["p"]),
+                                          helper.make_node("Split", ["p", "sp"], ["q", "k", "v"], axis=-1),
+                                          helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["o"],
+                                                           domain="com.microsoft", num_heads=H)],
+                                         [("x", [B, S, E])], [w, numpy_helper.from_array(np.array([E] * 3, np.int64), "sp")])}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    q, k, v = (rng.standard_normal((B, S, E), dtype=np.float32) for _ in range(3))
+    x = (rng.standard_normal((B, S, E)) * 0.5).astype(np.float32)
+    fns = {}
+    for name, m in {**graphs, **layer}.items():
+        s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        feed = {"x": x} if name.startswith("L-") else {"q": q, "k": k, "v": v}
+        fns[name] = lambda s=s, feed=feed: s.run(None, feed)[0]
+    if not args.no_torch:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        tq, tk, tv = (torch.from_numpy(a.reshape(B, S, H, D).transpose(0, 2, 1, 3).copy()) for a in (q, k, v))
+        fns["torch-sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv).permute(0, 2, 1, 3) \
+            .reshape(B, S, E).numpy()
+    outs = {n: np.asarray(f()) for n, f in fns.items()}  # warm-up + parity
+    ts = {n: [] for n in fns}
+    load0 = os.getloadavg()[0]
+    for _ in range(args.reps):
+        for n, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[n].append(time.perf_counter() - t)
+    load1 = os.getloadavg()[0]
+    base = float(np.median(ts["ort-mha"]))
+    rows = []
+    for n in fns:
+        ref = outs["L-ort-attention-packed" if n.startswith("L-") else "ort-mha"]
+        p50 = float(np.median(ts[n]))
+        rows.append({"op": "self-attention", "shape": args.shape, "B_S_heads_headsize": [B, S, H, D], "impl": n,
+                     "threads": args.threads, "n": args.reps, "p50_ms": round(p50 * 1e3, 1), "min_ms": round(min(ts[n]) * 1e3, 1),
+                     "mha_over_this": round(base / p50, 3) if not n.startswith("L-") else None,
+                     "max_abs_diff": float(np.abs(outs[n] - ref).max()), "load_avg_1m": [round(load0, 2), round(load1, 2)]})
+    text = "\n".join(json.dumps(r) for r in rows)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(f"\n{args.shape} {[B, S, H, D]}, {args.threads} threads, load {load0:.2f} -> {load1:.2f}")
+    print(f"{'impl':26}{'p50 ms':>10}{'min ms':>10}{'mha/this':>10}{'max diff':>10}")
+    for r in rows:
+        ratio = f"{r['mha_over_this']:9.2f}x" if r["mha_over_this"] else f"{'':10}"
+        print(f"{r['impl']:26}{r['p50_ms']:10.1f}{r['min_ms']:10.1f}{ratio}{r['max_abs_diff']:10.1e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,10 +5,13 @@ interleaved in one process: the A/B for a graph rewrite or a session setting, on
         --variant spin=ort --variant nospin=ort:session.intra_op.allow_spinning=0
     .venv/bin/python benchmarks/bench_sd_session.py --component unet --size 256 --threads 1 \\
         --variant before=/tmp/unet.before.onnx --variant after=ort
+    .venv/bin/python benchmarks/bench_sd_session.py --component unet --size 256 --batch 8 \\
+        --variant batched=ort --variant two-calls=ort:calls=2
 
 A variant is NAME=GRAPH[:KEY=VALUE,...]: GRAPH is "ort" (the bundle's .ort.onnx), "plain" (the exported graph) or a
-path (a graph saved beside the bundle's weights); KEY=VALUE are session config entries (``threads=N`` sets the
-intra-op threads of that session). The first variant is the baseline of the ratios. Feeds: UNet at --batch
+path (a graph saved beside the bundle's weights); KEY=VALUE are session config entries, except ``threads=N`` (the
+intra-op threads of that session) and ``calls=K`` (run the batch as K calls of batch/K, outputs concatenated: batched
+guidance at --batch 2B against ``calls=2``, two calls at B). The first variant is the baseline of the ratios. Feeds: UNet at --batch
 (default 2: one guided step at B=1), latents size/8, 77 tokens; VAE decoder at batch 1.
 At most three SD 1.5 UNet sessions fit in ~12 GB. Prints JSON rows, then a table: p50 and min wall seconds,
 p50 CPU seconds (all threads), baseline/this, max |this - baseline| / max |baseline|, load average.
@@ -77,12 +80,16 @@ def main() -> None:
         path = graphs.get(graph, Path(graph))
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(entries.pop("threads", args.threads))
+        calls = int(entries.pop("calls", 1))
+        if calls < 1 or n % calls:
+            raise SystemExit(f"calls={calls} in --variant {text!r} must divide the batch {n}")
         for k, v in entries.items():
             so.add_session_config_entry(k, v)
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        fns[name] = lambda s=s: s.run(None, feed)[0]
+        parts = [{k: v[i * n // calls:(i + 1) * n // calls] for k, v in feed.items()} for i in range(calls)]
+        fns[name] = lambda s=s, parts=parts: np.concatenate([s.run(None, f)[0] for f in parts])
         outs[name] = fns[name]()  # warm-up + parity
-        meta[name] = {"graph": path.name, "threads": so.intra_op_num_threads, "session_config": entries}
+        meta[name] = {"graph": path.name, "threads": so.intra_op_num_threads, "calls": calls, "session_config": entries}
     base = next(iter(fns))
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}

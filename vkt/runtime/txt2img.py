@@ -71,9 +71,9 @@ class Txt2Img:
             not counted) and then keeps the faster.
         progress_bar: show a rich progress bar over the denoising steps (on a terminal only).
         session_config: onnxruntime session config entries for the three sessions (onnxruntime backends;
-            None: onnxruntime's defaults). On a CPU shared with other busy processes,
-            ``{"session.intra_op.allow_spinning": "0"}`` (workers block between ops instead of spinning) ran
-            the SD 1.5 UNet 1.09-1.16x faster; on an idle CPU it ran 0.95x (docs/ARCHITECTURE.md).
+            None: onnxruntime's defaults). ``{"session.intra_op.allow_spinning": "0"}`` (workers block between
+            ops instead of spinning) ran an SD 1.5 UNet call at 512 px 1.00x on an idle 2-core CPU and 1.12x
+            with other busy processes on it; at 256 px 0.95x idle (docs/ARCHITECTURE.md).
 
     Sessions open on the first call (or ``activate()``); ``close()`` or a ``with`` block frees them.
     One call at a time per instance: the scheduler keeps per-generation state (step counter,
