@@ -264,7 +264,9 @@ class Txt2Img:
     # ---- helpers ---------------------------------------------------------------------------------
     def _pick_cfg(self, shape: tuple[int, ...]) -> str:
         """The guidance mode of the next step: the fixed one, or under "auto" batched on GPU backends and,
-        on CPU, alternate until each mode has AUTO_SAMPLES timed steps past its first, then the faster."""
+        on CPU, alternate until each mode has AUTO_SAMPLES timed steps past its first, then the faster by
+        median; every AUTO_REFRESH-th step after that re-times the other mode, so a choice made on noisy
+        first samples (the two modes are within a few percent on CPU) corrects itself over a service's life."""
         if self.cfg_mode != "auto":
             return self.cfg_mode
         if self.backend != "ort":
@@ -273,17 +275,21 @@ class Txt2Img:
         n = {m: len(seen.get(m, [])) for m in ("batched", "sequential")}
         if min(n.values()) < AUTO_SAMPLES + 1:
             return "batched" if n["batched"] <= n["sequential"] else "sequential"
-        return min(n, key=lambda m: float(np.mean(seen[m][1:])))
+        best = _faster_mode(seen)
+        if sum(n.values()) % AUTO_REFRESH == 0:
+            return "sequential" if best == "batched" else "batched"
+        return best
 
     @property
     def cfg_choice(self) -> dict[str, Any]:
-        """Under cfg="auto" on CPU: per (B, h, w), mean step seconds of each mode (first steps not
-        counted) and the mode in use."""
+        """Under cfg="auto" on CPU: per (B, h, w), median step seconds of each mode (first steps not
+        counted), how many steps were timed, and the mode in use."""
         out = {}
         for (B, _, h, w), seen in self._cfg_times.items():
-            means = {m: float(np.mean(v[1:])) for m, v in seen.items() if len(v) > 1}
-            done = len(means) == 2 and all(len(v) > AUTO_SAMPLES for v in seen.values())
-            out[f"B={B} {h}x{w}"] = {"step_s": means, "mode": min(means, key=means.get) if done else "measuring"}
+            medians = {m: float(np.median(v[1:])) for m, v in seen.items() if len(v) > 1}
+            done = len(medians) == 2 and all(len(v) > AUTO_SAMPLES for v in seen.values())
+            out[f"B={B} {h}x{w}"] = {"step_s": medians, "samples": {m: len(v) - 1 for m, v in seen.items()},
+                                     "mode": _faster_mode(seen) if done else "measuring"}
         return out
 
     def _unet(self, x: np.ndarray, t: float, emb: np.ndarray, timings: StageTimings) -> np.ndarray:
@@ -360,6 +366,12 @@ class Txt2Img:
 
 CFG_MODES = ("auto", "batched", "sequential")
 AUTO_SAMPLES = 2  # timed steps per mode (after a first, warm-up one) before cfg="auto" settles on CPU
+AUTO_REFRESH = 16  # then every 16th step of a shape re-times the other mode (at most ~1/16 of a few % spent)
+
+
+def _faster_mode(seen: dict[str, list[float]]) -> str:
+    """The guidance mode with the lower median step time, first (warm-up) steps not counted."""
+    return min(("batched", "sequential"), key=lambda m: float(np.median(seen[m][1:])))
 
 
 def _check_int(v: Any, name: str, lo: int) -> int:

@@ -173,7 +173,7 @@ def test_cfg_auto_keeps_the_faster_mode_on_cpu(bundle, latents, slow_batch, want
     ``slow_batch`` size are made 30 ms slower, so the other mode must win; images stay the same."""
     import time
 
-    from vkt.runtime.txt2img import AUTO_SAMPLES, Txt2Img
+    from vkt.runtime.txt2img import AUTO_REFRESH, AUTO_SAMPLES, Txt2Img
 
     pipe = Txt2Img(bundle, scheduler="ddim", threads=1, progress_bar=False)
     assert pipe.cfg_mode == "auto"
@@ -196,6 +196,14 @@ def test_cfg_auto_keeps_the_faster_mode_on_cpu(bundle, latents, slow_batch, want
     assert spy.batches == ([4] * STEPS if want == "batched" else [2] * (2 * STEPS))
     assert pipe.cfg_choice[f"B=2 {H // 8}x{W // 8}"]["mode"] == want
     np.testing.assert_allclose(np.stack(first), np.stack(last), rtol=0, atol=1e-5)
+    # Every AUTO_REFRESH-th step of a shape re-times the other mode once; the faster one stays chosen.
+    assert AUTO_REFRESH == 4 * STEPS
+    pipe(PROMPTS, **kw)  # steps 12-15 of this shape
+    spy.batches.clear()
+    pipe(PROMPTS, **kw)  # step 16: the other mode once, then back
+    other, keep = ([2, 2], [4]) if want == "batched" else ([4], [2, 2])
+    assert spy.batches == other + keep * (STEPS - 1)
+    assert pipe.cfg_choice[f"B=2 {H // 8}x{W // 8}"]["mode"] == want
     pipe.backend = "trt"  # on GPU backends "auto" batches without measuring
     assert pipe._pick_cfg((2, 4, H // 8, W // 8)) == "batched"
     pipe.close()
