@@ -1,0 +1,95 @@
+"""Re-time shipped INT8 text-detection bundles (after `bench_int8.py --gate --work DIR`) on a quiet machine.
+
+Run: .venv/bin/python benchmarks/bench_int8_shipped.py DIR/ppocrv5_736.vkt DIR/ppocrv5_960.vkt [--iters 30] [--json rows.jsonl]
+
+For each bundle, on scikit-image's page.png pre-processed as the bundle says:
+- latency: FP32 vs the shipped INT8 graph vs the same float prefix with the other ORT scope
+  (:func:`bench_int8.shipped_timing`), interleaved call by call, at 1 and 2 intra-op threads;
+- throughput on the whole machine: 2 concurrent streams (one 1-thread session each), FP32 and INT8 in
+  alternating rounds, images/s per precision.
+Each row carries the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def streams_row(bundle, image: Path, calls: int, rounds: int = 3, streams: int = 2) -> dict:
+    import onnxruntime as ort
+
+    from vkt.calibration.api import image_preprocess
+
+    feed = image_preprocess(bundle)(image)
+    entry = next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
+    paths = {"fp32": str(bundle.path("fp32 onnx")), "int8": str(bundle.root / entry.path)}
+    sessions = {}
+    for k, p in paths.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+        sessions[k] = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for _ in range(streams)]
+        for s in sessions[k]:
+            s.run(None, feed)
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    load = os.getloadavg()[0]
+    for _ in range(rounds):
+        for k in paths:
+            workers = [threading.Thread(target=lambda s=s: [s.run(None, feed) for _ in range(calls)]) for s in sessions[k]]
+            t0 = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            rates[k].append(streams * calls / (time.perf_counter() - t0))
+    fp, q = float(np.median(rates["fp32"])), float(np.median(rates["int8"]))
+    return {"method": "throughput", "streams": streams, "threads_per_stream": 1, "calls_per_stream": calls, "rounds": rounds,
+            "fp32_img_s": round(fp, 3), "int8_img_s": round(q, 3), "speedup": round(q / fp, 3),
+            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--iters", type=int, default=30, help="timed calls per model (latency)")
+    ap.add_argument("--calls", type=int, default=8, help="calls per stream per round (throughput)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import skimage
+
+    from bench_int8 import shipped_timing
+    from vkt.bundle import Bundle
+
+    image = Path(skimage.__file__).parent / "data" / "page.png"
+    rows = []
+    for path in args.bundles:
+        b = Bundle.load(path)
+        side = b.preprocess.get("resize", {}).get("limit_side_len")
+        for threads in (1, 2):
+            load = os.getloadavg()[0]
+            for r in shipped_timing(b, image, f"short side {side}", threads, args.iters):
+                rows.append({**r, "bundle": str(path), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)})
+        rows.append({**streams_row(b, image, args.calls), "bundle": str(path), "shape": f"short side {side}"})
+    for r in rows:
+        print(json.dumps(r))
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"{'bundle':<48} {'what':<28} {'threads':>7} {'speedup':>8}", file=sys.stderr)
+    for r in rows:
+        what = r.get("placement") or ("fp32" if r.get("method") == "timing" else "2 streams x 1 thread")
+        print(f"{Path(r['bundle']).name:<48} {what:<28} {r.get('threads', '-')!s:>7} {r['speedup']:>8.3f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
