@@ -189,7 +189,7 @@ def _detect(bundle, precision: str, images, threads: int) -> list:
 
 def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: float, work: Path,
               steps: tuple[int, ...] | None = None, ranking: str | None = None, ort_ops: str | None = None,
-              time_iters: int = 0, labels: bool = False) -> list[dict]:
+              time_iters: int = 0, use_labels: bool = False) -> list[dict]:
     """Calibrate + gate the real PP-OCRv5 mobile bundle at short side ``side`` (the default `vkt quantize` path:
     percentile ranges, round-to-nearest weights, prefix ranking walking every 4th conv, the "compute" ORT placement;
     ``steps``/``ranking``/``ort_ops``
@@ -220,7 +220,7 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
     section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
                                    steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops,
-                                   holdout_labels=labels, show_progress=False)
+                                   holdout_labels=use_labels, show_progress=False)
     seconds = time.perf_counter() - t0
     gate = section["gate"]
     bundle = Bundle.load(bundle.root)
@@ -254,7 +254,7 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
         r.update({"threads": threads, "holdout": f"{len(GATE_HOLDOUT)} real photos + {len(synth)} synthetic (vkt.training.synth_text)",
                   "gate_seconds": round(seconds, 1), "max_drop": gate["max_drop"],
                   "weights": section.get("weights", {}).get("rounding"), "ranking": ranking or "prefix (default)",
-                  "ort_ops": section["placements"].get("ort", {}).get("ort_ops", ort_ops), "gate_uses_labels": labels})
+                  "ort_ops": section["placements"].get("ort", {}).get("ort_ops", ort_ops), "gate_uses_labels": use_labels})
     return rows
 
 
@@ -402,7 +402,7 @@ def main() -> None:
         if args.gate:
             for side in (int(v) for v in args.sides.split(",")):
                 emit(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work, ranking=args.ranking,
-                                ort_ops=args.ort_ops, time_iters=args.time_iters, labels=args.holdout_labels))
+                                ort_ops=args.ort_ops, time_iters=args.time_iters, use_labels=args.holdout_labels))
         if args.server:
             emit(server_rows(args.threads, max(3, args.iters // 4), work))
         print_gate_table(rows)
