@@ -192,10 +192,9 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
               time_iters: int = 0, use_labels: bool = False) -> list[dict]:
     """Calibrate + gate the real PP-OCRv5 mobile bundle at short side ``side`` (the default `vkt quantize` path:
     percentile ranges, round-to-nearest weights, prefix ranking walking every 4th conv, the "compute" ORT placement;
-    ``steps``/``ranking``/``ort_ops``
-    override); one row per gate step, then the shipped
-    model's hmean vs FP32 on the real photos and on the synthetic set separately, and both against the labels;
-    with ``time_iters``, :func:`shipped_timing` rows too."""
+    ``steps``/``ranking``/``ort_ops`` override); one row per gate step, then the shipped model's hmean vs FP32 on
+    the real photos and on the synthetic set separately, and both against the labels; with ``time_iters``,
+    :func:`shipped_timing` rows too."""
     import shutil
 
     import skimage
@@ -258,6 +257,11 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     return rows
 
 
+def shipped_ort_entry(bundle):
+    """The bundle's INT8 graph for onnxruntime CPU (what the gate shipped)."""
+    return next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
+
+
 def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) -> list[dict]:
     """The shipped INT8 graph vs FP32, and the other ORT scope with the same float prefix, timed interleaved
     (``iters`` calls each, on ``image`` pre-processed as the bundle says): the gate times each step with 10 calls
@@ -266,7 +270,7 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) ->
     from vkt.calibration.api import image_preprocess
     from vkt.onnxio import load_onnx
 
-    entry = next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
+    entry = shipped_ort_entry(bundle)
     ops = entry.meta.get("ort_ops", "all")
     other = "all" if ops == "compute" else "compute"
     fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx")))

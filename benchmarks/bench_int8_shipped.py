@@ -27,25 +27,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str]]:
+    """(feed of ``image`` pre-processed as the bundle says, the shipped ORT INT8 entry, {"fp32"|"int8": graph path})."""
+    from bench_int8 import shipped_ort_entry
+
+    from vkt.calibration.api import image_preprocess
+
+    entry = shipped_ort_entry(bundle)
+    return image_preprocess(bundle)(image), entry, {"fp32": str(bundle.path("fp32 onnx")), "int8": str(bundle.root / entry.path)}
+
+
+def _session(path: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def blocks_rows(bundle, image: Path, threads: int, block: int = 5, rounds: int = 4, pause_s: float = 0.2) -> list[dict]:
     """FP32 vs the shipped INT8 graph with only one session alive at a time: ``block`` timed calls per session,
     a pause, then the other model, for ``rounds`` rounds. With more than one intra-op thread, call-by-call
     interleaving of two live sessions is biased: the idle session's worker threads keep spinning after its
     call and take the other core (measured: FP32 at 2 threads 150-180 ms interleaved vs 122 ms alone)."""
-    import onnxruntime as ort
-
-    from vkt.calibration.api import image_preprocess
-
-    feed = image_preprocess(bundle)(image)
-    entry = next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
-    paths = {"fp32": str(bundle.path("fp32 onnx")), "int8": str(bundle.root / entry.path)}
+    feed, entry, paths = _shipped(bundle, image)
     times: dict[str, list[float]] = {k: [] for k in paths}
     load = os.getloadavg()[0]
     for _ in range(rounds):
         for k, p in paths.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.log_severity_level = threads, 3
-            sess = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            sess = _session(p, threads)
             sess.run(None, feed)
             for _ in range(block):
                 t0 = time.perf_counter()
@@ -60,18 +70,10 @@ def blocks_rows(bundle, image: Path, threads: int, block: int = 5, rounds: int =
 
 
 def streams_row(bundle, image: Path, calls: int, rounds: int = 3, streams: int = 2) -> dict:
-    import onnxruntime as ort
-
-    from vkt.calibration.api import image_preprocess
-
-    feed = image_preprocess(bundle)(image)
-    entry = next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
-    paths = {"fp32": str(bundle.path("fp32 onnx")), "int8": str(bundle.root / entry.path)}
+    feed, _, paths = _shipped(bundle, image)
     sessions = {}
     for k, p in paths.items():
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
-        sessions[k] = [ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for _ in range(streams)]
+        sessions[k] = [_session(p, 1) for _ in range(streams)]
         for s in sessions[k]:
             s.run(None, feed)
     rates: dict[str, list[float]] = {k: [] for k in paths}

@@ -253,7 +253,8 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
         holdout: folder of held-out images (not in ``folder``): runs :func:`gate_bundle` with the
             task's metric (text detection: hmean of INT8 boxes vs FP32 boxes).
         max_drop: the gate's budget as a fraction (default 0.01 = 1 point).
-        steps: layers kept in float per gate step (default ``gate.DEFAULT_STEPS``).
+        steps: layers kept in float per gate step (default ``gate.PREFIX_STEPS`` with the prefix ranking, else
+            ``gate.DEFAULT_STEPS``).
         placement: the placement the gate chooses for ("ort" default: it is timed on ORT CPU).
         qat: also fine-tune the reference PyTorch module with fake quantization (needs ``holdout``;
             the gate picks QAT or PTQ); ``qat_options``: keyword arguments of
@@ -333,8 +334,8 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
         extra.append(qat_candidate(b, reader.paths, pre, method=method, percentile=percentile, config=cfg,
                                    component=component, show_progress=show_progress))
     return gate_bundle(b, metric, sensitivity_feeds=sens, latency_feed=latency, max_drop=max_drop,
-                       steps=steps if steps is not None else DEFAULT_STEPS, placement=placement, component=component,
-                       extra_candidates=extra, on_fail=on_fail, threads=threads, show_progress=show_progress,
+                       steps=steps, placement=placement, component=component, extra_candidates=extra, on_fail=on_fail,
+                       threads=threads, show_progress=show_progress,
                        holdout={"path": str(holdout), "images": len(paths)}, ranking_method=ranking_method,
                        fp32_graph=graph, ort_ops=ort_ops)
 

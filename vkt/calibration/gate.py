@@ -266,7 +266,6 @@ def tensor_sensitivity(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.nd
     Returns ``[{"node": producer, "tensor", "nodes": reading nodes, "op", "output_sqnr_db"}]``.
     One session per tensor: give small feeds (e.g. two 320x320 crops).
     """
-
     from vkt.calibration.ranges import data_independent_tensors
     from vkt.calibration.report import sqnr_db
     from vkt.runtime.ort import OrtRunner

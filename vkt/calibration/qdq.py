@@ -330,6 +330,15 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     return out
 
 
+def _readers(graph: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes that read it, in graph order."""
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    return readers
+
+
 def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     """Fold constant Mul/Add that follow a Conv into its weights and bias (exact); returns (new model, folded node names).
 
@@ -346,14 +355,10 @@ def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     graph_outputs = {o.name for o in g.output}
-    readers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    readers = _readers(g)
     folded: list[str] = []
-    gone: set[str] = set()
     for conv in [n for n in g.node if n.op_type == "Conv"]:
-        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in inits:
+        if len(conv.input) < 2 or conv.input[1] not in inits:
             continue
         while True:
             y = conv.output[0]
@@ -385,9 +390,8 @@ def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
             del conv.input[1:]
             conv.input.extend([wn, bn])
             conv.output[0] = op.output[0]
-            readers[op.output[0]] = readers.get(op.output[0], [])
             folded.append(op.name)
-            gone.add(op.name)
+    gone = set(folded)
     nodes = [n for n in g.node if n.name not in gone]
     del g.node[:]
     g.node.extend(nodes)
@@ -406,10 +410,7 @@ def _quantize_outputs(model: Any, table: CalibrationTable, excluded: set[str]) -
     """
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
+    readers = _readers(g)
     graph_outputs = {o.name for o in g.output}
     params = {}
     for n in g.node:
