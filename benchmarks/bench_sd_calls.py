@@ -26,6 +26,31 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def sd_feed(component: str, size: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of one SD 1.5 UNet call (``batch`` rows) or VAE decode at ``size`` x ``size`` pixels."""
+    lat = size // 8
+    if component == "unet":
+        return {"sample": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32),
+                "timestep": np.full((batch,), 500.0, np.float32),
+                "encoder_hidden_states": rng.standard_normal((batch, 77, 768), dtype=np.float32)}
+    return {"latents": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32)}
+
+
+def time_interleaved(fns: dict, reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]], tuple, tuple]:
+    """Call each of ``fns`` in turn, ``reps`` rounds: (wall seconds, process CPU seconds per call, load average
+    before, after)."""
+    wall: dict[str, list[float]] = {n: [] for n in fns}
+    cpu: dict[str, list[float]] = {n: [] for n in fns}
+    load0 = os.getloadavg()
+    for _ in range(reps):
+        for n, f in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            f()
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
+    return wall, cpu, load0, os.getloadavg()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vkt-bench-sd/sd15"), help="bench_sd.py's cache folder")
@@ -44,21 +69,18 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     b = Bundle.load(args.work / "bundle")
-    lat = args.size // 8
     rng = np.random.default_rng(0)
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     rows = []
     for comp in args.components.split(","):
         if comp == "unet":
-            feed = {"sample": rng.standard_normal((2, 4, lat, lat), dtype=np.float32),
-                    "timestep": np.full((2,), 500.0, np.float32),
-                    "encoder_hidden_states": rng.standard_normal((2, 77, 768), dtype=np.float32)}
+            feed = sd_feed(comp, args.size, 2, rng)
             m = UNet2DConditionModel.from_pretrained(str(args.work / "pipeline" / "unet")).eval()
             t_in = [torch.from_numpy(feed[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
             torch_fn = lambda: m(*t_in, return_dict=False)[0]  # noqa: E731
         else:
-            feed = {"latents": rng.standard_normal((1, 4, lat, lat), dtype=np.float32)}
+            feed = sd_feed(comp, args.size, 1, rng)
             m = AutoencoderKL.from_pretrained(str(args.work / "pipeline" / "vae")).eval()
             z = torch.from_numpy(feed["latents"]) / m.config.scaling_factor  # the bundle's graph bakes 1/scaling_factor
             torch_fn = lambda: m.decode(z, return_dict=False)[0]  # noqa: E731
@@ -72,16 +94,7 @@ def main() -> None:
         with torch.no_grad():
             outs = {n: np.asarray(f()) for n, f in fns.items()}  # warm-up + parity
             ref = outs["diffusers-torch"]
-            wall: dict[str, list[float]] = {n: [] for n in fns}
-            cpu: dict[str, list[float]] = {n: [] for n in fns}
-            load0 = os.getloadavg()
-            for _ in range(args.reps):
-                for n, f in fns.items():
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    f()
-                    wall[n].append(time.perf_counter() - t0)
-                    cpu[n].append(time.process_time() - c0)
-            load1 = os.getloadavg()
+            wall, cpu, load0, load1 = time_interleaved(fns, args.reps)
         tw, tc = float(np.median(wall["diffusers-torch"])), float(np.median(cpu["diffusers-torch"]))
         for n in fns:
             rows.append({"bench": "sd-calls", "component": comp, "impl": n, "size": args.size, "threads": args.threads,

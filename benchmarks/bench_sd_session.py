@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,22 +56,15 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnxruntime as ort
+    from bench_sd_calls import sd_feed, time_interleaved
 
     from vkt.bundle import Bundle
 
     b = Bundle.load(args.work / "bundle")
     graphs = {"ort": b.root / b.entry("fp32 onnx", args.component, placement="ort").path,
               "plain": b.path("fp32 onnx", args.component)}
-    lat = args.size // 8
-    rng = np.random.default_rng(0)
-    if args.component == "unet":
-        n = args.batch or 2
-        feed = {"sample": rng.standard_normal((n, 4, lat, lat), dtype=np.float32),
-                "timestep": np.full((n,), 500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((n, 77, 768), dtype=np.float32)}
-    else:
-        n = args.batch or 1
-        feed = {"latents": rng.standard_normal((n, 4, lat, lat), dtype=np.float32)}
+    n = args.batch or (2 if args.component == "unet" else 1)
+    feed = sd_feed(args.component, args.size, n, np.random.default_rng(0))
     fns, outs, meta = {}, {}, {}
     for text in args.variant:
         name, graph, entries = parse_variant(text)
@@ -91,16 +82,7 @@ def main() -> None:
         outs[name] = fns[name]()  # warm-up + parity
         meta[name] = {"graph": path.name, "threads": so.intra_op_num_threads, "calls": calls, "session_config": entries}
     base = next(iter(fns))
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    load0 = os.getloadavg()
-    for _ in range(args.reps):
-        for k, f in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            f()
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    load1 = os.getloadavg()
+    wall, cpu, load0, load1 = time_interleaved(fns, args.reps)
     peak = _vmhwm_mib()
     ref = outs[base]
     rows = []
