@@ -38,9 +38,39 @@ def test_stats_and_ratios_on_a_fake_clock(monkeypatch):
     assert by[("fast", "1x1")].ratio_vs_first == pytest.approx(4.0)
     assert by[("slow", "4x1")].throughput == pytest.approx(4 / 0.004)
     assert by[("gone", "1x1")].status == "skipped: no GPU" and by[("gone", "1x1")].n == 0
-    # warm-up first, then strictly alternating timed calls: side by side, not one after the other
-    timed = clock.calls[4:24]
-    assert timed == ["slow", "fast"] * 10
+    # warm-up first, then turns of one untimed settle call + 5 timed calls (the defaults): side by side
+    turns = clock.calls[4:28]
+    assert turns == ["slow"] * 6 + ["fast"] * 6 + ["slow"] * 6 + ["fast"] * 6
+    assert by[("slow", "1x1")].n == 10
+
+
+def test_call_by_call_and_partial_last_block(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    costs = {"a": 0.003, "b": 0.001}
+
+    def target(name):
+        def run(feed):
+            clock.calls.append(name)
+            clock.t += costs[name]
+        return Target(name, run, includes=name)
+
+    rows = run_bench([target("a"), target("b")], [Case("c", {}, 1)], BenchConfig(warmup=0, iters=4, block=1, settle=0),
+                     show_progress=False)
+    assert clock.calls == ["a", "b"] * 4 and [r.n for r in rows] == [4, 4]
+    clock.calls.clear()
+    rows = run_bench([target("a"), target("b")], [Case("c", {}, 1)], BenchConfig(warmup=0, iters=7, block=5, settle=2),
+                     show_progress=False)
+    # turn 1: 2 settle + 5 timed each; turn 2: 2 settle + the 2 samples still missing
+    assert clock.calls == ["a"] * 7 + ["b"] * 7 + ["a"] * 4 + ["b"] * 4
+    assert [r.n for r in rows] == [7, 7] and rows[1].ratio_vs_first == pytest.approx(3.0)
+
+
+def test_time_turns_rejects_bad_settings():
+    from vkt.errors import InputError
+
+    with pytest.raises(InputError, match="block >= 1"):
+        bench.time_turns([lambda: None], 3, block=0)
 
 
 def test_time_budget_stops_early_but_keeps_min_iters(monkeypatch):

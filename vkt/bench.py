@@ -1,9 +1,14 @@
 """Side-by-side latency benchmarks: targets run interleaved in one process so ratios hold on a noisy machine.
 
 Each *target* is a callable over a prepared feed; each *case* is one feed (batch size and shape).
-Per case, every target is warmed up, then the targets take turns (round-robin), one timed call each,
-until every target has ``iters`` samples or the time budget is spent. Figures per (target, case):
-min / mean / p50 / p90 / p99 / max latency in ms and throughput in items/s (batch / mean latency).
+Per case, every target is warmed up, then the targets take turns (round-robin) until every target has
+``iters`` samples or the time budget is spent. A turn is ``settle`` untimed calls then ``block`` timed ones
+(default 1 + 5, :func:`time_turns`): with more than one intra-op thread, onnxruntime's worker threads keep
+spinning for a while after a call, so a session called right after another one shares the cores with the
+other's spinning workers (measured on 2 cores: FP32 PP-OCRv5 150-180 ms interleaved call by call vs 122 ms
+alone). The untimed settle call absorbs that; ``block=1, settle=0`` is strict call-by-call alternation.
+Figures per (target, case): min / mean / p50 / p90 / p99 / max latency in ms and throughput in items/s
+(batch / mean latency).
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class BenchConfig:
     iters: int = 50  # timed calls per target and case (upper bound when seconds is set)
     seconds: float | None = None  # time budget per case, shared by its targets; None: run all iters
     min_iters: int = 5  # with a time budget, never fewer samples than this
+    block: int = 5  # timed calls per target per turn
+    settle: int = 1  # untimed calls at the start of each turn (absorbs the previous target's spinning threads)
 
 
 def stats(samples_s: Sequence[float]) -> dict[str, float]:
@@ -105,18 +112,14 @@ def run_bench(targets: Sequence[Target], cases: Sequence[Case], config: BenchCon
             if t.setup:
                 t.setup()
         for case in cases:
-            samples: dict[str, list[float]] = {t.name: [] for t in live}
             for t in live:
                 for _ in range(config.warmup):
                     t.run(case.feed)  # type: ignore[misc]
             deadline = None if config.seconds is None else time.perf_counter() + config.seconds
-            for i in progress(range(config.iters), f"{case.label}", enabled=show_progress):
-                for t in live:
-                    t0 = time.perf_counter()
-                    t.run(case.feed)  # type: ignore[misc]
-                    samples[t.name].append(time.perf_counter() - t0)
-                if deadline is not None and i + 1 >= config.min_iters and time.perf_counter() > deadline:
-                    break
+            got = time_turns([(lambda t=t: t.run(case.feed)) for t in live], config.iters, block=config.block,  # type: ignore[misc]
+                             settle=config.settle, deadline=deadline, min_iters=config.min_iters,
+                             progress=progress(range(config.iters), f"{case.label}", enabled=show_progress))
+            samples = {t.name: got[i] for i, t in enumerate(live)}
             first_p50 = None
             for t in targets:
                 if t.skip_reason is not None:
@@ -133,6 +136,39 @@ def run_bench(targets: Sequence[Target], cases: Sequence[Case], config: BenchCon
             if t.teardown:
                 t.teardown()
     return rows
+
+
+def time_turns(calls: Sequence[Callable[[], Any]], iters: int, block: int = 5, settle: int = 1,
+               deadline: float | None = None, min_iters: int = 5, progress: Any = None) -> list[list[float]]:
+    """Wall-time samples (s) of each callable, taken in turns: per turn and callable, ``settle`` untimed
+    calls then up to ``block`` timed ones, round-robin, until each has ``iters`` samples, or, once each has
+    ``min_iters``, the ``deadline`` (a ``time.perf_counter()`` value) has passed. ``progress`` (optional) is a
+    rich-style iterable over ``range(iters)`` whose items are consumed as samples accrue (a progress bar)."""
+    if iters < 1 or block < 1 or settle < 0:
+        raise InputError(f"expected iters >= 1, block >= 1 and settle >= 0, got iters={iters}, block={block}, settle={settle}")
+    samples: list[list[float]] = [[] for _ in calls]
+    if not samples:
+        return samples
+    ticks = iter(progress) if progress is not None else None
+    shown = 0
+    try:
+        while len(samples[0]) < iters:
+            for c, got in zip(calls, samples):
+                for _ in range(settle):
+                    c()
+                for _ in range(min(block, iters - len(got))):
+                    t0 = time.perf_counter()
+                    c()
+                    got.append(time.perf_counter() - t0)
+            while ticks is not None and shown < len(samples[0]):
+                next(ticks, None)
+                shown += 1
+            if deadline is not None and len(samples[0]) >= min_iters and time.perf_counter() > deadline:
+                break
+    finally:
+        if ticks is not None and hasattr(ticks, "close"):
+            ticks.close()
+    return samples
 
 
 def machine_info() -> dict[str, Any]:

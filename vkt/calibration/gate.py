@@ -382,20 +382,20 @@ def _score(metric: Metric, blob: bytes, spec: Any, threads: int | None, what: st
 
 
 def _time_pair(a: bytes, b: bytes, feed: Mapping[str, np.ndarray], threads: int | None, iters: int) -> tuple[float, float]:
-    """Median ms of two graphs on ORT CPU, calls interleaved (a, b, a, b, ...) after two warm-up calls each."""
+    """Median ms of two graphs on ORT CPU after two warm-up calls each, timed in alternating turns of one
+    untimed and up to five timed calls (:func:`vkt.bench.time_turns`: at more than one thread, a call made
+    right after the other session's would share the cores with that session's still-spinning workers)."""
+    from vkt.bench import time_turns
     from vkt.runtime.ort import OrtRunner
 
     runners = [OrtRunner(x, threads=threads, name="time") for x in (a, b)]
     for r in runners:
         r.activate()
     try:
-        times: list[list[float]] = [[], []]
-        for i in range(iters + 2):
-            for j, r in enumerate(runners):
-                t0 = time.perf_counter()
+        for r in runners:
+            for _ in range(2):
                 r.infer(feed, check=False)
-                if i >= 2:
-                    times[j].append(time.perf_counter() - t0)
+        times = time_turns([(lambda r=r: r.infer(feed, check=False)) for r in runners], iters, block=5, settle=1)
         return float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3)
     finally:
         for r in runners:

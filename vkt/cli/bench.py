@@ -197,6 +197,10 @@ def bench(
     iters: int = typer.Option(50, help="Timed calls per target and case (upper bound when --seconds is given)."),
     warmup: int = typer.Option(5, help="Untimed calls per target and case first."),
     seconds: float = typer.Option(None, help="Time budget per case, shared by its targets (round-robin)."),
+    block: int = typer.Option(5, help="Timed calls per target per turn; targets take turns."),
+    settle: int = typer.Option(1, help="Untimed calls at the start of each turn: with >1 thread, the previous target's "
+                               "onnxruntime workers keep spinning for a while and would slow the first call. "
+                               "--block 1 --settle 0: strict call-by-call alternation."),
     threads: int = typer.Option(None, help="Intra-op threads for onnxruntime / torch (default: the library's)."),
     torch_model: str = typer.Option(None, "--torch", help="Also time a torch module in eager mode: 'package.module:factory' "
                                     "returning an nn.Module that takes the graph's inputs in order."),
@@ -207,7 +211,7 @@ def bench(
     steps: int = typer.Option(4, "--steps", help="SD bundles: denoising steps per generation."),
     guidance: float = typer.Option(7.5, "--guidance", help="SD bundles: classifier-free guidance scale."),
 ) -> None:
-    """Time one or more backends side by side, interleaved call by call in one process.
+    """Time one or more backends side by side, interleaved in one process (turns of --block calls).
 
     Every figure is the wall time of one call, measured with perf_counter around it; the report says
     what each target's call includes. Latency p50/p90/p99/mean/min in ms, throughput in items/s.
@@ -218,7 +222,9 @@ def bench(
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
     shapes = [parse_shape(s) for s in (shape or [])]
-    cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds)
+    if block < 1 or settle < 0:
+        raise InputError(f"expected --block >= 1 and --settle >= 0, got --block {block} --settle {settle}")
+    cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds, block=block, settle=settle)
     if source.is_dir():
         b = Bundle.load(source)
         if b.family == "sd":
