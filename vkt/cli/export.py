@@ -43,6 +43,10 @@ def export_onnx(
     qat: bool = typer.Option(False, "--qat", help="With --int8 --holdout: quantization-aware distillation too."),
     qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
     qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Ship the FP32 graph after exact float "
+                                  "rewrites (Identity/constant/BatchNorm folding; constant Mul/Add after a Conv folded "
+                                  "into it), checked against the original on onnxruntime. INT8 graphs get them anyway, "
+                                  "so this keeps FP32-vs-INT8 speed-ups honest. PP-OCRv5 det: 1.08-1.17x faster FP32."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums."""
@@ -59,7 +63,8 @@ def export_onnx(
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
     out = output or Path(f"{model.stem}.vkt")
-    bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16)
+    bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16,
+                         optimize=optimize)
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task})", highlight=False)

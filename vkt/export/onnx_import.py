@@ -74,7 +74,8 @@ def constants_to_initializers(model: Any) -> int:
 def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "generic",
                 profile: Profile | Mapping[str, Sequence[int]] | None = None, name: str | None = None,
                 overwrite: bool = False, preprocess: Mapping[str, Any] | None = None,
-                postprocess: Mapping[str, Any] | None = None, verify: bool = True, fp16: bool = False) -> Bundle:
+                postprocess: Mapping[str, Any] | None = None, verify: bool = True, fp16: bool = False,
+                optimize: bool = True) -> Bundle:
     """Make a bundle from an ONNX file.
 
     Args:
@@ -86,6 +87,9 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
         preprocess / postprocess: key overrides merged into the task's defaults.
         verify: run the graph once on onnxruntime at the profile's min shape before writing.
         fp16: also write an FP16 graph (role "fp16 onnx"; sensitive ops and I/O stay FP32).
+        optimize: ship the FP32 graph after exact float rewrites (:func:`vkt.export.optimize.optimize_fp32`:
+            Identity/constant/BatchNorm folding, constant Mul/Add folded into convs), checked against the
+            original on onnxruntime; the manifest's ``fp32 onnx`` entry records them under ``rewrites``.
     """
     import onnx
 
@@ -107,12 +111,19 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
             spec = ExportSpec.from_onnx(model, profiles=[prof] if prof else [])
         except SpecError as e:
             raise SpecError(f"{e} (pass a profile naming the model's axes, e.g. --profile 'batch=1:1:8,...')") from None
+        rewrites: dict[str, Any] = {}
+        if optimize:
+            from vkt.export.optimize import optimize_fp32
+
+            with timed("float rewrites", log):
+                model, rewrites = optimize_fp32(model, _min_feed(spec))
         data = model.SerializeToString()
         if verify:
             _smoke_run(data, spec)
         with BundleWriter(dest, family=defaults.family, task=defaults.task, name=name, overwrite=overwrite) as w:
             w.add_component("model", spec, source=str(Path(src).name))
-            w.add_file(data, "model.onnx", role="fp32 onnx", meta={"opset": spec.opset, "nodes": len(model.graph.node)})
+            w.add_file(data, "model.onnx", role="fp32 onnx", meta={"opset": spec.opset, "nodes": len(model.graph.node),
+                                                                       **({"rewrites": rewrites} if rewrites else {})})
             w.manifest["preprocess"] = {**defaults.preprocess, **(preprocess or {})}
             if defaults.preprocess:
                 w.manifest["preprocess"].setdefault("input", spec.input_names[0])
@@ -131,15 +142,21 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
     return Bundle.load(dest)
 
 
-def _smoke_run(data: bytes, spec: ExportSpec) -> None:
-    """Run the graph once at the smallest profile shape so a broken graph never becomes a bundle."""
-    from vkt.runtime.ort import OrtRunner
-
+def _min_feed(spec: ExportSpec) -> dict[str, np.ndarray] | None:
+    """Random inputs at the profile's smallest shapes (None when dynamic axes have no profile)."""
     feed = {}
     rng = np.random.default_rng(0)
     for name, (lo, _, _) in spec.profile_shapes(0).items() if spec.profiles or not spec.input_axes else []:
         dt = np.dtype(spec.input(name).dtype)
         feed[name] = rng.standard_normal(lo).astype(dt) if dt.kind == "f" else np.zeros(lo, dt)
+    return feed or None
+
+
+def _smoke_run(data: bytes, spec: ExportSpec) -> None:
+    """Run the graph once at the smallest profile shape so a broken graph never becomes a bundle."""
+    from vkt.runtime.ort import OrtRunner
+
+    feed = _min_feed(spec)
     if not feed:
         log.warning("no profile for dynamic axes %s: skipping the smoke run", sorted(spec.input_axes))
         return
