@@ -188,7 +188,11 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         raise CalibrationError(f"iters must be a positive integer, got {iters!r}")
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
-    fp32_blob = (reference if reference is not None else candidates[0].fp32).SerializeToString()
+    # With the exact conv-affine folds the INT8 placements make, so a speed-up is INT8's own (bundles written by
+    # vkt export since session 5 are folded already; older ones would otherwise count the folds' gain too).
+    from vkt.calibration.qdq import fold_conv_affine
+
+    fp32_blob = fold_conv_affine(reference if reference is not None else candidates[0].fp32)[0].SerializeToString()
     baseline = _score(metric, fp32_blob, spec, threads, "FP32")
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.4f", baseline, max_drop)
 
