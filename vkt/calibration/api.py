@@ -268,9 +268,12 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
             default "prefix" for text detection (a contiguous float region from the input: PP-OCRv5's
             quantization noise is born in its first blocks), "tensor" otherwise. With "prefix" and no
             ``steps`` the gate walks every 4th compute layer (``gate.PREFIX_STEPS``).
-        ort_ops: what the "ort" placement quantizes (:func:`vkt.calibration.qdq.place_ort`); default "compute"
-            for text detection (Conv only, elementwise chains in float: on PP-OCRv5 mobile, 736, all convs INT8,
-            held-out hmean vs FP32 0.92 vs 0.66 with "all" at the same speed), "all" otherwise.
+        ort_ops: what the "ort" placement quantizes (:func:`vkt.calibration.qdq.place_ort`). Default "all",
+            except text detection without ``holdout``: "compute" (Conv only, elementwise chains in float). On
+            PP-OCRv5 mobile (736) with every conv INT8, held-out hmean vs FP32 is 0.91 with "compute" vs 0.72 with
+            "all"; but once the gate keeps a float prefix, "all" ships models within 1 point that run faster
+            (session 5, vs the rewritten FP32, 1 thread: 1.29-1.33x vs 1.21-1.26x at 736, 1.27-1.36x vs 1.24-1.29x
+            at 960; benchmarks/results/textdet_int8_gate_all_fair_fp32.json).
         holdout_labels: text detection: the gate also bounds the hmean drop vs ICDAR labels beside held-out
             images (see :func:`vkt.calibration.gate.task_metric`; off by default: that hmean is noisy).
     """
@@ -298,8 +301,8 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
         weight_rounding = "nearest"
     if ranking_method is None:
         ranking_method = "prefix" if b.task == "text-detection" else "tensor"
-    if ort_ops is None:
-        ort_ops = "compute" if b.task == "text-detection" else "all"
+    if ort_ops is None:  # text detection without a gate: the scope that keeps accuracy with every conv INT8
+        ort_ops = "compute" if b.task == "text-detection" and holdout is None else "all"
     section, graph = _quantize_bundle(b, reader, method=method, targets=targets, exclude=exclude, num_samples=None,
                                       component=component, percentile=percentile, eval_samples=2,
                                       weight_rounding=weight_rounding, ort_ops=ort_ops, show_progress=show_progress)

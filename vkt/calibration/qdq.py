@@ -277,13 +277,13 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
         per_channel: per-channel weight scales (default True).
         keep_float_ops: op types never quantized (default: Softmax and the normalisations).
         ops: "all" (default): every op type onnxruntime has an integer kernel for (QLinearConv, QLinearMul,
-            QLinearAdd, pooling, ...); "compute": constant Mul/Add after a Conv folded into it
-            (:func:`fold_conv_affine`, exact), then only Conv/MatMul/Gemm quantized, with Q/DQ on their
-            outputs too so they still fuse, and every op between them (elementwise, activations, ...) in
-            float. On PP-OCRv5 mobile det (short side 736, every conv INT8) "compute" kept held-out hmean vs
-            FP32 at 0.92 where "all" gave 0.66, at the same speed: "all" quantizes the scalar-affine and
-            hard-swish chains per tensor, losing the small channels twice per block
-            (benchmarks/results/textdet_int8_gate_compute.json, benchmarks/results/textdet_int8_gate_prefix.json).
+            QLinearAdd, pooling, ...); "compute": only Conv/MatMul/Gemm quantized, with Q/DQ on their outputs
+            too so they still fuse, and every op between them (elementwise, activations, ...) in float. Both
+            first fold constant Mul/Add after a Conv into it (:func:`fold_conv_affine`, exact). On PP-OCRv5
+            mobile det (short side 736, every conv INT8) "compute" keeps held-out hmean vs FP32 at 0.91 where
+            "all" gives 0.72 ("all" quantizes the hard-swish chains per tensor, losing the small channels);
+            with the first convs in float (the gate's prefix) "all" is within 1 point and faster
+            (benchmarks/results/textdet_int8_gate_all_fair_fp32.json).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static, save_tensors_data
@@ -294,9 +294,9 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     prepared = _prepared(model, table)
     excluded = _check_exclude(prepared, exclude)
     keep = set(keep_float_ops)
+    prepared, folded = fold_conv_affine(prepared)  # exact; bundles from vkt export are folded already
+    excluded -= set(folded)
     if ops == "compute":
-        prepared, folded = fold_conv_affine(prepared)
-        excluded -= set(folded)
         keep |= {n.op_type for n in prepared.graph.node} - set(ORT_COMPUTE_OPS)
     op_types = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - keep)
     float_nodes = sorted(n.name for n in prepared.graph.node if n.op_type in keep)
