@@ -71,7 +71,7 @@ def main() -> None:
     root = Path(skimage.__file__).parent / "data"
     photos = {n: read_image(root / n) for n in PHOTOS}
     tmp = Path(tempfile.mkdtemp(prefix="bench_textdet-"))
-    bundle = make_textdet_bundle(onnx_path, tmp / "det.vkt")
+    bundle = make_textdet_bundle(onnx_path, tmp / "det.vkt", optimize=False)  # the same graph rapidocr runs
     threads = args.threads or -1
     rapid = RapidTextDetector({**PARAMS, "model_path": str(onnx_path), "intra_op_num_threads": threads,
                                "inter_op_num_threads": threads, "use_cuda": False, "use_dml": False})
