@@ -263,3 +263,38 @@ def test_place_ort_rejects_unknown_ops(chain):
     fp32, table, _ = chain
     with pytest.raises(CalibrationError, match="ops must be one of"):
         place_ort(fp32, table, ops="convs")
+
+
+def test_fold_conv_transpose_bias_add_and_batchnorm():
+    """PP-OCRv5's head: ConvTranspose -> Add(bias) -> BatchNormalization -> Relu -> ConvTranspose -> Add; the grouped one stays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vkt.calibration.qdq import fold_conv_affine
+
+    rng = np.random.default_rng(3)
+
+    def init(name, *shape, positive=False):
+        a = rng.standard_normal(shape).astype(np.float32)
+        return numpy_helper.from_array(np.abs(a) + 0.5 if positive else a, name)
+
+    inits = [init("w1", 6, 4, 2, 2), init("b1", 1, 4, 1, 1), init("g", 4), init("be", 4), init("mu", 4),
+             init("var", 4, positive=True), init("w2", 4, 1, 2, 2), init("b2", 1), init("w3", 2, 1, 3, 3), init("b3", 1, 2, 1, 1)]
+    nodes = [helper.make_node("ConvTranspose", ["x", "w1"], ["t1"], name="up1", strides=[2, 2]),
+             helper.make_node("Add", ["t1", "b1"], ["a1"], name="add1"),
+             helper.make_node("BatchNormalization", ["a1", "g", "be", "mu", "var"], ["bn"], name="bn1", epsilon=1e-5),
+             helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "w2"], ["t2"], name="up2", strides=[2, 2]),
+             helper.make_node("Add", ["t2", "b2"], ["a2"], name="add2"),
+             helper.make_node("Concat", ["a2", "a2"], ["cc"], name="cat", axis=1),
+             helper.make_node("ConvTranspose", ["cc", "w3"], ["t3"], name="up3", group=2, pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["t3", "b3"], ["y"], name="add3")]
+    g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    folded, names = fold_conv_affine(m)
+    assert names == ["add1", "bn1", "add2"], names  # the grouped ConvTranspose keeps its Add
+    assert [n.op_type for n in folded.graph.node] == ["ConvTranspose", "Relu", "ConvTranspose", "Concat", "ConvTranspose", "Add"]
+    assert [n.output[0] for n in folded.graph.node if n.name in ("up1", "up2")] == ["bn", "a2"]
+    x = {"x": rng.standard_normal((1, 6, 5, 7)).astype(np.float32)}
+    ref, got = run(m, x)[0], run(folded, x)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

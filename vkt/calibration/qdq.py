@@ -342,10 +342,13 @@ def _readers(graph: Any) -> dict[str, list[Any]]:
 def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     """Fold constant Mul/Add that follow a Conv into its weights and bias (exact); returns (new model, folded node names).
 
-    A Conv whose only reader is ``Mul(y, c)`` or ``Add(y, c)`` with ``c`` a constant scalar or per-output-channel
-    tensor is rewritten as one Conv (weights * c, bias * c / bias + c), repeatedly, so PP-OCRv5's
-    ``Conv -> Mul(scale) -> Add(bias)`` learnable-affine blocks become one Conv. The Conv keeps its name and
-    takes the last folded node's output name, so a calibration table of the unfolded graph still has its range.
+    A Conv (or ungrouped ConvTranspose) whose only reader is ``Mul(y, c)`` or ``Add(y, c)`` with ``c`` a constant
+    scalar or per-output-channel tensor, or an inference ``BatchNormalization`` with constant parameters, is
+    rewritten as one node (weights * scale, bias * scale + shift), repeatedly, so PP-OCRv5's
+    ``Conv -> Mul(scale) -> Add(bias)`` learnable-affine blocks become one Conv and its head's
+    ``ConvTranspose -> Add(bias) -> BatchNormalization`` one ConvTranspose (onnxruntime fuses neither). The node
+    keeps its name and takes the last folded node's output name, so a calibration table of the unfolded graph
+    still has its range.
     """
     import onnx
     from onnx import numpy_helper
@@ -357,33 +360,27 @@ def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     graph_outputs = {o.name for o in g.output}
     readers = _readers(g)
     folded: list[str] = []
-    for conv in [n for n in g.node if n.op_type == "Conv"]:
+    for conv in [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]:
         if len(conv.input) < 2 or conv.input[1] not in inits:
             continue
+        transposed = conv.op_type == "ConvTranspose"
+        if transposed and any(a.name == "group" and a.i != 1 for a in conv.attribute):
+            continue  # grouped ConvTranspose: output channels span two weight axes
         while True:
             y = conv.output[0]
             rd = readers.get(y, [])
-            if y in graph_outputs or len(rd) != 1 or rd[0].op_type not in ("Mul", "Add") or len(rd[0].input) != 2 or not rd[0].name:
+            if y in graph_outputs or len(rd) != 1 or not rd[0].name:
                 break
             op = rd[0]
-            other = op.input[1] if op.input[0] == y else op.input[0]
             w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-            cout = w.shape[0]
-            if other not in inits or op.input[0] == op.input[1]:
+            cout = w.shape[1] if transposed else w.shape[0]
+            scale_shift = _affine_of(op, y, inits, cout, w.ndim - 2)
+            if scale_shift is None:
                 break
-            c = numpy_helper.to_array(inits[other]).astype(np.float64)
-            spatial = w.ndim - 2  # the channel axis of y is -(spatial + 1) when a constant broadcasts against it
-            if c.size == 1:
-                c = np.full(cout, float(c.reshape(-1)[0]))
-            elif c.size == cout and c.ndim >= spatial + 1 and c.shape[-(spatial + 1)] == cout:
-                c = c.reshape(cout)
-            else:
-                break
+            scale, shift = scale_shift
             b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(cout)
-            if op.op_type == "Mul":
-                w, b = w * c.reshape((-1,) + (1,) * (w.ndim - 1)), b * c
-            else:
-                b = b + c
+            w = w * scale.reshape((1, -1) + (1,) * (w.ndim - 2) if transposed else (-1,) + (1,) * (w.ndim - 1))
+            b = b * scale + shift
             wn, bn = f"{conv.name}_vkt_w{len(folded)}", f"{conv.name}_vkt_b{len(folded)}"
             g.initializer.extend([numpy_helper.from_array(w.astype(np.float32), wn), numpy_helper.from_array(b.astype(np.float32), bn)])
             inits[wn], inits[bn] = g.initializer[-2], g.initializer[-1]
@@ -400,6 +397,37 @@ def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     del g.initializer[:]
     g.initializer.extend(keep)
     return m, folded
+
+
+def _affine_of(op: Any, y: str, inits: Mapping[str, Any], cout: int, spatial: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per output channel when ``op`` reading ``y`` is ``y * scale + shift`` with constants (Mul,
+    Add, inference BatchNormalization), else None."""
+    from onnx import numpy_helper
+
+    if op.op_type in ("Mul", "Add"):
+        if len(op.input) != 2 or op.input[0] == op.input[1]:
+            return None
+        other = op.input[1] if op.input[0] == y else op.input[0]
+        if other not in inits:
+            return None
+        c = numpy_helper.to_array(inits[other]).astype(np.float64)
+        if c.size == 1:
+            c = np.full(cout, float(c.reshape(-1)[0]))
+        elif c.size == cout and c.ndim >= spatial + 1 and c.shape[-(spatial + 1)] == cout:
+            c = c.reshape(cout)  # broadcasts on the channel axis, -(spatial + 1)
+        else:
+            return None
+        return (c, np.zeros(cout)) if op.op_type == "Mul" else (np.ones(cout), c)
+    if op.op_type == "BatchNormalization" and len(op.input) == 5 and op.input[0] == y and len(op.output) == 1:
+        if any(a.name == "training_mode" and a.i for a in op.attribute) or not all(x in inits for x in op.input[1:]):
+            return None
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[x]).astype(np.float64).reshape(-1) for x in op.input[1:])
+        if gamma.size != cout:
+            return None
+        eps = next((a.f for a in op.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        return scale, beta - mean * scale
+    return None
 
 
 def _quantize_outputs(model: Any, table: CalibrationTable, excluded: set[str]) -> None:
