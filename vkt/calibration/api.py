@@ -272,8 +272,8 @@ def quantize_from_images(bundle: Any, folder: str | os.PathLike, *, method: str 
             except text detection without ``holdout``: "compute" (Conv only, elementwise chains in float). On
             PP-OCRv5 mobile (736) with every conv INT8, held-out hmean vs FP32 is 0.91 with "compute" vs 0.72 with
             "all"; but once the gate keeps a float prefix, "all" ships models within 1 point that run faster
-            (session 5, vs the rewritten FP32, 1 thread: 1.29-1.33x vs 1.21-1.26x at 736, 1.27-1.36x vs 1.24-1.29x
-            at 960; benchmarks/results/textdet_int8_gate_all_fair_fp32.json).
+            (session 5, vs the rewritten FP32, same float prefix, 1 thread: 1.28-1.34x vs 1.18-1.22x at 736,
+            1.35-1.37x vs 1.30-1.34x at 960; benchmarks/results/textdet_int8_shipped_fair_fp32.json).
         holdout_labels: text detection: the gate also bounds the hmean drop vs ICDAR labels beside held-out
             images (see :func:`vkt.calibration.gate.task_metric`; off by default: that hmean is noisy).
     """

@@ -283,7 +283,7 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
             mobile det (short side 736, every conv INT8) "compute" keeps held-out hmean vs FP32 at 0.91 where
             "all" gives 0.72 ("all" quantizes the hard-swish chains per tensor, losing the small channels);
             with the first convs in float (the gate's prefix) "all" is within 1 point and faster
-            (benchmarks/results/textdet_int8_gate_all_fair_fp32.json).
+            (benchmarks/results/textdet_int8_gate_fair_fp32.json).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static, save_tensors_data
