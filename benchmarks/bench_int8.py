@@ -266,9 +266,9 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) ->
     """The shipped INT8 graph vs FP32, and the other ORT scope with the same float prefix, timed interleaved
     (``iters`` calls each, on ``image`` pre-processed as the bundle says): the gate times each step with 10 calls
     while it walks; these rows are the steadier figure for the shipped model."""
-    from vkt.calibration import CalibrationTable, place_ort, prepare_model
+    from vkt.calibration import CalibrationTable, place_ort
     from vkt.calibration.api import image_preprocess
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.calibration.qdq import rewrite_fp32
     from vkt.onnxio import load_onnx
 
     entry = shipped_ort_entry(bundle)
@@ -276,7 +276,7 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) ->
     other = "all" if ops == "compute" else "compute"
     # FP32 with the INT8 graph's exact float rewrites (bundles written since session 5 already have them):
     # otherwise the speed-up would include the rewrites' own gain (PP-OCRv5 736, 1 thread: 180 -> 154 ms).
-    fp32 = fold_conv_affine(prepare_model(load_onnx(bundle.path("fp32 onnx"))))[0]
+    fp32 = rewrite_fp32(load_onnx(bundle.path("fp32 onnx")))
     table = CalibrationTable.load(bundle.root / next(e for e in bundle.files("calibration table") if e.meta.get("source") != "qat").path)
     variants = {"fp32": fp32, f"shipped ({ops})": load_onnx(bundle.root / entry.path),
                 f"same prefix, ops={other}": place_ort(fp32, table, entry.meta.get("excluded", []), ops=other)}
@@ -304,8 +304,8 @@ def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[d
     import torch
     from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
 
-    from vkt.calibration import compute_ranges, count_ops, place_ort, prepare_model
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.calibration import compute_ranges, count_ops, place_ort
+    from vkt.calibration.qdq import rewrite_fp32
     from vkt.models.textdet.export import export_textdet
 
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[d
     model = PPOCRV5ServerDetForObjectDetection(cfg).eval()
     path = work / "ppocrv5_server_det_random.onnx"
     export_textdet(model, path, fuse=False, check_shapes=((1, 3, 64, 64),))
-    fp32 = fold_conv_affine(prepare_model(onnx.load(str(path))))[0]  # the FP32 graph vkt ships (exact float rewrites)
+    fp32 = rewrite_fp32(onnx.load(str(path)))  # the FP32 graph vkt ships (exact float rewrites)
     data = Path(skimage.__file__).parent / "data"
     calib = [ppocr_feed(data / p, s) for p, s in zip(GATE_CALIB, (320, 416, 512, 320, 416, 512, 320))]
     # minmax: random weights give activations too wide for percentile's 2048-bin histogram ("Too many bins").

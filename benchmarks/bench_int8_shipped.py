@@ -4,9 +4,9 @@ Run: .venv/bin/python benchmarks/bench_int8_shipped.py DIR/ppocrv5_736.vkt DIR/p
 
 For each bundle, on scikit-image's page.png pre-processed as the bundle says:
 - latency: FP32 vs the shipped INT8 graph vs the same float prefix with the other ORT scope
-  (:func:`bench_int8.shipped_timing`), interleaved call by call, at 1 and 2 intra-op threads;
+  (:func:`bench_int8.shipped_timing`), interleaved in turns (vkt.bench.time_turns), at 1 and 2 intra-op threads;
 - latency in blocks (:func:`blocks_rows`): one session alive at a time, so no idle session's spinning worker
-  threads compete at 2 threads (the call-by-call figures above are biased against the faster model there);
+  threads compete at 2 threads;
 - throughput on the whole machine: 2 concurrent streams (one 1-thread session each), FP32 and INT8 in
   alternating rounds, images/s per precision.
 Each row carries the load average before and after.
@@ -27,53 +27,43 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str]]:
-    """(feed of ``image`` pre-processed as the bundle says, the shipped ORT INT8 entry, {"fp32"|"int8": graph path})."""
+def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str | bytes]]:
+    """(feed of ``image`` pre-processed as the bundle says, the shipped ORT INT8 entry, {"fp32"|"int8": graph}).
+
+    FP32 is the bundle's graph with the INT8 path's exact float rewrites (:func:`vkt.calibration.qdq.rewrite_fp32`:
+    unchanged for bundles written since session 5, which ship it; older ones lack it), so INT8 is timed against
+    the FP32 graph vkt ships now."""
     from bench_int8 import shipped_ort_entry
 
     from vkt.calibration.api import image_preprocess
-
-    entry = shipped_ort_entry(bundle)
-    fp32 = bundle.path("fp32 onnx")
-    if "kept_original" in bundle.entry("fp32 onnx").meta.get("rewrites", {"kept_original": "none"}):
-        fp32 = _folded_fp32(bundle)
-    return image_preprocess(bundle)(image), entry, {"fp32": str(fp32), "int8": str(bundle.root / entry.path)}
-
-
-def _folded_fp32(bundle) -> Path:
-    """The bundle's FP32 graph with the INT8 path's exact float rewrites (bundles from before session 5 lack them),
-    written beside the bundle once: INT8 is timed against the FP32 graph vkt ships now."""
-    import onnx
-
-    from vkt.calibration import prepare_model
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.calibration.qdq import rewrite_fp32
     from vkt.onnxio import load_onnx
 
-    out = bundle.root.parent / f"{bundle.root.name}.fp32-rewritten.onnx"
-    if not out.exists():
-        onnx.save(fold_conv_affine(prepare_model(load_onnx(bundle.path("fp32 onnx"))))[0], str(out))
-    return out
+    entry = shipped_ort_entry(bundle)
+    fp32 = rewrite_fp32(load_onnx(bundle.path("fp32 onnx"))).SerializeToString()
+    return image_preprocess(bundle)(image), entry, {"fp32": fp32, "int8": str(bundle.root / entry.path)}
 
 
-def _session(path: str, threads: int):
+def _session(model: str | bytes, threads: int):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def blocks_rows(bundle, image: Path, threads: int, block: int = 5, rounds: int = 4, pause_s: float = 0.2) -> list[dict]:
-    """FP32 vs the shipped INT8 graph with only one session alive at a time: ``block`` timed calls per session,
-    a pause, then the other model, for ``rounds`` rounds. With more than one intra-op thread, call-by-call
-    interleaving of two live sessions is biased: the idle session's worker threads keep spinning after its
-    call and take the other core (measured: FP32 at 2 threads 150-180 ms interleaved vs 122 ms alone)."""
-    feed, entry, paths = _shipped(bundle, image)
-    times: dict[str, list[float]] = {k: [] for k in paths}
+def blocks_rows(shipped: tuple, threads: int, block: int = 5, rounds: int = 4, pause_s: float = 0.2) -> list[dict]:
+    """FP32 vs the shipped INT8 graph (``shipped``: :func:`_shipped`'s tuple) with only one session alive at a
+    time: ``block`` timed calls per session, a pause, then the other model, for ``rounds`` rounds. With more than
+    one intra-op thread, call-by-call interleaving of two live sessions is biased: the idle session's worker
+    threads keep spinning after its call and take the other core (measured: FP32 at 2 threads 150-180 ms
+    interleaved vs 122 ms alone)."""
+    feed, entry, graphs = shipped
+    times: dict[str, list[float]] = {k: [] for k in graphs}
     load = os.getloadavg()[0]
     for _ in range(rounds):
-        for k, p in paths.items():
-            sess = _session(p, threads)
+        for k, g in graphs.items():
+            sess = _session(g, threads)
             sess.run(None, feed)
             for _ in range(block):
                 t0 = time.perf_counter()
@@ -87,17 +77,18 @@ def blocks_rows(bundle, image: Path, threads: int, block: int = 5, rounds: int =
              "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}]
 
 
-def streams_row(bundle, image: Path, calls: int, rounds: int = 3, streams: int = 2) -> dict:
-    feed, _, paths = _shipped(bundle, image)
+def streams_row(shipped: tuple, calls: int, rounds: int = 3, streams: int = 2) -> dict:
+    """Throughput of ``streams`` concurrent one-thread sessions per model (``shipped``: :func:`_shipped`'s tuple)."""
+    feed, _, graphs = shipped
     sessions = {}
-    for k, p in paths.items():
-        sessions[k] = [_session(p, 1) for _ in range(streams)]
+    for k, g in graphs.items():
+        sessions[k] = [_session(g, 1) for _ in range(streams)]
         for s in sessions[k]:
             s.run(None, feed)
-    rates: dict[str, list[float]] = {k: [] for k in paths}
+    rates: dict[str, list[float]] = {k: [] for k in graphs}
     load = os.getloadavg()[0]
     for _ in range(rounds):
-        for k in paths:
+        for k in graphs:
             workers = [threading.Thread(target=lambda s=s: [s.run(None, feed) for _ in range(calls)]) for s in sessions[k]]
             t0 = time.perf_counter()
             for w in workers:
@@ -133,9 +124,10 @@ def main() -> None:
             load = os.getloadavg()[0]
             for r in shipped_timing(b, image, f"short side {side}", threads, args.iters):
                 rows.append({**r, "bundle": str(path), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)})
+        shipped = _shipped(b, image)
         for threads in (1, 2):
-            rows += [{**r, "bundle": str(path), "shape": f"short side {side}"} for r in blocks_rows(b, image, threads)]
-        rows.append({**streams_row(b, image, args.calls), "bundle": str(path), "shape": f"short side {side}"})
+            rows += [{**r, "bundle": str(path), "shape": f"short side {side}"} for r in blocks_rows(shipped, threads)]
+        rows.append({**streams_row(shipped, args.calls), "bundle": str(path), "shape": f"short side {side}"})
     for r in rows:
         print(json.dumps(r))
     if args.json:

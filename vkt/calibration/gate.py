@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -188,11 +187,11 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         raise CalibrationError(f"iters must be a positive integer, got {iters!r}")
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
-    # With the exact conv-affine folds the INT8 placements make, so a speed-up is INT8's own (bundles written by
-    # vkt export since session 5 are folded already; older ones would otherwise count the folds' gain too).
-    from vkt.calibration.qdq import fold_conv_affine
+    # With the exact float rewrites the INT8 placements start from, so a speed-up is INT8's own (bundles written by
+    # vkt export since session 5 have them already; older ones would otherwise count the rewrites' gain too).
+    from vkt.calibration.qdq import rewrite_fp32
 
-    fp32_blob = fold_conv_affine(reference if reference is not None else candidates[0].fp32)[0].SerializeToString()
+    fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = _score(metric, fp32_blob, spec, threads, "FP32")
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.4f", baseline, max_drop)
 

@@ -339,6 +339,12 @@ def _readers(graph: Any) -> dict[str, list[Any]]:
     return readers
 
 
+def rewrite_fp32(model: Any) -> Any:
+    """The float graph every placement starts from: :func:`prepare_model` then :func:`fold_conv_affine` (exact).
+    Idempotent; ``vkt export`` ships it as the FP32 graph, so INT8 is timed against the same float graph."""
+    return fold_conv_affine(prepare_model(model))[0]
+
+
 def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
     """Fold constant Mul/Add that follow a Conv into its weights and bias (exact); returns (new model, folded node names).
 
