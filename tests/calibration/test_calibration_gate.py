@@ -139,20 +139,24 @@ def _images(folder, n, value=None, size=24):
 @pytest.mark.parametrize("args, match", [
     (["--holdout", "{empty}"], "holds 0 image"),
     (["--holdout", "{missing}"], "holdout folder not found"),
-    (["--holdout", "{calib}"], "no held-out metric for task 'tensor'"),
-    (["--holdout", "{calib}", "--steps", "0,a"], "--steps must be comma-separated"),
-    (["--holdout", "{calib}", "--max-drop", "120"], "--max-drop is in points"),
+    (["--holdout", "{hold}"], "no held-out metric for task 'tensor'"),
+    (["--holdout", "{hold}", "--steps", "0,a"], "--steps must be comma-separated"),
+    (["--holdout", "{hold}", "--max-drop", "120"], "--max-drop is in points"),
     (["--qat"], "--qat needs --holdout"),
-    (["--qat", "--holdout", "{calib}"], "family 'generic', which has none"),
+    (["--qat", "--holdout", "{hold}"], "family 'generic', which has none"),
     (["--steps", "0,2"], "--steps is only used with --holdout"),
     (["--holdout-labels"], "--holdout-labels is only used with --holdout"),
+    (["--holdout", "{calib}"], "held-out images must not be calibration images"),
+    (["--num-images", "0"], "--num-images must be >= 1"),
+    (["--method", "mse"], "calibration method must be one of"),
 ])
 def test_cli_gate_errors_are_one_line(toy_bundle, tmp_path, capsys, args, match):
     from vkt.cli.main import main
 
     calib = _images(tmp_path / "calib", 2)
+    hold = _images(tmp_path / "hold", 1)
     (tmp_path / "empty").mkdir()
-    args = [a.format(calib=calib, empty=tmp_path / "empty", missing=tmp_path / "missing") for a in args]
+    args = [a.format(calib=calib, hold=hold, empty=tmp_path / "empty", missing=tmp_path / "missing") for a in args]
     assert main(["quantize", str(toy_bundle), "--calib", str(calib), "--shape", "32x32", *args]) == 2
     err = capsys.readouterr().err.replace("\n", " ")
     assert "error:" in err and " ".join(match.split()) in " ".join(err.split())

@@ -47,7 +47,7 @@ def cases(tmp_path, toy_bundle, toy_onnx):
         "bad shape syntax": (["bench", b, "--shape", "height:64"], "axis=size"),
         "batch over profile": (["bench", b, "--batch", "64", "--iters", "1"], "fit no shape profile"),
         "zero batch": (["bench", b, "--batch", "0"], "--batch must be >= 1"),
-        "cuda not here": (["bench", o, "-t", "ort-cuda", "--iters", "1"], "CUDAExecutionProvider"),
+        "cuda not here": (["bench", o, "-t", "ort-cuda", "--shape", "height=64,width=64", "--iters", "1"], "CUDAExecutionProvider"),
         "int8 absent alone": (["bench", b, "-t", "ort:int8"], "has no 'int8 qdq onnx' file"),
         "zero iters": (["bench", b, "--iters", "0"], "iters >= 1"),
         "bad torch factory": (["bench", b, "--torch", "nomodule"], "package.module:callable"),

@@ -24,6 +24,30 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 MIN_IMAGES = 32
 
 
+def calibration_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """The image files of a calibration folder (sorted, not recursive, hidden files skipped), at most ``limit``.
+
+    Cheap (no image is decoded), so commands call it before any long work. Raises CalibrationError when
+    the folder is missing, is a file, holds no files or no images, or ``limit`` is not a positive integer.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise CalibrationError(f"calibration folder not found: {str(root)!r}")
+    if not root.is_dir():
+        raise CalibrationError(f"calibration data must be a folder of images, got a file: {str(root)!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise CalibrationError(f"the number of calibration images must be a positive integer, got {limit!r}")
+    entries = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not entries:
+        raise CalibrationError(f"calibration folder {str(root)!r} is empty; expected images "
+                               f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    paths = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not paths:
+        raise CalibrationError(f"calibration folder {str(root)!r} holds {len(entries)} file(s) but no images; "
+                               f"expected extensions {', '.join(sorted(IMAGE_EXTENSIONS))} (e.g. {entries[0].name!r} is not one)")
+    return paths[:limit] if limit is not None else paths
+
+
 class ImageFolderReader:
     """Feeds made from the images in one folder (not recursive), in sorted order, one image per feed.
 
@@ -48,25 +72,10 @@ class ImageFolderReader:
                  limit: int | None = None, spec: ExportSpec | None = None, min_images: int = MIN_IMAGES,
                  show_progress: bool = True):
         self.folder = Path(folder)
-        if not self.folder.exists():
-            raise CalibrationError(f"calibration folder not found: {str(self.folder)!r}")
-        if not self.folder.is_dir():
-            raise CalibrationError(f"calibration data must be a folder of images, got a file: {str(self.folder)!r}")
         if not callable(preprocess):
             raise CalibrationError(f"preprocess must be a callable path -> {{input: ndarray}}, got {type(preprocess).__name__}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise CalibrationError(f"limit must be a positive integer or None, got {limit!r}")
         self.shapes = [_check_shape(s) for s in shapes] if shapes else None
-        entries = sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not entries:
-            raise CalibrationError(f"calibration folder {str(self.folder)!r} is empty; expected images "
-                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        self.paths = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
-        if not self.paths:
-            raise CalibrationError(f"calibration folder {str(self.folder)!r} holds {len(entries)} file(s) but no images; "
-                                   f"expected extensions {', '.join(sorted(IMAGE_EXTENSIONS))} (e.g. {entries[0].name!r} is not one)")
-        if limit is not None:
-            self.paths = self.paths[:limit]
+        self.paths = calibration_images(self.folder, limit)
         if len(self.paths) < min_images:
             log.warning("calibrating on %d image(s) from %s; at least %d are recommended for stable ranges",
                         len(self.paths), self.folder, min_images)

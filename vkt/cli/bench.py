@@ -75,6 +75,8 @@ def make_cases(spec: Any, batches: list[int], shapes: list[dict[str, int]], seed
             missing = sorted(spec.input_axes - set(sizes))
             if missing:
                 raise InputError(f"no size for dynamic axes {missing}: pass --shape {','.join(f'{m}=N' for m in missing)}")
+            # a size outside every profile fails here (on zero-copy views), before feeds are drawn or runners built
+            spec.check_feed({t.name: np.broadcast_to(np.zeros((), t.dtype), t.resolve(sizes)) for t in spec.inputs})
             feed = {}
             for t in spec.inputs:
                 shp = t.resolve(sizes)
@@ -201,7 +203,7 @@ def bench(
     settle: int = typer.Option(1, help="Untimed calls at the start of each turn: with >1 thread, the previous target's "
                                "onnxruntime workers keep spinning for a while and would slow the first call. "
                                "--block 1 --settle 0: strict call-by-call alternation."),
-    threads: int = typer.Option(None, help="Intra-op threads for onnxruntime / torch (default: the library's)."),
+    threads: int = typer.Option(None, min=1, help="Intra-op threads for onnxruntime / torch (default: the library's)."),
     torch_model: str = typer.Option(None, "--torch", help="Also time a torch module in eager mode: 'package.module:factory' "
                                     "returning an nn.Module that takes the graph's inputs in order."),
     channels_last: bool = typer.Option(False, help="With --torch: channels_last memory format."),
@@ -218,6 +220,7 @@ def bench(
     """
     from vkt.bench import BenchConfig, run_bench
     from vkt.bundle import Bundle
+    from vkt.specs import ExportSpec
 
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
@@ -250,8 +253,12 @@ def bench(
                 raise InputError(f"bundle {b.name!r} has no ONNX or plan to benchmark")
     else:
         targets = parse_targets(target or (["trt"] if source.suffix in (".plan", ".engine") else ["ort"]))
+    # Cases first when the spec is on disk, so a shape outside the profile fails before runners load.
+    early_spec = b.spec() if source.is_dir() else (ExportSpec.from_onnx(source) if source.suffix == ".onnx" else None)
+    cases = make_cases(early_spec, list(batch), shapes) if early_spec is not None else None
     built, spec = build_targets(source, targets, threads, torch_model, channels_last, strict=bool(target))
-    cases = make_cases(spec, list(batch), shapes)
+    if cases is None:
+        cases = make_cases(spec, list(batch), shapes)
     rows = run_bench(built, cases, cfg, show_progress=not quiet)
     _report(rows, source, threads, json_out, quiet, plot)
 

@@ -17,7 +17,7 @@ def eval_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Write the full result (with per-image matches) to this JSON file."),
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, help="onnxruntime intra-op threads."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
     iou: float = typer.Option(0.5, help="IoU a detection needs to match a ground-truth region."),
 ) -> None:
     """Evaluate a detector: text -> {precision, recall, hmean, ...}; objects -> COCO {AP, AP50, AP75, ...}, as JSON."""

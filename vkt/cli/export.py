@@ -59,9 +59,11 @@ def export_onnx(
     _check_calib(int8, calib)
     if (holdout is not None or qat) and not int8:
         raise InputError("--holdout and --qat are only used with --int8")
-    from vkt.cli.quantize import gate_options
+    from vkt.cli.quantize import check_int8_inputs, gate_options
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
+    if int8:
+        check_int8_inputs(calib, calib_method, num_images, holdout, on_fail)
     out = output or Path(f"{model.stem}.vkt")
     bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16,
                          optimize=optimize)
@@ -183,7 +185,7 @@ def export_detr_cmd(
                               "encoder FFNs, stem in float step by step)."),
     max_drop: float = typer.Option(2.0, "--max-drop", help="With the gate: allowed AP drop vs FP32 in points (2.0: AP >= 0.98)."),
     on_fail: str = typer.Option("fp32", "--on-fail", help="With the gate, when no step fits: fp32 (ship no INT8 graph) | best."),
-    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
 ) -> None:
     """Export a DETR checkpoint to a bundle: ONNX checked against transformers on onnxruntime, manifest with labels."""
@@ -205,6 +207,10 @@ def export_detr_cmd(
         raise InputError(f"--weight-rounding must be gptq or nearest, got {weight_rounding!r}")
     if not 0 < percentile <= 100:
         raise InputError(f"--percentile must be in (0, 100], got {percentile!r}")
+    if int8:
+        from vkt.cli.quantize import check_int8_inputs
+
+        check_int8_inputs(calib, calib_method, num_images, holdout if gate else None, on_fail)
     static_shape = None
     if static is not None:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", static)

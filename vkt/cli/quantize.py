@@ -58,7 +58,7 @@ def quantize(
                                 "has an integer kernel for; the default) or compute (Conv/MatMul/Gemm only, the ops between "
                                 "them in float; the default for text detection without --holdout: more accurate with every "
                                 "conv INT8, slower once the gate keeps a float prefix)."),
-    threads: int = typer.Option(None, "--threads", help="onnxruntime intra-op threads for the gate (default: ORT's)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
     """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle (see DESIGN: precision policy).
@@ -71,6 +71,7 @@ def quantize(
     from vkt.calibration.gate import RANKING_METHODS
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, qat_checkpoint)
+    check_int8_inputs(calib, method, num_images, holdout, on_fail)
     if ranking is not None:
         if ranking not in RANKING_METHODS:
             raise CalibrationError(f"--ranking must be one of {', '.join(RANKING_METHODS)}, got {ranking!r}")
@@ -90,6 +91,32 @@ def quantize(
         print(json.dumps(section, indent=2))
         return
     print_calibration(b, section)
+
+
+def check_int8_inputs(calib: Path, method: str, num_images: int | None, holdout: Path | None = None,
+                      on_fail: str = "fp32") -> None:
+    """Cheap checks of the INT8 options, run before any model is loaded or exported: the calibration
+    folder holds images, the method and --on-fail are known, --num-images is positive, the holdout
+    folder holds images. Raises CalibrationError/InputError naming the value."""
+    from vkt.calibration.data import calibration_images
+    from vkt.calibration.ranges import METHODS
+    from vkt.errors import InputError
+
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+    if num_images is not None and num_images < 1:
+        raise InputError(f"--num-images must be >= 1, got {num_images}")
+    if on_fail not in ("fp32", "best"):
+        raise InputError(f"--on-fail must be fp32 or best, got {on_fail!r}")
+    calib_paths = calibration_images(calib, num_images)
+    if holdout is not None:
+        from vkt.calibration.gate import holdout_images
+
+        held = holdout_images(holdout)
+        same = {p.resolve() for p in held} & {p.resolve() for p in calib_paths}
+        if same:
+            raise InputError(f"held-out images must not be calibration images: {sorted(p.name for p in same)[:5]} "
+                             f"are in both --calib {str(calib)!r} and --holdout {str(holdout)!r}")
 
 
 def gate_options(holdout: Path | None, max_drop: float, steps: str | None, on_fail: str, qat: bool, qat_steps: int,

@@ -44,7 +44,7 @@ def quickstart(
                                "DB head's logits and loses most boxes on this model: measured hmean 0 vs 0.97)."),
     build: str = typer.Option("auto", help="Build TensorRT-RTX plans: auto (when tensorrt-rtx is installed) | yes | no."),
     iters: int = typer.Option(20, help="Timed calls per target in the benchmark."),
-    threads: int = typer.Option(None, help="onnxruntime intra-op threads (default: one per physical core)."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads (default: one per physical core)."),
 ) -> None:
     """Export the real PP-OCRv5 text detector, quantize it to INT8, benchmark FP32 vs INT8, annotate real photos.
 

@@ -29,8 +29,8 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>.jpg (annotated), <name>.json and summary.json."),
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, help="onnxruntime intra-op threads (default: one per physical core)."),
-    batch: int = typer.Option(None, help="Images per model call (default: the profile's max batch)."),
+    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads (default: one per physical core)."),
+    batch: int = typer.Option(None, min=1, help="Images per model call (default: the profile's max batch)."),
     box_thresh: float = typer.Option(None, help="Override the bundle's DB box_thresh."),
     thresh: float = typer.Option(None, help="Override the bundle's DB pixel threshold."),
     no_draw: bool = typer.Option(False, "--no-draw", help="Write JSON only, no annotated images."),
@@ -40,7 +40,16 @@ def run(
     """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
     from vkt.bundle import Bundle
 
+    from vkt.errors import InputError
+
     b = Bundle.load(bundle)
+    given = [flag for flag, v in (("--box-thresh", box_thresh), ("--thresh", thresh)) if v is not None]
+    if b.task == "object-detection" and given:
+        raise InputError(f"{' and '.join(given)} are DB text-detection settings; {str(bundle)!r} is an object-detection "
+                         "bundle (use --score-threshold)")
+    if b.task != "object-detection" and score_threshold is not None:
+        raise InputError(f"--score-threshold is for object-detection bundles; {str(bundle)!r} is {b.task!r} "
+                         "(use --box-thresh / --thresh)")
     if b.task == "object-detection":
         from vkt.cli.detect import run_detection
 

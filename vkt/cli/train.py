@@ -30,7 +30,7 @@ def textdet(
     pretrained: str = typer.Option(None, "--pretrained", help="Start from imported weights: ppocrv5-mobile "
                                    "(BatchNorm frozen). Default: from scratch."),
     steps: int = typer.Option(None, "--steps", help="Optimiser steps in all (default 1000)."),
-    batch: int = typer.Option(None, "--batch", help="Images per step (default 8)."),
+    batch: int = typer.Option(None, "--batch", min=1, help="Images per step (default 8)."),
     lr: float = typer.Option(None, "--lr", help="Peak AdamW learning rate after warm-up (default 1e-3 from scratch, 3e-5 with --pretrained)."),
     size: int = typer.Option(None, "--size", help="Square training crop, a multiple of 32 (default 320)."),
     ckpt_every: int = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (default 100)."),

@@ -13,7 +13,7 @@ def triton(
     name: str = typer.Option(None, help="Model name in the repository (default: the bundle's name)."),
     backend: str = typer.Option("onnxruntime", help="onnxruntime (serves the bundle's ONNX) or tensorrt (its plan)."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8: which file of the bundle is served."),
-    max_batch: int = typer.Option(None, help="max_batch_size (default: the profile's max batch)."),
+    max_batch: int = typer.Option(None, min=1, help="max_batch_size (default: the profile's max batch)."),
     delay_us: int = typer.Option(2000, help="Dynamic batching max_queue_delay_microseconds."),
     instances: int = typer.Option(1, help="Instances per group."),
     kind: str = typer.Option("KIND_AUTO", help="KIND_AUTO | KIND_CPU | KIND_GPU (onnxruntime only; plans are GPU)."),
