@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -20,6 +21,7 @@ def inspect(
     from vkt.bundle import Bundle
 
     b = Bundle.load(bundle, verify=not no_verify)
+    check_processing(b)
     if as_json:
         print(json.dumps(b.manifest, indent=2))
         return
@@ -39,6 +41,24 @@ def inspect(
             c.print(f"  out {x.name}: {x.dtype} {list(x.shape)}", highlight=False)
         for i, p in enumerate(spec.profiles):
             c.print(f"  profile {i}: " + ", ".join(f"{a}={lo}:{o}:{hi}" for a, (lo, o, hi) in p.axes.items()), highlight=False)
+
+
+def check_processing(b: Any) -> None:
+    """Build the task's pre/post-processing from the manifest as the runtime will (no model is loaded), so a
+    bundle that `vkt run` would refuse (e.g. ``mean: "imagenet"``, a box_thresh of 2) fails inspect too."""
+    from vkt.runtime.image import Preprocessor
+
+    if b.task == "text-detection":
+        from vkt.runtime.textdet import DBParams
+
+        DBParams.from_dict(b.postprocess)
+    elif b.task == "object-detection":
+        from vkt.runtime.detection import DetrParams
+
+        DetrParams.from_dict(b.postprocess)
+    else:
+        return
+    Preprocessor(b.preprocess)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,8 +34,9 @@ def txt2img(
 
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise InputError(f"--out must end in .png, .jpg, .jpeg, .webp or .bmp, got {str(out)!r}")
-    with Txt2Img(bundle, scheduler=scheduler, backend=backend, precision=precision, threads=threads,
-                 cfg=cfg) as pipe:
+    pipe = Txt2Img(bundle, scheduler=scheduler, backend=backend, precision=precision, threads=threads, cfg=cfg)
+    pipe.check_inputs(prompt, negative, height, width, steps, guidance, num_images)  # before any session loads
+    with pipe:
         images = pipe(prompt, negative_prompt=negative, height=height, width=width, steps=steps, guidance_scale=guidance,
                       seed=seed, num_images_per_prompt=num_images)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]

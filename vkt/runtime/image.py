@@ -239,6 +239,17 @@ class Resized:
         return self.size[1] / self.src_size[1]
 
 
+def _numbers(cfg: Mapping[str, Any], key: str, default: Any) -> np.ndarray:
+    """``cfg[key]`` as a float64 array; InputError naming the key when it is not numbers (e.g. "imagenet")."""
+    v = cfg.get(key, default)
+    if isinstance(v, (str, bytes, bool)) or (isinstance(v, (list, tuple)) and any(isinstance(x, (str, bool)) for x in v)):
+        raise InputError(f"preprocess.{key} must be numbers, got {v!r}")
+    try:
+        return np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"preprocess.{key} must be numbers, got {v!r}") from None
+
+
 class Preprocessor:
     """A manifest ``preprocess`` dict made callable: BGR uint8 images -> NCHW float32 batches.
 
@@ -260,11 +271,12 @@ class Preprocessor:
         layout = self.cfg.get("layout", "NCHW")
         if layout != "NCHW":
             raise InputError(f"preprocess.layout must be 'NCHW', got {layout!r}")
-        scale = float(self.cfg.get("scale", 1.0))
-        mean = np.asarray(self.cfg.get("mean", [0.0, 0.0, 0.0]), dtype=np.float64)
-        std = np.asarray(self.cfg.get("std", [1.0, 1.0, 1.0]), dtype=np.float64)
-        if mean.shape != (3,) or std.shape != (3,) or np.any(std == 0):
-            raise InputError(f"preprocess.mean/std must be 3 numbers with std != 0, got mean={mean.tolist()} std={std.tolist()}")
+        scale, mean, std = (_numbers(self.cfg, k, d) for k, d in (("scale", 1.0), ("mean", [0.0] * 3), ("std", [1.0] * 3)))
+        if scale.shape != () or not np.isfinite(scale) or scale <= 0:
+            raise InputError(f"preprocess.scale must be one number > 0, got {self.cfg.get('scale')!r}")
+        if mean.shape != (3,) or std.shape != (3,) or np.any(std == 0) or not np.isfinite([*mean, *std]).all():
+            raise InputError(f"preprocess.mean/std must be 3 finite numbers each, std != 0; got mean={self.cfg.get('mean')!r} "
+                             f"std={self.cfg.get('std')!r}")
         self.a = (scale / std).astype(np.float32)       # [3], in model channel order
         self.b = (-mean / std).astype(np.float32)       # [3]
         # Source channel for each model channel: images are BGR in memory.

@@ -182,26 +182,14 @@ class Txt2Img:
         t_start = time.perf_counter()
         timings = StageTimings()
         # 1. Check inputs
-        prompts = self._check_prompts(prompt, "prompt")
+        prompts, negatives, h, w, steps, n, do_cfg = self.check_inputs(
+            prompt, negative_prompt, height, width, steps, guidance_scale, num_images_per_prompt, output_type)
         for i, p in enumerate(prompts):
             if not p.strip():  # valid (diffusers' unconditional prompt) but rarely meant
                 log.warning("prompt %d is empty: its image is unconditional (only the negative prompt steers it)", i)
         P = len(prompts)
-        negatives = self._negatives(negative_prompt, P)
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
-        h, w = self._check_size(height, width)
-        steps = _check_int(steps, "steps", 1)
-        n = _check_int(num_images_per_prompt, "num_images_per_prompt", 1)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) \
-                or guidance_scale < 0:
-            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if output_type not in ("uint8", "float"):
-            raise InputError(f"output_type must be 'uint8' or 'float', got {output_type!r}")
         rng = _rng(seed)
         B = P * n
-        do_cfg = float(guidance_scale) != 1.0
-        self._check_batch(B, do_cfg)
         shape = (B, self.latent_channels, h, w)
         if latents is not None and (not isinstance(latents, np.ndarray) or latents.shape != shape):
             raise InputError(f"latents must be a numpy array of shape {shape} ([prompts x images per prompt, channels, "
@@ -308,6 +296,28 @@ class Txt2Img:
         for i in range(0, n, step):
             outs.append(self.runners[component].infer({k: v[i:i + step] for k, v in feed.items()}))
         return {k: np.concatenate([o[k] for o in outs]) if len(outs) > 1 else outs[0][k] for k in outs[0]}
+
+    def check_inputs(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None,
+                     height: int | None = None, width: int | None = None, steps: int = 30, guidance_scale: float = 7.5,
+                     num_images_per_prompt: int = 1, output_type: str = "uint8"
+                     ) -> tuple[list[str], list[str], int, int, int, int, bool]:
+        """Stage 1 of :meth:`__call__` alone (no session is loaded): InputError naming a bad value. Returns
+        (prompts, negatives, latent height, latent width, steps, images per prompt, whether guidance runs)."""
+        prompts = self._check_prompts(prompt, "prompt")
+        negatives = self._negatives(negative_prompt, len(prompts))
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        h, w = self._check_size(height, width)
+        steps = _check_int(steps, "steps", 1)
+        n = _check_int(num_images_per_prompt, "num_images_per_prompt", 1)
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) \
+                or guidance_scale < 0:
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if output_type not in ("uint8", "float"):
+            raise InputError(f"output_type must be 'uint8' or 'float', got {output_type!r}")
+        do_cfg = float(guidance_scale) != 1.0
+        self._check_batch(len(prompts) * n, do_cfg)
+        return prompts, negatives, h, w, steps, n, do_cfg
 
     @staticmethod
     def _check_prompts(prompt: Any, what: str) -> list[str]:

@@ -196,6 +196,9 @@ def load_config(path: str | os.PathLike) -> DreamboothConfig:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise InputError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"config file {str(p)!r} is not UTF-8 text ({e.reason} at byte {e.start}); expected a YAML "
+                         "file") from None
     return from_dict(data, base_dir=p.parent.resolve(), where=str(p))
 
 
