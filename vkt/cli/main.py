@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # Usage errors (unknown option, missing argument): typer vendors its own click, so match the
         # ClickException interface instead of importing click's class.
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+            if e.format_message().strip():  # empty: no_args_is_help has printed the help already
+                _error(_usage_line(e))
             return e.exit_code
         if verbose:
             raise
@@ -90,10 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _usage_line(e: Exception) -> str:
+    """A click usage error as one line that names the command: "--batch: Input should be ... (see `vkt run --help`)"."""
+    msg = e.format_message()  # type: ignore[attr-defined]
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", "") if ctx is not None else ""
+    cmd = " ".join(["vkt", *path.split()[1:]]) if path else "vkt"
+    msg = msg.replace("Invalid value for ", "")
+    return f"{msg} (see `{cmd} --help`)"
+
+
 def _error(msg: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    msg = " ".join(line.strip() for line in str(msg).splitlines() if line.strip())  # one line, whatever the source
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}", markup=True)
 
 
