@@ -103,3 +103,20 @@ def test_server_task_reads_the_channel(bundle):
         (local,) = det(img)
     assert len(served) == len(local) == 1
     np.testing.assert_allclose(served.polygons[0], local.polygons[0], atol=1e-3)
+
+
+def test_the_int8_gate_detects_with_the_bundles_normalisation(tmp_path):
+    """The gate's FP32 reference runs the bundle's mean/std: with mean 1.5 every pixel of the toy reads as text
+    (one box over the image), with the default 0.5 only the bar does."""
+    from vkt.calibration.gate import textdet_agreement
+
+    onnx.save(toy_text_detector(), str(tmp_path / "m.onnx"))
+    b = import_onnx(tmp_path / "m.onnx", tmp_path / "b.vkt", task="textdet", preprocess={"mean": [1.5, 1.5, 1.5]})
+    img = _bar_image(200, 400)
+    with TextDetector(b) as det:
+        (own,) = det(img)
+    assert len(own) == 1 and np.ptp(own.polygons[0][:, 1]) > 190      # the whole image
+    metric = textdet_agreement(b, [img], min_regions=1, show_progress=False)
+    (ref,) = metric.reference
+    assert len(ref) == 1
+    np.testing.assert_allclose(ref[0], own.polygons[0], atol=1e-3)

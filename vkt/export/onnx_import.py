@@ -86,7 +86,8 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
         src: the .onnx file.
         dest: bundle folder to create (atomically; ``overwrite`` to replace an existing bundle).
         task: a key of ``vkt.tasks.TASKS`` ("generic", "textdet", "detr"): family, default profile,
-            pre/post-processing written to the manifest.
+            pre/post-processing written to the manifest. A task in ``TASK_CHECKS`` also checks its settings
+            and the graph ("textdet": :mod:`vkt.export.textdet_check`, whatever ``verify`` says).
         profile: axis ranges overriding the task's default profile.
         preprocess / postprocess: key overrides merged into the task's defaults (a ``resize`` dict is merged
             into the default one). For "textdet", postprocess ``channel`` names the probability channel of a
