@@ -260,3 +260,36 @@ def test_manifest_is_plain_json(tmp_path):
     manifest = json.loads((b.root / "manifest.json").read_text())
     assert manifest["preprocess"]["resize"]["limit_side_len"] == 640
     assert manifest["preprocess"]["resize"]["max_side_len"] == 2048        # merged into the default resize rule
+
+
+def test_a_bundle_from_inference_yml_detects_as_rapidocr_with_those_settings(tmp_path):
+    """PP-OCRv5 mobile imported with the sample inference.yml (limit 960 max, ImageNet mean/std, thresh 0.2,
+    box_thresh 0.4, unclip 1.4, max_candidates 3000, no dilation) against rapidocr-onnxruntime given the same
+    values, on real photos: the settings reach the runtime as PaddleOCR states them."""
+    import skimage
+    from rapidocr_onnxruntime.ch_ppocr_det.text_detect import TextDetector as RapidTextDetector
+
+    from vkt.cli.textdet_options import import_settings
+    from vkt.eval.textdet import hmean_between
+    from vkt.models.zoo import ppocrv5_det_mobile_onnx
+    from vkt.runtime.image import read_image
+
+    pre, post, _ = import_settings(SAMPLE_YML, None, {})
+    b = import_onnx(ppocrv5_det_mobile_onnx(), tmp_path / "pp.vkt", task="textdet", preprocess=pre, postprocess=post,
+                    optimize=False)
+    s = read_inference_yml(SAMPLE_YML).settings
+    peer = RapidTextDetector({**{k: s[k] for k in ("limit_side_len", "limit_type", "mean", "std", "thresh", "box_thresh",
+                                                     "max_candidates", "unclip_ratio", "use_dilation", "score_mode")},
+                              "model_path": str(ppocrv5_det_mobile_onnx()), "intra_op_num_threads": -1,
+                              "inter_op_num_threads": -1, "use_cuda": False, "use_dml": False})
+    data = Path(skimage.__file__).parent / "data"
+    photos = [read_image(data / n) for n in ("page.png", "text.png", "rocket.jpg", "astronaut.png", "logo.png")]  # < 960 px
+    with TextDetector(b, threads=2) as det:
+        ours = [d.polygons for d in det(photos)]
+    theirs = [list(peer(img)[0]) for img in photos]
+    assert sum(map(len, theirs)) > 20
+    assert hmean_between(ours, theirs) >= 0.99
+    # and the settings differ from the task's defaults enough to matter: the default bundle finds another set
+    with TextDetector(b, threads=2, thresh=0.3, box_thresh=0.5, unclip_ratio=1.6, use_dilation=True,
+                      mean=[0.5] * 3, std=[0.5] * 3) as det:
+        assert [len(d) for d in det(photos)] != [len(t) for t in theirs]
