@@ -120,3 +120,22 @@ def test_the_int8_gate_detects_with_the_bundles_normalisation(tmp_path):
     (ref,) = metric.reference
     assert len(ref) == 1
     np.testing.assert_allclose(ref[0], own.polygons[0], atol=1e-3)
+
+
+def test_a_bundle_whose_output_is_no_map_is_refused_by_the_runtime(tmp_path, toy_onnx):
+    """A bundle imported before the import check (here: a generic import retagged by hand) with a [N, 8]
+    output: TextDetector says what it found instead of failing with an IndexError on the first image."""
+    import onnx.helper as oh
+
+    m = onnx.load(str(toy_onnx))
+    m.graph.node.append(oh.make_node("ReduceMean", ["features"], ["pooled"], axes=[2, 3], keepdims=0))
+    m.graph.output[0].CopyFrom(oh.make_tensor_value_info("pooled", onnx.TensorProto.FLOAT, ["batch", 8]))
+    onnx.save(m, str(tmp_path / "cls.onnx"))
+    b = import_onnx(tmp_path / "cls.onnx", tmp_path / "cls.vkt",
+                    profile={"batch": (1, 1, 2), "height": (32, 64, 128), "width": (32, 64, 128)})
+    t = TASKS["textdet"]
+    b.update(task="text-detection", family="textdet", preprocess={**t.preprocess, "input": "image"},
+             postprocess=t.postprocess)
+    with pytest.raises(InputError, match=r"output 'pooled' has shape \['batch', 8\]; a text detector's output is a "
+                                         r"probability map"):
+        TextDetector(b.root)

@@ -259,7 +259,7 @@ def textdet_settings(pre: Mapping[str, Any], post: Mapping[str, Any], overrides:
     post = dict(post)
     for k, v in overrides.items():
         if k in PRE_KEYS:
-            pre[k] = list(v) if isinstance(v, tuple) else v   # JSON-ready
+            pre[k] = np.asarray(v).tolist() if isinstance(v, (tuple, np.ndarray)) else v   # JSON-ready
         elif k in RESIZE_KEYS:
             pre["resize"][k] = v
         elif k in POST_KEYS:
@@ -342,7 +342,11 @@ class TextDetector(ImagePipeline):
         spec = self.runner.spec
         self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
         self.output_name = spec.output_names[0]
-        channels = spec.outputs[0].shape[1] if len(spec.outputs[0].shape) == 4 else None
+        oshape = spec.outputs[0].shape
+        if len(oshape) != 4:  # e.g. a classifier tagged text-detection by hand, or imported before the check
+            raise InputError(f"output {self.output_name!r} has shape {list(oshape)}; a text detector's output is a "
+                             "probability map [N, 1, H, W] (`vkt export onnx --task textdet` checks this)")
+        channels = oshape[1]
         if isinstance(channels, int) and self.params.channel >= channels:
             raise InputError(f"postprocess.channel {self.params.channel} is out of range: output {self.output_name!r} "
                              f"has {channels} channel(s) {list(spec.outputs[0].shape)}")
