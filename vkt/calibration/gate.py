@@ -511,6 +511,7 @@ def textdet_agreement(bundle: Any, images: Sequence[Any], *, min_regions: int = 
     overrides = {k: v for k, v in bundle.postprocess.items() if k != "type"}
     overrides.update({k: v for k, v in bundle.preprocess.get("resize", {}).items()
                       if k in ("limit_side_len", "limit_type", "round_to", "max_side_len")})
+    overrides.update({k: v for k, v in bundle.preprocess.items() if k in ("mean", "std", "scale", "color")})
 
     def detect(runner: Any) -> list[list[np.ndarray]]:
         from vkt.runtime.textdet import TextDetector

@@ -48,10 +48,33 @@ def export_onnx(
                                   "into it), checked against the original on onnxruntime. INT8 graphs get them anyway, "
                                   "so this keeps FP32-vs-INT8 speed-ups honest. PP-OCRv5 det: 1.08-1.17x faster FP32."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+    config: Path = typer.Option(None, "--config", help="textdet: PaddleOCR's inference.yml shipped beside the model; "
+                                "its resize, normalisation and DBPostProcess settings go into the manifest (the "
+                                "options below win over it)."),
+    channel: int = typer.Option(None, "--channel", help="textdet: the channel of a multi-channel output map that holds "
+                                "the text probability (default: the map must have one channel)."),
+    thresh: float = typer.Option(None, "--thresh", help="textdet: DB pixel threshold, in (0, 1)."),
+    box_thresh: float = typer.Option(None, "--box-thresh", help="textdet: keep a region whose mean probability is at "
+                                     "least this, in [0, 1]."),
+    unclip_ratio: float = typer.Option(None, "--unclip-ratio", help="textdet: how far regions are grown (> 0)."),
+    max_candidates: int = typer.Option(None, "--max-candidates", help="textdet: contours looked at per image."),
+    limit_side_len: int = typer.Option(None, "--limit-side-len", help="textdet: resize so the short (--limit-type "
+                                       "min) or long (max) side is this many pixels."),
+    limit_type: str = typer.Option(None, "--limit-type", help="textdet: min | max (see --limit-side-len)."),
+    max_side: int = typer.Option(None, "--max-side", help="textdet: long-side cap in pixels after the resize "
+                                 "(default 2048; the profile's max height/width caps it too)."),
+    mean: str = typer.Option(None, "--mean", help="textdet: per-channel mean after scaling to [0, 1], in the model's "
+                             "channel order, e.g. 0.485,0.456,0.406 (default 0.5,0.5,0.5)."),
+    std: str = typer.Option(None, "--std", help="textdet: per-channel std, e.g. 0.229,0.224,0.225 (default 0.5,0.5,0.5)."),
 ) -> None:
-    """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums."""
+    """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums.
+
+    With --task textdet the graph must map one image [N, 3, H, W] to a probability map [N, 1, H, W] at the
+    input's resolution (or name the channel with --channel), checked on onnxruntime before anything is written.
+    """
     from rich.console import Console
 
+    from vkt.cli.textdet_options import flags_of, import_settings, print_settings, textdet_overrides
     from vkt.errors import InputError
     from vkt.export.onnx_import import import_onnx
     from vkt.specs import parse_profile
@@ -59,6 +82,16 @@ def export_onnx(
     _check_calib(int8, calib)
     if (holdout is not None or qat) and not int8:
         raise InputError("--holdout and --qat are only used with --int8")
+    settings = textdet_overrides(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,
+                                 max_candidates=max_candidates, limit_side_len=limit_side_len, limit_type=limit_type,
+                                 max_side_len=max_side, mean=mean, std=std)
+    pre = post = None
+    notes: tuple[str, ...] = ()
+    if task != "textdet" and (settings or config is not None or channel is not None):
+        given = ", ".join(f for f, v in (("--config", config), ("--channel", channel)) if v is not None)
+        raise InputError(f"{', '.join(x for x in (given, flags_of(settings)) if x)} only apply to --task textdet")
+    if task == "textdet":
+        pre, post, notes = import_settings(config, channel, settings)
     from vkt.cli.quantize import check_int8_inputs, gate_options
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
@@ -66,7 +99,7 @@ def export_onnx(
         check_int8_inputs(calib, calib_method, num_images, holdout, on_fail)
     out = output or Path(f"{model.stem}.vkt")
     bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16,
-                         optimize=optimize)
+                         optimize=optimize, preprocess=pre, postprocess=post)
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task})", highlight=False)
@@ -76,6 +109,8 @@ def export_onnx(
         c.print(f"  output {t.name}: {t.dtype} {list(t.shape)}", highlight=False)
     for i, p in enumerate(spec.profiles):
         c.print(f"  profile {i}: " + ", ".join(f"{a}={lo}:{opt}:{hi}" for a, (lo, opt, hi) in p.axes.items()), highlight=False)
+    if task == "textdet":
+        print_settings(c, bundle.preprocess, bundle.postprocess, notes)
     if int8:
         from vkt.calibration.api import quantize_from_images
         from vkt.cli.quantize import print_calibration

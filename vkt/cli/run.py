@@ -33,20 +33,30 @@ def run(
     batch: int = typer.Option(None, min=1, help="Images per model call (default: the profile's max batch)."),
     box_thresh: float = typer.Option(None, help="Override the bundle's DB box_thresh."),
     thresh: float = typer.Option(None, help="Override the bundle's DB pixel threshold."),
+    unclip_ratio: float = typer.Option(None, "--unclip-ratio", help="Override the bundle's DB unclip_ratio (> 0)."),
+    max_candidates: int = typer.Option(None, "--max-candidates", help="Override the bundle's DB max_candidates."),
+    limit_side_len: int = typer.Option(None, "--limit-side-len", help="Override the bundle's resize limit_side_len."),
+    limit_type: str = typer.Option(None, "--limit-type", help="Override the bundle's resize limit_type: min | max."),
+    max_side: int = typer.Option(None, "--max-side", help="Override the bundle's long-side cap in pixels (the "
+                                 "profile's max height/width still caps it; a capped image is noted in its JSON)."),
+    mean: str = typer.Option(None, "--mean", help="Override the bundle's per-channel mean, e.g. 0.485,0.456,0.406."),
+    std: str = typer.Option(None, "--std", help="Override the bundle's per-channel std, e.g. 0.229,0.224,0.225."),
     no_draw: bool = typer.Option(False, "--no-draw", help="Write JSON only, no annotated images."),
     score_threshold: float = typer.Option(None, "--score-threshold", help="Object detection: override the bundle's "
                                           "score_threshold."),
 ) -> None:
     """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
     from vkt.bundle import Bundle
-
+    from vkt.cli.textdet_options import flags_of, textdet_overrides
     from vkt.errors import InputError
 
+    overrides = textdet_overrides(box_thresh=box_thresh, thresh=thresh, unclip_ratio=unclip_ratio,
+                                  max_candidates=max_candidates, limit_side_len=limit_side_len, limit_type=limit_type,
+                                  max_side_len=max_side, mean=mean, std=std)
     b = Bundle.load(bundle)
-    given = [flag for flag, v in (("--box-thresh", box_thresh), ("--thresh", thresh)) if v is not None]
-    if b.task == "object-detection" and given:
-        raise InputError(f"{' and '.join(given)} are DB text-detection settings; {str(bundle)!r} is an object-detection "
-                         "bundle (use --score-threshold)")
+    if b.task == "object-detection" and overrides:
+        raise InputError(f"{flags_of(overrides)} only apply to text-detection bundles; {str(bundle)!r} is for "
+                         "object detection (see --score-threshold)")
     if b.task != "object-detection" and score_threshold is not None:
         raise InputError(f"--score-threshold is for object-detection bundles; {str(bundle)!r} is {b.task!r} "
                          "(use --box-thresh / --thresh)")
@@ -58,7 +68,6 @@ def run(
     from vkt.cli.images import run_pipeline_on_images
     from vkt.runtime.textdet import TextDetector
 
-    overrides = {k: v for k, v in (("box_thresh", box_thresh), ("thresh", thresh)) if v is not None}
     with TextDetector(bundle, backend=backend, precision=precision, threads=threads, max_batch=batch, **overrides) as det:
         run_pipeline_on_images(det, images, out, None if no_draw else draw_detections,
                                {"bundle": str(bundle), "backend": backend, "precision": precision}, "text region")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,9 @@ from vkt.tasks import task_defaults
 
 log = get_logger(__name__)
 IMAGE_AXES = ("batch", None, "height", "width")  # NCHW: the channel dim stays static
+# What a task checks of what it imports: a module with check_settings(preprocess, postprocess), run before the
+# graph is loaded, and check_graph(model, profile axes, postprocess), run on the loaded graph (image axes named).
+TASK_CHECKS = {"textdet": "vkt.export.textdet_check"}
 
 
 def name_image_axes(model: Any) -> dict[str, str]:
@@ -82,9 +86,12 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
         src: the .onnx file.
         dest: bundle folder to create (atomically; ``overwrite`` to replace an existing bundle).
         task: a key of ``vkt.tasks.TASKS`` ("generic", "textdet", "detr"): family, default profile,
-            pre/post-processing written to the manifest.
+            pre/post-processing written to the manifest. A task in ``TASK_CHECKS`` also checks its settings
+            and the graph ("textdet": :mod:`vkt.export.textdet_check`, whatever ``verify`` says).
         profile: axis ranges overriding the task's default profile.
-        preprocess / postprocess: key overrides merged into the task's defaults.
+        preprocess / postprocess: key overrides merged into the task's defaults (a ``resize`` dict is merged
+            into the default one). For "textdet", postprocess ``channel`` names the probability channel of a
+            multi-channel output map.
         verify: run the graph once on onnxruntime at the profile's min shape before writing.
         fp16: also write an FP16 graph (role "fp16 onnx"; sensitive ops and I/O stay FP32).
         optimize: ship the FP32 graph after exact float rewrites (:func:`vkt.export.optimize.optimize_fp32`:
@@ -94,6 +101,13 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
     import onnx
 
     defaults = task_defaults(task)
+    pre = {**defaults.preprocess, **(preprocess or {})}
+    if "resize" in defaults.preprocess:
+        pre["resize"] = {**defaults.preprocess["resize"], **(preprocess or {}).get("resize", {})}
+    post = {**defaults.postprocess, **(postprocess or {})}
+    checks = importlib.import_module(TASK_CHECKS[task]) if task in TASK_CHECKS else None
+    if checks is not None:
+        checks.check_settings(pre, post)  # bad settings fail before the (possibly long) load
     with timed(f"import {src}", log):
         model = load_onnx(src)
         renames = name_image_axes(model) if defaults.profile else {}
@@ -107,6 +121,8 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
         except Exception as e:
             raise ModelError(f"{str(src)!r} fails the ONNX checker: {e}") from None
         prof = profile if profile is not None else (defaults.profile or None)
+        if checks is not None:
+            checks.check_graph(model, prof.axes if isinstance(prof, Profile) else dict(prof or {}), post)
         try:
             spec = ExportSpec.from_onnx(model, profiles=[prof] if prof else [])
         except SpecError as e:
@@ -124,10 +140,10 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
             w.add_component("model", spec, source=str(Path(src).name))
             w.add_file(data, "model.onnx", role="fp32 onnx", meta={"opset": spec.opset, "nodes": len(model.graph.node),
                                                                        **({"rewrites": rewrites} if rewrites else {})})
-            w.manifest["preprocess"] = {**defaults.preprocess, **(preprocess or {})}
+            w.manifest["preprocess"] = pre
             if defaults.preprocess:
                 w.manifest["preprocess"].setdefault("input", spec.input_names[0])
-            w.manifest["postprocess"] = {**defaults.postprocess, **(postprocess or {})}
+            w.manifest["postprocess"] = post
             w.manifest["precision"] = {"fp32": "model.onnx"}
             if fp16:
                 from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16

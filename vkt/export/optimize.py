@@ -43,6 +43,12 @@ def optimize_fp32(model: Any, feed: Mapping[str, np.ndarray] | None) -> tuple[An
     except Exception as e:  # an optional rewrite: keep the graph as given
         log.warning("float rewrites skipped (%s: %s); the graph is kept as given", type(e).__name__, str(e)[:200])
         return model, {"kept_original": f"rewrite failed: {type(e).__name__}: {str(e)[:200]}"}
+    # Symbolic shape inference in prepare_model renames output dims (unk__12, ConvTranspose_497_o0__d1):
+    # the outputs keep the types the caller declared (e.g. [batch, 1, height, width]).
+    declared = {o.name: o.type for o in model.graph.output}
+    for o in new.graph.output:
+        if o.name in declared:
+            o.type.CopyFrom(declared[o.name])
     report: dict[str, Any] = {"rewrites": ["prepare_model (quant_pre_process)", "fold_conv_affine"],
                               "folded_into_conv": len(folded), "nodes_before": before, "nodes_after": len(new.graph.node)}
     if feed is None:

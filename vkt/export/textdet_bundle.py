@@ -1,8 +1,9 @@
-"""A text-detection bundle from a PyTorch DB detector: dynamic-shape ONNX (+ FP16), parity-checked, with its manifest.
+"""Text-detection bundles: from a DB detector ONNX file (make_textdet_bundle), or from a PyTorch DB detector
+(export_textdet_bundle: dynamic-shape ONNX + FP16, parity-checked), with their manifests.
 
 Sources: the imported PP-OCRv5 mobile weights (``pretrained="ppocrv5-mobile"``) or a vkt training
 checkpoint (``vkt train textdet`` writes ``RUN/ckpt.pt``); the threshold branch used in training is
-not exported. The bundle has the layout of :func:`vkt.runtime.textdet.make_textdet_bundle`, so
+not exported. The bundle has the layout of :func:`make_textdet_bundle`, so
 ``vkt run / eval / bench / build`` and ``TextDetector`` take it as is.
 """
 
@@ -114,4 +115,57 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
     return TextDetBundleReport(dest, report.parity, p16, source)
 
 
-__all__ = ["TextDetBundleReport", "export_textdet_bundle", "load_textdet_source"]
+def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False,
+                        name: str | None = None, optimize: bool = True, **param_overrides: Any) -> Path:
+    """Write a textdet bundle around a DB detector ONNX (input [N, 3, H, W], output [N, 1, H, W]).
+
+    The input's dynamic axes are renamed by position to batch / height / width (exporters name them
+    differently, e.g. Paddle's ``DynamicDimension.0``) and get ``TASKS["textdet"].profile``; the graph is
+    checked to be a text detector and its map's axes named after the input's
+    (:func:`vkt.export.textdet_check.check_text_detector`); the manifest gets ``TASKS["textdet"]``'s
+    preprocess/postprocess with ``param_overrides`` (``textdet_settings`` keys) applied. With
+    ``optimize`` the FP32 graph gets the exact float rewrites of ``vkt export onnx``
+    (:func:`vkt.export.optimize.optimize_fp32`, checked on a random 1x3x64x64 input). Needs onnx and
+    onnxruntime's quantization tools (export time, not the runtime). Returns the bundle folder. Raises InputError / ModelError / BundleError on bad input.
+    """
+    import numpy as np
+
+    from vkt.bundle import BundleWriter
+    from vkt.errors import ModelError
+    from vkt.export.onnx_import import name_image_axes
+    from vkt.export.textdet_check import check_text_detector
+    from vkt.onnxio import load_onnx
+    from vkt.runtime.textdet import textdet_settings
+    from vkt.specs import ExportSpec
+    from vkt.tasks import TASKS
+
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ModelError(f"ONNX file not found: {str(onnx_path)!r}")
+    t = TASKS["textdet"]
+    pre = {**t.preprocess, "resize": dict(t.preprocess["resize"])}
+    pre, post = textdet_settings(pre, dict(t.postprocess), param_overrides, "textdet parameter")
+    model = load_onnx(onnx_path)
+    name_image_axes(model)
+    check_text_detector(model, t.profile, post.get("channel"))  # and names the map's axes after the input's
+    spec = ExportSpec.from_onnx(model, profiles=[t.profile])
+    pre["input"] = spec.inputs[0].name
+    graph: Any = model.SerializeToString()
+    meta: dict[str, Any] = {}
+    if optimize:
+        from vkt.export.optimize import optimize_fp32
+
+        model, rewrites = optimize_fp32(model, {spec.inputs[0].name: np.random.default_rng(0).standard_normal(
+            (1, 3, 64, 64)).astype(np.float32)})
+        meta["rewrites"] = rewrites
+        if "kept_original" not in rewrites:
+            graph = model.SerializeToString()
+    with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
+        w.add_component("model", spec)
+        w.add_file(graph, "model.onnx", role="fp32 onnx", meta=meta)
+        w.manifest["preprocess"] = pre
+        w.manifest["postprocess"] = post
+    return Path(dest)
+
+
+__all__ = ["TextDetBundleReport", "export_textdet_bundle", "load_textdet_source", "make_textdet_bundle"]

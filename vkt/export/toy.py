@@ -57,3 +57,28 @@ def toy_convnet(channels: int = 3, width: int = 16, classes: int = 8, depth: int
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model, spec
+
+
+def toy_text_detector(channels: int = 1, text_channel: int = 0, gain: float = 10.0):
+    """A 1x1-conv "text detector": dark pixels are text. Returns an onnx.ModelProto.
+
+    Input ``x`` [batch, 3, height, width] (normalised as the textdet task does: white 1, black -1); output
+    ``prob`` [batch, channels, height, width] where channel ``text_channel`` is sigmoid(-gain * mean(x))
+    (near 1 on black) and every other channel sigmoid(+gain * mean(x)) (near 1 on white).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.full((channels, 3, 1, 1), gain / 3.0, np.float32)
+    w[text_channel] *= -1
+    nodes = [helper.make_node("Conv", ["x", "w"], ["logits"], name="conv"),
+             helper.make_node("Sigmoid", ["logits"], ["prob"], name="sigmoid")]
+    graph = helper.make_graph(
+        nodes, "vkt_toy_text_detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", channels, "height", "width"])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="vkt")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

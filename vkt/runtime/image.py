@@ -173,8 +173,7 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
         else:
             raise InputError(f"resize.limit_type must be 'min' or 'max', got {limit_type!r}")
         h, w = int(height * ratio), int(width * ratio)
-        caps = [c for c in (resize.get("max_side_len"), max_side) if c is not None]
-        cap = min(int(c) for c in caps) if caps else None
+        cap = limit_side_cap(resize, max_side)
         if cap is not None:
             if cap < round_to:
                 raise InputError(f"max side {cap} is smaller than round_to {round_to}")
@@ -210,11 +209,28 @@ def resized_size(height: int, width: int, resize: Mapping[str, Any], max_side: i
     raise InputError(f"unknown resize mode {mode!r}; expected 'limit_side', 'shortest_edge' or 'none'")
 
 
+def limit_side_cap(resize: Mapping[str, Any], max_side: int | None = None) -> int | None:
+    """The long-side cap of a "limit_side" rule: min(resize ``max_side_len``, ``max_side``), or None if neither is set."""
+    caps = [_positive_int(resize, "max_side_len")] if resize.get("max_side_len") is not None else []
+    if max_side is not None:
+        caps.append(int(max_side))
+    return min(caps) if caps else None
+
+
 def _positive_int(d: Mapping[str, Any], key: str, default: int | None = None) -> int:
     v = d.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise InputError(f"resize.{key} must be a positive integer, got {v!r}")
     return int(v)
+
+
+def _three_numbers(v: Any, key: str) -> np.ndarray:
+    """[3] float64 of a mean/std setting, or InputError naming it."""
+    ok = isinstance(v, (list, tuple, np.ndarray)) and len(v) == 3 and all(
+        isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+    if not ok:
+        raise InputError(f"preprocess.{key} must be 3 numbers (one per channel), got {v!r}")
+    return np.asarray(v, dtype=np.float64)
 
 
 # ---- normalisation -------------------------------------------------------------------------
@@ -228,6 +244,10 @@ class Resized:
 
     src_size: tuple[int, int]
     size: tuple[int, int]
+    # Set when the long-side cap made ``size`` smaller than the resize rule alone would: the cap in pixels
+    # and the size without it (``Preprocessor.cap_source`` says where the cap comes from).
+    capped_at: int | None = None
+    uncapped_size: tuple[int, int] | None = None
 
     @property
     def ratio_h(self) -> float:
@@ -237,17 +257,6 @@ class Resized:
     @property
     def ratio_w(self) -> float:
         return self.size[1] / self.src_size[1]
-
-
-def _numbers(cfg: Mapping[str, Any], key: str, default: Any) -> np.ndarray:
-    """``cfg[key]`` as a float64 array; InputError naming the key when it is not numbers (e.g. "imagenet")."""
-    v = cfg.get(key, default)
-    if isinstance(v, (str, bytes, bool)) or (isinstance(v, (list, tuple)) and any(isinstance(x, (str, bool)) for x in v)):
-        raise InputError(f"preprocess.{key} must be numbers, got {v!r}")
-    try:
-        return np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"preprocess.{key} must be numbers, got {v!r}") from None
 
 
 class Preprocessor:
@@ -271,21 +280,33 @@ class Preprocessor:
         layout = self.cfg.get("layout", "NCHW")
         if layout != "NCHW":
             raise InputError(f"preprocess.layout must be 'NCHW', got {layout!r}")
-        scale, mean, std = (_numbers(self.cfg, k, d) for k, d in (("scale", 1.0), ("mean", [0.0] * 3), ("std", [1.0] * 3)))
-        if scale.shape != () or not np.isfinite(scale) or scale <= 0:
-            raise InputError(f"preprocess.scale must be one number > 0, got {self.cfg.get('scale')!r}")
-        if mean.shape != (3,) or std.shape != (3,) or np.any(std == 0) or not np.isfinite([*mean, *std]).all():
-            raise InputError(f"preprocess.mean/std must be 3 finite numbers each, std != 0; got mean={self.cfg.get('mean')!r} "
-                             f"std={self.cfg.get('std')!r}")
+        scale = self.cfg.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise InputError(f"preprocess.scale must be a positive number (1/255 for uint8 pixels), got {scale!r}")
+        mean = _three_numbers(self.cfg.get("mean", [0.0, 0.0, 0.0]), "mean")
+        std = _three_numbers(self.cfg.get("std", [1.0, 1.0, 1.0]), "std")
+        if np.any(std <= 0):
+            raise InputError(f"preprocess.std must be 3 positive numbers, got {std.tolist()}")
         self.a = (scale / std).astype(np.float32)       # [3], in model channel order
         self.b = (-mean / std).astype(np.float32)       # [3]
         # Source channel for each model channel: images are BGR in memory.
         self.src_channel = (0, 1, 2) if color == "BGR" else (2, 1, 0)
         resized_size(64, 64, self.resize, self.max_side)  # validate the rule now, not on the first image
+        self.cap = limit_side_cap(self.resize, max_side) if self.resize.get("mode") == "limit_side" else None
+        # Which setting the cap comes from, for the "resized" note of a capped image.
+        own = self.resize.get("max_side_len")
+        sources = [s for s, c in (("max_side_len", own), ("the model profile's max height/width", max_side))
+                   if c is not None and c == self.cap]
+        self.cap_source = " and ".join(sources)
 
     def plan(self, img: np.ndarray) -> Resized:
         h, w = img.shape[:2]
-        return Resized((h, w), resized_size(h, w, self.resize, self.max_side))
+        size = resized_size(h, w, self.resize, self.max_side)
+        if self.cap is not None:
+            free = resized_size(h, w, {k: v for k, v in self.resize.items() if k != "max_side_len"})
+            if free != size:
+                return Resized((h, w), size, self.cap, free)
+        return Resized((h, w), size)
 
     def write(self, img: np.ndarray, plan: Resized, out: np.ndarray) -> None:
         """Resize ``img`` (BGR uint8 [H, W, 3]) and write it normalised into ``out`` ([3, h', w'] float32,

@@ -18,9 +18,16 @@ rapidocr run it, so boxes match theirs on the same probability map. The manifest
     box_type        "quad" quad: the unclipped region's min-area rectangle, 4 points clockwise from
                            top-left; "poly": the contour simplified by approxPolyDP
                            (epsilon = 0.002 * perimeter), unclipped — K >= 4 points
+    channel         0      which channel of the model's [N, C, H, W] output is the probability map
+                           (0 for the usual one-channel map; set at import for a multi-channel output)
 
 Boxes are mapped back to the source image by ``x * src_w / map_w`` (``y`` likewise) and clipped to
-``[0, src_w - 1] x [0, src_h - 1]``; coordinates stay float32 (no rounding).
+``[0, src_w - 1] x [0, src_h - 1]``; coordinates stay float32 in memory and are written to JSON with 2 decimals.
+
+The pre-processing keys a TextDetector (and ``vkt run``) may override: resize ``limit_side_len``,
+``limit_type``, ``round_to``, ``max_side_len`` (the long-side cap) and ``mean``, ``std``, ``scale``,
+``color`` (vkt.tasks documents them). When the long-side cap shrinks an image, its Detections say so
+under ``meta["resized"]`` and a warning is logged.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ import numpy as np
 import pyclipper
 
 from vkt.errors import InputError
-from vkt.runtime.image import Preprocessor
-from vkt.runtime.pipeline import ImagePipeline, apply_overrides
+from vkt.log import get_logger
+from vkt.runtime.image import Preprocessor, Resized
+from vkt.runtime.pipeline import ImagePipeline
 
+log = get_logger(__name__)
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
 
 
@@ -55,14 +64,20 @@ class DBParams:
     use_dilation: bool = True
     score_mode: str = "fast"
     box_type: str = "quad"
+    channel: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("thresh", "box_thresh"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise InputError(f"postprocess.{name} must be a number in [0, 1], got {v!r}")
-        if isinstance(self.unclip_ratio, bool) or not isinstance(self.unclip_ratio, (int, float)) or self.unclip_ratio < 0:
-            raise InputError(f"postprocess.unclip_ratio must be a number >= 0, got {self.unclip_ratio!r}")
+        def number(v: Any) -> bool:
+            return not isinstance(v, bool) and isinstance(v, (int, float)) and np.isfinite(v)
+
+        if not number(self.thresh) or not 0.0 < self.thresh < 1.0:
+            raise InputError(f"postprocess.thresh must be a number in (0, 1), got {self.thresh!r}")
+        if not number(self.box_thresh) or not 0.0 <= self.box_thresh <= 1.0:
+            raise InputError(f"postprocess.box_thresh must be a number in [0, 1], got {self.box_thresh!r}")
+        if not number(self.unclip_ratio) or self.unclip_ratio <= 0:
+            raise InputError(f"postprocess.unclip_ratio must be a number > 0, got {self.unclip_ratio!r}")
+        if isinstance(self.channel, bool) or not isinstance(self.channel, int) or self.channel < 0:
+            raise InputError(f"postprocess.channel must be an integer >= 0, got {self.channel!r}")
         if isinstance(self.max_candidates, bool) or not isinstance(self.max_candidates, int) or self.max_candidates < 1:
             raise InputError(f"postprocess.max_candidates must be a positive integer, got {self.max_candidates!r}")
         for name in ("min_size", "min_side_px"):
@@ -112,7 +127,8 @@ class Detections:
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_size": {"height": self.image_size[0], "width": self.image_size[1]},
-            "detections": [{"polygon": np.round(p, 2).tolist(), "score": round(float(s), 5)}
+            # float64 before rounding: a rounded float32 (12.34 -> 12.340000152587891) would print its noise
+            "detections": [{"polygon": np.round(p.astype(np.float64), 2).tolist(), "score": round(float(s), 5)}
                            for p, s in zip(self.polygons, self.scores)],
             **self.meta,
         }
@@ -224,9 +240,54 @@ def db_postprocess(prob: np.ndarray, src_size: tuple[int, int], params: DBParams
     return Detections(polys, np.asarray(scores, dtype=np.float32), (src_h, src_w))
 
 
-# ---- the pipeline ------------------------------------------------------------------------------
-_RESIZE_KEYS = ("limit_side_len", "limit_type", "round_to", "max_side_len")
+# ---- settings ----------------------------------------------------------------------------------
+PRE_KEYS = ("mean", "std", "scale", "color")
+RESIZE_KEYS = ("limit_side_len", "limit_type", "round_to", "max_side_len")
+POST_KEYS = tuple(f.name for f in fields(DBParams))
 BATCH_MODES = ("bucket", "pad_to_largest")
+
+
+def textdet_settings(pre: Mapping[str, Any], post: Mapping[str, Any], overrides: Mapping[str, Any],
+                     what: str = "text-detection setting") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of a textdet ``preprocess`` / ``postprocess`` pair with ``overrides`` applied, checked.
+
+    ``overrides`` keys: PRE_KEYS (mean, std, scale, color), RESIZE_KEYS (into ``pre["resize"]``) and
+    POST_KEYS (DBParams fields). An unknown key, or a value DBParams / Preprocessor refuses, raises
+    InputError ("unknown <what> 'key'" lists the accepted ones).
+    """
+    pre = {**pre, "resize": dict(pre.get("resize", {}))}
+    post = dict(post)
+    for k, v in overrides.items():
+        if k in PRE_KEYS:
+            pre[k] = np.asarray(v).tolist() if isinstance(v, (tuple, np.ndarray)) else v   # JSON-ready
+        elif k in RESIZE_KEYS:
+            pre["resize"][k] = v
+        elif k in POST_KEYS:
+            post[k] = v
+        else:
+            raise InputError(f"unknown {what} {k!r}; expected a postprocess key {sorted(POST_KEYS)}, a resize key "
+                             f"{list(RESIZE_KEYS)} or a normalisation key {list(PRE_KEYS)}")
+    DBParams.from_dict(post)
+    Preprocessor(pre)
+    return pre, post
+
+
+def input_meta(plan: Resized, pre: Preprocessor) -> dict[str, Any]:
+    """A Detections' ``meta`` for one image's resize: ``input_size``, and ``resized`` (logged as a warning)
+    when the long-side cap shrank it: ``{"from": source [h, w], "to": input [h, w], "without_cap": [h, w],
+    "reason": ...}``."""
+    rh, rw = plan.size
+    meta: dict[str, Any] = {"input_size": {"height": rh, "width": rw}}
+    if plan.capped_at is not None:
+        reason = f"long side capped at {plan.capped_at} ({pre.cap_source})"
+        meta["resized"] = {"from": list(plan.src_size), "to": [rh, rw], "without_cap": list(plan.uncapped_size or ()),
+                           "reason": reason}
+        log.warning("a %dx%d image runs at %dx%d instead of %dx%d: %s; boxes are mapped back to source pixels, small "
+                    "text may be missed", *plan.src_size, rh, rw, *(plan.uncapped_size or (0, 0)), reason)
+    return meta
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
 
 
 class TextDetector(ImagePipeline):
@@ -242,8 +303,9 @@ class TextDetector(ImagePipeline):
             largest shape of their batch (padding holds 0 after normalisation), then each map is cropped back.
         max_batch: images per model call (default: the profile's max batch, else 8).
         **overrides: postprocess keys (thresh, box_thresh, unclip_ratio, max_candidates, min_size,
-            use_dilation, score_mode, box_type) and resize keys (limit_side_len, limit_type,
-            round_to, max_side_len), replacing the manifest's values.
+            min_side_px, use_dilation, score_mode, box_type, channel), resize keys (limit_side_len,
+            limit_type, round_to, max_side_len) and normalisation keys (mean, std, scale, color),
+            replacing the manifest's values (checked before the model is loaded).
     Call with an image or a list of images (BGR uint8 arrays as cv2 gives, or paths); returns one
     Detections per image. Use as a context manager, or call :meth:`close`, to free the session.
     """
@@ -257,17 +319,17 @@ class TextDetector(ImagePipeline):
 
         if batch_mode not in BATCH_MODES:
             raise InputError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+        bundle = None
         if isinstance(source, Runner):
-            pre, post, runner = TASKS["textdet"].preprocess, TASKS["textdet"].postprocess, source
+            pre, post = TASKS["textdet"].preprocess, TASKS["textdet"].postprocess
         else:
             bundle = source if isinstance(source, Bundle) else Bundle.load(source)
             if bundle.task != "text-detection":
                 raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; TextDetector needs 'text-detection'")
             pre, post = bundle.preprocess, bundle.postprocess
-            runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre, post = apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
-                                    "TextDetector option")
+        pre, post = textdet_settings(pre, post, overrides, "TextDetector option")
         self.params = DBParams.from_dict(post)
+        runner = source if bundle is None else make_runner(bundle, backend=backend, precision=precision, threads=threads)
         self.runner = runner
         self.batch_mode = batch_mode
         self._max_batch_arg = max_batch
@@ -280,6 +342,14 @@ class TextDetector(ImagePipeline):
         spec = self.runner.spec
         self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
         self.output_name = spec.output_names[0]
+        oshape = spec.outputs[0].shape
+        if len(oshape) != 4:  # e.g. a classifier tagged text-detection by hand, or imported before the check
+            raise InputError(f"output {self.output_name!r} has shape {list(oshape)}; a text detector's output is a "
+                             "probability map [N, 1, H, W] (`vkt export onnx --task textdet` checks this)")
+        channels = oshape[1]
+        if isinstance(channels, int) and self.params.channel >= channels:
+            raise InputError(f"postprocess.channel {self.params.channel} is out of range: output {self.output_name!r} "
+                             f"has {channels} channel(s) {list(spec.outputs[0].shape)}")
         # The profile's max height/width caps the resize (a documented downscale, not a crash).
         profile = spec.profiles[0].axes if spec.profiles else {}
         dims = spec.input(self.input_name).shape
@@ -311,13 +381,13 @@ class TextDetector(ImagePipeline):
             batch = (np.zeros if padded else np.empty)((len(idx), 3, h, w), dtype=np.float32)
             for slot, i in enumerate(idx):
                 self.pre.write(images[i], plans[i], batch[slot])
-            # 4. Run the model: [N, 1, h, w] probabilities.
+            # 4. Run the model: [N, C, h, w] probabilities (C = 1 but for a multi-channel map imported with a channel).
             prob = self.runner.infer({self.input_name: batch})[self.output_name]
             # 5. Post-process each map, cropped to its own image's resized size.
             for slot, i in enumerate(idx):
                 rh, rw = plans[i].size
-                det = db_postprocess(prob[slot, 0, :rh, :rw], plans[i].src_size, self.params)
-                det.meta["input_size"] = {"height": rh, "width": rw}
+                det = db_postprocess(prob[slot, self.params.channel, :rh, :rw], plans[i].src_size, self.params)
+                det.meta.update(input_meta(plans[i], self.pre))
                 results[i] = det
         return results  # type: ignore[return-value]
 
@@ -325,55 +395,8 @@ class TextDetector(ImagePipeline):
 # ---- bundles -----------------------------------------------------------------------------------
 def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False,
                         name: str | None = None, optimize: bool = True, **param_overrides: Any) -> Path:
-    """Write a textdet bundle around a DB detector ONNX (input [N, 3, H, W], output [N, 1, H, W]).
+    """Write a textdet bundle around a DB detector ONNX: :func:`vkt.export.textdet_bundle.make_textdet_bundle`
+    (export time: needs onnx and onnxruntime's quantization tools)."""
+    from vkt.export.textdet_bundle import make_textdet_bundle as make
 
-    The spec's dynamic axes are renamed by position to batch / height / width (exporters name them
-    differently, e.g. Paddle's ``DynamicDimension.0``) and get ``TASKS["textdet"].profile``; the
-    manifest gets ``TASKS["textdet"]``'s preprocess/postprocess with ``param_overrides`` applied
-    (postprocess keys, or resize keys limit_side_len / limit_type / round_to / max_side_len). With
-    ``optimize`` the FP32 graph gets the exact float rewrites of ``vkt export onnx``
-    (:func:`vkt.export.optimize.optimize_fp32`, checked on a random 1x3x64x64 input). Needs onnx and
-    onnxruntime's quantization tools (export time, not the runtime). Returns the bundle folder. Raises InputError / ModelError / BundleError on bad input.
-    """
-    from vkt.bundle import BundleWriter
-    from vkt.errors import ModelError
-    from vkt.specs import ExportSpec, TensorSpec
-    from vkt.tasks import TASKS
-
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ModelError(f"ONNX file not found: {str(onnx_path)!r}")
-    t = TASKS["textdet"]
-    raw = ExportSpec.from_onnx(onnx_path)
-    if len(raw.inputs) != 1 or raw.inputs[0].rank != 4 or raw.outputs[0].rank != 4:
-        raise ModelError(f"{str(onnx_path)!r}: expected one input [N, 3, H, W] and an output [N, 1, H, W], "
-                         f"got inputs {[x.shape for x in raw.inputs]} outputs {[x.shape for x in raw.outputs]}")
-    axes = ("batch", None, "height", "width")
-
-    def rename(ts: TensorSpec) -> TensorSpec:
-        return TensorSpec(ts.name, ts.dtype, tuple(a if (a and not isinstance(d, int)) else d for a, d in zip(axes, ts.shape)))
-
-    spec = ExportSpec((rename(raw.inputs[0]),), tuple(rename(o) for o in raw.outputs), (t.profile,), raw.opset)
-    pre = {**t.preprocess, "input": spec.inputs[0].name, "resize": dict(t.preprocess["resize"])}
-    post = dict(t.postprocess)
-    pre, post = apply_overrides(pre, post, param_overrides, _RESIZE_KEYS, [f.name for f in fields(DBParams)],
-                                "textdet parameter")
-    DBParams.from_dict(post)
-    Preprocessor(pre)
-    graph: Any = onnx_path
-    meta: dict[str, Any] = {}
-    if optimize:
-        from vkt.export.optimize import optimize_fp32
-        from vkt.onnxio import load_onnx
-
-        model, rewrites = optimize_fp32(load_onnx(onnx_path), {spec.inputs[0].name: np.random.default_rng(0).standard_normal(
-            (1, 3, 64, 64)).astype(np.float32)})
-        meta["rewrites"] = rewrites
-        if "kept_original" not in rewrites:
-            graph = model.SerializeToString()
-    with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
-        w.add_component("model", spec)
-        w.add_file(graph, "model.onnx", role="fp32 onnx", meta=meta)
-        w.manifest["preprocess"] = pre
-        w.manifest["postprocess"] = post
-    return Path(dest)
+    return make(onnx_path, dest, overwrite=overwrite, name=name, optimize=optimize, **param_overrides)

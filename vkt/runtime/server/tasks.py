@@ -162,15 +162,15 @@ class TextDetectTask:
 
     def detections(self, img: np.ndarray, infer: Infer) -> Any:
         """vkt.runtime.textdet.Detections (float32 polygons in source pixels) of one BGR uint8 image."""
-        from vkt.runtime.textdet import db_postprocess
+        from vkt.runtime.textdet import db_postprocess, input_meta
 
         plan = self.pre.plan(img)
         h, w = plan.size
         x = np.empty((1, 3, h, w), dtype=np.float32)
         self.pre.write(img, plan, x[0])
-        prob = infer({self.input_name: x})[self.output_name]  # [1, 1, h, w]
-        det = db_postprocess(prob[0, 0], plan.src_size, self.params)
-        det.meta["input_size"] = {"height": h, "width": w}
+        prob = infer({self.input_name: x})[self.output_name]  # [1, C, h, w]
+        det = db_postprocess(prob[0, self.params.channel], plan.src_size, self.params)
+        det.meta.update(input_meta(plan, self.pre))
         return det
 
 
