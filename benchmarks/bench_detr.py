@@ -78,11 +78,11 @@ def fixed_size_feed(pre, path: Path, size: tuple[int, int]) -> dict[str, np.ndar
     """The photo stretched to exactly ``size`` and normalised as the manifest says (speed and ranges only)."""
     import cv2
 
-    from vkt.runtime.image import read_image
+    from vkt.runtime.image import Resized, read_image
 
     img = cv2.resize(read_image(path), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     x = np.zeros((1, 3, *size), np.float32)
-    pre.write(img, pre.plan(img), x[0])
+    pre.write(img, Resized(size, size), x[0])  # already at size: normalise only (the manifest's resize may differ)
     return {"pixel_values": x}
 
 

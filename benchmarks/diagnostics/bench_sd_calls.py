@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.schema import RowWriter, row  # noqa: E402
 
 
-def sd_feed(component: str, size: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of one SD 1.5 UNet call (``batch`` rows) or VAE decode at ``size`` x ``size`` pixels."""
+def sd_feed(component: str, size: int, batch: int, rng: np.random.Generator, hidden: int = 768) -> dict[str, np.ndarray]:
+    """Random inputs of one SD UNet call (``batch`` rows; ``hidden``: the text encoder's width, SD 1.5: 768) or VAE
+    decode at ``size`` x ``size`` pixels."""
     lat = size // 8
     if component == "unet":
         return {"sample": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32),
                 "timestep": np.full((batch,), 500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, 768), dtype=np.float32)}
+                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden), dtype=np.float32)}
     return {"latents": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32)}
 
 
@@ -66,6 +67,11 @@ def call_row(component: str, impl: str, size: int, threads: int, wall: list[floa
                load_avg_before=[round(x, 2) for x in load0], load_avg_after=[round(x, 2) for x in load1])
 
 
+def text_width(bundle) -> int:
+    """The UNet's encoder_hidden_states width in ``bundle`` (768 for SD 1.5 shapes, less for bench_sd's small ones)."""
+    return next(int(t.shape[-1]) for t in bundle.spec("unet").inputs if t.name == "encoder_hidden_states")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vkt-bench-sd/sd15"), help="bench_sd.py's cache folder")
@@ -90,7 +96,7 @@ def main() -> None:
     rows = []
     for comp in args.components.split(","):
         if comp == "unet":
-            feed = sd_feed(comp, args.size, 2, rng)
+            feed = sd_feed(comp, args.size, 2, rng, text_width(b))
             m = UNet2DConditionModel.from_pretrained(str(args.work / "pipeline" / "unet")).eval()
             t_in = [torch.from_numpy(feed[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
             torch_fn = lambda: m(*t_in, return_dict=False)[0]  # noqa: E731

@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnxruntime as ort
-    from bench_sd_calls import sd_feed, time_interleaved
+    from bench_sd_calls import sd_feed, text_width, time_interleaved
 
     from vkt.bundle import Bundle
 
@@ -65,7 +65,7 @@ def main() -> None:
     graphs = {"ort": b.root / b.entry("fp32 onnx", args.component, placement="ort").path,
               "plain": b.path("fp32 onnx", args.component)}
     n = args.batch or (2 if args.component == "unet" else 1)
-    feed = sd_feed(args.component, args.size, n, np.random.default_rng(0))
+    feed = sd_feed(args.component, args.size, n, np.random.default_rng(0), text_width(b))
     fns, outs, meta = {}, {}, {}
     for text in args.variant:
         name, graph, entries = parse_variant(text)
