@@ -1,7 +1,8 @@
 """DETR-R50 at 800x1066 on CPU: torch eager (and channels_last) vs onnxruntime FP32 vs onnxruntime INT8, interleaved.
 
 Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--calib 6] [--trained RUN/model]
-     [--keep] [--skip-torch] [--keep-work] [--json benchmarks/results/detr.json]
+     [--keep] [--skip-torch] [--keep-work] [--json rows.jsonl]
+     quick look: --skip-torch --size 320x427 --photos 3 --calib 1 --iters 2 --warmup 1
 
 1. transformers' DetrForObjectDetection with DETR-R50's architecture (ResNet-50 from transformers, no
    timm, random weights, seed 0) is exported with vkt.models.detr.export.export_bundle (raw heads).
@@ -24,6 +25,8 @@ Run: .venv/bin/python benchmarks/bench_detr.py [--threads 2] [--iters 8] [--cali
    synthetic validation images and on the photos (also mirrored, and centre crops of both: more real
    boxes, less noise), for the INT8 graph `vkt export detr --int8` ships (calibration + accuracy gate on
    other synthetic images and pictures; --no-gate: calibration only; --weight-rounding / --percentile).
+Rows (benchmarks/schema.py): one per timed target (percent_of_peak, speedup_vs_ort_fp32), one per agreement figure
+(p50_ms null), and a "run" row with export/calibration seconds, FLOPs, the peak estimate and the parity check.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vkt.runtime.detection import Detector
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.schema import RowWriter, from_bench_row, row  # noqa: E402
+from vkt.runtime.detection import Detector  # noqa: E402
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "horse.png",
           "camera.png", "coins.png")
@@ -72,11 +78,11 @@ def fixed_size_feed(pre, path: Path, size: tuple[int, int]) -> dict[str, np.ndar
     """The photo stretched to exactly ``size`` and normalised as the manifest says (speed and ranges only)."""
     import cv2
 
-    from vkt.runtime.image import read_image
+    from vkt.runtime.image import Resized, read_image
 
     img = cv2.resize(read_image(path), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     x = np.zeros((1, 3, *size), np.float32)
-    pre.write(img, pre.plan(img), x[0])
+    pre.write(img, Resized(size, size), x[0])  # already at size: normalise only (the manifest's resize may differ)
     return {"pixel_values": x}
 
 
@@ -261,12 +267,37 @@ def keep_variants(bundle: Path) -> dict[str, bytes]:
     return out
 
 
+R50 = "DETR-R50 (random weights)"
+REDUCED = "DETR reduced (trained by vkt train detr)"
+
+
+def latency_rows(rows: list, threads: int, percent_of_peak: dict[str, float]) -> list[dict]:
+    """Schema rows of run_bench's Rows, with % of peak and the speed-up over onnxruntime FP32."""
+    p50 = {r.target: r.p50_ms for r in rows}
+    out = []
+    for r in rows:
+        torch_target = r.target.startswith("torch")
+        out.append(from_bench_row("detr", r, model=R50, backend="torch-cpu" if torch_target else "ort-cpu",
+                                  precision="int8" if "int8" in r.target else "fp32", threads=threads,
+                                  percent_of_peak=percent_of_peak.get(r.target),
+                                  speedup_vs_ort_fp32=p50["ort-fp32"] / r.p50_ms if "ort-fp32" in p50 else None))
+    return out
+
+
+def agreement_row(target: str, model: str, threads: int, includes: str, **figures) -> dict:
+    """Schema row of an INT8-vs-FP32 agreement figure (no latency)."""
+    return row("detr", target, includes=includes, model=model, backend="ort-cpu", precision="int8", threads=threads,
+               **figures)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--calib", type=int, default=6, help="calibration photos (at 800x1066)")
+    ap.add_argument("--calib", type=int, default=6, help="calibration photos (at --size)")
+    ap.add_argument("--size", default="800x1066", help="HxW of the timed feed and the calibration images")
+    ap.add_argument("--photos", type=int, default=len(PHOTOS), help="scikit-image photos used (first: timed and held out)")
     ap.add_argument("--method", default="percentile")
     ap.add_argument("--flops-per-cycle", type=float, default=64.0)
     ap.add_argument("--ghz", type=float, default=None)
@@ -280,26 +311,28 @@ def main() -> int:
     ap.add_argument("--max-drop", type=float, default=0.02, help="--trained: the gate's AP budget (0.02 = 2 points)")
     ap.add_argument("--weight-rounding", default=None, help="--trained: gptq | nearest (default: quantize_detr's)")
     ap.add_argument("--percentile", type=float, default=None, help="--trained: calibration percentile (default: quantize_detr's)")
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/detr.json"))
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary folder (exported bundles, for --bundle)")
     args = ap.parse_args()
+    global SIZE
+    try:
+        SIZE = tuple(int(v) for v in args.size.lower().split("x"))
+        assert len(SIZE) == 2
+    except (ValueError, AssertionError):
+        ap.error(f"--size must be HxW, e.g. 800x1066; got {args.size!r}")
+    if args.photos < 1 + args.calib:
+        ap.error(f"--photos must be at least 1 + --calib ({1 + args.calib}): the first photo is held out")
 
     import torch
 
-    from vkt.bench import (
-        BenchConfig,
-        Case,
-        Target,
-        machine_info,
-        print_table,
-        run_bench,
-    )
+    from vkt.bench import BenchConfig, Case, Target, print_table, run_bench
     from vkt.bundle import Bundle
     from vkt.runtime import make_runner
     from vkt.runtime.image import Preprocessor, read_image
 
     torch.set_num_threads(args.threads)
-    result: dict = {"machine": machine_info(), "threads": args.threads, "size": list(SIZE), "argv": sys.argv[1:]}
+    result: dict = {"size": list(SIZE), "argv": sys.argv[1:]}
+    out = RowWriter(args.json)
     work = Path(tempfile.mkdtemp(prefix="bench-detr-"))
     if args.trained is not None:
         t0 = time.perf_counter()
@@ -308,12 +341,16 @@ def main() -> int:
                                                              **{k: v for k, v in (("weight_rounding", args.weight_rounding),
                                                                                   ("percentile", args.percentile)) if v is not None})
         print("trained reduced model, INT8 vs FP32:", json.dumps(result["trained_int8_agreement"]), f"({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+              flush=True, file=sys.stderr)
+        out.write(agreement_row("ort-int8 (shipped)", REDUCED, args.threads,
+                                "COCO AP of INT8 detections vs FP32's (FP32 score > 0.5 = ground truth) per image set, "
+                                "for the graph `vkt export detr --int8` ships, and per keep-list step",
+                                **result.pop("trained_int8_agreement")))
     if not args.skip_r50:
         from vkt.models.detr.export import export_bundle
 
         model = detr_r50()
-        photos = photo_paths()
+        photos = photo_paths()[:args.photos]
         if args.bundle is not None:       # an earlier run's exported + calibrated bundle (same seed, same weights)
             dest = args.bundle
         else:
@@ -366,13 +403,13 @@ def main() -> int:
             r = OrtRunner(blob, threads=args.threads, spec=b.spec(), name=name)
             targets.append(Target(name, r.infer, f"INT8 ORT placement, DETR keep-list up to {name.rsplit('-', 1)[1]} in float",
                                   setup=r.activate, teardown=r.deactivate))
-        rows = run_bench(targets, [Case("1x3x800x1066", feed, 1)], BenchConfig(warmup=args.warmup, iters=args.iters))
-        print_table(rows, "DETR-R50 800x1066")
+        case = f"1x3x{SIZE[0]}x{SIZE[1]}"
+        rows = run_bench(targets, [Case(case, feed, 1)], BenchConfig(warmup=args.warmup, iters=args.iters))
+        print_table(rows, f"DETR-R50 {SIZE[0]}x{SIZE[1]}")
         p50 = {r.target: r.p50_ms for r in rows}
         flops = conv_matmul_flops(b.root / b.entry("fp32 onnx", "model").path, (1, 3, *SIZE))
         ghz = args.ghz or cpu_ghz()
         peak = args.threads * ghz * 1e9 * args.flops_per_cycle
-        result["rows"] = [r.to_dict() for r in rows]
         result["flops"] = flops
         result["peak_gflops"] = {"value": peak / 1e9, "cores": args.threads, "ghz": ghz, "flops_per_cycle": args.flops_per_cycle}
         result["percent_of_peak"] = {t: 100.0 * flops["total"] / (ms / 1e3) / peak for t, ms in p50.items()}
@@ -380,23 +417,27 @@ def main() -> int:
         if not args.skip_torch:
             result["ratios"].update({"ort_fp32_over_eager": p50["torch-eager"] / p50["ort-fp32"],
                                      "ort_fp32_over_channels_last": p50["torch-eager-channels_last"] / p50["ort-fp32"]})
-        print(json.dumps({k: result[k] for k in ("flops", "peak_gflops", "percent_of_peak", "ratios")}, indent=1), flush=True)
+        print(json.dumps({k: result[k] for k in ("flops", "peak_gflops", "percent_of_peak", "ratios")}, indent=1), flush=True,
+              file=sys.stderr)
+        out.write_all(latency_rows(rows, args.threads, result.pop("percent_of_peak")))
         # INT8 vs FP32 on the photos (the held-out first one included), at the manifest's resize.
         imgs = [read_image(p) for p in photos]
         f = detections(dest, "fp32", imgs, args.threads)
         q = detections(dest, "int8", imgs, args.threads)
-        result["r50_int8_agreement_photos"] = agreement(f, q, [im.shape[:2] for im in imgs], gt_top=10)
-        print("DETR-R50 (random weights), INT8 vs FP32 top-10 on photos:", json.dumps(result["r50_int8_agreement_photos"]))
+        top10 = f"COCO AP of INT8 detections vs FP32's top-10 per image on {len(imgs)} photos at the manifest's resize"
+        out.write(agreement_row("ort-int8", R50, args.threads, top10, images=len(imgs),
+                                **agreement(f, q, [im.shape[:2] for im in imgs], gt_top=10)))
         for name, blob in variants.items():
             from vkt.runtime.ort import OrtRunner
 
             with Detector(OrtRunner(blob, threads=args.threads, spec=b.spec()), score_threshold=0.0, top_k=100) as det:
                 qv = [det(im)[0] for im in imgs]
-            result.setdefault("r50_keep_agreement_photos", {})[name] = agreement(f, qv, [im.shape[:2] for im in imgs], gt_top=10)
-            print(f"  {name}:", json.dumps(result["r50_keep_agreement_photos"][name]), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"wrote {args.json}")
+            out.write(agreement_row(name, R50, args.threads, top10, images=len(imgs),
+                                    **agreement(f, qv, [im.shape[:2] for im in imgs], gt_top=10)))
+    out.write(row("detr", "run", includes="what the run measured besides latency: export and calibration seconds, "
+                  "Conv/MatMul/Gemm FLOPs, the peak estimate, FP32 ONNX vs torch parity, INT8 vs FP32 ratios",
+                  model=None if args.skip_r50 else R50, threads=args.threads, shape=f"1x3x{SIZE[0]}x{SIZE[1]}", **result))
+    out.close()
     if args.keep_work:
         print(f"kept {work}")
     else:

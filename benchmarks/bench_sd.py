@@ -41,7 +41,8 @@ One process per pipeline because the high-water mark is per process.
     .venv/bin/python benchmarks/bench_sd.py --size sd15 --height 256 --steps 4 --batches 1,4 --iters 2
     .venv/bin/python benchmarks/bench_sd.py --size small --height 256 --steps 10
 
-Prints JSON rows (one per target and batch, stage breakdown and memory in "info"), then tables.
+Prints JSON rows (benchmarks/schema.py; one per target and batch, stage breakdown and memory in "info"), then
+tables; --json PATH also writes them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("COLUMNS", "150")  # rich's table width when stdout is not a terminal
+os.environ.setdefault("COLUMNS", "150")
+
+from benchmarks.schema import RowWriter, from_bench_row  # noqa: E402  # rich's table width when stdout is not a terminal
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
@@ -326,7 +329,7 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the per-pipeline peak-memory subprocesses")
     ap.add_argument("--memory-targets", default="vkt-ort,diffusers-torch,diffusers-ort",
                     help="pipelines whose peak memory is measured (vkt-ort-2calls loads the same as vkt-ort)")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON rows here")
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     H, STEPS = args.height, args.steps
@@ -339,7 +342,7 @@ def main() -> None:
         memory_child(paths, args.threads, args.memory_child)
         return
 
-    from vkt.bench import BenchConfig, Case, Target, print_table, rows_to_json, run_bench
+    from vkt.bench import BenchConfig, Case, Target, print_table, run_bench
 
     pipes = load_pipelines(paths, args.threads, which)
     stage_log: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -383,12 +386,8 @@ def main() -> None:
             for r in rows:
                 if r.target == name:
                     r.info["memory_b1"] = mem
-    extra = {"bench": "sd", "size": args.size, "height": H, "steps": STEPS, "threads": args.threads, "guidance": GUIDANCE,
-             "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after]}
-    text = rows_to_json(rows, extra)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    with RowWriter(args.json) as out:
+        out.write_all(sd_row(r, args.size, args.threads, load_before, load_after) for r in rows)
     print_table(rows, title=f"txt2img end to end, {args.size} components, {H}x{H}, {STEPS} DDIM steps, guidance {GUIDANCE}")
     print("\nper-stage mean seconds per generation (timed calls):")
     print(f"{'target':16} {'B':>2} {'text_enc':>9} {'unet':>9} {'vae':>9} {'other':>8} {'total':>9} {'cpu s':>9} "
@@ -399,6 +398,15 @@ def main() -> None:
         mem = f"{m['peak_rss_mib']:.0f} (+{m['delta_mib']:.0f})" if "peak_rss_mib" in m else "-"
         print(f"{r.target:16} {r.batch:>2} {s.get('text_encoder', 0):9.3f} {s.get('unet', 0):9.3f} {s.get('vae', 0):9.3f} "
               f"{s.get('other', 0):8.3f} {s.get('total', 0):9.3f} {s.get('cpu', 0):9.1f} {mem:>20}")
+
+
+def sd_row(r, size: str, threads: int, load_before: tuple, load_after: tuple) -> dict:
+    """Schema row of one target and batch (``r``: vkt.bench.Row of whole generations)."""
+    return from_bench_row("sd", r, model=f"SD 1.5 shapes{'' if size == 'sd15' else ' at 1/10 width'} (random weights)",
+                          backend="torch-cpu" if r.target == "diffusers-torch" else "ort-cpu", precision="fp32",
+                          threads=threads, load_avg=[round(load_before[0], 2), round(load_after[0], 2)], size=size,
+                          height=H, steps=STEPS, guidance=GUIDANCE, load_avg_before=[round(x, 2) for x in load_before],
+                          load_avg_after=[round(x, 2) for x in load_after])
 
 
 INCLUDES = {

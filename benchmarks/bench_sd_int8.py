@@ -15,7 +15,9 @@ vkt's Q/DQ writer does not take). The bundle is copied to ``<work>/bundle-int8``
                one call at batch 2 (guided B=1) at the image size's latents; then txt2img end to end,
                FP32 vs INT8 UNet, same prompt and seed.
 
-    .venv/bin/python benchmarks/bench_sd_int8.py --size small --height 256 --steps 4
+    .venv/bin/python benchmarks/bench_sd_int8.py --size small --height 256 --steps 4 [--json rows.jsonl]
+
+Rows: benchmarks/schema.py; the first row's "info" holds the calibration, PSNR and SQNR figures.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLUMNS", "150")
 
+from benchmarks.schema import RowWriter, from_bench_row  # noqa: E402
+
 HELD_OUT = ("a lighthouse on a cliff in a storm", "a plate of pasta with basil", "a dog running on the beach",
             "a medieval castle in the snow")
 
@@ -46,12 +50,12 @@ def main() -> None:
     ap.add_argument("--calib-steps", type=int, default=8)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
     from bench_sd import prepare
 
-    from vkt.bench import BenchConfig, Case, Target, print_table, rows_to_json, run_bench
+    from vkt.bench import BenchConfig, Case, Target, print_table, run_bench
     from vkt.bundle import Bundle
     from vkt.calibration import sqnr_db
     from vkt.models.sd.int8 import CALIB_PROMPTS, capture_unet_feeds, image_psnr, quantize_unet
@@ -111,16 +115,19 @@ def main() -> None:
     for r in rows:
         r.info = dict(r.info)
     rows[0].info.update(info)
-    extra = {"bench": "sd_int8", "size": args.size, "height": args.height, "steps": args.steps, "threads": args.threads,
-             "load_avg": os.getloadavg()}
-    text = rows_to_json(rows, extra)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    with RowWriter(args.json) as out:
+        out.write_all(sd_int8_row(r, args.size, args.height, args.steps, args.threads) for r in rows)
     for g, what in zip(groups, ("one UNet call", "txt2img end to end")):
         print_table(g, title=f"SD INT8 UNet vs FP32 on onnxruntime CPU, {args.size} components, "
                              f"{args.height}x{args.height}: {what}")
     print(json.dumps({k: v for k, v in info.items()}, indent=1))
+
+
+def sd_int8_row(r, size: str, height: int, steps: int, threads: int) -> dict:
+    """Schema row of one target (``r``: vkt.bench.Row)."""
+    return from_bench_row("sd_int8", r, model="SD 1.5 shapes at 1/10 width (random weights)", backend="ort-cpu",
+                          precision="int8" if "int8" in r.target else "fp32", threads=threads, size=size, height=height,
+                          steps=steps)
 
 
 if __name__ == "__main__":

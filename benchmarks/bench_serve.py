@@ -1,16 +1,17 @@
 """Load test for `vkt serve`: N concurrent keep-alive clients on loopback for a bounded time.
 
 Run: .venv/bin/python benchmarks/bench_serve.py [--clients 64] [--duration 60] [--max-batch 1,8]
-     [--bundle DIR | --url http://127.0.0.1:PORT --model NAME] [--size 64] [--json] [--procs 2]
+     [--bundle DIR | --url http://127.0.0.1:PORT --model NAME] [--size 64] [--json-tensors] [--procs 2]
      [--detect-image page.png]   (task endpoint: POST /v2/models/NAME/detect with the image file's bytes)
+     [--json rows.jsonl]
 
 Without --url it builds the toy conv bundle (or takes --bundle), starts `python -m vkt serve` on an
 ephemeral loopback port once per --max-batch value, and reads the server's RSS from /proc before
 and after the load. Clients run in --procs processes (threads inside) so the client's GIL is not
 the bottleneck; they share the machine's cores with the server, so on a small machine the numbers
 are a floor. Each client stops at --duration seconds or --max-requests requests, whichever first.
-Prints one JSON row per run and a table: throughput, p50/p90/p99 latency, errors, 503s, RSS,
-and the server's mean batch size (from /metrics).
+Prints one JSON row per run (benchmarks/schema.py) and a table: throughput, p50/p90/p99 latency, errors, 503s,
+RSS, and the server's mean batch size (from /metrics).
 
 RSS: snapshots at start (``rss_start_mb``: models loaded, no request yet), after ``--warmup-s``
 seconds of the same load (``rss_before_mb``: ORT arenas, connection threads and buffers allocated)
@@ -40,6 +41,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -259,6 +264,14 @@ def broken_bounds(row: dict, max_growth_pct: float) -> list[str]:
     return out
 
 
+def serve_row(target: str, figures: dict, a: argparse.Namespace, payload: str, model: str, **extra) -> dict:
+    """Schema row of one load run (``figures``: :func:`measure`'s dict)."""
+    return row("serve", target, includes="client-side wall time of one HTTP request on loopback (keep-alive), "
+               f"{a.clients} concurrent clients; p50/p90 over 200 responses only", model=model, backend="http",
+               threads=a.threads, shape=payload, batch=None if a.detect_image else a.batch, n=figures["ok"],
+               clients=a.clients, duration_s=a.duration, payload=payload, **extra, **figures)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -272,14 +285,14 @@ def main() -> None:
     ap.add_argument("--pid", type=int, help="with --url: the server's pid, for RSS")
     ap.add_argument("--size", type=int, default=64, help="image height and width")
     ap.add_argument("--batch", type=int, default=1, help="rows per request")
-    ap.add_argument("--json", action="store_true", help="JSON tensors instead of the binary extension")
+    ap.add_argument("--json-tensors", action="store_true", help="JSON tensors instead of the binary extension")
     ap.add_argument("--detect-image", type=Path, help="load the task endpoint: POST /detect with this image file's bytes")
     ap.add_argument("--max-batch", default="8", help="comma list: one server run per value (e.g. 1,8)")
     ap.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     ap.add_argument("--queue-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads in the server")
     ap.add_argument("--max-rss-growth-pct", type=float, default=10.0, help="bound on rss_growth_pct (exit 1 at or above)")
-    ap.add_argument("--out", type=Path, help="also write the JSON rows here")
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     a = ap.parse_args()
     if a.clients < 1 or a.duration <= 0 or a.max_requests < 1 or a.warmup_s < 0:
         ap.error("--clients, --duration and --max-requests must be positive, --warmup-s >= 0")
@@ -288,15 +301,15 @@ def main() -> None:
 
     x = np.random.default_rng(0).standard_normal((a.batch, 3, a.size, a.size)).astype(np.float32)
     payload = (f"/detect {a.detect_image.name} ({a.detect_image.stat().st_size} bytes)" if a.detect_image
-               else f"{a.batch}x3x{a.size}x{a.size} FP32 {'JSON' if a.json else 'binary'}")
+               else f"{a.batch}x3x{a.size}x{a.size} FP32 {'JSON' if a.json_tensors else 'binary'}")
     rows = []
     if a.url:
         if urlsplit(a.url).hostname not in LOOPBACK:
             raise SystemExit(f"--url must be a loopback address ({sorted(LOOPBACK)}), got {a.url!r}")
         if not a.model:
             raise SystemExit("--url needs --model")
-        row = measure(a.url, a.model, make_request(a.model, x, a.json, a.detect_image), a.pid, a)
-        rows.append({"bench": "serve", "server": a.url, "clients": a.clients, "duration_s": a.duration, "payload": payload, **row})
+        figures = measure(a.url, a.model, make_request(a.model, x, a.json_tensors, a.detect_image), a.pid, a)
+        rows.append(serve_row(a.url, figures, a, payload, a.model, server=a.url))
     else:
         with tempfile.TemporaryDirectory(prefix="vkt-bench-serve-") as tmp:
             bundle = a.bundle
@@ -313,23 +326,21 @@ def main() -> None:
             from vkt.bundle import Bundle
 
             name = a.model or Bundle.load(bundle).name
-            req = make_request(name, x, a.json, a.detect_image)
+            req = make_request(name, x, a.json_tensors, a.detect_image)
             for mb in [int(v) for v in a.max_batch.split(",")]:
                 proc, url = start_server(bundle, mb, a.max_queue_delay_ms, a.queue_size, a.threads)
                 try:
-                    row = measure(url, name, req, proc.pid, a)
+                    figures = measure(url, name, req, proc.pid, a)
                 finally:
                     proc.terminate()
                     code = proc.wait(60)
-                rows.append({"bench": "serve", "server": f"vkt serve --max-batch {mb} --max-queue-delay-ms {a.max_queue_delay_ms} "
-                                                          f"--queue-size {a.queue_size}", "max_batch": mb,
-                             "clients": a.clients, "duration_s": a.duration, "payload": payload, **row,
-                             "exit_code_on_sigterm": code})
-    for r in rows:
-        r["broken_bounds"] = broken_bounds(r, a.max_rss_growth_pct)
-        print(json.dumps(r))
-    if a.out:
-        a.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                server = f"vkt serve --max-batch {mb} --max-queue-delay-ms {a.max_queue_delay_ms} --queue-size {a.queue_size}"
+                rows.append(serve_row(server, figures, a, payload, name, server=server, max_batch=mb,
+                                      exit_code_on_sigterm=code))
+    with RowWriter(a.json) as out:
+        for r in rows:
+            r["broken_bounds"] = broken_bounds(r, a.max_rss_growth_pct)
+            out.write(r)
     cols = ["max_batch", "clients", "throughput_rps", "p50_ms", "p99_ms", "errors", "status_503",
             "mean_batch", "rss_before_mb", "rss_after_mb", "rss_load_peak_mb", "rss_growth_pct"]
     print("\n" + " | ".join(f"{c:>13}" for c in cols))

@@ -8,17 +8,14 @@ the onnxruntime run and DB post-processing, from a BGR uint8 array in memory to 
 pixels (image decoding is not included). Also timed: each stage alone on one photo, and the
 throughput of a mixed-size batch run bucketed by resized shape vs padded to the largest shape.
 
-    .venv/bin/python benchmarks/bench_textdet.py [--reps 15] [--threads N] [--out rows.json]
+    .venv/bin/python benchmarks/bench_textdet.py [--reps 15] [--threads N] [--json rows.jsonl]
 
-Prints one JSON row per line, then a table.
+Prints one JSON row per line (benchmarks/schema.py), then a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.schema import RowWriter, row  # noqa: E402
 from vkt.eval.textdet import hmean_between  # noqa: E402
 from vkt.models.zoo import ppocrv5_det_mobile_onnx  # noqa: E402
 from vkt.runtime.image import read_image  # noqa: E402
@@ -45,12 +43,22 @@ def pct(ts: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def row(impl: str, shape: tuple, ts: list[float], **extra) -> dict:
+MODEL = "PP-OCRv5 mobile det"
+E2E = "one detector(image) call: pre-processing, the onnxruntime run, DB post-processing; BGR uint8 in memory to boxes (no decode)"
+
+
+def timing_row(impl: str, shape: tuple, ts: list[float], threads: int | None, includes: str = E2E, **extra) -> dict:
+    """Schema row of one implementation's call times ``ts`` (s)."""
     ms = [t * 1e3 for t in ts]
-    return {"model": "ppocrv5-det-mobile", "impl": impl, "backend": "ort-cpu", "precision": "fp32",
-            "shape": list(shape), "n": len(ms), "p50_ms": round(statistics.median(ms), 2),
-            "p90_ms": round(pct(ms, 0.9), 2), "mean_ms": round(statistics.fmean(ms), 2),
-            "min_ms": round(min(ms), 2), **extra}
+    return row("textdet", impl, includes=includes, model=MODEL, backend="ort-cpu", precision="fp32", threads=threads,
+               shape=shape, batch=1, n=len(ms), p50_ms=round(statistics.median(ms), 2), p90_ms=round(pct(ms, 0.9), 2),
+               mean_ms=round(statistics.fmean(ms), 2), min_ms=round(min(ms), 2), **extra)
+
+
+def summary_row(what: str, threads: int | None, includes: str, **figures) -> dict:
+    """Schema row of a figure over several rows (no latency of its own)."""
+    return row("textdet", what, includes=includes, model=MODEL, backend="ort-cpu", precision="fp32", threads=threads,
+               **figures)
 
 
 def main() -> None:
@@ -59,10 +67,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads for both (default: ORT's, one per core)")
     ap.add_argument("--batch-images", type=int, default=16, help="images in the mixed-size throughput test")
-    ap.add_argument("--out", type=Path, default=None, help="also write the rows as a JSON list")
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
-    import onnxruntime as ort
     import skimage
     from rapidocr_onnxruntime.ch_ppocr_det.text_detect import TextDetector as RapidTextDetector
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
@@ -76,13 +83,9 @@ def main() -> None:
     rapid = RapidTextDetector({**PARAMS, "model_path": str(onnx_path), "intra_op_num_threads": threads,
                                "inter_op_num_threads": threads, "use_cuda": False, "use_dml": False})
     vkt = TextDetector(bundle, threads=args.threads)
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
-           "threads": args.threads or "default", "load_avg_1m": round(os.getloadavg()[0], 2)}
-    rows: list[dict] = []
-
-    def emit(r: dict) -> None:
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+    out = RowWriter(args.json)
+    rows = out.rows
+    emit = out.write
 
     # 1. End to end, per photo, interleaved.
     agree_vkt, agree_rapid = [], []
@@ -104,17 +107,19 @@ def main() -> None:
         agree_vkt.append(dv.polygons)
         agree_rapid.append(list(dr))
         shape = (1, 3, dv.meta["input_size"]["height"], dv.meta["input_size"]["width"])
-        rv = row("vkt", shape, tv, image=name, boxes=len(dv))
-        rr = row("rapidocr-onnxruntime 1.4.4", shape, tr, image=name, boxes=len(dr))
+        rv = timing_row("vkt", shape, tv, args.threads, image=name, boxes=len(dv))
+        rr = timing_row("rapidocr-onnxruntime 1.4.4", shape, tr, args.threads, image=name, boxes=len(dr))
         rv["speedup_vs_rapidocr_p50"] = round(rr["p50_ms"] / rv["p50_ms"], 3)
         emit(rv)
         emit(rr)
-    e2e = [r for r in rows if r["impl"] == "vkt"]
+    e2e = [r for r in rows if r["target"] == "vkt"]
     geo = float(np.exp(np.mean([np.log(r["speedup_vs_rapidocr_p50"]) for r in e2e])))
     tot_v = sum(r["p50_ms"] for r in e2e)
-    tot_r = sum(r["p50_ms"] for r in rows if r["impl"] != "vkt" and "image" in r)
-    emit({"summary": "end to end", "geomean_speedup_p50": round(geo, 3), "sum_p50_speedup": round(tot_r / tot_v, 3),
-          "hmean_vkt_vs_rapidocr": round(hmean_between(agree_vkt, agree_rapid), 4), **env})
+    tot_r = sum(r["p50_ms"] for r in rows if r["target"] != "vkt" and "image" in r)
+    emit(summary_row("vkt vs rapidocr-onnxruntime, end to end", args.threads,
+                     f"geomean over {len(e2e)} photos of rapidocr p50 / vkt p50 (per photo: {E2E})",
+                     summary="end to end", geomean_speedup_p50=round(geo, 3), sum_p50_speedup=round(tot_r / tot_v, 3),
+                     hmean_vkt_vs_rapidocr=round(hmean_between(agree_vkt, agree_rapid), 4)))
 
     # 2. Stage breakdown on the largest photo: where the time goes.
     name = "page.png"
@@ -137,7 +142,8 @@ def main() -> None:
             for k, a, c in zip(stages, t[:-1], t[1:]):
                 stages[k].append(c - a)
     for k, ts in stages.items():
-        emit(row(k.split()[0], x.shape, ts, image=name, stage=k.split()[1]))
+        emit(timing_row(k.split()[0], x.shape, ts, args.threads, f"the {k.split()[1]} stage alone, page.png", image=name,
+                        stage=k.split()[1]))
 
     # 3. Mixed-size batch throughput: bucketed vs padded to the largest vs one image per call.
     rng = np.random.default_rng(0)
@@ -169,27 +175,29 @@ def main() -> None:
             groups = [[i] for i in range(len(pool))]
         pixels[m] = sum(len(g) * max(plans[i].size[0] for i in g) * max(plans[i].size[1] for i in g) for g in groups)
         t = statistics.median(times[m])
-        emit({"model": "ppocrv5-det-mobile", "impl": "vkt", "backend": "ort-cpu", "precision": "fp32",
-              "batch_mode": m, "images": len(pool), "model_calls": len(groups), "max_batch": det.max_batch,
-              "input_megapixels": round(pixels[m] / 1e6, 2), "p50_s": round(t, 3),
-              "images_per_s": round(len(pool) / t, 2)})
+        emit(row("textdet", f"vkt ({m})", includes=f"one TextDetector call over {len(pool)} mixed-size images in memory",
+                 model=MODEL, backend="ort-cpu", precision="fp32", threads=args.threads, shape="mixed sizes",
+                 batch=len(pool), n=len(times[m]), p50_ms=round(t * 1e3, 1), p90_ms=round(pct(times[m], 0.9) * 1e3, 1),
+                 batch_mode=m, images=len(pool), model_calls=len(groups), max_batch=det.max_batch,
+                 input_megapixels=round(pixels[m] / 1e6, 2), p50_s=round(t, 3), images_per_s=round(len(pool) / t, 2)))
     bucket_vs_pad = statistics.median(times["pad_to_largest"]) / statistics.median(times["bucket"])
-    emit({"summary": "mixed-size batch", "bucket_speedup_vs_pad_to_largest": round(bucket_vs_pad, 3),
-          "pad_pixel_overhead": round(pixels["pad_to_largest"] / pixels["bucket"], 3), **env})
+    emit(summary_row("bucket vs pad_to_largest, mixed-size batch", args.threads,
+                     "p50 of padding to the largest shape / p50 of shape buckets", summary="mixed-size batch",
+                     bucket_speedup_vs_pad_to_largest=round(bucket_vs_pad, 3),
+                     pad_pixel_overhead=round(pixels["pad_to_largest"] / pixels["bucket"], 3)))
+    out.close()
 
     # 4. The table.
     print()
     print(f"{'image':<16}{'input':>14}{'boxes':>7}{'vkt p50':>10}{'rapid p50':>11}{'speedup':>9}")
     for rv in e2e:
-        rr = next(r for r in rows if r.get("image") == rv["image"] and r["impl"] != "vkt" and "stage" not in r)
-        print(f"{rv['image']:<16}{'x'.join(map(str, rv['shape'][2:])):>14}{rv['boxes']:>7}{rv['p50_ms']:>9.1f}m"
+        rr = next(r for r in rows if r.get("image") == rv["image"] and r["target"] != "vkt" and "stage" not in r)
+        print(f"{rv['image']:<16}{'x'.join(rv['shape'].split('x')[2:]):>14}{rv['boxes']:>7}{rv['p50_ms']:>9.1f}m"
               f"{rr['p50_ms']:>10.1f}m{rv['speedup_vs_rapidocr_p50']:>8.2f}x")
     print(f"geomean speedup {geo:.2f}x; total {tot_r / tot_v:.2f}x; agreement hmean {rows[len(e2e) * 2]['hmean_vkt_vs_rapidocr']}")
     print("stages on page.png (p50 ms): " + ", ".join(f"{k} {statistics.median(v) * 1e3:.1f}" for k, v in stages.items()))
     print(f"mixed batch of {len(pool)}: " + ", ".join(f"{m} {len(pool) / statistics.median(times[m]):.2f} img/s" for m in modes)
           + f"; bucket vs pad {bucket_vs_pad:.2f}x")
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

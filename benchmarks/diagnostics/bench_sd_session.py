@@ -1,11 +1,11 @@
 """One SD graph in several onnxruntime sessions that differ by graph file or session options, timed call by call
 interleaved in one process: the A/B for a graph rewrite or a session setting, on bench_sd.py's cached bundle.
 
-    .venv/bin/python benchmarks/bench_sd_session.py --component unet --size 512 --reps 5 \\
+    .venv/bin/python benchmarks/diagnostics/bench_sd_session.py --component unet --size 512 --reps 5 \\
         --variant spin=ort --variant nospin=ort:session.intra_op.allow_spinning=0
-    .venv/bin/python benchmarks/bench_sd_session.py --component unet --size 256 --threads 1 \\
+    .venv/bin/python benchmarks/diagnostics/bench_sd_session.py --component unet --size 256 --threads 1 \\
         --variant before=/tmp/unet.before.onnx --variant after=ort
-    .venv/bin/python benchmarks/bench_sd_session.py --component unet --size 256 --batch 8 \\
+    .venv/bin/python benchmarks/diagnostics/bench_sd_session.py --component unet --size 256 --batch 8 \\
         --variant batched=ort --variant two-calls=ort:calls=2
 
 A variant is NAME=GRAPH[:KEY=VALUE,...]: GRAPH is "ort" (the bundle's .ort.onnx), "plain" (the exported graph) or a
@@ -13,20 +13,21 @@ path (a graph saved beside the bundle's weights); KEY=VALUE are session config e
 intra-op threads of that session) and ``calls=K`` (run the batch as K calls of batch/K, outputs concatenated: batched
 guidance at --batch 2B against ``calls=2``, two calls at B). The first variant is the baseline of the ratios. Feeds: UNet at --batch
 (default 2: one guided step at B=1), latents size/8, 77 tokens; VAE decoder at batch 1.
-At most three SD 1.5 UNet sessions fit in ~12 GB. Prints JSON rows, then a table: p50 and min wall seconds,
+At most three SD 1.5 UNet sessions fit in ~12 GB. Prints JSON rows (benchmarks/schema.py), then a table: p50 and min wall seconds,
 p50 CPU seconds (all threads), baseline/this, max |this - baseline| / max |baseline|, load average.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
@@ -52,11 +53,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--variant", action="append", required=True)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
     import onnxruntime as ort
-    from bench_sd_calls import sd_feed, time_interleaved
+    from bench_sd_calls import sd_feed, text_width, time_interleaved
 
     from vkt.bundle import Bundle
 
@@ -64,7 +65,7 @@ def main() -> None:
     graphs = {"ort": b.root / b.entry("fp32 onnx", args.component, placement="ort").path,
               "plain": b.path("fp32 onnx", args.component)}
     n = args.batch or (2 if args.component == "unet" else 1)
-    feed = sd_feed(args.component, args.size, n, np.random.default_rng(0))
+    feed = sd_feed(args.component, args.size, n, np.random.default_rng(0), text_width(b))
     fns, outs, meta = {}, {}, {}
     for text in args.variant:
         name, graph, entries = parse_variant(text)
@@ -88,24 +89,32 @@ def main() -> None:
     rows = []
     for k in fns:
         p50 = float(np.median(wall[k]))
-        rows.append({"bench": "sd-session", "component": args.component, "size": args.size, "batch": n, "variant": k,
-                     **meta[k], "reps": args.reps, "p50_s": round(p50, 3), "min_s": round(min(wall[k]), 3),
-                     "cpu_p50_s": round(float(np.median(cpu[k])), 3), "wall_s": [round(x, 3) for x in wall[k]],
-                     "base_over_this": round(float(np.median(wall[base])) / p50, 3),
-                     "base_over_this_min": round(min(wall[base]) / min(wall[k]), 3),
-                     "max_rel_vs_base": float(np.abs(outs[k] - ref).max() / np.abs(ref).max()),
-                     "peak_rss_mib": round(peak), "load_avg_before": [round(x, 2) for x in load0],
-                     "load_avg_after": [round(x, 2) for x in load1]})
-    text = "\n".join(json.dumps(r) for r in rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        rows.append(session_row(args.component, k, args.size, n, meta[k], wall[k], cpu[k], load0, load1,
+                                base_over_this=round(float(np.median(wall[base])) / p50, 3),
+                                base_over_this_min=round(min(wall[base]) / min(wall[k]), 3),
+                                max_rel_vs_base=float(np.abs(outs[k] - ref).max() / np.abs(ref).max()),
+                                peak_rss_mib=round(peak)))
+    with RowWriter(args.json) as out:
+        out.write_all(rows)
     print(f"\n{args.component} batch {n} at {args.size}x{args.size}, {args.reps} interleaved calls each, "
           f"load {load0[0]:.2f} -> {load1[0]:.2f}, peak RSS {peak:.0f} MiB")
     print(f"{'variant':16}{'p50 s':>9}{'min s':>9}{'cpu s':>9}{'base/this':>11}{'(min)':>8}{'rel diff':>10}")
     for r in rows:
         print(f"{r['variant']:16}{r['p50_s']:9.2f}{r['min_s']:9.2f}{r['cpu_p50_s']:9.2f}{r['base_over_this']:10.3f}x"
               f"{r['base_over_this_min']:7.3f}x{r['max_rel_vs_base']:10.1e}")
+
+
+def session_row(component: str, variant: str, size: int, batch: int, meta: dict, wall: list[float], cpu: list[float],
+                load0: tuple, load1: tuple, **figures) -> dict:
+    """Schema row of one session variant's call times (wall and CPU seconds); ``meta``: graph, threads, calls, config."""
+    return row("sd_session", variant, includes=f"one {component} call at batch {batch} ({meta['calls']} session run(s)), "
+               "variants called in turn", model=f"SD 1.5 {component} (random weights)", backend="ort-cpu",
+               precision="fp32", shape=f"{size}x{size} px", batch=batch, n=len(wall),
+               p50_ms=round(float(np.median(wall)) * 1e3, 1), p90_ms=round(float(np.percentile(wall, 90)) * 1e3, 1),
+               load_avg=[round(load0[0], 2), round(load1[0], 2)], component=component, size=size, variant=variant,
+               **meta, reps=len(wall), p50_s=round(float(np.median(wall)), 3), min_s=round(min(wall), 3),
+               cpu_p50_s=round(float(np.median(cpu)), 3), wall_s=[round(x, 3) for x in wall], **figures,
+               load_avg_before=[round(x, 2) for x in load0], load_avg_after=[round(x, 2) for x in load1])
 
 
 def _vmhwm_mib() -> float:

@@ -5,17 +5,16 @@ Why beside bench_sd.py: the end-to-end ratio on a shared machine moves with the 
 spin at barriers while the other thread is descheduled, so its CPU seconds grow under contention). Per-call
 figures at ``--threads 1`` have no barriers: they compare the work each implementation does, whatever the load.
 
-    .venv/bin/python benchmarks/bench_sd_calls.py --threads 1 --size 512 --reps 3
-    .venv/bin/python benchmarks/bench_sd_calls.py --threads 2 --size 512 --reps 3
+    .venv/bin/python benchmarks/diagnostics/bench_sd_calls.py --threads 1 --size 512 --reps 3
+    .venv/bin/python benchmarks/diagnostics/bench_sd_calls.py --threads 2 --size 512 --reps 3
 
-UNet: batch 2 (guidance), latents size/8, 77 tokens; VAE decoder: batch 1. Prints JSON rows, then a table
-(p50 wall, p50 CPU seconds, ratio of diffusers-torch's p50 to each).
+UNet: batch 2 (guidance), latents size/8, 77 tokens; VAE decoder: batch 1. Prints JSON rows (benchmarks/schema.py),
+then a table (p50 wall, p50 CPU seconds, ratio of diffusers-torch's p50 to each).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,16 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 
-def sd_feed(component: str, size: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs of one SD 1.5 UNet call (``batch`` rows) or VAE decode at ``size`` x ``size`` pixels."""
+def sd_feed(component: str, size: int, batch: int, rng: np.random.Generator, hidden: int = 768) -> dict[str, np.ndarray]:
+    """Random inputs of one SD UNet call (``batch`` rows; ``hidden``: the text encoder's width, SD 1.5: 768) or VAE
+    decode at ``size`` x ``size`` pixels."""
     lat = size // 8
     if component == "unet":
         return {"sample": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32),
                 "timestep": np.full((batch,), 500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, 768), dtype=np.float32)}
+                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden), dtype=np.float32)}
     return {"latents": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32)}
 
 
@@ -51,6 +53,25 @@ def time_interleaved(fns: dict, reps: int) -> tuple[dict[str, list[float]], dict
     return wall, cpu, load0, os.getloadavg()
 
 
+def call_row(component: str, impl: str, size: int, threads: int, wall: list[float], cpu: list[float], load0: tuple,
+             load1: tuple, **figures) -> dict:
+    """Schema row of one implementation's call times (wall and CPU seconds)."""
+    batch = 2 if component == "unet" else 1
+    return row("sd_calls", impl, includes=f"one {component} call at batch {batch} (feed in memory), implementations "
+               "called in turn", model=f"SD 1.5 {component} (random weights)",
+               backend="torch-cpu" if impl.startswith("diffusers") else "ort-cpu", precision="fp32", threads=threads,
+               shape=f"{size}x{size} px", batch=batch, n=len(wall), p50_ms=round(float(np.median(wall)) * 1e3, 1),
+               p90_ms=round(float(np.percentile(wall, 90)) * 1e3, 1), load_avg=[round(load0[0], 2), round(load1[0], 2)],
+               component=component, impl=impl, size=size, reps=len(wall), p50_s=round(float(np.median(wall)), 3),
+               min_s=round(min(wall), 3), cpu_p50_s=round(float(np.median(cpu)), 3), **figures,
+               load_avg_before=[round(x, 2) for x in load0], load_avg_after=[round(x, 2) for x in load1])
+
+
+def text_width(bundle) -> int:
+    """The UNet's encoder_hidden_states width in ``bundle`` (768 for SD 1.5 shapes, less for bench_sd's small ones)."""
+    return next(int(t.shape[-1]) for t in bundle.spec("unet").inputs if t.name == "encoder_hidden_states")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vkt-bench-sd/sd15"), help="bench_sd.py's cache folder")
@@ -58,7 +79,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--components", default="unet,vae_decoder")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -75,7 +96,7 @@ def main() -> None:
     rows = []
     for comp in args.components.split(","):
         if comp == "unet":
-            feed = sd_feed(comp, args.size, 2, rng)
+            feed = sd_feed(comp, args.size, 2, rng, text_width(b))
             m = UNet2DConditionModel.from_pretrained(str(args.work / "pipeline" / "unet")).eval()
             t_in = [torch.from_numpy(feed[k]) for k in ("sample", "timestep", "encoder_hidden_states")]
             torch_fn = lambda: m(*t_in, return_dict=False)[0]  # noqa: E731
@@ -97,18 +118,13 @@ def main() -> None:
             wall, cpu, load0, load1 = time_interleaved(fns, args.reps)
         tw, tc = float(np.median(wall["diffusers-torch"])), float(np.median(cpu["diffusers-torch"]))
         for n in fns:
-            rows.append({"bench": "sd-calls", "component": comp, "impl": n, "size": args.size, "threads": args.threads,
-                         "reps": args.reps, "p50_s": round(float(np.median(wall[n])), 3), "min_s": round(min(wall[n]), 3),
-                         "cpu_p50_s": round(float(np.median(cpu[n])), 3),
-                         "torch_over_this_wall": round(tw / float(np.median(wall[n])), 3),
-                         "torch_over_this_cpu": round(tc / float(np.median(cpu[n])), 3),
-                         "max_rel_vs_torch": float(np.abs(outs[n] - ref).max() / np.abs(ref).max()),
-                         "load_avg_before": [round(x, 2) for x in load0], "load_avg_after": [round(x, 2) for x in load1]})
+            rows.append(call_row(comp, n, args.size, args.threads, wall[n], cpu[n], load0, load1,
+                                 torch_over_this_wall=round(tw / float(np.median(wall[n])), 3),
+                                 torch_over_this_cpu=round(tc / float(np.median(cpu[n])), 3),
+                                 max_rel_vs_torch=float(np.abs(outs[n] - ref).max() / np.abs(ref).max())))
         del fns, m
-    text = "\n".join(json.dumps(r) for r in rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    with RowWriter(args.json) as out:
+        out.write_all(rows)
     print(f"\n{'component':12}{'impl':17}{'p50 s':>9}{'cpu s':>9}{'torch/this':>12}{'(cpu)':>8}{'rel err':>10}   load")
     for r in rows:
         print(f"{r['component']:12}{r['impl']:17}{r['p50_s']:9.2f}{r['cpu_p50_s']:9.2f}{r['torch_over_this_wall']:11.2f}x"

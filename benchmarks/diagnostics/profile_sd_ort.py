@@ -6,10 +6,11 @@ records: Conv 2 * out * (C/g * kh * kw), MatMul / Gemm 2 * out * K, Attention / 
 projections (packed QKV) + 4 * B * Sq * Skv * E. Elementwise, norm and layout ops count 0 FLOPs (they are
 memory-bound: their share of time is what matters).
 
-    .venv/bin/python benchmarks/profile_sd_ort.py --bundle /tmp/vkt-bench-sd/sd15/bundle --component unet --size 512 --batch 2
-    .venv/bin/python benchmarks/profile_sd_ort.py --bundle /tmp/vkt-bench-sd/sd15/bundle --component vae_decoder --size 512 --batch 1
+    .venv/bin/python benchmarks/diagnostics/profile_sd_ort.py --bundle /tmp/vkt-bench-sd/sd15/bundle --component unet --size 512 --batch 2
+    .venv/bin/python benchmarks/diagnostics/profile_sd_ort.py --bundle /tmp/vkt-bench-sd/sd15/bundle --component vae_decoder --size 512 --batch 1
 
-Prints JSON rows (one per op type, then the peaks), then tables.
+Prints JSON rows (benchmarks/schema.py; target = the op type, then "(all)" and "(peak)"; no p50: "ms" is the op
+type's total kernel time in the one profiled run), then tables.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 
 def _shapes(lst: list[dict[str, list[int]]]) -> list[list[int]]:
@@ -97,7 +100,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2, help="graph batch (the UNet's is 2B with guidance)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
 
     b = Bundle.load(args.bundle)
@@ -138,23 +141,21 @@ def main() -> None:
         r[1] += 1
         r[2] += node_flops(e)
     flops = sum(r[2] for r in by_op.values())
-    common = {"bench": "sd-profile", "component": args.component, "graph": path.name, "size": args.size,
-              "batch": args.batch, "threads": args.threads, "run_s": round(wall, 3), "load_avg_1m": [load0, load1]}
+    common = {"component": args.component, "graph": path.name, "size": args.size, "batch": args.batch,
+              "threads": args.threads, "run_s": round(wall, 3), "load_avg": [round(load0, 2), round(load1, 2)]}
     rows = []
     for op, (dur, n, f) in sorted(by_op.items(), key=lambda kv: -kv[1][0]):
         gfs = f / dur / 1e3 if f else None
-        rows.append({**common, "op": op, "ms": round(dur / 1e3, 1), "share": round(dur / total, 4), "nodes": n,
-                     "gflop": round(f / 1e9, 1), "gflops": round(gfs, 1) if gfs else None,
-                     "of_conv_peak": round(gfs / peak["conv3x3"], 3) if gfs else None})
-    rows.append({**common, "op": "(all)", "ms": round(total / 1e3, 1), "share": 1.0, "nodes": len(nodes),
-                 "gflop": round(flops / 1e9, 1), "gflops": round(flops / total / 1e3, 1),
-                 "of_conv_peak": round(flops / total / 1e3 / peak["conv3x3"], 3)})
-    rows.append({**common, "op": "(peak)", "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
-                 "peak_before_after": [peak_before, peak_after]})
-    text = "\n".join(json.dumps(r) for r in rows)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        rows.append(profile_row(op, common, ms=round(dur / 1e3, 1), share=round(dur / total, 4), nodes=n,
+                                gflop=round(f / 1e9, 1), gflops=round(gfs, 1) if gfs else None,
+                                of_conv_peak=round(gfs / peak["conv3x3"], 3) if gfs else None))
+    rows.append(profile_row("(all)", common, ms=round(total / 1e3, 1), share=1.0, nodes=len(nodes),
+                            gflop=round(flops / 1e9, 1), gflops=round(flops / total / 1e3, 1),
+                            of_conv_peak=round(flops / total / 1e3 / peak["conv3x3"], 3)))
+    rows.append(profile_row("(peak)", common, peak_gflops={k: round(v, 1) for k, v in peak.items()},
+                            peak_before_after=[peak_before, peak_after]))
+    with RowWriter(args.json) as out:
+        out.write_all(rows)
     print(f"\n{path.name} batch {args.batch} at {args.size}x{args.size}: run {wall:.2f} s (profiled), load {load0:.2f}/{load1:.2f}; "
           f"lone 3x3 conv {peak['conv3x3']:.0f} GFLOP/s, lone GEMM {peak['gemm']:.0f} GFLOP/s")
     print(f"{'op':26}{'ms':>10}{'share':>8}{'n':>5}{'GFLOP':>9}{'GFLOP/s':>9}{'of conv':>9}")
@@ -167,6 +168,16 @@ def main() -> None:
         ins = _shapes(e["args"].get("input_type_shape", []))[:2]
         print(f"{e['dur'] / 1e3:8.1f} ms {e['args']['op_name']:20} {e['name'].replace('_kernel_time', '')[-58:]:58} "
               f"{ins} {f / e['dur'] / 1e3 if f else 0:6.1f} GF/s")
+
+
+def profile_row(op: str, common: dict, **figures) -> dict:
+    """Schema row of one op type (or "(all)", "(peak)") of the profiled run; ``common``: component, size, batch, ..."""
+    includes = ("lone 3x3 conv and GEMM GFLOP/s in this process, best of 3" if op == "(peak)" else
+                "onnxruntime profiler kernel time summed over this op type's nodes in one run (after one warm-up run)")
+    c = dict(common)
+    shape = f"batch {c['batch']}, {c['size']}x{c['size']} px"
+    return row("profile_sd_ort", op, includes=includes, model=f"SD 1.5 {c['component']} ({c['graph']})", backend="ort-cpu",
+               precision="fp32", shape=shape, op=op, **c, **figures)
 
 
 if __name__ == "__main__":

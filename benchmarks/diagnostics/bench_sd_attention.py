@@ -9,20 +9,25 @@ Shapes (--shape): unet64 = 64x64 latents (512 px): 4096 tokens, 8 heads x 40, ba
 unet32 = 32x32 latents: 1024 tokens, 8 heads x 80; vae64 = the VAE decoder's mid-block at 512 px: 4096 tokens,
 one head x 512, batch 1.
 
-    .venv/bin/python benchmarks/bench_sd_attention.py --shape unet64 [--reps 5] [--threads 2] [--chunks 4,16]
+    .venv/bin/python benchmarks/diagnostics/bench_sd_attention.py --shape unet64 [--reps 5] [--threads 2] [--chunks 4,16]
 
 Inputs are q, k, v [B, S, E] (already projected) and the output is [B, S, E], so every formulation pays for its
-own head transposes. Prints one JSON row per implementation (p50 / min ms, max |diff| vs MultiHeadAttention),
-then a table.
+own head transposes. Prints one JSON row per implementation (benchmarks/schema.py; p50 / min ms, max |diff| vs
+MultiHeadAttention), then a table.
 """
 import argparse
-import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.schema import RowWriter, row  # noqa: E402
 
 SHAPES = {"unet64": (2, 4096, 8, 40), "unet32": (2, 1024, 8, 80), "vae64": (1, 4096, 1, 512)}
 F = TensorProto.FLOAT
@@ -67,7 +72,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunks", default="4,16", help="query chunk counts of the chunked MatMul-Softmax-MatMul")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--json", "--out", dest="json", type=Path, default=None, help="also write the rows here (JSON lines)")
     args = ap.parse_args()
     B, S, H, D = SHAPES[args.shape]
     E = H * D
@@ -120,20 +125,28 @@ def main() -> None:
     for n in fns:
         ref = outs["L-ort-attention-packed" if n.startswith("L-") else "ort-mha"]
         p50 = float(np.median(ts[n]))
-        rows.append({"op": "self-attention", "shape": args.shape, "B_S_heads_headsize": [B, S, H, D], "impl": n,
-                     "threads": args.threads, "n": args.reps, "p50_ms": round(p50 * 1e3, 1), "min_ms": round(min(ts[n]) * 1e3, 1),
-                     "mha_over_this": round(base / p50, 3) if not n.startswith("L-") else None,
-                     "max_abs_diff": float(np.abs(outs[n] - ref).max()), "load_avg_1m": [round(load0, 2), round(load1, 2)]})
-    text = "\n".join(json.dumps(r) for r in rows)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        rows.append(attention_row(n, args.shape, (B, S, H, D), args.threads, ts[n], [round(load0, 2), round(load1, 2)],
+                                  mha_over_this=round(base / p50, 3) if not n.startswith("L-") else None,
+                                  max_abs_diff=float(np.abs(outs[n] - ref).max())))
+    with RowWriter(args.json) as out:
+        out.write_all(rows)
     print(f"\n{args.shape} {[B, S, H, D]}, {args.threads} threads, load {load0:.2f} -> {load1:.2f}")
     print(f"{'impl':26}{'p50 ms':>10}{'min ms':>10}{'mha/this':>10}{'max diff':>10}")
     for r in rows:
         ratio = f"{r['mha_over_this']:9.2f}x" if r["mha_over_this"] else f"{'':10}"
         print(f"{r['impl']:26}{r['p50_ms']:10.1f}{r['min_ms']:10.1f}{ratio}{r['max_abs_diff']:10.1e}")
+
+
+def attention_row(impl: str, shape: str, bshd: tuple, threads: int, times_s: list[float], load: list[float],
+                  **figures) -> dict:
+    """Schema row of one formulation's call times (s)."""
+    includes = ("one call: x -> packed QKV projection -> attention" if impl.startswith("L-") else
+                "one call: attention over projected q, k, v [B, S, E] -> [B, S, E], head transposes included")
+    return row("sd_attention", impl, includes=includes, model="self-attention", threads=threads,
+               backend="torch-cpu" if impl.startswith("torch") else "ort-cpu", precision="fp32", shape=shape,
+               batch=bshd[0], n=len(times_s), p50_ms=round(float(np.median(times_s)) * 1e3, 1),
+               p90_ms=round(float(np.percentile(times_s, 90)) * 1e3, 1), load_avg=load, op="self-attention",
+               B_S_heads_headsize=list(bshd), impl=impl, min_ms=round(min(times_s) * 1e3, 1), **figures)
 
 
 if __name__ == "__main__":
