@@ -73,7 +73,7 @@ class Txt2Img:
         session_config: onnxruntime session config entries for the three sessions (onnxruntime backends;
             None: onnxruntime's defaults). ``{"session.intra_op.allow_spinning": "0"}`` (workers block between
             ops instead of spinning) ran an SD 1.5 UNet call at 512 px 1.00x on an idle 2-core CPU and 1.12x
-            with other busy processes on it; at 256 px 0.95x idle (docs/ARCHITECTURE.md).
+            with other busy processes on it; at 256 px 0.95x idle (docs/MEASUREMENTS.md).
 
     Sessions open on the first call (or ``activate()``); ``close()`` or a ``with`` block frees them.
     One call at a time per instance: the scheduler keeps per-generation state (step counter,
