@@ -197,6 +197,8 @@ def print_table(rows: Sequence[Row], title: str = "vkt bench") -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from vkt.tables import print_table as print_whole_table
+
     console = Console()
     table = Table(title=title, title_justify="left")
     for col in ("target", "case", "n", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "items/s", "vs 1st"):
@@ -210,7 +212,7 @@ def print_table(rows: Sequence[Row], title: str = "vkt bench") -> None:
             continue
         table.add_row(r.target, r.case, str(r.n), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
                       f"{r.mean_ms:.3f}", f"{r.min_ms:.3f}", f"{r.throughput:.1f}", f"{r.ratio_vs_first:.2f}x")
-    console.print(table)
+    print_whole_table(table, console)  # the table at 80 columns / piped would cut numbers to "38…": records then
     console.print("vs 1st = p50 of the first target / p50 of this one (>1: faster). What each figure includes:",
                   highlight=False)
     seen: dict[str, str] = {}
