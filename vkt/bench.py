@@ -104,7 +104,8 @@ def run_bench(targets: Sequence[Target], cases: Sequence[Case], config: BenchCon
     if not cases:
         raise InputError("nothing to benchmark: no cases (batch sizes / shapes)")
     if config.iters < 1 or config.warmup < 0 or (config.seconds is not None and config.seconds <= 0):
-        raise InputError(f"expected iters >= 1, warmup >= 0 and seconds > 0, got {config}")
+        raise InputError(f"expected iters >= 1, warmup >= 0 and seconds > 0, got iters {config.iters}, warmup {config.warmup}"
+                         + (f", seconds {config.seconds}" if config.seconds is not None else ""))
     live = [t for t in targets if t.skip_reason is None]
     rows: list[Row] = []
     try:
