@@ -10,12 +10,14 @@ records what was measured.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shlex
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -158,6 +160,21 @@ def font_source() -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _font_dirs(folder: str | None) -> Iterator[None]:
+    """``$VKT_FONT_DIRS`` set to ``folder`` inside the block (as the printed ``env VKT_FONT_DIRS=...`` does); None: untouched."""
+    before = os.environ.get("VKT_FONT_DIRS")
+    if folder is not None:
+        os.environ["VKT_FONT_DIRS"] = folder
+    try:
+        yield
+    finally:
+        if folder is not None and before is None:
+            del os.environ["VKT_FONT_DIRS"]
+        elif folder is not None:
+            os.environ["VKT_FONT_DIRS"] = before  # type: ignore[assignment]
+
+
 def _check_ours(folder: Path, ours: str) -> None:
     """InputError when ``folder`` holds a file whose name does not fully match the regex ``ours`` (the quickstart
     replaces its own files there, and ``vkt synth textdet --overwrite`` the whole held-out folder)."""
@@ -248,15 +265,9 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
         from vkt.training.synth_text import SynthConfig, write_synth_dataset
 
         s = SYNTH
-        env = os.environ.get("VKT_FONT_DIRS")
-        if plan.synth != "system":
-            os.environ["VKT_FONT_DIRS"] = plan.synth
-        try:
+        with _font_dirs(None if plan.synth == "system" else plan.synth):
             write_synth_dataset(plan.holdout, s["count"], seed=s["seed"], overwrite=True, config=SynthConfig(
                 size=(s["size"], s["size"]), words=s["words"], scripts=(s["langs"],)))
-        finally:
-            if plan.synth != "system":
-                os.environ.pop("VKT_FONT_DIRS") if env is None else os.environ.__setitem__("VKT_FONT_DIRS", env)
     else:
         plan.holdout.mkdir(exist_ok=True)
         c.print("[yellow]note:[/] no font for synthetic text here (apt-get install fonts-dejavu-core, or pip install "
