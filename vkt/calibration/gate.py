@@ -238,7 +238,8 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                             baseline - score <= max_drop + 1e-12, dict(getattr(metric, "last", None) or {}))
             result.steps.append(step)
             log.info("gate %s: %d layer(s) in float (%d nodes): metric %.4f (drop %.2f points), %.1f ms vs FP32 %.1f ms%s",
-                     cand.name, k, len(kept), score, 100 * step.drop, q_ms, fp_ms, " within budget" if step.within else "")
+                     cand.name, k, len(kept), round(score, 5), round(100 * step.drop, 3), q_ms, fp_ms,  # as to_dict() rounds
+                     " within budget" if step.within else "")
             if step.within:
                 if result.model is None or _faster(step, result.chosen_step):
                     result.chosen, result.model = len(result.steps) - 1, q
@@ -421,19 +422,19 @@ def _num(x: float) -> float | str:
 def render_gate_table(gate: Mapping[str, Any], title: str | None = None) -> Any:
     """A rich Table of ``GateResult.to_dict()``: one row per step (FP32 first), the shipped one marked.
 
-    Drops are in points (100x the metric), as ``--max-drop``; "layers in float" is the step, as ``--steps``."""
+    Drops ("drop pt") are in points (100x the metric), as ``--max-drop``; "layers in float" is the step, as ``--steps``."""
     from rich.table import Table
 
     budget = 100 * gate["max_drop"]
     t = Table(title=title or f"accuracy gate (metric vs FP32, budget: drop <= {budget:g} point(s); ORT CPU latency)")
-    for col in ("model", "layers in float", "metric", "drop (points)", "p50 ms", "speedup", ""):
+    for col in ("model", "layers in float", "metric", "drop pt", "p50 ms", "speedup", ""):  # fits 80 columns
         t.add_column(col, justify="left" if col in ("model", "") else "right")
     t.add_row("fp32", "all", f"{gate['baseline']:.4f}", "-", "-", "1.00x", "")
     chosen = (gate.get("chosen") or {}).get("step")
     for i, s in enumerate(gate["steps"]):
         mark = "shipped" if i == chosen else ("within budget" if s["within"] else "over budget")
         style = "bold green" if i == chosen else ("" if s["within"] else "yellow")
-        t.add_row(s["candidate"], str(s["layers_kept_float"]), f"{s['metric']:.4f}", f"{100 * s['drop']:+.2f}",
+        t.add_row(s["candidate"], str(s["layers_kept_float"]), f"{s['metric']:.4f}", f"{s.get('drop_points', 100 * s['drop']):+.2f}",
                   f"{s['p50_ms']:.1f}", f"{s['speedup']:.2f}x", mark, style=style)
     return t
 

@@ -157,7 +157,7 @@ def print_calibration(b: Any, section: dict) -> None:
         else:
             layers = ch.get("layers_kept_float", len(ch["float_layers"]))
             c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float: {gate.get('metric_name', 'metric')} "
-                    f"{ch['metric']:.4f} (drop {ch['drop'] * 100:.2f} points, budget {budget}), {ch['speedup']:.2f}x FP32 "
+                    f"{ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} points, budget {budget}), {ch['speedup']:.2f}x FP32 "
                     "on ORT CPU", highlight=False)
 
 
