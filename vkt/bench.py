@@ -104,7 +104,8 @@ def run_bench(targets: Sequence[Target], cases: Sequence[Case], config: BenchCon
     if not cases:
         raise InputError("nothing to benchmark: no cases (batch sizes / shapes)")
     if config.iters < 1 or config.warmup < 0 or (config.seconds is not None and config.seconds <= 0):
-        raise InputError(f"expected iters >= 1, warmup >= 0 and seconds > 0, got {config}")
+        raise InputError(f"expected iters >= 1, warmup >= 0 and seconds > 0, got iters {config.iters}, warmup {config.warmup}"
+                         + (f", seconds {config.seconds}" if config.seconds is not None else ""))
     live = [t for t in targets if t.skip_reason is None]
     rows: list[Row] = []
     try:
@@ -197,6 +198,8 @@ def print_table(rows: Sequence[Row], title: str = "vkt bench") -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from vkt.tables import print_table as print_whole_table
+
     console = Console()
     table = Table(title=title, title_justify="left")
     for col in ("target", "case", "n", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "items/s", "vs 1st"):
@@ -210,7 +213,7 @@ def print_table(rows: Sequence[Row], title: str = "vkt bench") -> None:
             continue
         table.add_row(r.target, r.case, str(r.n), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
                       f"{r.mean_ms:.3f}", f"{r.min_ms:.3f}", f"{r.throughput:.1f}", f"{r.ratio_vs_first:.2f}x")
-    console.print(table)
+    print_whole_table(table, console)  # the table at 80 columns / piped would cut numbers to "38…": records then
     console.print("vs 1st = p50 of the first target / p50 of this one (>1: faster). What each figure includes:",
                   highlight=False)
     seen: dict[str, str] = {}

@@ -245,7 +245,7 @@ class BundleWriter:
     def __init__(self, dest: str | os.PathLike, family: str, task: str, name: str | None = None, overwrite: bool = False):
         self.dest = Path(dest)
         if self.dest.exists() and not overwrite:
-            raise BundleError(f"{str(self.dest)!r} already exists; pass overwrite=True (CLI: --force) to replace it")
+            raise BundleError(f"{str(self.dest)!r} already exists; choose another folder or replace it with --force")
         if self.dest.exists() and not (self.dest / MANIFEST).is_file() and any(self.dest.iterdir()):
             raise BundleError(f"{str(self.dest)!r} exists and is not a bundle; refusing to replace it")
         self.manifest: dict[str, Any] = {

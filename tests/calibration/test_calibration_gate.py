@@ -281,3 +281,41 @@ def test_cli_ort_ops_default_per_task_and_override(toy_bundle, tmp_path, capsys)
     assert ops_of([])[0] == "compute"
     assert main(base + ["--ort-ops", "convs"]) == 2
     assert "ort_ops must be one of ['all', 'compute'], got 'convs'" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_gate_log_table_and_manifest_count_the_same_layers_in_points(calibrated, caplog, capsys, monkeypatch):
+    """With the prefix ranking a step of k layers keeps more than k nodes in float: the log, the table, the printed
+    choice and the manifest must all say k (the unit of --steps) and give drops in points (the unit of --max-drop)."""
+    import logging
+    import re
+
+    from vkt.cli.quantize import print_calibration
+
+    caplog.set_level(logging.INFO, logger="vkt")
+    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=(), latency_feed=None, max_drop=0.035,
+                          steps=(0, 2, 4), ranking_method="prefix", show_progress=False)
+    gate = section["gate"]
+    steps = gate["steps"]
+    assert [s["layers_kept_float"] for s in steps] == [0, 2, 4]
+    assert any(s["nodes_kept_float"] > s["layers_kept_float"] for s in steps)  # the case that used to disagree
+    assert gate["max_drop_points"] == 3.5
+    # hand-computed: the toy's 6 convs, 1 point per quantized conv -> drops 6, 4, 2 points
+    assert [s["drop_points"] for s in steps] == pytest.approx([6.0, 4.0, 2.0])
+    logged = [m.groups() for m in re.finditer(
+        r"gate ptq: (\d+) layer\(s\) in float \(\d+ nodes\): metric ([\d.]+) \(drop ([-\d.]+) points\)", caplog.text)]
+    assert [int(k) for k, _, _ in logged] == [s["layers_kept_float"] for s in steps]
+    assert [float(d) for _, _, d in logged] == pytest.approx([s["drop_points"] for s in steps], abs=0.005)
+    assert "budget: drop <= 3.50 point(s)" in caplog.text
+
+    table = render_gate_table(gate)
+    cols = {str(c.header): list(c.cells) for c in table.columns}
+    rows = list(zip(cols["layers in float"][1:], cols["metric"][1:], [v.lstrip("+") for v in cols["drop pt"][1:]]))
+    assert rows == logged  # the same figures, as printed
+    assert "3.5 point(s)" in str(table.title)
+
+    monkeypatch.setenv("COLUMNS", "80")  # printed as a CI log reads it: every figure in full
+    print_calibration(Bundle.load(calibrated), section)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "…" not in out
+    assert f"shipped ptq with {gate['chosen']['layers_kept_float']} layer(s) in float" in out
+    assert "(drop 2.00 points, budget 3.5 point(s))" in out

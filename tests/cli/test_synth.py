@@ -56,6 +56,8 @@ def test_vkt_eval_reads_the_folder(folder, tmp_path, capsys):
     n_gt = sum(len(st.render_synth(i, 7, st.SynthConfig(size=(96, 128), words=(2, 3), text_height=(14, 20),
                                                          scripts=("latin",))).texts) for i in range(3))
     assert result["ground_truth"] == n_gt and 0.0 <= result["hmean"] <= 1.0
+    # "precision" is the detection metric; which graph ran is "model_precision" (no look-alike "precision_mode")
+    assert 0.0 <= result["precision"] <= 1.0 and result["model_precision"] == "fp32" and "precision_mode" not in result
 
 
 def test_bad_options_exit_2(tmp_path, capsys):

@@ -13,7 +13,7 @@ from vkt.errors import BackendError, InputError
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"workspace_bytes": 0}, "workspace_bytes must be a positive integer"),
+    ({"workspace_bytes": 0}, "workspace_bytes must be a positive number of bytes"),
     ({"workspace_bytes": 1.5}, "workspace_bytes"),
     ({"exclude_lean_runtime": True}, "needs version_compatible=True"),
     ({"builder_optimization_level": 9}, r"in \[0, 5\]"),

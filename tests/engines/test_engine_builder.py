@@ -177,3 +177,35 @@ def test_static_spec_pins_a_dynamic_graph(toy):
     assert len(result.plan) > 10_000
     assert result.meta["profiles"] == [{"axes": {}, "shapes": {"image": {"min": [2, 3, 32, 48], "opt": [2, 3, 32, 48],
                                                                          "max": [2, 3, 32, 48]}}}]
+
+
+def test_empty_initializer_notice_is_debug_not_a_warning(tmp_path):
+    """A Resize with an empty roi initializer (as exporters write it) makes TensorRT-RTX's parser warn "Empty
+    initializer ... Overriding data to nullptr": nothing a user can act on, so vkt logs it at debug only."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    g = helper.make_graph([helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name="up", mode="nearest")], "r",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "resize.onnx"
+    onnx.save(m, str(path))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    lg = logging.getLogger("vkt.engines")
+    old = lg.level
+    lg.addHandler(handler)
+    lg.setLevel(logging.DEBUG)
+    try:
+        assert len(build(path, ExportSpec.from_onnx(path), RTX).plan) > 1000
+    finally:
+        lg.removeHandler(handler)
+        lg.setLevel(old)
+    empty = [r for r in records if "Empty initializer" in r.getMessage()]
+    assert empty and all(r.levelno == logging.DEBUG for r in empty)

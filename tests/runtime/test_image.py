@@ -205,3 +205,36 @@ def test_rgb_order_and_per_channel_stats():
         Preprocessor({**cfg, "std": [1, 0, 1]})
     with pytest.raises(InputError, match="different shapes"):
         Preprocessor(TEXTDET)([np.zeros((100, 100, 3), np.uint8), np.zeros((100, 300, 3), np.uint8)])
+
+
+def _png_with_bad_iccp(path: Path, img: np.ndarray) -> None:
+    """A PNG of ``img`` with an ICC profile libpng rejects (rendering intent 0x1000000, as skimage's page.png has)."""
+    import struct
+    import zlib
+
+    raw = cv2.imencode(".png", img)[1].tobytes()
+    profile = bytearray(132)
+    profile[0:4] = struct.pack(">I", 132)
+    profile[36:40] = b"acsp"
+    profile[64:68] = struct.pack(">I", 0x1000000)
+    body = b"ICC Profile\0\0" + zlib.compress(bytes(profile))
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    end_ihdr = 8 + 12 + 13  # signature, then IHDR (13 data bytes)
+    path.write_bytes(raw[:end_ihdr] + chunk + raw[end_ihdr:])
+
+
+def test_bad_colour_profile_reads_without_libpng_noise(tmp_path):
+    import subprocess
+    import sys
+
+    img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    path = tmp_path / "iccp.png"
+    _png_with_bad_iccp(path, img)
+    probe = ("import sys, cv2, numpy as np; from vkt.runtime.image import read_image; p = sys.argv[1]; "
+             "img = read_image(p) if sys.argv[2] == 'vkt' else cv2.imdecode(np.fromfile(p, np.uint8), -1); "
+             "sys.stdout.write(img.tobytes().hex())")
+    runs = {how: subprocess.run([sys.executable, "-c", probe, str(path), how], capture_output=True, text=True)
+            for how in ("cv2", "vkt")}
+    assert "iCCP" in runs["cv2"].stderr  # the file does trigger libpng's warning
+    assert runs["vkt"].returncode == 0 and runs["vkt"].stderr == ""
+    assert runs["vkt"].stdout == runs["cv2"].stdout == img.tobytes().hex()  # same pixels, profile or not

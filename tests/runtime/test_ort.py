@@ -101,3 +101,21 @@ def test_unknown_backend_and_precision(toy_bundle):
         make_runner(toy_bundle, backend="tpu")
     with pytest.raises(BackendError, match="unknown precision 'int4'"):
         make_runner(toy_bundle, precision="int4")
+
+
+def test_run_error_is_raised_once_not_printed_raw_by_onnxruntime(capfd):
+    """A shape clash inside the graph: the BackendError carries onnxruntime's message; onnxruntime itself prints
+    nothing (it used to log the same error first, in raw terminal colours)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "clash",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with OrtRunner(m.SerializeToString()) as r:
+        with pytest.raises(BackendError, match="onnxruntime failed to run .*Add"):
+            r.infer({"a": np.zeros(3, np.float32), "b": np.zeros(4, np.float32)})
+    assert "onnxruntime" not in capfd.readouterr().err

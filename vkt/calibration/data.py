@@ -180,13 +180,15 @@ def simple_image_preprocess(input_name: str, scale: float = 1.0 / 255.0, mean: S
     """
     import cv2
 
+    from vkt.runtime.image import without_iccp
+
     if color not in ("BGR", "RGB"):
         raise CalibrationError(f"color must be 'BGR' or 'RGB', got {color!r}")
     a = (scale / np.asarray(std, np.float32)).reshape(3, 1, 1)
     b = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(3, 1, 1)
 
     def run(path: Path) -> Feed:
-        img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(without_iccp(np.fromfile(str(path), np.uint8)), cv2.IMREAD_COLOR)
         if img is None:
             raise CalibrationError(f"cannot decode image {str(path)!r}: corrupt, truncated or not an image")
         if color == "RGB":

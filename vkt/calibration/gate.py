@@ -63,9 +63,12 @@ class GateCandidate:
 
 @dataclass(frozen=True)
 class GateStep:
-    """One measured model: ``float_layers`` kept in float, its metric, drop vs FP32 and ORT CPU latency."""
+    """One measured model: its step ``k`` (the first k entries of the ranking in float: the unit of ``steps`` and
+    ``--steps``, reported as "layers in float"), the nodes that keeps in float (``float_layers``: node names), its
+    metric, drop vs FP32 (a fraction; ``drop_points`` = 100x, the unit of ``--max-drop``) and ORT CPU latency."""
 
     candidate: str
+    k: int
     float_layers: tuple[str, ...]
     metric: float
     drop: float
@@ -81,7 +84,9 @@ class GateStep:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["float_layers"] = list(self.float_layers)
-        d["layers_kept_float"] = len(self.float_layers)
+        d["layers_kept_float"] = d.pop("k")  # the step, as in --steps, the log and the table
+        d["nodes_kept_float"] = len(self.float_layers)
+        d["drop_points"] = round(100 * self.drop, 3)
         d["speedup"] = round(self.speedup, 3)
         d["parts"] = {k: round(float(v), 5) for k, v in self.parts.items()}
         for k in ("metric", "drop"):
@@ -111,10 +116,13 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         ch = self.chosen_step
         return {
-            "baseline": round(self.baseline, 5), "max_drop": self.max_drop, "placement": self.placement, "passed": self.passed,
-            "chosen": None if ch is None else {"step": self.chosen, "candidate": ch.candidate,
+            "baseline": round(self.baseline, 5), "max_drop": self.max_drop, "max_drop_points": round(100 * self.max_drop, 3),
+            "placement": self.placement, "passed": self.passed,
+            "chosen": None if ch is None else {"step": self.chosen, "candidate": ch.candidate, "layers_kept_float": ch.k,
+                                               "nodes_kept_float": len(ch.float_layers),
                                                "float_layers": list(ch.float_layers), "metric": round(ch.metric, 5),
-                                               "drop": round(ch.drop, 5), "speedup": round(ch.speedup, 3)},
+                                               "drop": round(ch.drop, 5), "drop_points": round(100 * ch.drop, 3),
+                                               "speedup": round(ch.speedup, 3)},
             "steps": [s.to_dict() for s in self.steps],
             "ranking": {k: [{"node": r["node"], "op": r.get("op"), "output_sqnr_db": _num(r["output_sqnr_db"]),
                              **({"jump_db": _num(r["jump_db"])} if "jump_db" in r else {}),
@@ -193,7 +201,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
 
     fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = _score(metric, fp32_blob, spec, threads, "FP32")
-    log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.4f", baseline, max_drop)
+    log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
     result = GateResult(baseline, float(max_drop), placement, [], None, False)
     for cand in candidates:
@@ -226,11 +234,12 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             blob = q.SerializeToString()
             score = _score(metric, blob, spec, threads, f"{cand.name} k={k}")
             fp_ms, q_ms = _time_pair(fp32_blob, blob, latency_feed, threads, iters) if latency_feed is not None else (np.nan, np.nan)
-            step = GateStep(cand.name, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
+            step = GateStep(cand.name, k, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
                             baseline - score <= max_drop + 1e-12, dict(getattr(metric, "last", None) or {}))
             result.steps.append(step)
-            log.info("gate %s: %d layer(s) in float: metric %.4f (drop %.4f), %.1f ms vs FP32 %.1f ms%s", cand.name, k, score,
-                     step.drop, q_ms, fp_ms, " within budget" if step.within else "")
+            log.info("gate %s: %d layer(s) in float (%d nodes): metric %.4f (drop %.2f points), %.1f ms vs FP32 %.1f ms%s",
+                     cand.name, k, len(kept), round(score, 5), round(100 * step.drop, 3), q_ms, fp_ms,  # as to_dict() rounds
+                     " within budget" if step.within else "")
             if step.within:
                 if result.model is None or _faster(step, result.chosen_step):
                     result.chosen, result.model = len(result.steps) - 1, q
@@ -242,8 +251,8 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     if not result.passed:
         best = max(range(len(result.steps)), key=lambda i: result.steps[i].metric)
         b = result.steps[best]
-        msg = (f"no INT8 model met the budget (drop <= {max_drop:g}); best: {b.candidate} with {len(b.float_layers)} "
-               f"layer(s) in float, metric {b.metric:.4f} vs FP32 {baseline:.4f} (drop {b.drop:.4f})")
+        msg = (f"no INT8 model met the budget (drop <= {100 * max_drop:.2f} point(s)); best: {b.candidate} with {b.k} "
+               f"layer(s) in float, metric {b.metric:.4f} vs FP32 {baseline:.4f} (drop {100 * b.drop:.2f} points)")
         if on_fail == "best":
             result.chosen = best
             result.model = place(next(c for c in candidates if c.name == b.candidate).fp32,
@@ -410,19 +419,22 @@ def _num(x: float) -> float | str:
 
 
 # ---- presentation ----------------------------------------------------------------------------
-def render_gate_table(gate: Mapping[str, Any], title: str = "accuracy gate (metric vs FP32, ORT CPU latency)") -> Any:
-    """A rich Table of ``GateResult.to_dict()``: one row per step (FP32 first), the shipped one marked."""
+def render_gate_table(gate: Mapping[str, Any], title: str | None = None) -> Any:
+    """A rich Table of ``GateResult.to_dict()``: one row per step (FP32 first), the shipped one marked.
+
+    Drops ("drop pt") are in points (100x the metric), as ``--max-drop``; "layers in float" is the step, as ``--steps``."""
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("model", "layers in float", "metric", "drop", "p50 ms", "speedup", ""):
+    budget = 100 * gate["max_drop"]
+    t = Table(title=title or f"accuracy gate (metric vs FP32, budget: drop <= {budget:g} point(s); ORT CPU latency)")
+    for col in ("model", "layers in float", "metric", "drop pt", "p50 ms", "speedup", ""):  # fits 80 columns
         t.add_column(col, justify="left" if col in ("model", "") else "right")
     t.add_row("fp32", "all", f"{gate['baseline']:.4f}", "-", "-", "1.00x", "")
     chosen = (gate.get("chosen") or {}).get("step")
     for i, s in enumerate(gate["steps"]):
         mark = "shipped" if i == chosen else ("within budget" if s["within"] else "over budget")
         style = "bold green" if i == chosen else ("" if s["within"] else "yellow")
-        t.add_row(s["candidate"], str(s["layers_kept_float"]), f"{s['metric']:.4f}", f"{s['drop']:+.4f}",
+        t.add_row(s["candidate"], str(s["layers_kept_float"]), f"{s['metric']:.4f}", f"{s.get('drop_points', 100 * s['drop']):+.2f}",
                   f"{s['p50_ms']:.1f}", f"{s['speedup']:.2f}x", mark, style=style)
     return t
 

@@ -81,7 +81,7 @@ class QatConfig:
                 raise CalibrationError(f"QAT {name} must be a positive integer, got {v!r}")
         if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, (int, float))
                                          or not self.minutes > 0):
-            raise CalibrationError(f"QAT minutes must be a positive number or None, got {self.minutes!r}")
+            raise CalibrationError(f"QAT minutes must be a positive number (or unset: no time cap), got {self.minutes!r}")
         if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 64 or self.crop % 32:
             raise CalibrationError(f"QAT crop must be a multiple of 32, at least 64, got {self.crop!r}")
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:

@@ -298,7 +298,7 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
     if method not in METHODS:
         raise CalibrationError(f"calibration method must be one of {list(METHODS)}, got {method!r}")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
-        raise CalibrationError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+        raise CalibrationError(f"num_samples must be a positive integer (or unset: every sample), got {num_samples!r}")
     if method == "percentile" and not 0 < percentile <= 100:
         raise CalibrationError(f"percentile must be in (0, 100], got {percentile!r}")
     import onnx

@@ -48,8 +48,18 @@ def parse_shape(text: str) -> dict[str, int]:
     return sizes
 
 
-def make_cases(spec: Any, batches: list[int], shapes: list[dict[str, int]], seed: int = 0) -> list:
-    """Feeds for every (batch, shape) pair; unset axes take the first profile's opt size."""
+def image_multiples(bundle: Any) -> dict[str, int]:
+    """``{"height": 32, "width": 32}`` when the bundle's pre-processing rounds image sides to a multiple (a
+    stride-32 text detector fails inside onnxruntime on other sizes); empty otherwise."""
+    step = (bundle.preprocess.get("resize") or {}).get("round_to") if bundle is not None else None
+    return {"height": int(step), "width": int(step)} if isinstance(step, int) and step > 1 else {}
+
+
+def make_cases(spec: Any, batches: list[int], shapes: list[dict[str, int]], seed: int = 0,
+               multiple_of: dict[str, int] | None = None) -> list:
+    """Feeds for every (batch, shape) pair; unset axes take the first profile's opt size.
+
+    ``multiple_of``: axis -> the multiple its size must be (:func:`image_multiples`), checked before any run."""
     import numpy as np
 
     from vkt.bench import Case
@@ -64,6 +74,12 @@ def make_cases(spec: Any, batches: list[int], shapes: list[dict[str, int]], seed
         unknown = set(shape) - spec.input_axes
         if unknown:
             raise InputError(f"--shape names axes {sorted(unknown)} that the model does not have (dynamic axes: {sorted(spec.input_axes)})")
+        for axis, size in shape.items():
+            m = (multiple_of or {}).get(axis)
+            if m and size % m:
+                lo = size // m * m
+                raise InputError(f"--shape {axis}={size}: {axis} must be a multiple of {m} for this model (its "
+                                 f"pre-processing rounds images to {m}), e.g. {lo or m} or {lo + m}")
         for b in batches:
             if b < 1:
                 raise InputError(f"--batch must be >= 1, got {b}")
@@ -140,7 +156,7 @@ def _raw_ort_target(bundle: Any, source: Path, precision: str, threads: int | No
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # its run errors are raised anyway; at 3 they are printed twice, the first in raw colour
     sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     return Target(f"ort-raw-{precision}", lambda feed: sess.run(None, feed), INCLUDES_RAW)
 
@@ -225,9 +241,12 @@ def bench(
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
     shapes = [parse_shape(s) for s in (shape or [])]
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1 (leave it out for onnxruntime's default), got {threads}")
     if block < 1 or settle < 0:
         raise InputError(f"expected --block >= 1 and --settle >= 0, got --block {block} --settle {settle}")
     cfg = BenchConfig(warmup=warmup, iters=iters, seconds=seconds, block=block, settle=settle)
+    b = None
     if source.is_dir():
         b = Bundle.load(source)
         if b.family == "sd":
@@ -255,10 +274,10 @@ def bench(
         targets = parse_targets(target or (["trt"] if source.suffix in (".plan", ".engine") else ["ort"]))
     # Cases first when the spec is on disk, so a shape outside the profile fails before runners load.
     early_spec = b.spec() if source.is_dir() else (ExportSpec.from_onnx(source) if source.suffix == ".onnx" else None)
-    cases = make_cases(early_spec, list(batch), shapes) if early_spec is not None else None
+    cases = make_cases(early_spec, list(batch), shapes, multiple_of=image_multiples(b)) if early_spec is not None else None
     built, spec = build_targets(source, targets, threads, torch_model, channels_last, strict=bool(target))
     if cases is None:
-        cases = make_cases(spec, list(batch), shapes)
+        cases = make_cases(spec, list(batch), shapes, multiple_of=image_multiples(b))
     rows = run_bench(built, cases, cfg, show_progress=not quiet)
     _report(rows, source, threads, json_out, quiet, plot)
 

@@ -65,7 +65,7 @@ def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | N
         results = [r for r in results if r["category_id"] in known]
     metrics = coco_ap(gt, results)
     report = {"bundle": str(getattr(bundle, "root", bundle)), "annotations": str(annotations), "images": len(ids),
-              "backend": backend, "precision_mode": precision, **metrics}
+              "backend": backend, "model_precision": precision, **metrics}
     if out is not None:
         from vkt.fsutil import atomic_write_text
 

@@ -47,7 +47,7 @@ def eval_cmd(
         for path, _ in progress(pairs, "evaluating"):
             dets.append(det(path)[0].polygons)
     result = evaluate(dets, [g for _, g in pairs], names=[p.name for p, _ in pairs], iou_thresh=iou)
-    result = {"bundle": str(bundle), "data": str(data), "backend": backend, "precision_mode": precision, **result}
+    result = {"bundle": str(bundle), "data": str(data), "backend": backend, "model_precision": precision, **result}
     if out is not None:
         save_json(result, out)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "images"}, indent=2))

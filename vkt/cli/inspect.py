@@ -19,6 +19,7 @@ def inspect(
     from rich.table import Table
 
     from vkt.bundle import Bundle
+    from vkt.tables import print_table
 
     b = Bundle.load(bundle, verify=not no_verify)
     check_processing(b)
@@ -27,11 +28,14 @@ def inspect(
         return
     c = Console()
     c.print(f"[bold]{b.name}[/]  {b.family}/{b.task}  schema v{b.manifest['schema_version']}  "
-            f"created {b.manifest.get('created_utc', '?')}  [green]verified[/]" if not no_verify else "", highlight=False)
+            f"created {b.manifest.get('created_utc', '?')}" + ("" if no_verify else "  [green]verified[/]"), highlight=False)
     t = Table("file", "role", "component", "bytes", "sha256", "meta", title="files", title_justify="left")
     for e in b.entries:
-        t.add_row(e.path, e.role, e.component, f"{e.bytes:,}", e.sha256[:12], json.dumps(e.meta)[:60])
-    c.print(t)
+        meta = json.dumps(e.meta)
+        t.add_row(e.path, e.role, e.component, f"{e.bytes:,}", e.sha256[:12], meta if len(meta) <= 60 else meta[:59] + "…")
+    print_table(t, c)  # records instead of a table cut to "model.int8.t…" at 80 columns or piped
+    if any(len(json.dumps(e.meta)) > 60 for e in b.entries):
+        c.print("[dim](meta cut at 60 characters: --json prints the whole manifest)[/]")
     for comp in b.components:
         spec = b.spec(comp)
         c.print(f"[bold]{comp}[/] opset {spec.opset}")

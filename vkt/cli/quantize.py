@@ -37,8 +37,10 @@ def quantize(
     holdout: Path = typer.Option(None, "--holdout", help="Folder of held-out images (not in --calib): run the accuracy "
                                  "gate on the task metric (text detection: hmean of INT8 vs FP32 boxes)."),
     max_drop: float = typer.Option(1.0, "--max-drop", help="With --holdout: allowed metric drop in points (1.0 = 0.01 hmean)."),
-    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per gate step, e.g. 0,2,4,8,16,32 (default: every 4th layer "
-                        "with --ranking prefix, else 0,4,8,16,24,32,48)."),
+    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per gate step, e.g. 0,2,4,8,16,32 "
+                              "(default: every 4th layer with --ranking prefix, else 0,4,8,16,24,32,48). A layer is one "
+                              "entry of the ranking: with prefix a conv/matmul and the nodes before it, with tensor an "
+                              "activation tensor and the nodes reading it; the gate's log, table and manifest count the same."),
     on_fail: str = typer.Option("fp32", "--on-fail", help="With --holdout, when no step fits: fp32 (ship no INT8 graph) | best."),
     qat: bool = typer.Option(False, "--qat", help="Also fine-tune the reference PyTorch module under fake quantization "
                              "(text detector); the gate ships QAT or PTQ. Needs --holdout."),
@@ -61,7 +63,10 @@ def quantize(
     threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest's calibration section as JSON."),
 ) -> None:
-    """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle (see DESIGN: precision policy).
+    """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle.
+
+    onnxruntime CPU and TensorRT fuse different Q/DQ patterns, so each target gets its own placement
+    from the same ranges (docs/ARCHITECTURE.md, sections "Precision" and "INT8").
 
     With --holdout the accuracy gate keeps the most sensitive layers in float step by step until the
     metric drop is within --max-drop, prints metric and ORT CPU latency per step and ships the fastest.
@@ -148,26 +153,46 @@ def gate_options(holdout: Path | None, max_drop: float, steps: str | None, on_fa
 def print_calibration(b: Any, section: dict) -> None:
     from rich.console import Console
 
+    from vkt.tables import print_table
+
     c = Console()
     c.print(f"[bold]{b.name}[/]: {section['method']} ranges from {section['samples']} image(s), table "
             f"{section['table']['sha256'][:12]}", highlight=False)
+    low = False
     for name, p in section["placements"].items():
-        sq = ", ".join(f"{k} {v:.1f} dB" if isinstance(v, float) else f"{k} {v}" for k, v in p.get("output_sqnr_db", {}).items())
+        sqnr = p.get("output_sqnr_db", {})
+        low = low or any(isinstance(v, float) and v < 3.0 for v in sqnr.values())
+        sq = ", ".join(f"{k} {_db(v)}" for k, v in sqnr.items())
+        where = f" on the first {section['eval_samples']} calibration image(s)" if section.get("eval_samples") else ""
         scope = f" (quantizes: {p['ort_ops']} ops)" if p.get("ort_ops") else ""
         c.print(f"  {name}{scope}: {p['path']}  fused int8 ops {p['fused_int8_ops']}, float compute ops {p['float_compute_ops']} "
-                f"on onnxruntime CPU; output SQNR vs FP32: {sq or 'not measured'}", highlight=False)
+                f"on onnxruntime CPU; output SQNR vs FP32{where}: {sq or 'not measured'}", highlight=False)
+    if low:
+        c.print("  [yellow]note:[/] an output SQNR near 0 dB means INT8's error there is as large as the output itself "
+                "(e.g. a detector's map that INT8 flattens to zero on those images); judge accuracy on held-out images "
+                "with --holdout", highlight=False)
     gate = section.get("gate")
     if gate:
         from vkt.calibration.gate import render_gate_table
 
-        c.print(render_gate_table(gate))
+        print_table(render_gate_table(gate), c)
         ch = gate.get("chosen")
+        budget = f"{gate['max_drop'] * 100:g} point(s)"
         if ch is None:
-            c.print(f"[yellow]no INT8 model within {gate['max_drop'] * 100:g} point(s) of FP32: shipped FP32 only "
+            c.print(f"[yellow]no INT8 model within {budget} of FP32: shipped FP32 only "
                     f"(placement {gate['placement']!r} removed)[/]", highlight=False)
         else:
-            c.print(f"shipped {ch['candidate']} with {len(ch['float_layers'])} layer(s) in float: {gate.get('metric_name', 'metric')} "
-                    f"{ch['metric']:.4f} (drop {ch['drop'] * 100:.2f} points), {ch['speedup']:.2f}x FP32 on ORT CPU", highlight=False)
+            layers = ch.get("layers_kept_float", len(ch["float_layers"]))
+            c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float: {gate.get('metric_name', 'metric')} "
+                    f"{ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} points, budget {budget}), {ch['speedup']:.2f}x FP32 "
+                    "on ORT CPU", highlight=False)
+
+
+def _db(v: Any) -> str:
+    """An SQNR in dB for people: "0.0 dB" rather than "-0.0 dB" for a value within rounding of zero."""
+    if not isinstance(v, float):
+        return f"{v} dB"
+    return f"{0.0 if abs(v) < 0.05 else v:.1f} dB"
 
 
 def register(app: typer.Typer) -> None:

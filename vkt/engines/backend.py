@@ -104,6 +104,12 @@ def _has_gpu() -> bool:
     return probe()[0] > 0
 
 
+# TensorRT warnings that say nothing a user can act on, logged at debug (--verbose) instead:
+# "Empty initializer X was provided with non-empty data. Overriding data to nullptr": the ONNX parser reading a
+# zero-element initializer (Resize's unused roi/scales inputs, as exporters write them); nothing is lost.
+BENIGN_WARNINGS = ("Empty initializer",)
+
+
 class LogCapture:
     """Routes TensorRT's log to vkt's logger and keeps its errors for the exception message.
 
@@ -141,6 +147,8 @@ class LogCapture:
 
     def _log(self, severity: Any, msg: str) -> None:
         level = self._levels.get(severity, logging.DEBUG)
+        if level == logging.WARNING and any(n in msg for n in BENIGN_WARNINGS):
+            level = logging.DEBUG
         if level >= logging.ERROR:
             self.errors.append(msg.strip())
             log.debug("%s: %s", self.trt.name, msg)  # raised later inside a BuildError/ModelError message

@@ -51,10 +51,10 @@ class BuildConfig:
     def __post_init__(self) -> None:
         ws = self.workspace_bytes
         if ws is not None and (isinstance(ws, bool) or not isinstance(ws, int) or ws <= 0):
-            raise InputError(f"workspace_bytes must be a positive integer (bytes) or None, got {ws!r}")
+            raise InputError(f"workspace_bytes must be a positive number of bytes (or unset), got {ws!r}")
         if self.timing_cache is not None:
             if not isinstance(self.timing_cache, (str, os.PathLike)) or not str(self.timing_cache):
-                raise InputError(f"timing_cache must be a file path or None, got {self.timing_cache!r}")
+                raise InputError(f"timing_cache must be a file path (or unset), got {self.timing_cache!r}")
             if Path(self.timing_cache).is_dir():
                 raise InputError(f"timing_cache must be a file path, got the directory {str(self.timing_cache)!r}")
         if self.exclude_lean_runtime and not self.version_compatible:
@@ -75,9 +75,9 @@ class BuildConfig:
         lvl = self.builder_optimization_level
         if lvl is not None and (isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 5):
             # TensorRT-RTX silently accepts out-of-range levels; refuse them here instead.
-            raise InputError(f"builder_optimization_level must be an integer in [0, 5] or None, got {lvl!r}")
+            raise InputError(f"builder_optimization_level must be an integer in [0, 5] (or unset), got {lvl!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {list(PRECISIONS)} or None, got {self.precision!r}")
+            raise InputError(f"precision must be one of {list(PRECISIONS)} (or unset), got {self.precision!r}")
         if self.module not in CHOICES:
             from vkt.errors import BackendError
 

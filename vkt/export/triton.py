@@ -145,7 +145,7 @@ def _write_model_dir(model_dir: Path, src: Path, fname: str, manifest: dict, con
     """One Triton model folder: ``1/<fname>`` copied from ``src``, ``vkt_manifest.json``, then ``config.pbtxt``."""
     if model_dir.exists():
         if not overwrite:
-            raise InputError(f"{str(model_dir)!r} already exists; pass overwrite=True (CLI: --force)")
+            raise InputError(f"{str(model_dir)!r} already exists; choose another folder or replace it with --force")
         shutil.rmtree(model_dir)
     (model_dir / "1").mkdir(parents=True)
     atomic_copy(src, model_dir / "1" / fname)

@@ -48,13 +48,38 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     # rotation (IMREAD_UNCHANGED ignores EXIF). Everything else keeps alpha and bit depth for to_bgr_uint8.
     flags = cv2.IMREAD_COLOR if data[:2].tobytes() == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     try:
-        img = cv2.imdecode(data, flags)
+        img = cv2.imdecode(without_iccp(data), flags)
     except cv2.error as e:  # e.g. beyond OpenCV's CV_IO_MAX_IMAGE_PIXELS limit
         raise InputError(f"cannot decode image {str(p)!r}: {str(e).strip().splitlines()[-1][:200]}") from None
     if img is None:
         raise InputError(f"cannot decode image {str(p)!r} ({data.size} bytes): corrupt, truncated or not an image "
                          f"(expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
     return to_bgr_uint8(img, where=str(p))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def without_iccp(data: np.ndarray) -> np.ndarray:
+    """``data`` (encoded image bytes, uint8) with a PNG's iCCP chunks (ICC colour profile) removed; else unchanged.
+
+    OpenCV decodes without applying colour profiles, so the pixels are the same; but its libpng prints
+    "libpng warning: iCCP: ..." on stderr for profiles it dislikes (scikit-image's page.png has one), which
+    nothing else silences. Chunks are ``length (4 bytes, big-endian) | type (4) | data | crc (4)``; iCCP comes
+    before the first IDAT, so the walk stops there and the rest is kept as is (a truncated file stays truncated).
+    """
+    raw = data.tobytes()
+    head = raw.find(b"IDAT")
+    if not raw.startswith(PNG_SIGNATURE) or raw.find(b"iCCP", 0, head if head > 0 else len(raw)) < 0:
+        return data
+    parts, i = [raw[:8]], 8
+    while i + 8 <= len(raw) and raw[i + 4:i + 8] != b"IDAT":
+        end = i + 12 + int.from_bytes(raw[i:i + 4], "big")
+        if raw[i + 4:i + 8] != b"iCCP":
+            parts.append(raw[i:end])
+        i = end
+    parts.append(raw[i:])
+    return np.frombuffer(b"".join(parts), np.uint8)
 
 
 def to_bgr_uint8(img: Any, where: str = "image") -> np.ndarray:

@@ -51,7 +51,7 @@ class OrtRunner(Runner):
         if unknown or not providers:
             raise BackendError(f"unknown onnxruntime provider(s) {unknown or list(providers)}; expected some of {sorted(PROVIDERS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise BackendError(f"threads must be a positive integer or None, got {threads!r}")
+            raise BackendError(f"threads must be a positive integer (or unset: onnxruntime's default), got {threads!r}")
         if graph_optimization not in ("disable", "basic", "extended", "all"):
             raise BackendError(f"graph_optimization must be disable/basic/extended/all, got {graph_optimization!r}")
         if session_config is not None and (not isinstance(session_config, Mapping) or not all(
@@ -91,7 +91,7 @@ class OrtRunner(Runner):
                 so.add_session_config_entry(k, v)
             except Exception as e:  # onnxruntime refuses malformed entries here, unknown keys only when they are read
                 raise BackendError(f"onnxruntime rejects session config entry {k!r}={v!r}: {str(e).strip()[:300]}") from None
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # run errors are raised as BackendError; at 3 ORT also prints them, in raw colour
         provs = [(PROVIDERS[p], self.provider_options.get(p, {})) for p in self.providers]
         if "CPUExecutionProvider" not in wanted:
             provs.append(("CPUExecutionProvider", {}))  # ORT needs it for ops the GPU EPs leave behind

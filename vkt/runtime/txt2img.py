@@ -340,7 +340,7 @@ class Txt2Img:
         negs = self._check_prompts(negative, "negative_prompt")
         if len(negs) != P:
             raise InputError(f"negative_prompt has {len(negs)} entries but prompt has {P}; give one per prompt, "
-                             "one string for all, or None")
+                             "one string for all, or none at all")
         return negs
 
     def _check_size(self, height: Any, width: Any) -> tuple[int, int]:
@@ -396,7 +396,7 @@ def _rng(seed: Any) -> np.random.Generator:
     if seed is None:
         return np.random.default_rng()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, a numpy Generator or None, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer or a numpy Generator (or unset for a random seed), got {seed!r}")
     return np.random.default_rng(int(seed))
 
 

@@ -346,7 +346,7 @@ def write_synth_dataset(out: str | os.PathLike, n: int, seed: int = 0, config: S
     cfg = config or SynthConfig()
     dest = Path(out)
     if dest.exists() and not overwrite:
-        raise InputError(f"{str(dest)!r} already exists; choose a new folder or pass overwrite=True")
+        raise InputError(f"{str(dest)!r} already exists; choose a new folder or replace it (--overwrite)")
     fonts = resolve_scripts(cfg.scripts)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
