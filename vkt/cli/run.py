@@ -39,7 +39,9 @@ def run(
 ) -> None:
     """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
     from vkt.bundle import Bundle
+    from vkt.cli.outputs import output_folder
 
+    output_folder(out, "--out", [bundle, *images])
     b = Bundle.load(bundle)
     if b.task == "object-detection":
         from vkt.cli.detect import run_detection

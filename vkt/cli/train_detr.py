@@ -32,8 +32,10 @@ def detr(
     """Train DETR with transformers' model and Hungarian loss under PyTorch Lightning; prints COCO AP per validation."""
     import json
 
+    from vkt.cli.outputs import output_folder
     from vkt.training.detr_run import load_run_config, train_detr_run
 
+    output_folder(out, "--out", [data, config, model if model not in (None, "reduced") else None])
     cfg = load_run_config(config, model=model, train={"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size})
     result = train_detr_run(cfg, out, data=data, synth=synth, resume=resume)
     for h in result.history:
