@@ -68,9 +68,10 @@ def _calib(folder: Path) -> Path:
 
 
 def _interrupt(tmp_path: Path, patch: str, args: list[str], sig: signal.Signals) -> subprocess.CompletedProcess:
-    """Run ``vkt ARGS`` in a child where ``patch`` ("module:function") is replaced by a wait that first drops a
+    """Run ``vkt ARGS`` in a child where ``patch`` ("module:function" or "module:Class.method") is replaced by a wait that first drops a
     marker file: the signal is sent exactly while that step runs (no guessing at timings)."""
     mod, fn = patch.split(":")
+    owner, _, name = fn.rpartition(".")  # a method: set on its class
     marker = tmp_path / "reached"
     code = textwrap.dedent(f"""
         import pathlib, sys, time
@@ -78,7 +79,7 @@ def _interrupt(tmp_path: Path, patch: str, args: list[str], sig: signal.Signals)
         def wait(*a, **k):
             pathlib.Path({str(marker)!r}).write_text("x")
             time.sleep(120)
-        m.{fn} = wait
+        setattr({"m." + owner if owner else "m"}, {name!r}, wait)
         from vkt.cli.main import main
         sys.exit(main({args!r}))
     """)
@@ -164,3 +165,15 @@ def test_interrupted_training_keeps_its_last_checkpoint(tmp_path):
     state = load_checkpoint(run)
     assert 1 <= state["step"] < 4
     assert not (run / "bundle").exists()
+
+
+def test_interrupted_build_leaves_the_bundle_as_it_was(tmp_path, toy_bundle):
+    """Stopped after the plan file was copied in, before the manifest names it: the bundle is unchanged."""
+    pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx (pip install tensorrt-rtx) to build on a CPU")
+    before = _snapshot(toy_bundle)
+    r = _interrupt(tmp_path, "vkt.bundle:Bundle.save",
+                   ["build", str(toy_bundle), "--module", "tensorrt_rtx", "--sm", "SM89",
+                    "--profile", "batch=1:1:1,height=16:32:64,width=16:32:64"], signal.SIGTERM)
+    _check_line(r, signal.SIGTERM, "vkt build")
+    assert _snapshot(toy_bundle) == before
+    assert sorted(os.listdir(toy_bundle.parent)) == sorted(["reached", toy_bundle.name])

@@ -91,14 +91,15 @@ def test_run_into_the_input_folder_is_refused_and_inputs_stay(textdet_bundle, tm
     assert str(imgs) in line
     code = main(["run", str(textdet_bundle), str(imgs / "a.jpg"), "-o", str(imgs)])
     _one_error(capsys, code, "holds the input")
-    code = main(["run", str(textdet_bundle), str(imgs), "-o", str(imgs / "annotated")])
-    _one_error(capsys, code, "is inside the input folder")
+    code = main(["run", str(textdet_bundle), str(imgs), "-o", str(textdet_bundle / "annotated")])
+    _one_error(capsys, code, "is inside the input bundle")
     assert _snapshot(imgs) == before
-    # the same images into a folder of their own: annotated copies, originals untouched
-    out = tmp_path / "out"
+    # the same images into a folder of their own (even one inside theirs): annotated copies, originals untouched
+    out = imgs / "annotated"
     assert main(["run", str(textdet_bundle), str(imgs), "-o", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["a.jpg", "a.json", "b.jpg", "b.json", "summary.json"]
-    assert _snapshot(imgs) == before and (out / "a.jpg").read_bytes() != before["a.jpg"]
+    assert _snapshot(imgs) == {**before, **{f"annotated/{k}": v for k, v in _snapshot(out).items()}}
+    assert (out / "a.jpg").read_bytes() != before["a.jpg"]
 
 
 @pytest.fixture()
@@ -129,16 +130,15 @@ def _cases(p: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "export -o a bundle": (["export", "onnx", o, "-o", b], "already exists; pass --force"),
         "export -o a photo folder --force": (["export", "onnx", o, "-o", str(p["foreign"]), "--force"],
                                              "is not a bundle"),
-        "export --int8 -o inside --calib": (["export", "onnx", o, "--profile", prof, "--int8", "--calib",
-                                             str(p["calib"]), "-o", str(p["calib"] / "b.vkt")],
-                                            "inside the input folder"),
+        "export --int8 -o holds --calib": (["export", "onnx", o, "--profile", prof, "--int8", "--calib",
+                                            str(p["calib"]), "-o", str(p["tmp"]), "--force"], "holds the input"),
         "export detr -o a file": (["export", "detr", str(p["tmp"] / "ckpt"), "-o", f], "is an existing file"),
         "export textdet -o a file": (["export", "textdet", "--pretrained", "ppocrv5-mobile", "-o", f],
                                      "is an existing file"),
         "export sd -o a bundle": (["export", "sd", str(p["foreign"]), "-o", b], "already exists"),
         "eval --out a folder": (["eval", b, "--data", str(p["foreign"]), "--out", str(p["tmp"])], "is a folder"),
-        "eval --out in --data": (["eval", b, "--data", str(p["foreign"]), "--out", str(p["foreign"] / "r.json")],
-                                 "inside the input folder"),
+        "eval --out in the bundle": (["eval", b, "--data", str(p["foreign"]), "--out", str(p["bundle"] / "r.json")],
+                                     "inside the input bundle"),
         "eval --out the annotations": (["eval", b, "--coco", f, "--images", str(p["foreign"]), "--out", f],
                                        "is an input"),
         "bench --json a folder": (["bench", o, "--json", str(p["tmp"])], "is a folder"),
@@ -148,19 +148,19 @@ def _cases(p: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                                    "is an input"),
         "triton over a foreign folder": (["triton", b, "-o", str(p["tmp"]), "--name", "photos", "--force"],
                                          "is not a Triton model folder"),
-        "triton -o inside the bundle": (["triton", b, "-o", str(p["bundle"] / "repo")], "inside the input folder"),
+        "triton -o inside the bundle": (["triton", b, "-o", str(p["bundle"] / "repo")], "inside the input bundle"),
         "build -o the onnx": (["build", o, "-o", o], "is an input"),
         "build -o a folder": (["build", b, "-o", str(p["tmp"])], "is a folder"),
         "quantize --qat-checkpoint in the bundle": (["quantize", b, "--calib", str(p["calib"]), "--holdout",
                                                      str(p["foreign"]), "--qat", "--qat-checkpoint",
-                                                     str(p["bundle"] / "qat.pt")], "inside the input folder"),
+                                                     str(p["bundle"] / "qat.pt")], "inside the input bundle"),
         "txt2img -o a folder": (["txt2img", b, "a cat", "-o", str(p["tmp"] / "pics.png")], "is a folder"),
         "synth --overwrite a foreign folder": (["synth", "textdet", str(p["mine"]), "--count", "1", "--overwrite"],
                                                "is not a synthetic data set"),
         "quickstart -o a file": (["quickstart", "-o", f], "is an existing file"),
         "train textdet -o a file": (["train", "textdet", "--synth", "4", "--steps", "1", "-o", f], "is an existing file"),
-        "train detr -o inside --data": (["train", "detr", "--data", str(p["foreign"]), "-o", str(p["foreign"] / "run")],
-                                        "inside the input folder"),
+        "train detr -o holds --data": (["train", "detr", "--data", str(p["foreign"]), "-o", str(p["tmp"])],
+                                       "holds the input"),
     }
 
 

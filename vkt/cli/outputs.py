@@ -1,7 +1,8 @@
 """Output paths checked before any work starts: never an input, the right kind (file or folder), writable.
 
 Every command that writes calls one of these on each output path first, so a mistake costs well
-under a second and one `error:` line (exit 2), not a finished computation and a traceback.
+under a second and one `error:` line (exit 2), not a finished computation and a traceback. An output
+may not be an input, hold one (what it writes could land on it) or lie inside an input bundle.
 
 - :func:`output_file`: a file written atomically (JSON, plot, plan, image);
 - :func:`output_folder`: a folder files are written into (``vkt run -o``, a training run);
@@ -36,7 +37,7 @@ def output_file(path: str | os.PathLike, flag: str, inputs: Inputs = ()) -> Path
 def output_folder(path: str | os.PathLike, flag: str, inputs: Inputs = (), *, container: bool = False) -> Path:
     """Check a folder that files are written into: not an input and holding none (its files could
     overwrite them), not a file, writable. ``container``: only the files the command names inside it are
-    outputs (a Triton model repository), so holding an input is fine; being inside one is not."""
+    outputs (a Triton model repository), so holding an input is fine."""
     p = Path(path)
     _not_an_input(p, flag, inputs, container=container)
     if p.exists() and not p.is_dir():
@@ -93,9 +94,11 @@ def _not_an_input(out: Path, flag: str, inputs: Inputs, container: bool) -> None
         if o in i.parents and not container:
             raise InputError(f"{flag} {str(out)!r} holds the input {str(inp)!r}; writing there could overwrite it: "
                              "choose an output folder outside the inputs")
-        if i in o.parents and inp.is_dir():
-            raise InputError(f"{flag} {str(out)!r} is inside the input folder {str(inp)!r}; choose an output "
-                             "outside the inputs")
+        # Inside an input folder is fine (readers do not recurse; new names overwrite nothing), except in a
+        # bundle: it is one unit, replaced whole when quantize/build/--force change it.
+        if i in o.parents and (inp / "manifest.json").is_file():
+            raise InputError(f"{flag} {str(out)!r} is inside the input bundle {str(inp)!r}; choose an output "
+                             "outside it")
 
 
 def _writable(folder: Path, flag: str, out: Path) -> None:
