@@ -89,8 +89,11 @@ def test_run_into_the_input_folder_is_refused_and_inputs_stay(textdet_bundle, tm
     before = _images(imgs)
     line = _one_error(capsys, main(["run", str(textdet_bundle), str(imgs), "-o", str(imgs)]), "is an input")
     assert str(imgs) in line
-    code = main(["run", str(textdet_bundle), str(imgs / "a.jpg"), "-o", str(imgs)])
-    _one_error(capsys, code, "holds the input")
+    code = main(["run", str(textdet_bundle), str(imgs / "b.png"), str(imgs / "a.jpg"), "-o", str(imgs)])
+    line = _one_error(capsys, code, "would write 'a.jpg' over the input image")
+    assert str(imgs / "a.jpg") in line
+    code = main(["run", str(textdet_bundle), str(imgs), "--no-draw", "-o", str(imgs)])  # JSON only: still its folder
+    _one_error(capsys, code, "is an input")
     code = main(["run", str(textdet_bundle), str(imgs), "-o", str(textdet_bundle / "annotated")])
     _one_error(capsys, code, "is inside the input bundle")
     assert _snapshot(imgs) == before
@@ -100,6 +103,10 @@ def test_run_into_the_input_folder_is_refused_and_inputs_stay(textdet_bundle, tm
     assert sorted(os.listdir(out)) == ["a.jpg", "a.json", "b.jpg", "b.json", "summary.json"]
     assert _snapshot(imgs) == {**before, **{f"annotated/{k}": v for k, v in _snapshot(out).items()}}
     assert (out / "a.jpg").read_bytes() != before["a.jpg"]
+    # an output folder may hold the inputs when nothing lands on them: "-o ." beside photos/
+    assert main(["run", str(textdet_bundle), str(imgs), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "a.jpg").is_file() and (tmp_path / "summary.json").is_file()
+    assert _snapshot(imgs) == {**before, **{f"annotated/{k}": v for k, v in _snapshot(out).items()}}
 
 
 @pytest.fixture()

@@ -152,9 +152,8 @@ def export_textdet_cmd(
 
     from vkt.errors import InputError
     from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
-    from vkt.specs import parse_profile
-
     from vkt.fsutil import staged_dir
+    from vkt.specs import parse_profile
 
     if (source is None) == (pretrained is None):
         raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "

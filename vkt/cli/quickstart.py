@@ -94,9 +94,8 @@ def quickstart(
         for name in CALIB_PHOTOS:
             shutil.copyfile(photos[name], calib / name)
         step("2. INT8 calibration", f"vkt quantize {bundle_dir} --calib {calib} --method {method}")
-        from vkt.calibration.api import quantize_from_images
-
         from vkt.bundle import edit_bundle
+        from vkt.calibration.api import quantize_from_images
 
         with edit_bundle(bundle_dir) as staged:  # an interrupt leaves the FP32 bundle of step 1 as it was
             section = quantize_from_images(staged, calib, method=method)

@@ -39,9 +39,12 @@ def run(
 ) -> None:
     """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
     from vkt.bundle import Bundle
+    from vkt.cli.images import list_inputs_for
     from vkt.cli.outputs import output_folder
 
-    output_folder(out, "--out", [bundle, *images])
+    # --out may hold the inputs (e.g. "."), but may not be an input folder nor put a file on an input image
+    output_folder(out, "--out", [bundle, *images], container=True)
+    images = list_inputs_for(images, out, draw=not no_draw)
     b = Bundle.load(bundle)
     if b.task == "object-detection":
         from vkt.cli.detect import run_detection
