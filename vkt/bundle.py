@@ -21,8 +21,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -30,7 +29,16 @@ from typing import Any
 
 from vkt import __version__
 from vkt.errors import BundleError
-from vkt.fsutil import atomic_copy, atomic_write_bytes, atomic_write_text, sha256_file
+from vkt.fsutil import (
+    atomic_copy,
+    atomic_write_bytes,
+    atomic_write_text,
+    dir_mode,
+    replace_dir,
+    sha256_file,
+    staged_dir,
+    temp_dir_beside,
+)
 from vkt.specs import ExportSpec
 
 SCHEMA = "vkt.bundle"
@@ -259,8 +267,7 @@ class BundleWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> BundleWriter:
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.tmp-", dir=self.dest.parent))
+        self.tmp = temp_dir_beside(self.dest)
         return self
 
     def add_component(self, name: str, spec: ExportSpec, **extra: Any) -> None:
@@ -290,13 +297,29 @@ class BundleWriter:
             self.manifest["files"] = [e.to_dict() for e in self.entries]
             Bundle._check_manifest(self.manifest, self.dest / MANIFEST)
             atomic_write_text(self.tmp / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
-            old = None
-            if self.dest.exists():
-                old = self.dest.parent / f".{self.dest.name}.old-{os.getpid()}"
-                os.replace(self.dest, old)
-            os.replace(self.tmp, self.dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(self.tmp, self.dest)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+@contextlib.contextmanager
+def edit_bundle(path: str | os.PathLike) -> Iterator[Bundle]:
+    """Change a bundle all or nothing (quantize, build): the block edits a copy, which replaces the bundle
+    only when the block completes. An interrupt or error leaves the bundle exactly as it was.
+
+    The copy hard-links the files where the filesystem allows (bundle files are only ever replaced by a
+    rename, never written in place, so the original's files cannot change through the copy), else copies them.
+    """
+    src = Bundle.load(path)
+    with staged_dir(src.root) as stage:
+        shutil.copytree(src.root, stage, copy_function=_link_or_copy, symlinks=True)
+        os.chmod(stage, dir_mode())  # copytree gave it the old folder's mode; the new one follows the umask
+        yield Bundle.load(stage, verify=False)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

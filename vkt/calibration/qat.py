@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import CalibrationError, ModelError
+from vkt.fsutil import file_mode
 from vkt.log import get_logger, progress, timed
 
 log = get_logger(__name__)
@@ -263,6 +264,7 @@ def save_checkpoint(path: str | os.PathLike, student: Any, optimizer: Any, step:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent))
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; follow the umask like open() does
         with os.fdopen(fd, "wb") as f:
             torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step), **extra}, f)
             f.flush()

@@ -240,6 +240,7 @@ def bench(
 
     if not source.exists():
         raise InputError(f"no such file or bundle: {str(source)!r}")
+    _check_outputs(source, json_out, plot)
     shapes = [parse_shape(s) for s in (shape or [])]
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1 (leave it out for onnxruntime's default), got {threads}")
@@ -280,6 +281,16 @@ def bench(
         cases = make_cases(spec, list(batch), shapes, multiple_of=image_multiples(b))
     rows = run_bench(built, cases, cfg, show_progress=not quiet)
     _report(rows, source, threads, json_out, quiet, plot)
+
+
+def _check_outputs(source: Path, json_out: str | None, plot: Path | None) -> None:
+    """--json FILE and --plot FILE: not an input, writable; checked before anything is timed."""
+    from vkt.cli.outputs import output_file
+
+    if json_out not in (None, "-"):
+        output_file(json_out, "--json", [source])
+    if plot is not None:
+        output_file(plot, "--plot", [source])
 
 
 def _report(rows: list, source: Path, threads: int | None, json_out: str | None, quiet: bool, plot: Path | None) -> None:

@@ -45,6 +45,7 @@ def build(
     """
     from rich.console import Console
 
+    from vkt.cli.outputs import edited_folder, output_file
     from vkt.engines import BuildConfig, build as build_plan, build_bundle_plan, profiles_summary, save_plan
     from vkt.specs import ExportSpec, parse_profile
 
@@ -61,17 +62,22 @@ def build(
         compute_capabilities=tuple(sm or ()), builder_optimization_level=opt_level, precision=precision, module=module,
     )
     if source.is_dir():
-        from vkt.bundle import Bundle
+        from vkt.bundle import edit_bundle
 
-        bundle = Bundle.load(source)
-        spec = bundle.spec(component).with_profiles(*profiles) if profiles else None
-        entry = build_bundle_plan(bundle, config, component=component, source_role=PRECISION_ROLES[precision], spec=spec)
-        plan_path, meta = bundle.root / entry.path, entry.meta
+        edited_folder(source, "SOURCE")
+        if output is not None:
+            output_file(output, "--output", [source, timing_cache])
+        with edit_bundle(source) as bundle:  # an interrupted build leaves the bundle as it was
+            spec = bundle.spec(component).with_profiles(*profiles) if profiles else None
+            entry = build_bundle_plan(bundle, config, component=component, source_role=PRECISION_ROLES[precision],
+                                      spec=spec)
+        plan_path, meta = source / entry.path, entry.meta
         if output is not None:
             save_plan(plan_path.read_bytes(), output)
     else:
         if source.suffix.lower() != ".onnx":
             raise InputError(f"{str(source)!r} is neither a bundle folder nor an .onnx file")
+        output_file(output or source.with_suffix(".plan"), "--output", [source, timing_cache])
         spec = ExportSpec.from_onnx(source, profiles=profiles)
         result = build_plan(source, spec, config)
         plan_path, meta = save_plan(result.plan, output or source.with_suffix(".plan")), result.meta

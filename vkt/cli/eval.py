@@ -22,8 +22,14 @@ def eval_cmd(
 ) -> None:
     """Evaluate a detector: text -> {precision, recall, hmean, ...}; objects -> COCO {AP, AP50, AP75, ...}, as JSON."""
     from vkt.bundle import Bundle
+    from vkt.cli.outputs import output_file
     from vkt.errors import InputError
 
+    if out is not None:
+        ins = [bundle, data, coco, images]
+        output_file(out, "--out", ins)
+        if coco is not None:  # COCO evaluation also writes <stem>.results.json beside it
+            output_file(out.with_name(out.stem + ".results.json"), "--out (its COCO results file)", ins)
     b = Bundle.load(bundle)
     if b.task == "object-detection":
         from vkt.cli.detect import eval_coco_bundle

@@ -20,6 +20,14 @@ def _check_calib(int8: bool, calib: Path | None) -> None:
         raise InputError("--calib is only used with --int8")
 
 
+def _bundle_output(out: Path, force: bool, inputs: list) -> Path:
+    """Check --output before any work: not an input, a new or empty folder, or with --force an existing bundle."""
+    from vkt.bundle import MANIFEST
+    from vkt.cli.outputs import replaced_folder
+
+    return replaced_folder(out, "--output", inputs, force=force, marker=MANIFEST, what="bundle")
+
+
 @export_app.command("onnx")
 def export_onnx(
     model: Path = typer.Argument(..., help="The .onnx file to import (weights as initializers or Constant nodes)."),
@@ -74,9 +82,11 @@ def export_onnx(
     """
     from rich.console import Console
 
+    from vkt.bundle import Bundle
     from vkt.cli.textdet_options import flags_of, import_settings, print_settings, textdet_overrides
     from vkt.errors import InputError
     from vkt.export.onnx_import import import_onnx
+    from vkt.fsutil import staged_dir
     from vkt.specs import parse_profile
 
     _check_calib(int8, calib)
@@ -97,9 +107,15 @@ def export_onnx(
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
     if int8:
         check_int8_inputs(calib, calib_method, num_images, holdout, on_fail)
-    out = output or Path(f"{model.stem}.vkt")
-    bundle = import_onnx(model, out, task=task, profile=parse_profile(profile) if profile else None, overwrite=force, fp16=fp16,
-                         optimize=optimize, preprocess=pre, postprocess=post)
+    out = _bundle_output(output or Path(f"{model.stem}.vkt"), force, [model, calib, holdout])
+    with staged_dir(out) as stage:  # the bundle appears at --output only when complete, INT8 graphs included
+        bundle = import_onnx(model, stage, task=task, profile=parse_profile(profile) if profile else None, overwrite=force,
+                             fp16=fp16, optimize=optimize, preprocess=pre, postprocess=post)
+        if int8:
+            from vkt.calibration.api import quantize_from_images
+
+            section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images, **gate_opts)
+    bundle = Bundle.load(out, verify=False)
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task})", highlight=False)
@@ -112,10 +128,8 @@ def export_onnx(
     if task == "textdet":
         print_settings(c, bundle.preprocess, bundle.postprocess, notes)
     if int8:
-        from vkt.calibration.api import quantize_from_images
         from vkt.cli.quantize import print_calibration
 
-        section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images, **gate_opts)
         print_calibration(bundle, section)
 
 
@@ -143,14 +157,16 @@ def export_sd_cmd(
     """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to an SD bundle."""
     from rich.console import Console
 
+    from vkt.fsutil import staged_dir
     from vkt.models.sd import SDProfile, export_sd
 
-    out = output or Path(f"{path.resolve().name}.vkt")
-    report = export_sd(path, out, profile=SDProfile(max_batch=max_batch, min_size=min_size, opt_size=opt_size,
-                                                    max_size=max_size), check=check, overwrite=force, fp16=fp16,
-                        ort_fused=ort_fused, int8=int8, calib_steps=calib_steps)
+    out = _bundle_output(output or Path(f"{path.resolve().name}.vkt"), force, [path])
+    with staged_dir(out) as stage:  # appears at --output only when complete
+        report = export_sd(path, stage, profile=SDProfile(max_batch=max_batch, min_size=min_size, opt_size=opt_size,
+                                                          max_size=max_size), check=check, overwrite=force, fp16=fp16,
+                           ort_fused=ort_fused, int8=int8, calib_steps=calib_steps)
     c = Console()
-    c.print(f"[green]wrote[/] SD bundle {str(report.bundle)!r}", highlight=False)
+    c.print(f"[green]wrote[/] SD bundle {str(out)!r}", highlight=False)
     for comp, spec in report.specs.items():
         axes = ", ".join(f"{a}={lo}:{opt}:{hi}" for a, (lo, opt, hi) in spec.profiles[0].axes.items())
         par = report.parity.get(comp)
@@ -173,16 +189,19 @@ def export_textdet_cmd(
 
     from vkt.errors import InputError
     from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
+    from vkt.fsutil import staged_dir
     from vkt.specs import parse_profile
 
     if (source is None) == (pretrained is None):
         raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "
                          f"got {'both' if source else 'neither'}")
+    _bundle_output(output, force, [source])
     model, resize, desc = load_textdet_source(pretrained or source)
     prof = dict(parse_profile(profile).axes) if profile else None
-    rep = export_textdet_bundle(model, output, profile=prof, fp16=fp16, resize=resize, overwrite=force, source=desc)
+    with staged_dir(output) as stage:
+        rep = export_textdet_bundle(model, stage, profile=prof, fp16=fp16, resize=resize, overwrite=force, source=desc)
     c = Console()
-    c.print(f"[green]wrote[/] bundle {str(rep.path)!r} from {desc}", highlight=False)
+    c.print(f"[green]wrote[/] bundle {str(output)!r} from {desc}", highlight=False)
     for k, v in rep.parity.items():
         c.print(f"  parity fp32 {k}: max abs diff ORT vs torch {v:.2e}", highlight=False)
     for k, v in (rep.parity_fp16 or {}).items():
@@ -265,8 +284,10 @@ def export_detr_cmd(
                 raise InputError(f"--{key.replace('_', '-')} must be a positive number of pixels, got {v}")
             resize[key] = v
     resize = {k: int(v) for k, v in resize.items() if k in ("shortest_edge", "longest_edge")}
+    out = _bundle_output(output or Path(f"{checkpoint.resolve().stem}.vkt"), force, [checkpoint, calib, holdout])
 
     from vkt.bundle import Bundle
+    from vkt.fsutil import staged_dir
     from vkt.models.detr.checkpoints import load_checkpoint
     from vkt.models.detr.export import export_bundle
 
@@ -279,19 +300,26 @@ def export_detr_cmd(
         le = max(resize.get("longest_edge", TASKS["detr"].preprocess["resize"]["longest_edge"]), se)
         profile = {"batch": (1, 1, 4), "height": (32, se, le), "width": (32, min(le, se * 4 // 3), le)}
     model = load_checkpoint(checkpoint, num_heads=num_heads)
-    out = output or Path(f"{checkpoint.resolve().stem}.vkt")
-    dest = export_bundle(model, out, postprocess=postprocess, top_k=top_k, static_shape=static_shape, profile=profile,
-                         overwrite=force, **resize)
-    bundle = Bundle.load(dest)
-    if fp16:
-        import onnx
+    with staged_dir(out) as stage:  # appears at --output only when complete: FP16 and INT8 graphs included
+        dest = export_bundle(model, stage, postprocess=postprocess, top_k=top_k, static_shape=static_shape,
+                             profile=profile, overwrite=force, **resize)
+        bundle = Bundle.load(dest)
+        if fp16:
+            import onnx
 
-        from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+            from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
 
-        half = convert_fp16(onnx.load(str(bundle.path("fp32 onnx"))))
-        bundle.add_file(half.SerializeToString(), "model.fp16.onnx", role="fp16 onnx",
-                        meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
-        bundle.update(precision={**bundle.manifest.get("precision", {}), "fp16": "model.fp16.onnx"})
+            half = convert_fp16(onnx.load(str(bundle.path("fp32 onnx"))))
+            bundle.add_file(half.SerializeToString(), "model.fp16.onnx", role="fp16 onnx",
+                            meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
+            bundle.update(precision={**bundle.manifest.get("precision", {}), "fp16": "model.fp16.onnx"})
+        if int8:
+            from vkt.models.detr.int8 import quantize_detr
+
+            section = quantize_detr(bundle, calib, holdout=holdout, gate=gate, method=calib_method,
+                                    num_images=num_images, max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads,
+                                    percentile=percentile, weight_rounding=weight_rounding)
+    bundle = Bundle.load(out, verify=False)
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task}, "
@@ -305,12 +333,8 @@ def export_detr_cmd(
         c.print("  onnxruntime vs torch max |diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()), highlight=False)
     if int8:
         from vkt.cli.quantize import print_calibration
-        from vkt.models.detr.int8 import quantize_detr
 
-        section = quantize_detr(bundle, calib, holdout=holdout, gate=gate, method=calib_method, num_images=num_images,
-                                max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads, percentile=percentile,
-                                weight_rounding=weight_rounding)
-        print_calibration(Bundle.load(dest), section)
+        print_calibration(bundle, section)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+SUMMARY = "summary.json"
+
+
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """The name each image's outputs get (``<stem>.json``, ``<stem>.jpg``); the same stem from two folders
+    becomes ``<stem>_2``, ``<stem>_3``, ... in input order."""
+    used: set[str] = set()
+    stems = []
+    for f in files:
+        stem, n = f.stem, 2
+        while stem in used:
+            stem, n = f"{f.stem}_{n}", n + 1
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def list_inputs_for(inputs: Sequence[Path], out: Path, draw: bool) -> list[Path]:
+    """The image files of ``inputs`` (files and folders), after checking that no file this loop writes in
+    ``out`` (``<stem>.json``, ``<stem>.jpg`` with ``draw``, ``summary.json``) is one of them: InputError
+    naming both, before any model is loaded. (An output folder that *is* an input folder is refused
+    earlier, by vkt.cli.outputs.)"""
+    from vkt.errors import InputError
+    from vkt.log import get_logger
+    from vkt.runtime.image import list_images
+
+    files = list_images(inputs, warn=get_logger("cli.run").warning)
+    real = {os.path.realpath(f): f for f in files}
+    for stem in output_stems(files):
+        for name in (f"{stem}.json", *((f"{stem}.jpg",) if draw else ()), SUMMARY):
+            hit = real.get(os.path.realpath(out / name))
+            if hit is not None:
+                raise InputError(f"--out {str(out)!r} would write {name!r} over the input image {str(hit)!r}; "
+                                 "choose another output folder")
+    return files
 
 
 def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Callable[[Any, Any], Any] | None,
@@ -34,7 +71,7 @@ def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Ca
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    used: set[str] = set()
+    named = list(zip(files, output_stems(files)))  # stems fixed up front: list_inputs_for checked these names
 
     def skip(f: Path, e: VktError) -> None:
         log.warning("skipping %s: %s", f, e)
@@ -44,10 +81,10 @@ def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Ca
     for k in progress(range(0, len(files), step), "detecting", total=-(-len(files) // step)):
         # 1. read the chunk; unreadable files are skipped
         chunk, arrays = [], []
-        for f in files[k:k + step]:
+        for f, stem in named[k:k + step]:
             try:
                 arrays.append(read_image(f))
-                chunk.append(f)
+                chunk.append((f, stem))
             except VktError as e:
                 skip(f, e)
         if not arrays:
@@ -57,23 +94,19 @@ def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Ca
             found: list[Any] = list(det(arrays))
         except VktError as e:
             if len(arrays) == 1:
-                skip(chunk[0], e)
+                skip(chunk[0][0], e)
                 continue
             found = []
-            for f, img in zip(chunk, arrays):
+            for (f, _), img in zip(chunk, arrays):
                 try:
                     found.append(det([img])[0])
                 except VktError as e1:
                     skip(f, e1)
                     found.append(None)
         # 3. write <stem>.json (+ <stem>.jpg); the same name from two folders keeps both
-        for f, img, d in zip(chunk, arrays, found):
+        for (f, stem), img, d in zip(chunk, arrays, found):
             if d is None:
                 continue
-            stem, n = f.stem, 2
-            while stem in used:
-                stem, n = f"{f.stem}_{n}", n + 1
-            used.add(stem)
             atomic_write_text(out / f"{stem}.json", json.dumps({"image": str(f), **d.to_dict()}, indent=1) + "\n")
             row = {"image": str(f), "json": f"{stem}.json", "detections": len(d)}
             if draw is not None:
@@ -84,7 +117,7 @@ def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Ca
             rows.append(row)
     result = {**summary, "images": len(rows), "detections": sum(r["detections"] for r in rows), "failed": failed,
               "seconds": round(time.perf_counter() - t0, 3), "results": rows}
-    atomic_write_text(out / "summary.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / SUMMARY, json.dumps(result, indent=1) + "\n")
     if not rows:
         raise InputError(f"none of the {len(files)} input image(s) could be used: {failed[0]['error']}")
     typer.echo(f"{len(rows)} image(s), {result['detections']} {noun}(s) -> {out}"
@@ -92,4 +125,4 @@ def run_pipeline_on_images(det: Any, inputs: Sequence[Path], out: Path, draw: Ca
     return result
 
 
-__all__ = ["run_pipeline_on_images"]
+__all__ = ["list_inputs_for", "output_stems", "run_pipeline_on_images"]

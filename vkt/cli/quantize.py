@@ -71,9 +71,10 @@ def quantize(
     With --holdout the accuracy gate keeps the most sensitive layers in float step by step until the
     metric drop is within --max-drop, prints metric and ORT CPU latency per step and ships the fastest.
     """
-    from vkt.bundle import Bundle
+    from vkt.bundle import Bundle, edit_bundle
     from vkt.calibration.api import quantize_from_images
     from vkt.calibration.gate import RANKING_METHODS
+    from vkt.cli.outputs import edited_folder, output_file
 
     gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, qat_checkpoint)
     check_int8_inputs(calib, method, num_images, holdout, on_fail)
@@ -87,11 +88,15 @@ def quantize(
         if holdout is None:
             raise CalibrationError("--holdout-labels is only used with --holdout (the accuracy gate)")
         gate_opts["holdout_labels"] = True
-    b = Bundle.load(bundle)
-    section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
-                                   num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
-                                   component=component, percentile=percentile, threads=threads,
-                                   weight_rounding=weight_rounding, ort_ops=ort_ops, **gate_opts)
+    edited_folder(bundle, "BUNDLE")
+    if qat_checkpoint is not None:
+        output_file(qat_checkpoint, "--qat-checkpoint", [bundle, calib, holdout])
+    with edit_bundle(bundle) as b:  # an interrupted or failed run leaves the bundle as it was
+        section = quantize_from_images(b, calib, method=method, targets=target or ("ort", "trt"), exclude=exclude or (),
+                                       num_images=num_images, shapes=[parse_hw(s) for s in shape] if shape else None,
+                                       component=component, percentile=percentile, threads=threads,
+                                       weight_rounding=weight_rounding, ort_ops=ort_ops, **gate_opts)
+    b = Bundle.load(bundle, verify=False)
     if as_json:
         print(json.dumps(section, indent=2))
         return

@@ -220,6 +220,9 @@ def quickstart(
         raise InputError(f"--iters and --threads must be >= 1, got --iters {iters} --threads {threads}")
     want_build = build == "yes" or (build == "auto" and importlib.util.find_spec("tensorrt_rtx") is not None)
     plan = Plan(out, ppocrv5_det_mobile_onnx(), method, iters, threads, int8, want_build, font_source())
+    from vkt.cli.outputs import output_folder
+
+    output_folder(out, "--out")
     _check_ours(plan.holdout, r"page\.png|text\.png|synth\.json|(gt_)?synth_\d{6}\.(png|txt)")
     _check_ours(plan.calib, "|".join(re.escape(n) for n in (*CALIB_PHOTOS, *LEGACY_CALIB)))
     run_quickstart(plan, Console())
@@ -289,7 +292,10 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
                 (plan.calib / name).unlink(missing_ok=True)
         for name in CALIB_PHOTOS:
             shutil.copyfile(skimage_photo(name), plan.calib / name)
-        section = quantize_from_images(bundle, plan.calib, method=plan.method)
+        from vkt.bundle import edit_bundle
+
+        with edit_bundle(plan.bundle) as staged:  # an interrupt leaves the FP32 bundle of the export step as it was
+            section = quantize_from_images(staged, plan.calib, method=plan.method)
         bundle = Bundle.load(plan.bundle)
         summary["steps"]["calibration"] = {
             "method": plan.method, "images": list(CALIB_PHOTOS), "samples": section["samples"],

@@ -47,8 +47,14 @@ def run(
 ) -> None:
     """Detect text or objects in images; unreadable images are skipped with a warning and listed in summary.json."""
     from vkt.bundle import Bundle
+    from vkt.cli.images import list_inputs_for
+    from vkt.cli.outputs import output_folder
     from vkt.cli.textdet_options import flags_of, textdet_overrides
     from vkt.errors import InputError
+
+    # --out may hold the inputs (e.g. "."), but may not be an input folder nor put a file on an input image
+    output_folder(out, "--out", [bundle, *images], container=True)
+    images = list_inputs_for(images, out, draw=not no_draw)
 
     overrides = textdet_overrides(box_thresh=box_thresh, thresh=thresh, unclip_ratio=unclip_ratio,
                                   max_candidates=max_candidates, limit_side_len=limit_side_len, limit_type=limit_type,

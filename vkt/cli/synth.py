@@ -65,6 +65,9 @@ def textdet(
                       scripts=parse_langs(langs))
     if out.exists() and not overwrite:
         raise InputError(f"{str(out)!r} already exists; choose a new folder or pass --overwrite")
+    from vkt.cli.outputs import replaced_folder
+
+    replaced_folder(out, "OUT", force=overwrite, marker="synth.json", what="synthetic data set", force_flag="--overwrite")
     dest = write_synth_dataset(out, count, seed=seed, config=cfg, overwrite=overwrite)
     meta = json.loads((dest / "synth.json").read_text(encoding="utf-8"))
     typer.echo(f"{count} image(s) with labels -> {dest} (scripts: {', '.join(sorted(meta['fonts']))})")

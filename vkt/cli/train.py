@@ -46,6 +46,7 @@ def textdet(
     import time
     from dataclasses import asdict
 
+    from vkt.cli.outputs import output_folder
     from vkt.errors import InputError
     from vkt.log import get_logger
     from vkt.training.textdet import TextDetTrainConfig, fit
@@ -59,6 +60,10 @@ def textdet(
     opts = read_yaml_mapping(config) if config is not None else {}
     opts.update({k: v for k, v in given.items() if v is not None})
     cfg = TextDetTrainConfig.from_dict(opts, str(config) if config else "options")
+    output_folder(out, "--out", [data, val, config])
+    if not resume and (out / "ckpt.pt").is_file():
+        raise InputError(f"--out {str(out)!r} already holds a run (ckpt.pt); pass --resume to continue it or choose "
+                         "another --out")
     if resume:
         if not out.is_dir():
             raise InputError(f"--resume: run folder {str(out)!r} not found; expected a folder holding ckpt.pt")

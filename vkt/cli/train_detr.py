@@ -32,8 +32,14 @@ def detr(
     """Train DETR with transformers' model and Hungarian loss under PyTorch Lightning; prints COCO AP per validation."""
     import json
 
+    from vkt.cli.outputs import output_folder
     from vkt.training.detr_run import load_run_config, train_detr_run
 
+    from vkt.errors import InputError
+
+    if (data is None) == (synth is None):  # the options' own error first, then the paths
+        raise InputError("give exactly one of --data COCO_DIR or --synth N")
+    output_folder(out, "--out", [data, config, model if model not in (None, "reduced") else None])
     cfg = load_run_config(config, model=model, train={"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size})
     result = train_detr_run(cfg, out, data=data, synth=synth, resume=resume)
     for h in result.history:

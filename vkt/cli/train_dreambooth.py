@@ -17,10 +17,12 @@ def dreambooth(
 ) -> None:
     """Dreambooth fine-tuning with class-prior preservation; writes <output_dir>/model, a diffusers folder for
     `vkt export sd`."""
+    from vkt.cli.outputs import output_folder
     from vkt.training.dreambooth import train_dreambooth
     from vkt.training.dreambooth_config import load_config
 
     cfg = load_config(config)
+    output_folder(cfg.output_dir, "output_dir", [cfg.pretrained, cfg.instance_dir, config])
     result = train_dreambooth(cfg, resume=resume)
     last = result.losses[-1] if result.losses else None
     typer.echo(f"wrote {result.model_dir}")

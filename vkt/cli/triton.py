@@ -25,11 +25,19 @@ def triton(
     """Export a bundle to a Triton model repository (config.pbtxt with dynamic batching and profiles)."""
     from rich.console import Console
 
-    from vkt.export.triton import TritonOptions, write_triton_repo
+    from vkt.bundle import Bundle
+    from vkt.cli.outputs import output_folder, replaced_folder
+    from vkt.export.triton import TritonOptions, model_name, write_triton_repo
 
     opts = TritonOptions(backend=backend, precision=precision, max_batch_size=max_batch, max_queue_delay_us=delay_us,
                          instances=instances, kind=kind)
-    out = write_triton_repo(bundle, repo, name=name, opts=opts, overwrite=force, pipeline=pipeline)
+    b = Bundle.load(bundle)
+    output_folder(repo, "--output", [bundle], container=True)  # the repository may hold the bundle; a model folder may not
+    core = name or model_name(b)
+    for m in [core, f"{core}_pipeline"] if pipeline else [core]:
+        if "/" not in m and m not in ("", ".", ".."):  # a bad name gets its own message from write_triton_repo
+            replaced_folder(repo / m, "--output", [bundle], force=force, marker="config.pbtxt", what="Triton model folder")
+    out = write_triton_repo(b, repo, name=name, opts=opts, overwrite=force, pipeline=pipeline)
     Console().print(f"[green]wrote[/] {out}/config.pbtxt and {out}/1/", highlight=False)
     if pipeline:
         Console().print(f"[green]wrote[/] {out}_pipeline/ (Python backend; Triton's Python needs 'pip install vkt')",

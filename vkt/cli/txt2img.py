@@ -29,21 +29,26 @@ def txt2img(
     """Text to image; prints where each image went and the time per stage."""
     import cv2
 
+    from vkt.cli.outputs import output_file
     from vkt.errors import InputError
+    from vkt.fsutil import atomic_write_bytes
     from vkt.runtime.txt2img import Txt2Img
 
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise InputError(f"--out must end in .png, .jpg, .jpeg, .webp or .bmp, got {str(out)!r}")
+    paths = [out] if num_images == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(num_images)]
+    for path in paths:
+        output_file(path, "--out", [bundle])
     pipe = Txt2Img(bundle, scheduler=scheduler, backend=backend, precision=precision, threads=threads, cfg=cfg)
     pipe.check_inputs(prompt, negative, height, width, steps, guidance, num_images)  # before any session loads
     with pipe:
         images = pipe(prompt, negative_prompt=negative, height=height, width=width, steps=steps, guidance_scale=guidance,
                       seed=seed, num_images_per_prompt=num_images)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    out.parent.mkdir(parents=True, exist_ok=True)
     for path, im in zip(paths, images):
-        if not cv2.imwrite(str(path), im[:, :, ::-1]):  # RGB -> BGR for OpenCV
-            raise InputError(f"could not write {str(path)!r} (is the folder writable?)")
+        ok, buf = cv2.imencode(out.suffix.lower(), im[:, :, ::-1])  # RGB -> BGR for OpenCV
+        if not ok:
+            raise InputError(f"OpenCV could not encode a {out.suffix} image for {str(path)!r}")
+        atomic_write_bytes(path, buf.tobytes())
         typer.echo(f"wrote {path} ({im.shape[1]}x{im.shape[0]})")
     t = images.timings
     per_step = sum(t.unet) / max(len(t.unet), 1)

@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vkt.bundle import Bundle
 from vkt.errors import InputError
-from vkt.fsutil import atomic_copy, atomic_write_text
+from vkt.fsutil import atomic_copy, atomic_write_text, staged_dir
 from vkt.specs import ExportSpec, TensorSpec
 
 TRITON_DTYPES = {
@@ -142,15 +141,15 @@ def pipeline_config_pbtxt(name: str, core: str, task: str, instances: int = 1) -
 
 
 def _write_model_dir(model_dir: Path, src: Path, fname: str, manifest: dict, config: str, overwrite: bool) -> Path:
-    """One Triton model folder: ``1/<fname>`` copied from ``src``, ``vkt_manifest.json``, then ``config.pbtxt``."""
-    if model_dir.exists():
-        if not overwrite:
-            raise InputError(f"{str(model_dir)!r} already exists; choose another folder or replace it with --force")
-        shutil.rmtree(model_dir)
-    (model_dir / "1").mkdir(parents=True)
-    atomic_copy(src, model_dir / "1" / fname)
-    atomic_write_text(model_dir / "vkt_manifest.json", json.dumps(manifest, indent=2) + "\n")
-    atomic_write_text(model_dir / "config.pbtxt", config)  # last: Triton ignores a folder without it
+    """One Triton model folder: ``1/<fname>`` copied from ``src``, ``vkt_manifest.json`` and ``config.pbtxt``,
+    written beside it and swapped in whole (an existing one stays as it was until then)."""
+    if model_dir.exists() and not overwrite:
+        raise InputError(f"{str(model_dir)!r} already exists; choose another folder or replace it with --force")
+    with staged_dir(model_dir) as stage:
+        (stage / "1").mkdir(parents=True)
+        atomic_copy(src, stage / "1" / fname)
+        atomic_write_text(stage / "vkt_manifest.json", json.dumps(manifest, indent=2) + "\n")
+        atomic_write_text(stage / "config.pbtxt", config)
     return model_dir
 
 
@@ -169,6 +168,11 @@ def write_pipeline_model(b: Bundle, repo: str | os.PathLike, core: str, instance
                             b.manifest, text, overwrite)
 
 
+def model_name(b: Bundle) -> str:
+    """The model's default name in a Triton repository: the bundle's, with characters Triton refuses as '_'."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", b.name)
+
+
 def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLike, name: str | None = None,
                       opts: TritonOptions = TritonOptions(), component: str = "model", overwrite: bool = False,
                       pipeline: bool = False) -> Path:
@@ -185,7 +189,7 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
         raise InputError(f"instance kind must be KIND_AUTO, KIND_CPU or KIND_GPU, got {opts.kind!r}")
     if opts.instances < 1:
         raise InputError(f"instances must be >= 1, got {opts.instances}")
-    name = name or re.sub(r"[^A-Za-z0-9_.\-]", "_", b.name)
+    name = name or model_name(b)
     if not _NAME.match(name):
         raise InputError(f"Triton model name must be letters, digits, '_', '.', '-' (no path parts), got {name!r}")
     spec = b.spec(component)

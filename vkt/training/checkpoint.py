@@ -135,8 +135,31 @@ def load_checkpoint(folder: str | os.PathLike) -> Checkpoint:
     return Checkpoint(int(state["step"]), folder, weights, state)
 
 
+def atomic_checkpoint_io() -> Any:
+    """A Lightning ``CheckpointIO`` (``Trainer(plugins=[...])``) that writes each ``.ckpt`` beside its final
+    path and renames it (:func:`vkt.fsutil.atomic_write_bytes`), so it follows the umask. Lightning's own
+    stages the file with mkstemp in the system temp folder: mode 0600, and a plain copy, not a rename,
+    when that folder is on another filesystem."""
+    import io
+
+    import torch
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from vkt.fsutil import atomic_write_bytes
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            if storage_options is not None:
+                raise TypeError("storage_options is not supported by vkt's checkpoint writer")
+            buf = io.BytesIO()
+            torch.save(checkpoint, buf)
+            atomic_write_bytes(path, buf.getvalue())
+
+    return AtomicCheckpointIO()
+
+
 def _listify(x: Any) -> Any:
     return [_listify(v) for v in x] if isinstance(x, tuple) else x
 
 
-__all__ = ["Checkpoint", "last_checkpoint", "load_checkpoint", "rng_states", "save_checkpoint", "set_rng_states"]
+__all__ = ["Checkpoint", "atomic_checkpoint_io", "last_checkpoint", "load_checkpoint", "rng_states", "save_checkpoint", "set_rng_states"]

@@ -193,15 +193,19 @@ def fit(model: Any, train: Sequence[Sample], val: Sequence[Sample] | None = None
     if val:
         val_loader = torch.utils.data.DataLoader(DetrDataset(val, DetrTransform(preprocess)), batch_size=config.batch_size,
                                                  num_workers=config.num_workers, collate_fn=collate)
-    callbacks = []
+    callbacks, plugins = [], []
     if out_dir is not None:
+        from vkt.training.checkpoint import atomic_checkpoint_io
+
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=str(Path(out_dir) / "checkpoints"), save_last=True,
                                                              save_top_k=0))
+        plugins.append(atomic_checkpoint_io())  # last.ckpt written beside itself, following the umask
     trainer = L.Trainer(max_epochs=config.epochs, max_steps=config.max_steps, accelerator=config.accelerator,
                         devices=config.devices, precision=config.precision, gradient_clip_val=config.clip_grad,
                         gradient_clip_algorithm="norm", check_val_every_n_epoch=config.val_every,
                         default_root_dir=str(out_dir) if out_dir is not None else None, logger=out_dir is not None,
-                        enable_checkpointing=out_dir is not None, callbacks=callbacks, enable_progress_bar=progress,
+                        enable_checkpointing=out_dir is not None, callbacks=callbacks, plugins=plugins or None,
+                        enable_progress_bar=progress,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
     try:
         trainer.fit(module, loader, val_loader, ckpt_path=ckpt_path, weights_only=True)

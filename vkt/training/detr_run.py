@@ -200,17 +200,8 @@ def train_detr_run(cfg: DetrRunConfig, out: str | os.PathLike, data: str | os.Pa
 
 def _save_model(model: Any, folder: Path, record: dict[str, Any]) -> None:
     """save_pretrained into a temp folder, then swap it in (a killed save never leaves a half-written model)."""
-    import shutil
-    import tempfile
+    from vkt.fsutil import staged_dir
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=folder.parent))
-    model.save_pretrained(tmp)
-    (tmp / "vkt_train.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}-old-{os.getpid()}")
-        folder.rename(old)
-    tmp.rename(folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with staged_dir(folder) as tmp:  # mode as mkdir would give; replaces the old folder only once complete
+        model.save_pretrained(tmp)
+        (tmp / "vkt_train.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

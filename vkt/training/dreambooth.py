@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError, ModelError
+from vkt.fsutil import replace_dir
 from vkt.log import get_logger, timed
 from vkt.training.dreambooth_config import DreamboothConfig, save_resolved
 from vkt.training.dreambooth_module import EVAL_DRAWS, LOSSES, Encoded, Steps, lightning_module, sample_images
@@ -366,9 +367,7 @@ def save_pipeline(cfg: DreamboothConfig, base: _Base, dest: Path) -> Path:
                 "scheduler": ["diffusers", base.scheduler_config.get("_class_name", "DDIMScheduler")],
                 "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False},
                 indent=2) + "\n", encoding="utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     return dest
 
 

@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError
+from vkt.fsutil import replace_dir, temp_dir_beside
 from vkt.log import get_logger, progress
 
 log = get_logger(__name__)
@@ -348,8 +348,7 @@ def write_synth_dataset(out: str | os.PathLike, n: int, seed: int = 0, config: S
     if dest.exists() and not overwrite:
         raise InputError(f"{str(dest)!r} already exists; choose a new folder or replace it (--overwrite)")
     fonts = resolve_scripts(cfg.scripts)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = temp_dir_beside(dest)  # mode as mkdir would give, not mkdtemp's 0700
     try:
         for i in progress(range(n), "rendering synthetic text", enabled=show_progress):
             s = render_synth(i, seed, cfg, fonts)
@@ -368,9 +367,7 @@ def write_synth_dataset(out: str | os.PathLike, n: int, seed: int = 0, config: S
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
