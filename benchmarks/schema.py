@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from vkt.bench import machine_info
+
 # key -> what it means (README.md of benchmarks/ shows the same table)
 COMMON_KEYS: dict[str, str] = {
     "bench": "the benchmark that wrote the row (script name without bench_, e.g. 'textdet', 'sd')",
@@ -66,19 +68,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
 def shape_text(shape: Any) -> str | None:
     """(1, 3, 736, 736) or [1, 3, 736, 736] -> '1x3x736x736'; text stays as it is."""
     if shape is None or isinstance(shape, str):
@@ -108,7 +97,7 @@ def row(bench: str, target: str, *, includes: str, **fields: Any) -> dict[str, A
         out["load_avg"] = round(os.getloadavg()[0], 2)
     out["date"] = out["date"] or _now()
     out["versions"] = out["versions"] or versions()
-    out["machine"] = out["machine"] or machine()
+    out["machine"] = out["machine"] or machine_info()
     bad = problems(out)
     if bad:
         raise ValueError(f"benchmark row for {bench}/{target}: " + "; ".join(bad))
