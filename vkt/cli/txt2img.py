@@ -22,7 +22,8 @@ def txt2img(
     num_images: int = typer.Option(1, "--num-images", help="Images for this prompt (one batched run)."),
     backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
     precision: str = typer.Option("fp32", help="Bundle graphs to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; onnxruntime: one per physical core)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; "
+                                "onnxruntime: one per physical core)."),
     cfg: str = typer.Option("auto", help="Guidance: batched (one UNet call at 2B per step), sequential (two at B) or "
                                         "auto (batched on GPU; on CPU times both on the first steps, keeps the faster)."),
 ) -> None:

@@ -71,7 +71,7 @@ class OvRunner(Runner):
         core = ov.Core()
         devices = core.available_devices
         if self.device.split(".")[0] not in devices and self.device.split(":")[0] not in ("AUTO", "MULTI", "HETERO"):
-            raise BackendError(f"OpenVINO {ov.__version__} here has no device {self.device!r} (available: {', '.join(devices)})")
+            raise BackendError(f"OpenVINO {self._version} here has no device {self.device!r} (available: {', '.join(devices)})")
         try:
             model = core.read_model(str(self.model))
         except Exception as e:
@@ -79,7 +79,7 @@ class OvRunner(Runner):
         if self._spec is None:
             self._spec = (ExportSpec.from_onnx(self.model) if self.model.suffix == ".onnx" else _spec_from_model(model))
         spec = self._spec
-        # 1. dynamic axes bounded by the profiles: OpenVINO sizes its buffers for the range it is given
+        # 1. dynamic axes bounded by the profiles (OpenVINO sizes its buffers for the range and refuses sizes past it)
         bounds = _bounds(spec)
         if bounds:
             shapes = {}
