@@ -14,6 +14,8 @@ INCLUDES_RUNNER = ("Runner.infer(): feed validation against the spec + backend r
 INCLUDES_RAW = "onnxruntime InferenceSession.run alone (same session options), no vkt code"
 INCLUDES_TRT = ("TrtRunner.infer(): validation + H2D copy + enqueue + GPU compute + D2H copy + stream sync; "
                 "no image pre/post-processing")
+INCLUDES_OV = ("OvRunner.infer(): feed validation + OpenVINO InferRequest.infer (inputs shared, outputs copied to numpy); "
+               "no image pre/post-processing")
 INCLUDES_TORCH = "module(*inputs) under torch.inference_mode(), numpy<->torch conversion included"
 
 
@@ -120,17 +122,17 @@ def build_targets(source: Path, targets: list[tuple[str, str]], threads: int | N
         if backend == "ort-raw":
             out.append(_raw_ort_target(bundle, source, precision, threads))
             continue
+        includes = {"trt": INCLUDES_TRT, "ov": INCLUDES_OV}.get(backend, INCLUDES_RUNNER)
         try:
             runner = make_runner(bundle or source, backend=backend, precision=precision, threads=threads)
             runner.activate()
         except VktError as e:
             if strict:  # the user asked for this target by name: say why it cannot run
                 raise
-            out.append(Target(label, None, INCLUDES_TRT if backend == "trt" else INCLUDES_RUNNER, skip_reason=str(e)))
+            out.append(Target(label, None, includes, skip_reason=str(e)))
             continue
         spec = spec or runner.spec
-        out.append(Target(label, runner.infer, INCLUDES_TRT if backend == "trt" else INCLUDES_RUNNER,
-                          teardown=runner.deactivate, info=runner.describe()))
+        out.append(Target(label, runner.infer, includes, teardown=runner.deactivate, info=runner.describe()))
     if spec is None:
         from vkt.specs import ExportSpec
 
@@ -206,9 +208,10 @@ def bench(
     source: Path = typer.Argument(..., help="An .onnx file or a bundle folder (an SD bundle is timed end to end: "
                                   "text-to-image generations, --shape height=H,width=W in pixels, --steps)."),
     target: list[str] = typer.Option(None, "--target", "-t", help="backend[:precision], repeatable. Backends: ort, ort-cuda, "
-                                     "ort-trt, trt, ort-raw (plain InferenceSession, to see vkt's overhead). Precisions: fp32, "
-                                     "fp16, int8. Default: ort:fp32, plus ort:int8 and trt when the bundle has them (a default "
-                                     "target that cannot run here is reported as skipped; a named one is an error)."),
+                                     "ort-trt, trt, ov (OpenVINO CPU), ort-raw (plain InferenceSession, to see vkt's overhead). "
+                                     "Precisions: fp32, fp16, int8 (ov:int8 takes the INT8 graph placed for OpenVINO). Default: "
+                                     "ort:fp32, plus ort:int8, ov:int8 and trt when the bundle has them (a default target that "
+                                     "cannot run here is reported as skipped; a named one is an error)."),
     batch: list[int] = typer.Option([1], "--batch", "-B", help="Batch size, repeatable."),
     shape: list[str] = typer.Option(None, "--shape", "-s", help="Axis sizes, e.g. 'height=736,width=736'; repeatable. "
                                     "Unset axes take the profile's opt size."),
@@ -219,7 +222,7 @@ def bench(
     settle: int = typer.Option(1, help="Untimed calls at the start of each turn: with >1 thread, the previous target's "
                                "onnxruntime workers keep spinning for a while and would slow the first call. "
                                "--block 1 --settle 0: strict call-by-call alternation."),
-    threads: int = typer.Option(None, min=1, help="Intra-op threads for onnxruntime / torch (default: the library's)."),
+    threads: int = typer.Option(None, min=1, help="Intra-op threads for onnxruntime / OpenVINO / torch (default: the library's)."),
     torch_model: str = typer.Option(None, "--torch", help="Also time a torch module in eager mode: 'package.module:factory' "
                                     "returning an nn.Module that takes the graph's inputs in order."),
     channels_last: bool = typer.Option(False, help="With --torch: channels_last memory format."),
@@ -267,6 +270,8 @@ def bench(
             targets = [("ort", "fp32")] if b.has("fp32 onnx") else []
             if b.has("int8 qdq onnx"):
                 targets.append(("ort", "int8"))
+            if any(e.meta.get("placement") == "openvino" for e in b.files("int8 qdq onnx")):
+                targets.append(("ov", "int8"))
             for prec in dict.fromkeys(e.meta.get("precision", "fp32") for e in b.files("plan")):
                 targets.append(("trt", prec))
             if not targets:

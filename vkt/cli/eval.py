@@ -15,9 +15,9 @@ def eval_cmd(
     coco: Path = typer.Option(None, "--coco", help="Object detection: COCO instances JSON (ground truth)."),
     images: Path = typer.Option(None, "--images", help="Object detection: folder holding the --coco file's images."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the full result (with per-image matches) to this JSON file."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's)."),
     iou: float = typer.Option(0.5, help="IoU a detection needs to match a ground-truth region."),
 ) -> None:
     """Evaluate a detector: text -> {precision, recall, hmean, ...}; objects -> COCO {AP, AP50, AP75, ...}, as JSON."""

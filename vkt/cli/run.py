@@ -27,9 +27,10 @@ def run(
     bundle: Path = typer.Argument(..., help="Text-detection or object-detection (DETR) bundle folder."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders of images (not recursive)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>.jpg (annotated), <name>.json and summary.json."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads (default: one per physical core)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; "
+                                "onnxruntime: one per physical core)."),
     batch: int = typer.Option(None, min=1, help="Images per model call (default: the profile's max batch)."),
     box_thresh: float = typer.Option(None, help="Override the bundle's DB box_thresh."),
     thresh: float = typer.Option(None, help="Override the bundle's DB pixel threshold."),

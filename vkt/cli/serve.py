@@ -16,8 +16,9 @@ def serve(
     queue_size: int = typer.Option(64, "--queue-size", help="Requests waiting per model; beyond it the server answers 503."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body in MiB (413 above it)."),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per-request deadline, arrival to result (504 after it)."),
-    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads per model (default: one per physical core)."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per model for onnxruntime or OpenVINO "
+                                "(default: the library's; onnxruntime: one per physical core)."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
     precision: str = typer.Option("fp32", help="Bundle file to serve: fp32, fp16 or int8."),
     socket_timeout_s: float = typer.Option(10.0, "--socket-timeout-s", help="Close connections silent this long (stalled clients, idle keep-alive)."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections (one thread each); more get 503."),

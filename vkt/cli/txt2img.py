@@ -20,9 +20,10 @@ def txt2img(
     width: int = typer.Option(None, help="Image width in pixels (default: the model's native size)."),
     scheduler: str = typer.Option(None, help="ddim, euler, euler_a, dpm++2m or pndm (default: the bundle's)."),
     num_images: int = typer.Option(1, "--num-images", help="Images for this prompt (one batched run)."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
     precision: str = typer.Option("fp32", help="Bundle graphs to run: fp32, fp16 or int8."),
-    threads: int = typer.Option(None, min=1, help="onnxruntime intra-op threads (default: one per physical core)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; "
+                                "onnxruntime: one per physical core)."),
     cfg: str = typer.Option("auto", help="Guidance: batched (one UNet call at 2B per step), sequential (two at B) or "
                                         "auto (batched on GPU; on CPU times both on the first steps, keeps the faster)."),
 ) -> None:

@@ -1,4 +1,4 @@
-"""The lean runtime: numpy + onnxruntime or TensorRT. Never imports torch (a test checks it)."""
+"""The lean runtime: numpy + onnxruntime, OpenVINO or TensorRT. Never imports torch (a test checks it)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ BACKENDS = {
     "ort-cuda": "onnxruntime-gpu, CUDA execution provider",
     "ort-trt": "onnxruntime-gpu, TensorRT execution provider",
     "trt": "TensorRT engine (.plan) through the TensorRT Python API",
+    "ov": "OpenVINO, CPU device (pip install 'vkt[openvino]')",
 }
 
-__all__ = ["BACKENDS", "OrtRunner", "Runner", "TrtRunner", "make_runner"]
+__all__ = ["BACKENDS", "OrtRunner", "OvRunner", "Runner", "TrtRunner", "make_runner"]
 
 
-def __getattr__(name: str) -> Any:  # TrtRunner imports nothing heavy, but keep it lazy all the same
+def __getattr__(name: str) -> Any:  # TrtRunner / OvRunner import nothing heavy, but keep them lazy all the same
     if name == "TrtRunner":
         from vkt.runtime.trt import TrtRunner
 
         return TrtRunner
+    if name == "OvRunner":
+        from vkt.runtime.openvino import OvRunner
+
+        return OvRunner
     raise AttributeError(name)
 
 
@@ -32,8 +37,9 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
     """A runner for a bundle (``vkt.bundle.Bundle`` or its folder) or a bare .onnx/.plan path.
 
     ``precision`` picks the bundle file: "fp32" (fp32 onnx), "fp16" (fp16 onnx), "int8" (int8 qdq onnx);
-    backend "trt" takes the bundle's plan of that precision. ``session_config``: onnxruntime session config
-    entries for the onnxruntime backends (see ``OrtRunner``); ignored by "trt".
+    backend "trt" takes the bundle's plan of that precision; backend "ov" (OpenVINO) takes the graph placed for
+    OpenVINO (INT8: only a Q/DQ graph with placement "openvino" or none). ``session_config``: onnxruntime session
+    config entries for the onnxruntime backends (see ``OrtRunner``); ignored by "trt" and "ov".
     """
     from pathlib import Path
 
@@ -53,6 +59,8 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
             if not plans:
                 raise BackendError(f"bundle {source.name!r} has no {precision} plan for {component!r}; build one with 'vkt build'")
             path = source.root / plans[-1].path
+        elif backend == "ov":
+            path = source.root / _ov_entry(source, roles[precision], component).path
         else:
             # An INT8 bundle may hold one Q/DQ graph per placement: take the one written for this backend.
             path = source.root / source.entry(roles[precision], component, placement="ort" if backend == "ort" else "trt").path
@@ -63,5 +71,21 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
         from vkt.runtime.trt import TrtRunner
 
         return TrtRunner(path, spec=spec, name=name)
+    if backend == "ov":
+        from vkt.runtime.openvino import OvRunner
+
+        return OvRunner(path, spec=spec, threads=threads, name=name, precision=precision if spec is not None else None)
     providers = {"ort": ("cpu",), "ort-cuda": ("cuda",), "ort-trt": ("tensorrt", "cuda")}[backend]
     return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name, session_config=session_config)
+
+
+def _ov_entry(bundle: Any, role: str, component: str) -> Any:
+    """The bundle's graph of ``role`` for OpenVINO: placement "openvino", else one without a placement. A graph
+    placed for onnxruntime or TensorRT is not taken: its Q/DQ placement and accuracy gate were chosen for them."""
+    entry = bundle.entry(role, component, placement="openvino")  # raises, listing the roles, when there is none
+    if entry.meta.get("placement", "openvino") == "openvino":
+        return entry
+    placed = sorted({e.meta.get("placement", "?") for e in bundle.files(role, component)})
+    raise BackendError(f"bundle {bundle.name!r} component {component!r} has no {role!r} graph for OpenVINO (its "
+                       f"{role} graphs are placed for {', '.join(placed)}; bundles quantized before vkt wrote OpenVINO "
+                       f"placements lack it): add one with 'vkt quantize {bundle.root} --calib IMAGES -t openvino'")

@@ -59,13 +59,13 @@ class Txt2Img:
         bundle: a ``vkt.bundle.Bundle`` or its folder (made by ``vkt.models.sd.export.export_sd``).
         scheduler: None (the bundle's scheduler config as is), a name ("ddim", "euler", "euler_a",
             "dpm++2m", "pndm"; the bundle's noise schedule with that sampler), or a Scheduler instance.
-        backend: "ort" (default), "ort-cuda", "ort-trt" or "trt" (see ``vkt.runtime.make_runner``).
+        backend: "ort" (default), "ort-cuda", "ort-trt", "trt" or "ov" (see ``vkt.runtime.make_runner``).
         precision: which graph/plan of the bundle: "fp32", "fp16" or "int8" (the UNet must have it;
             components without it run fp32: an INT8 bundle quantizes the UNet only).
-        threads: onnxruntime intra-op threads (None: its default).
+        threads: CPU threads of onnxruntime or OpenVINO (None: the library's default).
         cfg: "auto" (default), "batched" (one UNet call at 2B per step) or "sequential" (two calls
             at B: for UNet profiles too small for 2B, and to check that batching changes nothing).
-            "auto" is batched on GPU backends; on onnxruntime CPU, where the UNet is compute-bound
+            "auto" is batched on GPU backends; on the CPU (onnxruntime, OpenVINO), where the UNet is compute-bound
             and batching gains little or loses (measured 0.92-0.98x of the sequential pair), it times
             both ways per (B, h, w) on the first guided steps (alternating, each way's first call
             not counted) and then keeps the faster.
@@ -257,7 +257,7 @@ class Txt2Img:
         first samples (the two modes are within a few percent on CPU) corrects itself over a service's life."""
         if self.cfg_mode != "auto":
             return self.cfg_mode
-        if self.backend != "ort":
+        if self.backend not in ("ort", "ov"):  # GPU backends
             return "batched"
         seen = self._cfg_times.get(shape, {})
         n = {m: len(seen.get(m, [])) for m in ("batched", "sequential")}

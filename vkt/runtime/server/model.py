@@ -19,7 +19,8 @@ from vkt.specs import ExportSpec
 
 log = get_logger(__name__)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # what Triton's repository accepts, URL-safe
-PLATFORMS = {"ort": "onnxruntime_onnx", "ort-cuda": "onnxruntime_onnx", "ort-trt": "onnxruntime_onnx", "trt": "tensorrt_plan"}
+PLATFORMS = {"ort": "onnxruntime_onnx", "ort-cuda": "onnxruntime_onnx", "ort-trt": "onnxruntime_onnx", "trt": "tensorrt_plan",
+             "ov": "openvino"}  # Triton's OpenVINO backend has no platform name: it is named by backend alone
 
 
 @dataclass
@@ -89,11 +90,11 @@ class ServedModel:
 
         cfg: dict[str, Any] = {
             "name": self.name, "platform": self.platform,
-            "backend": "tensorrt" if self.platform == "tensorrt_plan" else "onnxruntime",
+            "backend": {"tensorrt_plan": "tensorrt", "openvino": "openvino"}.get(self.platform, "onnxruntime"),
             "max_batch_size": max_batch_size if batched else 0,
             "input": tensors(spec.inputs), "output": tensors(spec.outputs),
             "instance_group": [{"name": f"{self.name}_0", "count": 1,
-                                "kind": "KIND_CPU" if self.info.get("backend", "ort") == "ort" else "KIND_GPU"}],
+                                "kind": "KIND_CPU" if self.info.get("backend", "ort") in ("ort", "ov") else "KIND_GPU"}],
             "parameters": {k: {"string_value": str(v)} for k, v in self.info.items()},
         }
         if batched:
