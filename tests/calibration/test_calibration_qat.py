@@ -45,8 +45,9 @@ def test_ort_uint8_qparams_match_onnxruntime():
 
 def test_fake_quant_convs_match_the_ort_placement(tmp_path):
     """The student's forward under QConv equals the ORT Q/DQ graph written from the same ranges (peer check)."""
-    from vkt.calibration import compute_ranges, place_ort, prepare_model
+    from vkt.calibration import compute_ranges, place_ort
     from vkt.calibration.qat import conv_modules, match_onnx_convs, wrap_convs
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     net = TinyNet().eval()

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from calib_helpers import feeds, linear_layers, run, trt_build
 
-from vkt.calibration import (
-    compute_ranges,
-    count_ops,
-    layer_errors,
-    place_ort,
-    place_trt,
-    prepare_model,
-)
+from vkt.calibration import compute_ranges, count_ops, layer_errors, place_ort, place_trt
 from vkt.errors import CalibrationError
+from vkt.onnxgraph import prepare_model
 
 needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="needs tensorrt-rtx (pip install 'vkt[rtx]')")
 TOY_PROFILE = {"image": ((1, 3, 16, 16), (1, 3, 32, 32), (2, 3, 64, 64))}
@@ -210,7 +204,7 @@ def chain():
 def test_fold_conv_affine_is_exact_and_keeps_output_names(chain):
     from calib_helpers import affine_chain_net
 
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.onnxgraph import fold_conv_affine
 
     _, _, data = chain
     fp32 = affine_chain_net()  # unprepared: quant_pre_process already folds the per-channel constants itself
@@ -269,7 +263,7 @@ def test_fold_conv_transpose_bias_add_and_batchnorm():
     """PP-OCRv5's head: ConvTranspose -> Add(bias) -> BatchNormalization -> Relu -> ConvTranspose -> Add; the grouped one stays."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.onnxgraph import fold_conv_affine
 
     rng = np.random.default_rng(3)
 

@@ -197,7 +197,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from, so a speed-up is INT8's own (bundles written by
     # vkt export since session 5 have them already; older ones would otherwise count the rewrites' gain too).
-    from vkt.calibration.qdq import rewrite_fp32
+    from vkt.onnxgraph import rewrite_fp32
 
     fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = _score(metric, fp32_blob, spec, threads, "FP32")
@@ -327,7 +327,7 @@ def prefix_ranking(fp32: Any, ops: Sequence[str] = PREFIX_OPS) -> list[dict[str,
     pending: list[str] = []
     for n in fp32.graph.node:
         if not n.name:
-            raise CalibrationError("prefix_ranking needs named nodes; prepare the graph first (vkt.calibration.ranges.prepare_model)")
+            raise CalibrationError("prefix_ranking needs named nodes; prepare the graph first (vkt.onnxgraph.prepare_model)")
         pending.append(n.name)
         if n.op_type in ops:
             rows.append({"node": n.name, "op": n.op_type, "nodes": tuple(pending), "output_sqnr_db": float("nan")})

@@ -400,13 +400,9 @@ def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable
     import torch
 
     from vkt.calibration.gate import GateCandidate
-    from vkt.calibration.ranges import (
-        CalibrationTable,
-        compute_ranges,
-        model_sha256,
-        prepare_model,
-    )
+    from vkt.calibration.ranges import CalibrationTable, compute_ranges, model_sha256
     from vkt.models.textdet.export import export_textdet, fuse_for_export
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     cfg = config or QatConfig()

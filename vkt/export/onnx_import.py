@@ -13,6 +13,7 @@ import numpy as np
 from vkt.bundle import Bundle, BundleWriter
 from vkt.errors import ModelError, SpecError
 from vkt.log import get_logger, timed
+from vkt.onnxgraph import constants_to_initializers
 from vkt.onnxio import load_onnx
 from vkt.specs import ExportSpec, Profile
 from vkt.tasks import task_defaults
@@ -54,25 +55,6 @@ def name_image_axes(model: Any) -> dict[str, str]:
             if d.HasField("dim_param") and d.dim_param in renames:
                 d.dim_param = renames[d.dim_param]
     return renames
-
-
-def constants_to_initializers(model: Any) -> int:
-    """Move weight tensors held by Constant nodes into initializers (calibration and TRT refit want them there)."""
-    from onnx import numpy_helper
-
-    keep, moved = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            arr = numpy_helper.to_array(node.attribute[0].t)
-            if arr.size > 1:  # scalars and shape constants stay as they are
-                model.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
-                moved += 1
-                continue
-        keep.append(node)
-    if moved:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-    return moved
 
 
 def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "generic",
