@@ -58,7 +58,7 @@ def main() -> int:
 
     from vkt.bundle import Bundle
     from vkt.calibration.api import image_preprocess
-    from vkt.calibration.gate import ort_uint8_params, with_tensor_qdq
+    from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
     from vkt.calibration.ranges import compute_ranges
     from vkt.calibration.report import sqnr_db
     from vkt.models.zoo import ppocrv5_det_mobile_bundle

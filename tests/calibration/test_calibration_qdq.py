@@ -47,6 +47,22 @@ def _rel_l2(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
+def test_ort_uint8_params_match_onnxruntime():
+    """The one uint8 rule (the ORT placement, the gate's per-tensor Q/DQ and QAT's fake quantization) is ORT's own."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    from vkt.calibration.qdq import ort_uint8_params
+
+    ranges = ((-1.3, 2.7), (0.0, 6.0), (0.5, 3.0), (-4.0, -1.0), (0.0, 0.0))
+    for lo, hi in ranges:
+        zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8))
+        s, z = ort_uint8_params(lo, hi)
+        assert s.dtype == np.float32 and z.dtype == np.uint8
+        assert int(z) == int(zp) and float(s) == pytest.approx(float(scale), rel=1e-6)
+    s, z = ort_uint8_params(*np.array(ranges).T)  # per channel: the same rule element-wise
+    assert [int(v) for v in z] == [int(ort_uint8_params(lo, hi)[1]) for lo, hi in ranges]
+
+
 def test_trt_placement_quantizes_every_conv_input_and_weight(toy):
     fp32, table, _ = toy
     q = place_trt(fp32, table)

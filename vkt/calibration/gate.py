@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
+from vkt.calibration.ranges import QUANTIZED_OPS as PREFIX_OPS
 from vkt.errors import CalibrationError
 from vkt.log import get_logger, progress
 
@@ -36,7 +37,6 @@ log = get_logger(__name__)
 
 DEFAULT_STEPS = (0, 4, 8, 16, 24, 32, 48)  # tensors (or layers) kept in float
 RANKING_METHODS = ("tensor", "jump", "sensitivity", "prefix")
-PREFIX_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 PREFIX_STEPS = tuple(range(0, 65, 4))  # compute layers kept in float from the input, with ranking_method="prefix"
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of hmean / AP
 ON_FAIL = ("fp32", "best")

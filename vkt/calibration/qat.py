@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vkt.calibration.qdq import ort_uint8_params
 from vkt.errors import CalibrationError, ModelError
 from vkt.log import get_logger, progress, timed
 
@@ -116,15 +117,6 @@ def reference_module_for(bundle: Any, component: str = "model") -> Callable[[], 
 
 
 # ---- fake quantization ---------------------------------------------------------------------------
-def ort_uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """onnxruntime's uint8 asymmetric (scale, zero point) for range (lo, hi): widened to include 0."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi == lo:
-        return 1.0, 0
-    scale = (hi - lo) / UINT8_MAX
-    return float(scale), int(min(UINT8_MAX, max(0, round(-lo / scale))))
-
-
 def _make_qconv_class() -> type:
     import torch
     import torch.nn.functional as F
@@ -135,7 +127,7 @@ def _make_qconv_class() -> type:
         def __init__(self, conv: torch.nn.Module, lo: float, hi: float):
             super().__init__()
             self.conv = conv
-            scale, zp = ort_uint8_qparams(lo, hi)
+            scale, zp = (v.item() for v in ort_uint8_params(lo, hi))  # float32 scale, as the Q/DQ graph stores it
             self.register_buffer("in_range", torch.tensor([lo, hi], dtype=torch.float64))
             self.in_scale, self.in_zp = scale, zp
             self.enabled = True

@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from vkt.calibration.ranges import CalibrationTable, model_sha256
+from vkt.calibration.ranges import QUANTIZED_OPS, CalibrationTable, model_sha256
 from vkt.errors import CalibrationError, ModelError
 from vkt.log import get_logger
 from vkt.onnxgraph import fold_conv_affine, prepare_model, quiet, readers
 
 log = get_logger(__name__)
 
-TRT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Kept in float on onnxruntime CPU: normalisation and softmax statistics lose too much in 8 bits,
 # and ORT has no fused integer kernels for them on x86 anyway.
 ORT_FLOAT_OPS = ("Softmax", "LayerNormalization", "InstanceNormalization", "EmbedLayerNormalization")
@@ -51,7 +50,7 @@ def _check_exclude(model: Any, exclude: Iterable[str]) -> set[str]:
     names = {n.name for n in model.graph.node}
     unknown = sorted(exclude - names)
     if unknown:
-        sample = sorted(n.name for n in model.graph.node if n.op_type in TRT_OPS)[:8]
+        sample = sorted(n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS)[:8]
         raise CalibrationError(f"cannot exclude {unknown}: no node has that name (quantizable nodes include {sample})")
     return exclude
 
@@ -109,7 +108,7 @@ def with_tensor_qdq(model: Any, tensor: str, scale: Any, zero_point: Any, axis: 
 
 # ---- TensorRT ----------------------------------------------------------------------------------
 def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), *,
-              op_types: Sequence[str] = TRT_OPS, per_channel: bool = True) -> Any:
+              op_types: Sequence[str] = QUANTIZED_OPS, per_channel: bool = True) -> Any:
     """Q/DQ where TensorRT fuses it (as NVIDIA ModelOpt places it); returns a new ``onnx.ModelProto``.
 
     For each Conv / ConvTranspose / MatMul / Gemm node not in ``exclude``:
@@ -130,9 +129,9 @@ def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    bad_ops = sorted(set(op_types) - set(TRT_OPS))
+    bad_ops = sorted(set(op_types) - set(QUANTIZED_OPS))
     if bad_ops:
-        raise CalibrationError(f"place_trt quantizes only {list(TRT_OPS)}, got op types {bad_ops}")
+        raise CalibrationError(f"place_trt quantizes only {list(QUANTIZED_OPS)}, got op types {bad_ops}")
     prepared = _prepared(model, table)
     excluded = _check_exclude(prepared, exclude)
     g = prepared.graph

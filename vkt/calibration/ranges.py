@@ -28,6 +28,9 @@ log = get_logger(__name__)
 
 METHODS = ("minmax", "percentile", "entropy")
 TABLE_SCHEMA = "vkt.calibration_table"
+# The compute ops INT8 is for: TensorRT's placement quantizes their inputs, the gate and the error
+# reports rank them, and the degenerate-data check judges their activation inputs.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -262,9 +265,6 @@ def _check_feed(feed: Any, inputs: set[str], i: int) -> None:
             raise CalibrationError(f"calibration sample {i}: input {k!r} must be a numpy array, got {type(v).__name__}")
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise CalibrationError(f"calibration sample {i}: input {k!r} holds NaN or inf")
-
-
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 # Ops whose output values depend only on attributes or on input *shapes*, never on input data.
