@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 
 from vkt.errors import BundleError, InputError, ModelError
-from vkt.runtime.detection import (
-    Detections,
-    DetrParams,
-    Detector,
-    box_iou,
-    decode_raw,
-    draw_detections,
-    make_detr_bundle,
-    select,
-    soft_nms,
-)
+from vkt.export.detr_bundle import make_detr_bundle
+from vkt.runtime.detection import Detections, DetrParams, Detector, box_iou, decode_raw, draw_detections, select, soft_nms
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 SIZE = {"shortest_edge": 400, "longest_edge": 666}   # smaller than DETR's 800/1333: quick on CPU

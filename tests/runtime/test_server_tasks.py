@@ -150,7 +150,8 @@ def _toy_detr_onnx(path: Path, queries: int = 6, classes: int = 3) -> Path:
 
 
 def test_detect_objects_equals_detector(tmp_path):
-    from vkt.runtime.detection import Detector, make_detr_bundle
+    from vkt.export.detr_bundle import make_detr_bundle
+    from vkt.runtime.detection import Detector
 
     onnx_path = _toy_detr_onnx(tmp_path / "detr.onnx")
     bundle = make_detr_bundle(onnx_path, tmp_path / "detr", labels=["cat", "cup", "person"], score_threshold=0.3,

@@ -1,16 +1,65 @@
-"""What the image pipelines (TextDetector, Detector) share: input loading, batching plans, lifetime."""
+"""What the image pipelines (TextDetector, Detector) share: set-up from a bundle or runner, batch caps, input
+loading, batching plans, lifetime."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from vkt.errors import InputError
 from vkt.runtime.image import Resized, load_image
+
+DEFAULT_BATCH_CAP = 8  # images per call for a dynamic batch axis without a profile
+
+Settings = tuple[dict[str, Any], dict[str, Any]]
+
+
+def open_source(source: Any, task: str, who: str, settings: Callable[[Mapping[str, Any], Mapping[str, Any]], Settings],
+                backend: str = "ort", precision: str = "fp32", threads: int | None = None) -> tuple[Any, dict, dict]:
+    """(runner, preprocess, postprocess) of a pipeline over ``source``.
+
+    ``source``: a Runner (then ``vkt.tasks.TASKS[task]``'s pre/post-processing apply) or a bundle
+    (``vkt.bundle.Bundle`` or its folder) whose task must be ``TASKS[task].task`` (InputError naming both,
+    ``who`` being the pipeline). ``settings(pre, post)`` applies and checks the caller's overrides before
+    any model file is opened; backend, precision and threads go to ``vkt.runtime.make_runner`` for a bundle.
+    """
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+    from vkt.runtime.base import Runner
+    from vkt.tasks import TASKS
+
+    t = TASKS[task]
+    if isinstance(source, Runner):
+        pre, post = settings(t.preprocess, t.postprocess)
+        return source, pre, post
+    bundle = source if isinstance(source, Bundle) else Bundle.load(source)
+    if bundle.task != t.task:
+        raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; {who} needs {t.task!r}")
+    pre, post = settings(bundle.preprocess, bundle.postprocess)
+    return make_runner(bundle, backend=backend, precision=precision, threads=threads), pre, post
+
+
+def batch_cap(spec: Any, input_name: str) -> int:
+    """Most images one call of the graph takes: its static batch, else the first profile's max batch, else 8."""
+    first = spec.input(input_name).shape[0]
+    if isinstance(first, int):
+        return first
+    profile = spec.profiles[0].axes if spec.profiles else {}
+    return profile[first][2] if first in profile else DEFAULT_BATCH_CAP
+
+
+def batch_limit(spec: Any, input_name: str, requested: Any) -> int:
+    """Images per model call: ``requested`` (None: the cap) capped by :func:`batch_cap`; InputError unless a
+    positive integer."""
+    cap = batch_cap(spec, input_name)
+    mb = requested or cap
+    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+        raise InputError(f"max_batch must be a positive integer, got {mb!r}")
+    return min(mb, cap)
 
 
 class ImagePipeline:

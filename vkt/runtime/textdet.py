@@ -32,10 +32,8 @@ under ``meta["resized"]`` and a warning is logged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -45,7 +43,7 @@ import pyclipper
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.image import Preprocessor, Resized
-from vkt.runtime.pipeline import ImagePipeline
+from vkt.runtime.pipeline import ImagePipeline, batch_limit, open_source
 
 log = get_logger(__name__)
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
@@ -312,25 +310,12 @@ class TextDetector(ImagePipeline):
 
     def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,
                  batch_mode: str = "bucket", max_batch: int | None = None, **overrides: Any):
-        from vkt.bundle import Bundle
-        from vkt.runtime import make_runner
-        from vkt.runtime.base import Runner
-        from vkt.tasks import TASKS
-
         if batch_mode not in BATCH_MODES:
             raise InputError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-        bundle = None
-        if isinstance(source, Runner):
-            pre, post = TASKS["textdet"].preprocess, TASKS["textdet"].postprocess
-        else:
-            bundle = source if isinstance(source, Bundle) else Bundle.load(source)
-            if bundle.task != "text-detection":
-                raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; TextDetector needs 'text-detection'")
-            pre, post = bundle.preprocess, bundle.postprocess
-        pre, post = textdet_settings(pre, post, overrides, "TextDetector option")
+        self.runner, pre, post = open_source(source, "textdet", "TextDetector",
+                                             lambda pre, post: textdet_settings(pre, post, overrides, "TextDetector option"),
+                                             backend, precision, threads)
         self.params = DBParams.from_dict(post)
-        runner = source if bundle is None else make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        self.runner = runner
         self.batch_mode = batch_mode
         self._max_batch_arg = max_batch
         self._pre_cfg = pre
@@ -355,12 +340,7 @@ class TextDetector(ImagePipeline):
         dims = spec.input(self.input_name).shape
         side_caps = [profile[d][2] for d in dims[2:] if isinstance(d, str) and d in profile]
         self.pre = Preprocessor(self._pre_cfg, max_side=min(side_caps) if side_caps else None)
-        batch_cap = profile[dims[0]][2] if isinstance(dims[0], str) and dims[0] in profile else (
-            dims[0] if isinstance(dims[0], int) else 8)
-        mb = self._max_batch_arg or batch_cap
-        if not isinstance(mb, int) or mb < 1:
-            raise InputError(f"max_batch must be a positive integer, got {mb!r}")
-        self.max_batch = min(mb, batch_cap)
+        self.max_batch = batch_limit(spec, self.input_name, self._max_batch_arg)
         return self
 
     def __call__(self, images: Any) -> list[Detections]:
@@ -390,13 +370,3 @@ class TextDetector(ImagePipeline):
                 det.meta.update(input_meta(plans[i], self.pre))
                 results[i] = det
         return results  # type: ignore[return-value]
-
-
-# ---- bundles -----------------------------------------------------------------------------------
-def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False,
-                        name: str | None = None, optimize: bool = True, **param_overrides: Any) -> Path:
-    """Write a textdet bundle around a DB detector ONNX: :func:`vkt.export.textdet_bundle.make_textdet_bundle`
-    (export time: needs onnx and onnxruntime's quantization tools)."""
-    from vkt.export.textdet_bundle import make_textdet_bundle as make
-
-    return make(onnx_path, dest, overwrite=overwrite, name=name, optimize=optimize, **param_overrides)

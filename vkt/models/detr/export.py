@@ -299,7 +299,7 @@ def export_bundle(model: Any, dest: str | os.PathLike, postprocess: bool = False
     """
     import tempfile
 
-    from vkt.runtime.detection import make_detr_bundle
+    from vkt.export.detr_bundle import make_detr_bundle
 
     with tempfile.TemporaryDirectory(prefix=".detr-export-") as tmp:
         rep = export_detr(model, Path(tmp) / "model.onnx", postprocess=postprocess, top_k=top_k, pixel_mask=pixel_mask,
