@@ -172,8 +172,9 @@ def export_textdet_cmd(
     from rich.console import Console
 
     from vkt.errors import InputError
-    from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
+    from vkt.models.textdet.bundle import export_textdet_bundle
     from vkt.specs import parse_profile
+    from vkt.training.textdet_ckpt import load_textdet_source
 
     if (source is None) == (pretrained is None):
         raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "
