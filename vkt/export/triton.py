@@ -67,16 +67,6 @@ class TritonOptions:
     ort_tensorrt: bool = False
 
 
-def _batch_axis(spec: ExportSpec) -> str | None:
-    """The axis name that leads every input and output, if there is one."""
-    firsts = {t.shape[0] if t.shape else None for t in (*spec.inputs, *spec.outputs)}
-    if len(firsts) == 1:
-        (axis,) = firsts
-        if isinstance(axis, str):
-            return axis
-    return None
-
-
 def _tensor(t: TensorSpec, skip_first: bool) -> str:
     dims = list(t.shape[1:] if skip_first else t.shape)
     dims_txt = ", ".join("-1" if isinstance(d, str) else str(d) for d in dims)
@@ -88,7 +78,7 @@ def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
     for t in (*spec.inputs, *spec.outputs):
         if t.dtype not in TRITON_DTYPES:
             raise InputError(f"tensor {t.name!r} has dtype {t.dtype!r}, which Triton cannot serve")
-    axis = _batch_axis(spec)
+    axis = spec.batch_axis
     max_batch = 0
     if axis is not None:
         ranges = [p.axes[axis] for p in spec.profiles if axis in p.axes]
