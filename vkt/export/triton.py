@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vkt.bundle import Bundle
+from vkt.bundle import PRECISION_ROLES, Bundle
 from vkt.errors import InputError
 from vkt.fsutil import atomic_copy, atomic_write_text
 from vkt.specs import ExportSpec, TensorSpec
@@ -185,7 +185,7 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
             raise InputError(f"bundle {b.name!r} has no {opts.precision} plan; build one with 'vkt build' first")
         src, fname = b.root / plans[-1].path, "model.plan"
     else:
-        role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}.get(opts.precision)
+        role = PRECISION_ROLES.get(opts.precision)
         if role is None:
             raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
         src, fname = b.root / b.entry(role, component, placement="ort").path, "model.onnx"
