@@ -150,6 +150,26 @@ def test_detector_matches_transformers_on_real_photos(peer, bundles, kind):
 
 
 @pytest.mark.torch
+def test_fp16_graph_is_added_to_the_bundle_and_agrees_with_fp32(bundles, tmp_path):
+    """``make_detr_bundle(fp16=True)`` (``vkt export detr --fp16``): the FP16 graph, its meta and precision entry."""
+    from vkt.bundle import Bundle
+    from vkt.export.fp16 import SENSITIVE_OPS
+    from vkt.runtime.image import read_image
+
+    dest = make_detr_bundle(Path(bundles["raw"]) / "model.onnx", tmp_path / "half.vkt", labels=LABELS, fp16=True,
+                            score_threshold=0.0, top_k=5, **SIZE)
+    b = Bundle.load(dest)
+    entry = b.entry("fp16 onnx")
+    assert entry.path == "model.fp16.onnx" and entry.meta == {"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"}
+    assert b.manifest["precision"] == {"fp16": "model.fp16.onnx"}
+    img = read_image(photo_path("astronaut.png"))
+    with Detector(dest, threads=2) as d32, Detector(dest, precision="fp16", threads=2) as d16:
+        a, h = d32(img)[0], d16(img)[0]
+    np.testing.assert_allclose(h.scores, a.scores, atol=2e-2)           # FP16 rounding, same detections
+    np.testing.assert_allclose(h.boxes, a.boxes, atol=2.0)
+
+
+@pytest.mark.torch
 def test_preprocessing_is_close_to_transformers(peer, bundles):
     """vkt resizes with cv2 (bilinear, no antialias), transformers with torchvision: same size, close pixels."""
     from vkt.runtime.image import read_image

@@ -282,17 +282,8 @@ def export_detr_cmd(
     model = load_checkpoint(checkpoint, num_heads=num_heads)
     out = output or Path(f"{checkpoint.resolve().stem}.vkt")
     dest = export_bundle(model, out, postprocess=postprocess, top_k=top_k, static_shape=static_shape, profile=profile,
-                         overwrite=force, **resize)
+                         overwrite=force, fp16=fp16, **resize)
     bundle = Bundle.load(dest)
-    if fp16:
-        import onnx
-
-        from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
-
-        half = convert_fp16(onnx.load(str(bundle.path("fp32 onnx"))))
-        bundle.add_file(half.SerializeToString(), "model.fp16.onnx", role="fp16 onnx",
-                        meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
-        bundle.update(precision={**bundle.manifest.get("precision", {}), "fp16": "model.fp16.onnx"})
     spec = bundle.spec()
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(bundle.root)!r} ({bundle.family}/{bundle.task}, "

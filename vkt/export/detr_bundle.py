@@ -11,7 +11,8 @@ from vkt.errors import InputError, ModelError
 
 
 def make_detr_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, labels: Sequence[str] | None = None,
-                     spec: Any = None, overwrite: bool = False, name: str | None = None, **param_overrides: Any) -> Path:
+                     spec: Any = None, overwrite: bool = False, name: str | None = None, fp16: bool = False,
+                     **param_overrides: Any) -> Path:
     """Write a DETR bundle around an exported graph (vkt.models.detr.export); ``vkt.runtime.detection.Detector``
     runs it.
 
@@ -19,6 +20,7 @@ def make_detr_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, labe
         onnx_path: the ``.onnx`` file.
         dest: bundle folder.
         labels: class names by class id (written to ``postprocess.labels``).
+        fp16: also write ``model.fp16.onnx`` (sensitive ops and I/O kept in FP32; :func:`vkt.export.fp16.add_fp16`).
         spec: its ExportSpec (``ExportReport.spec``); default: read from the graph, with
             ``TASKS["detr"].profile`` for dynamic graphs.
         **param_overrides: postprocess keys, or resize keys shortest_edge / longest_edge
@@ -52,6 +54,11 @@ def make_detr_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, labe
     with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
         w.add_component("model", spec)
         w.add_file(onnx_path, "model.onnx", role="fp32 onnx")
+        if fp16:
+            from vkt.export.fp16 import add_fp16
+            from vkt.onnxio import load_onnx
+
+            add_fp16(w, load_onnx(onnx_path))
         w.manifest["preprocess"] = pre
         w.manifest["postprocess"] = post
     return Path(dest)

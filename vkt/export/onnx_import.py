@@ -128,15 +128,10 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
             w.manifest["postprocess"] = post
             w.manifest["precision"] = {"fp32": "model.onnx"}
             if fp16:
-                from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+                from vkt.export.fp16 import add_fp16
 
                 with timed("convert to fp16", log):
-                    m16 = convert_fp16(model)
-                    d16 = m16.SerializeToString()
-                    if verify:
-                        _smoke_run(d16, spec)
-                w.add_file(d16, "model.fp16.onnx", role="fp16 onnx", meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
-                w.manifest["precision"]["fp16"] = "model.fp16.onnx"
+                    add_fp16(w, model, check=(lambda path: _smoke_run(path, spec)) if verify else None)
     return Bundle.load(dest)
 
 
@@ -150,7 +145,7 @@ def _min_feed(spec: ExportSpec) -> dict[str, np.ndarray] | None:
     return feed or None
 
 
-def _smoke_run(data: bytes, spec: ExportSpec) -> None:
+def _smoke_run(data: bytes | Path, spec: ExportSpec) -> None:
     """Run the graph once at the smallest profile shape so a broken graph never becomes a bundle."""
     from vkt.runtime.ort import OrtRunner
 

@@ -269,12 +269,6 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                     proto = _export_one(wrappers[comp], dummies[comp], spec, opset)
                     fname = f"{comp}.onnx"
                     files = save_onnx(proto, w.staged(fname))
-                    files16 = []
-                    if fp16:
-                        from vkt.export.fp16 import convert_fp16
-
-                        with timed(f"converting {comp} to fp16", log):
-                            files16 = save_onnx(convert_fp16(proto), w.staged(f"{comp}.fp16.onnx"))
                     del proto
                 if check:
                     with timed(f"checking {comp} on onnxruntime", log):
@@ -293,11 +287,13 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 w.add_file(files[0], fname, role="fp32 onnx", component=comp, meta={"opset": opset, "exporter": "torchscript"})
                 if len(files) > 1:
                     w.add_file(files[1], files[1].name, role="onnx external data", component=comp)
-                if files16:
-                    w.add_file(files16[0], f"{comp}.fp16.onnx", role="fp16 onnx", component=comp,
-                               meta={"opset": opset, "io": "float32"})
-                    if len(files16) > 1:
-                        w.add_file(files16[1], files16[1].name, role="onnx external data", component=comp)
+                if fp16:
+                    import onnx
+
+                    from vkt.export.fp16 import add_fp16
+
+                    with timed(f"converting {comp} to fp16", log):
+                        add_fp16(w, onnx.load(str(files[0])), component=comp, meta={"opset": opset})
             for fname in tok_cfg["files"]:
                 w.add_file(parts.tokenizer_dir / fname, f"tokenizer/{fname}", role="tokenizer", component="text_encoder")
             w.add_file(json.dumps(parts.scheduler_config, indent=2).encode() + b"\n", "scheduler/scheduler_config.json",
@@ -313,7 +309,7 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 "type": "sd-vae", "input": VAE_OUT, "scale": 0.5, "offset": 0.5, "clip": [0.0, 1.0],
                 "to_uint8": "round(x * 255)", "layout": "NCHW -> NHWC", "color": "RGB",
             }
-            w.manifest["precision"] = {"compute": "fp32", **({"fp16": "<component>.fp16.onnx"} if fp16 else {})}
+            w.manifest["precision"] = {"compute": "fp32", **w.manifest["precision"]}  # add_fp16 named the fp16 files
         if ort_fused:
             from vkt.models.sd.optimize import add_ort_graphs
 

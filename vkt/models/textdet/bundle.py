@@ -49,7 +49,7 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
     import onnx
 
     from vkt.bundle import BundleWriter
-    from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+    from vkt.export.fp16 import add_fp16
     from vkt.models.textdet.export import (
         export_textdet,
         onnx_parity,
@@ -69,20 +69,21 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise InputError(f"{str(dest)!r} already exists; pass --force to replace it")
+
+    def fp16_parity(path: Path) -> dict[str, Any]:
+        """The FP16 graph against torch at ``check_shapes``: max abs difference each, ModelError past ``atol_fp16``."""
+        ref = prob_map_module(model)
+        p16 = {"x".join(map(str, s)): onnx_parity(ref, path, s, spec) for s in check_shapes}
+        bad = {k: v for k, v in p16.items() if not v <= atol_fp16}
+        if bad:
+            raise ModelError(f"the FP16 graph differs from torch by more than {atol_fp16}: {bad}")
+        return {"parity_max_abs_vs_torch": p16}
+
     with tempfile.TemporaryDirectory(prefix=".textdet-export-", dir=dest.parent if dest.parent.is_dir() else None) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         with timed("export textdet ONNX (fused, dynamic batch/height/width)", log):
             report = export_textdet(model, onnx_path, spec=spec, opset=opset, check_shapes=check_shapes, atol=atol)
         p16 = None
-        if fp16:
-            with timed("convert to fp16", log):
-                m16 = convert_fp16(onnx.load(str(onnx_path)))
-                onnx.save(m16, str(Path(tmp) / "model.fp16.onnx"))
-            ref = prob_map_module(model)
-            p16 = {"x".join(map(str, s)): onnx_parity(ref, Path(tmp) / "model.fp16.onnx", s, spec) for s in check_shapes}
-            bad = {k: v for k, v in p16.items() if not v <= atol_fp16}
-            if bad:
-                raise ModelError(f"the FP16 graph differs from torch by more than {atol_fp16}: {bad}")
         with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
             w.add_component("model", spec, source=source)
             w.add_file(onnx_path, "model.onnx", role="fp32 onnx",
@@ -90,9 +91,8 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
                                  "bn_fold_max_abs": report.fold_deviation})
             w.manifest["precision"] = {"fp32": "model.onnx"}
             if fp16:
-                w.add_file(Path(tmp) / "model.fp16.onnx", "model.fp16.onnx", role="fp16 onnx",
-                           meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32", "parity_max_abs_vs_torch": p16})
-                w.manifest["precision"]["fp16"] = "model.fp16.onnx"
+                with timed("convert to fp16", log):
+                    p16 = add_fp16(w, onnx.load(str(onnx_path)), check=fp16_parity)["parity_max_abs_vs_torch"]
             w.manifest["preprocess"] = pre
             w.manifest["postprocess"] = post
     return TextDetBundleReport(dest, report.parity, p16, source)
