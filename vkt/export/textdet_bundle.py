@@ -7,8 +7,23 @@ detector becomes one through :func:`vkt.models.textdet.bundle.export_textdet_bun
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def textdet_manifest(overrides: Mapping[str, Any] | None = None, resize: Mapping[str, Any] | None = None,
+                     what: str = "textdet parameter") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A textdet bundle's ``preprocess`` / ``postprocess``: ``TASKS["textdet"]``'s, with ``resize`` merged into
+    ``preprocess["resize"]`` (a training run's validation rule) and ``overrides`` (``textdet_settings`` keys)
+    applied, all checked (InputError naming the key or value, ``what`` naming the caller's word for them).
+    The caller adds ``preprocess["input"]`` once the graph is known."""
+    from vkt.runtime.textdet import textdet_settings
+    from vkt.tasks import TASKS
+
+    t = TASKS["textdet"]
+    pre = {**t.preprocess, "resize": {**t.preprocess["resize"], **(resize or {})}}
+    return textdet_settings(pre, t.postprocess, overrides or {}, what)
 
 
 def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False,
@@ -31,7 +46,6 @@ def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, o
     from vkt.export.onnx_import import name_image_axes
     from vkt.export.textdet_check import check_text_detector
     from vkt.onnxio import load_onnx
-    from vkt.runtime.textdet import textdet_settings
     from vkt.specs import ExportSpec
     from vkt.tasks import TASKS
 
@@ -39,8 +53,7 @@ def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, o
     if not onnx_path.is_file():
         raise ModelError(f"ONNX file not found: {str(onnx_path)!r}")
     t = TASKS["textdet"]
-    pre = {**t.preprocess, "resize": dict(t.preprocess["resize"])}
-    pre, post = textdet_settings(pre, dict(t.postprocess), param_overrides, "textdet parameter")
+    pre, post = textdet_manifest(param_overrides)
     model = load_onnx(onnx_path)
     name_image_axes(model)
     check_text_detector(model, t.profile, post.get("channel"))  # and names the map's axes after the input's
@@ -64,4 +77,4 @@ def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, o
     return Path(dest)
 
 
-__all__ = ["make_textdet_bundle"]
+__all__ = ["make_textdet_bundle", "textdet_manifest"]

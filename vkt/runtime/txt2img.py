@@ -20,13 +20,9 @@ from vkt.errors import BundleError, InputError
 from vkt.log import get_logger, progress
 from vkt.runtime.schedulers import Scheduler, scheduler_from_config
 from vkt.runtime.tokenizer import ClipTokenizer
+from vkt.tasks import TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT
 
 log = get_logger(__name__)
-
-# Graph I/O names: vkt.models.sd.export writes graphs with these (the runtime owns them, export imports them).
-TEXT_IDS, TEXT_OUT = "input_ids", "last_hidden_state"
-UNET_SAMPLE, UNET_TIMESTEP, UNET_TEXT, UNET_OUT = "sample", "timestep", "encoder_hidden_states", "noise_pred"
-VAE_IN, VAE_OUT = "latents", "image"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to ONNX and write an SD bundle.
 
-Graphs (names are ``vkt.runtime.txt2img``'s constants; dims in latent space, h = H / 8):
+Graphs (names are ``vkt.tasks``' SD constants; dims in latent space, h = H / 8):
 
     text_encoder  input_ids [batch, 77] int32               -> last_hidden_state [batch, 77, D] float32
     unet          sample [batch, 4, h, w] float32,
@@ -42,10 +42,8 @@ import numpy as np
 
 from vkt.errors import InputError, ModelError
 from vkt.log import get_logger, timed
-from vkt.runtime.txt2img import (
-    TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT,
-)
 from vkt.specs import ExportSpec, Profile, TensorSpec
+from vkt.tasks import TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT
 
 log = get_logger(__name__)
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")

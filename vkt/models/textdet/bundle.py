@@ -56,16 +56,13 @@ def export_textdet_bundle(model: Any, dest: str | os.PathLike, profile: dict[str
         prob_map_module,
         textdet_spec,
     )
-    from vkt.runtime.image import Preprocessor
-    from vkt.runtime.textdet import DBParams
+    from vkt.export.textdet_bundle import textdet_manifest
     from vkt.tasks import TASKS
 
     t = TASKS["textdet"]
     spec = textdet_spec(opset, profile)
-    pre = {**t.preprocess, "input": spec.input_names[0], "resize": {**t.preprocess["resize"], **(resize or {})}}
-    Preprocessor(pre)
-    post = dict(t.postprocess)
-    DBParams.from_dict(post)
+    pre, post = textdet_manifest(resize=resize, what="resize key")
+    pre["input"] = spec.input_names[0]
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise InputError(f"{str(dest)!r} already exists; pass --force to replace it")
