@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
-from vkt.runtime.server.tasks import TaskLimits, add_task_routes, image_header_size
+from vkt.runtime.server.image_body import image_header_size
+from vkt.runtime.server.tasks import TaskLimits, add_task_routes
 
 skimage = pytest.importorskip("skimage")
 DATA = Path(skimage.__file__).parent / "data"

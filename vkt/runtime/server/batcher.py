@@ -28,7 +28,7 @@ import numpy as np
 from vkt.errors import BackendError, ShapeError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.server.protocol import DeadlineError, UnavailableError
+from vkt.runtime.server.errors import DeadlineError, UnavailableError
 
 log = get_logger(__name__)
 

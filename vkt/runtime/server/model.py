@@ -13,7 +13,8 @@ import numpy as np
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.server.protocol import InferRequest, RequestError, to_datatype
+from vkt.runtime.server.errors import RequestError
+from vkt.runtime.server.protocol import InferRequest, to_datatype
 from vkt.specs import ExportSpec
 
 log = get_logger(__name__)
