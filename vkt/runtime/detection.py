@@ -32,7 +32,7 @@ import numpy as np
 
 from vkt.errors import InputError, ModelError
 from vkt.runtime.image import Preprocessor, load_image
-from vkt.runtime.pipeline import ImagePipeline, apply_overrides, batch_limit, open_source
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides, open_source
 
 RAW_OUTPUTS = ("logits", "pred_boxes")
 FINAL_OUTPUTS = ("scores", "labels", "boxes")
@@ -248,25 +248,19 @@ class Detector(ImagePipeline):
 
     def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,
                  max_batch: int | None = None, **overrides: Any):
-        self.runner, pre, post = open_source(source, "detr", "Detector",
-                                             lambda pre, post: detr_settings(pre, post, overrides, "Detector option"),
-                                             backend, precision, threads)
+        runner, pre, post = open_source(source, "detr", "Detector",
+                                        lambda pre, post: detr_settings(pre, post, overrides, "Detector option"),
+                                        backend, precision, threads)
         self.params = DetrParams.from_dict(post)
-        self._max_batch_arg = max_batch
-        self._pre_cfg = pre
-        self.pre: Preprocessor | None = None
-        self.activate()
+        self._open(runner, pre, max_batch)
 
     def activate(self) -> Detector:
-        self.runner.activate()
-        spec = self.runner.spec
+        spec = self._start()
         self.kind = output_kind(spec.output_names)
-        self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
         self.has_mask = MASK in spec.input_names
         if self.kind == "postprocessed" and SIZES not in spec.input_names:
             raise ModelError(f"a post-processed DETR graph needs input {SIZES!r}, got {spec.input_names}")
         self.pre = Preprocessor(self._pre_cfg)
-        self.max_batch = batch_limit(spec, self.input_name, self._max_batch_arg)
         # A static graph takes exactly its batch and size: pad the batch, refuse other sizes clearly.
         first = spec.input(self.input_name).shape[0]
         self.static_batch = first if isinstance(first, int) else None

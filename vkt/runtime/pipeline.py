@@ -63,10 +63,30 @@ def batch_limit(spec: Any, input_name: str, requested: Any) -> int:
 
 
 class ImagePipeline:
-    """Mixin for pipelines that own ``self.runner`` and a ``self.max_batch`` set at activation."""
+    """Base of the image pipelines: :meth:`_open` keeps the runner and settings and activates; the subclass's
+    ``activate()`` calls :meth:`_start` (runner, input name, ``max_batch``) and then checks its own graph."""
 
     runner: Any
     max_batch: int
+    input_name: str
+
+    def _open(self, runner: Any, pre: dict[str, Any], max_batch: Any) -> None:
+        """Keep the runner, the checked ``preprocess`` dict and the ``max_batch`` asked for; then ``activate()``."""
+        self.runner, self._pre_cfg, self._max_batch_arg = runner, pre, max_batch
+        self.pre: Any = None
+        self.activate()
+
+    def activate(self) -> Any:
+        raise NotImplementedError
+
+    def _start(self) -> Any:
+        """Activate the runner, name the image input (the manifest's ``input``, else the graph's first) and set
+        ``max_batch`` (:func:`batch_limit`); returns the graph's spec."""
+        self.runner.activate()
+        spec = self.runner.spec
+        self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
+        self.max_batch = batch_limit(spec, self.input_name, self._max_batch_arg)
+        return spec
 
     def close(self) -> None:
         self.runner.deactivate()
@@ -97,18 +117,23 @@ class ImagePipeline:
 
 
 def apply_overrides(pre: Mapping[str, Any], post: Mapping[str, Any], overrides: Mapping[str, Any],
-                    resize_keys: Sequence[str], post_keys: Sequence[str], what: str) -> tuple[dict, dict]:
+                    resize_keys: Sequence[str], post_keys: Sequence[str], what: str,
+                    pre_keys: Sequence[str] = ()) -> tuple[dict, dict]:
     """Copies of a manifest's pre/post-processing dicts with overrides applied: resize keys go to
-    ``pre["resize"]``, post-processing keys to ``post``; anything else is an InputError
-    ("unknown <what> 'key'") naming both lists. Used by the pipelines and the bundle makers."""
+    ``pre["resize"]``, post-processing keys to ``post``, ``pre_keys`` (normalisation: mean, std, ...) to ``pre``
+    (tuples and arrays as lists, JSON-ready); anything else is an InputError ("unknown <what> 'key'") naming
+    the lists. Used by the pipelines' settings functions (textdet_settings, detr_settings)."""
     pre = {**pre, "resize": dict(pre.get("resize", {}))}
     post = dict(post)
     for k, v in overrides.items():
-        if k in resize_keys:
+        if k in pre_keys:
+            pre[k] = np.asarray(v).tolist() if isinstance(v, (tuple, np.ndarray)) else v
+        elif k in resize_keys:
             pre["resize"][k] = v
         elif k in post_keys:
             post[k] = v
         else:
-            raise InputError(f"unknown {what} {k!r}; expected a postprocess key {sorted(post_keys)} "
-                             f"or a resize key {list(resize_keys)}")
+            kinds = [f"a postprocess key {sorted(post_keys)}", f"a resize key {list(resize_keys)}"]
+            kinds += [f"a normalisation key {list(pre_keys)}"] if pre_keys else []
+            raise InputError(f"unknown {what} {k!r}; expected {', '.join(kinds[:-1])} or {kinds[-1]}")
     return pre, post

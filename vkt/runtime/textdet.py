@@ -43,7 +43,7 @@ import pyclipper
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.image import Preprocessor, Resized
-from vkt.runtime.pipeline import ImagePipeline, batch_limit, open_source
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides, open_source
 
 log = get_logger(__name__)
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
@@ -253,18 +253,7 @@ def textdet_settings(pre: Mapping[str, Any], post: Mapping[str, Any], overrides:
     POST_KEYS (DBParams fields). An unknown key, or a value DBParams / Preprocessor refuses, raises
     InputError ("unknown <what> 'key'" lists the accepted ones).
     """
-    pre = {**pre, "resize": dict(pre.get("resize", {}))}
-    post = dict(post)
-    for k, v in overrides.items():
-        if k in PRE_KEYS:
-            pre[k] = np.asarray(v).tolist() if isinstance(v, (tuple, np.ndarray)) else v   # JSON-ready
-        elif k in RESIZE_KEYS:
-            pre["resize"][k] = v
-        elif k in POST_KEYS:
-            post[k] = v
-        else:
-            raise InputError(f"unknown {what} {k!r}; expected a postprocess key {sorted(POST_KEYS)}, a resize key "
-                             f"{list(RESIZE_KEYS)} or a normalisation key {list(PRE_KEYS)}")
+    pre, post = apply_overrides(pre, post, overrides, RESIZE_KEYS, POST_KEYS, what, pre_keys=PRE_KEYS)
     DBParams.from_dict(post)
     Preprocessor(pre)
     return pre, post
@@ -312,20 +301,15 @@ class TextDetector(ImagePipeline):
                  batch_mode: str = "bucket", max_batch: int | None = None, **overrides: Any):
         if batch_mode not in BATCH_MODES:
             raise InputError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-        self.runner, pre, post = open_source(source, "textdet", "TextDetector",
-                                             lambda pre, post: textdet_settings(pre, post, overrides, "TextDetector option"),
-                                             backend, precision, threads)
+        runner, pre, post = open_source(source, "textdet", "TextDetector",
+                                        lambda pre, post: textdet_settings(pre, post, overrides, "TextDetector option"),
+                                        backend, precision, threads)
         self.params = DBParams.from_dict(post)
         self.batch_mode = batch_mode
-        self._max_batch_arg = max_batch
-        self._pre_cfg = pre
-        self.pre: Preprocessor | None = None
-        self.activate()
+        self._open(runner, pre, max_batch)
 
     def activate(self) -> TextDetector:
-        self.runner.activate()
-        spec = self.runner.spec
-        self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
+        spec = self._start()
         self.output_name = spec.output_names[0]
         oshape = spec.outputs[0].shape
         if len(oshape) != 4:  # e.g. a classifier tagged text-detection by hand, or imported before the check
@@ -340,7 +324,6 @@ class TextDetector(ImagePipeline):
         dims = spec.input(self.input_name).shape
         side_caps = [profile[d][2] for d in dims[2:] if isinstance(d, str) and d in profile]
         self.pre = Preprocessor(self._pre_cfg, max_side=min(side_caps) if side_caps else None)
-        self.max_batch = batch_limit(spec, self.input_name, self._max_batch_arg)
         return self
 
     def __call__(self, images: Any) -> list[Detections]:
