@@ -221,9 +221,10 @@ def keep_step_agreement(bundle: Path, section: dict, calib: Path, sets: dict, re
     from vkt.bundle import Bundle
     from vkt.calibration.api import image_preprocess
     from vkt.calibration.qdq import place_ort
-    from vkt.calibration.ranges import CalibrationTable, model_sha256, prepare_model
+    from vkt.calibration.ranges import CalibrationTable, model_sha256
     from vkt.calibration.weights import round_conv_weights
     from vkt.models.detr.int8 import _images, keep_list
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
     from vkt.runtime.ort import OrtRunner
 
@@ -253,8 +254,9 @@ def keep_variants(bundle: Path) -> dict[str, bytes]:
     """The onnxruntime INT8 placement with each cumulative keep-list step of vkt.models.detr.int8 in float."""
     from vkt.bundle import Bundle
     from vkt.calibration.qdq import place_ort
-    from vkt.calibration.ranges import CalibrationTable, prepare_model
+    from vkt.calibration.ranges import CalibrationTable
     from vkt.models.detr.int8 import keep_list
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     b = Bundle.load(bundle)

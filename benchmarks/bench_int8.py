@@ -89,14 +89,8 @@ def bench_model(m: dict, threads: int, iters: int, warmup: int, method: str = "m
     import onnxruntime as ort
 
     from vkt.bench import BenchConfig, Case, Target, run_bench
-    from vkt.calibration import (
-        compute_ranges,
-        count_ops,
-        place_ort,
-        place_trt,
-        prepare_model,
-        sqnr_db,
-    )
+    from vkt.calibration import compute_ranges, count_ops, place_ort, place_trt, sqnr_db
+    from vkt.onnxgraph import prepare_model
 
     t0 = time.perf_counter()
     fp32 = prepare_model(m["model"])
@@ -288,7 +282,7 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int, be
     while it walks; these rows are the steadier figure for the shipped model."""
     from vkt.calibration import CalibrationTable, place_ort
     from vkt.calibration.api import image_preprocess
-    from vkt.calibration.qdq import rewrite_fp32
+    from vkt.onnxgraph import rewrite_fp32
     from vkt.onnxio import load_onnx
 
     entry = shipped_ort_entry(bundle)
@@ -325,8 +319,8 @@ def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[d
     from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
 
     from vkt.calibration import compute_ranges, count_ops, place_ort
-    from vkt.calibration.qdq import rewrite_fp32
     from vkt.models.textdet.export import export_textdet
+    from vkt.onnxgraph import rewrite_fp32
 
     torch.manual_seed(0)
     cfg = PPOCRV5ServerDetConfig(intraclass_block_config=SERVER_NECK, scale_factor_list=[1, 2, 4, 8], kernel_list=[3, 2, 2])

@@ -35,13 +35,13 @@ MODEL = "PP-OCRv5 mobile det"
 def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str | bytes]]:
     """(feed of ``image`` pre-processed as the bundle says, the shipped ORT INT8 entry, {"fp32"|"int8": graph}).
 
-    FP32 is the bundle's graph with the INT8 path's exact float rewrites (:func:`vkt.calibration.qdq.rewrite_fp32`:
+    FP32 is the bundle's graph with the INT8 path's exact float rewrites (:func:`vkt.onnxgraph.rewrite_fp32`:
     unchanged for bundles written since session 5, which ship it; older ones lack it), so INT8 is timed against
     the FP32 graph vkt ships now."""
     from bench_int8 import shipped_ort_entry
 
     from vkt.calibration.api import image_preprocess
-    from vkt.calibration.qdq import rewrite_fp32
+    from vkt.onnxgraph import rewrite_fp32
     from vkt.onnxio import load_onnx
 
     entry = shipped_ort_entry(bundle)

@@ -29,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.schema import RowWriter, row  # noqa: E402
 from vkt.eval.textdet import hmean_between  # noqa: E402
+from vkt.export.textdet_bundle import make_textdet_bundle  # noqa: E402
 from vkt.models.zoo import ppocrv5_det_mobile_onnx  # noqa: E402
 from vkt.runtime.image import read_image  # noqa: E402
-from vkt.runtime.textdet import TextDetector, make_textdet_bundle  # noqa: E402
+from vkt.runtime.textdet import TextDetector  # noqa: E402
 
 PHOTOS = ("page.png", "text.png", "coffee.png", "astronaut.png", "rocket.jpg", "chelsea.png")
 PARAMS = dict(limit_side_len=736, limit_type="min", mean=[0.5] * 3, std=[0.5] * 3, thresh=0.3, box_thresh=0.5,

@@ -168,3 +168,12 @@ def test_fp16_casts_for_a_tensor_feeding_two_kept_ops_get_unique_names():
     x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
     got = ort.InferenceSession(m16.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, 2 * np.cumsum(np.maximum(x, 0), axis=1), rtol=1e-3)
+
+
+def test_each_precision_names_one_graph_role_and_the_engine_builder_reads_it_back():
+    from vkt.bundle import PRECISION_ROLES, ROLES
+    from vkt.engines import ROLE_PRECISION
+
+    assert set(PRECISION_ROLES) == {"fp32", "fp16", "int8"}
+    assert set(PRECISION_ROLES.values()) <= ROLES and len(set(PRECISION_ROLES.values())) == len(PRECISION_ROLES)
+    assert {ROLE_PRECISION[r]: r for r in ROLE_PRECISION} == PRECISION_ROLES

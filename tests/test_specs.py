@@ -106,3 +106,16 @@ def test_parse_profile_cli_syntax():
     for bad in ("batch=1:2", "batch", "=1:2:3", "batch=a:b:c", ""):
         with pytest.raises(SpecError):
             parse_profile(bad)
+
+
+def test_batch_axis_is_the_axis_leading_every_input_and_output():
+    assert _spec().batch_axis == "batch"
+    static = ExportSpec(inputs=(TensorSpec("x", "float32", (1, 3)),), outputs=(TensorSpec("y", "float32", (1, 3)),))
+    assert static.batch_axis is None                                  # no dynamic axis leads
+    mixed = ExportSpec(inputs=(TensorSpec("x", "float32", ("batch", 3)), TensorSpec("n", "float32", ("pairs", 2))),
+                       outputs=(TensorSpec("y", "float32", ("batch", 3)),),
+                       profiles=({"batch": (1, 1, 4), "pairs": (1, 1, 4)},))
+    assert mixed.batch_axis is None                                   # an input led by another axis
+    scalar = ExportSpec(inputs=(TensorSpec("x", "float32", ("batch", 3)),), outputs=(TensorSpec("s", "float32", ()),),
+                        profiles=({"batch": (1, 1, 4)},))
+    assert scalar.batch_axis is None                                  # an output with no axis at all

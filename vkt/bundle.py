@@ -48,6 +48,8 @@ ROLES = frozenset({
     "fp32 onnx", "fp16 onnx", "int8 qdq onnx", "onnx external data", "plan", "timing cache",
     "calibration table", "tokenizer", "scheduler config", "config", "label map", "report", "image",
 })
+# precision -> the role of the graph file that runs it (make_runner, Txt2Img, vkt build / bench / triton)
+PRECISION_ROLES = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
 PROVENANCE_PACKAGES = ("numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch", "transformers", "diffusers",
                        "tensorrt", "tensorrt-rtx", "opencv-python-headless")
 

@@ -162,6 +162,17 @@ class ExportSpec:
         return [t.name for t in self.inputs]
 
     @property
+    def batch_axis(self) -> str | None:
+        """The dynamic axis that leads every input and output (``"batch"``), or None: then calls cannot be
+        batched together (the server's batcher, Triton's ``max_batch_size``)."""
+        firsts = {t.shape[0] if t.shape else None for t in (*self.inputs, *self.outputs)}
+        if len(firsts) == 1:
+            (axis,) = firsts
+            if isinstance(axis, str):
+                return axis
+        return None
+
+    @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 

@@ -15,6 +15,8 @@ preprocess keys:
     scale        multiply uint8 pixels by this first (1/255)
     mean, std    per-channel, applied after scale: (x * scale - mean) / std, in `color` order
 postprocess (task "text-detection", type "db"): DB thresholds, see vkt.runtime.textdet.
+
+Also the I/O names of the Stable Diffusion graphs, which the exporter writes and the pipeline feeds.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ TASKS: dict[str, TaskDefaults] = {
         postprocess={"type": "detr", "score_threshold": 0.5, "top_k": 100},
     ),
 }
+
+# Stable Diffusion graph I/O names: vkt.models.sd.export writes the text encoder, UNet and VAE decoder
+# with them, vkt.runtime.txt2img feeds and reads them.
+TEXT_IDS, TEXT_OUT = "input_ids", "last_hidden_state"
+UNET_SAMPLE, UNET_TIMESTEP, UNET_TEXT, UNET_OUT = "sample", "timestep", "encoder_hidden_states", "noise_pred"
+VAE_IN, VAE_OUT = "latents", "image"
 
 
 def task_defaults(task: str) -> TaskDefaults:

@@ -73,8 +73,9 @@ def test_cli_prints_the_gate_table_and_the_choice(calibrated, capsys):
 
 
 def test_jump_ranking_sees_every_quantized_op(toy_model):
-    from vkt.calibration import compute_ranges, prepare_model
+    from vkt.calibration import compute_ranges
     from vkt.calibration.gate import error_jumps
+    from vkt.onnxgraph import prepare_model
 
     fp32 = prepare_model(toy_model[0])
     table = compute_ranges(fp32, feeds(), show_progress=False)
@@ -100,7 +101,8 @@ def test_nothing_within_budget_ships_fp32_only_or_the_best(calibrated, caplog):
 
 
 def test_gate_bad_inputs(toy_bundle, toy_model, tmp_path):
-    from vkt.calibration import compute_ranges, prepare_model
+    from vkt.calibration import compute_ranges
+    from vkt.onnxgraph import prepare_model
 
     with pytest.raises(CalibrationError, match="no calibration table"):
         gate_bundle(toy_bundle, conv_count_metric, sensitivity_feeds=feeds(), latency_feed=None)
@@ -182,9 +184,10 @@ def test_cli_bad_calibration_folders(toy_bundle, tmp_path, capsys, caplog):
 def test_tensor_ranking_keeps_whole_tensors_in_float(toy_model):
     # Each row names an activation tensor and every node reading it; keeping the k worst in float must
     # leave no Q/DQ between those tensors and their readers in the onnxruntime placement.
-    from vkt.calibration import compute_ranges, place_ort, prepare_model
+    from vkt.calibration import compute_ranges, place_ort
     from vkt.calibration.gate import tensor_sensitivity
     from vkt.calibration.report import sqnr_db
+    from vkt.onnxgraph import prepare_model
 
     fp32 = prepare_model(toy_model[0])
     data = feeds()
@@ -237,8 +240,8 @@ def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_mo
     """ranking_method="prefix": step k keeps every node up to the k-th conv in float, the rest stays INT8 (no runs needed)."""
     import onnx
 
-    from vkt.calibration import prepare_model
     from vkt.calibration.gate import prefix_ranking
+    from vkt.onnxgraph import prepare_model
 
     fp32 = prepare_model(toy_model[0])
     rows = prefix_ranking(fp32)

@@ -32,21 +32,11 @@ def _export(module, path):
                       opset_version=17, dynamo=False)
 
 
-def test_ort_uint8_qparams_match_onnxruntime():
-    from onnxruntime.quantization.quant_utils import compute_scale_zp
-
-    from vkt.calibration.qat import ort_uint8_qparams
-
-    for lo, hi in ((-1.3, 2.7), (0.0, 6.0), (0.5, 3.0), (-4.0, -1.0)):
-        zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8))
-        s, z = ort_uint8_qparams(lo, hi)
-        assert z == int(zp) and s == pytest.approx(float(scale), rel=1e-6)
-
-
 def test_fake_quant_convs_match_the_ort_placement(tmp_path):
     """The student's forward under QConv equals the ORT Q/DQ graph written from the same ranges (peer check)."""
-    from vkt.calibration import compute_ranges, place_ort, prepare_model
+    from vkt.calibration import compute_ranges, place_ort
     from vkt.calibration.qat import conv_modules, match_onnx_convs, wrap_convs
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     net = TinyNet().eval()

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from calib_helpers import feeds, linear_layers, run, trt_build
 
-from vkt.calibration import (
-    compute_ranges,
-    count_ops,
-    layer_errors,
-    place_ort,
-    place_trt,
-    prepare_model,
-)
+from vkt.calibration import compute_ranges, count_ops, layer_errors, place_ort, place_trt
 from vkt.errors import CalibrationError
+from vkt.onnxgraph import prepare_model
 
 needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="needs tensorrt-rtx (pip install 'vkt[rtx]')")
 TOY_PROFILE = {"image": ((1, 3, 16, 16), (1, 3, 32, 32), (2, 3, 64, 64))}
@@ -51,6 +45,22 @@ def _inits(model):
 
 def _rel_l2(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def test_ort_uint8_params_match_onnxruntime():
+    """The one uint8 rule (the ORT placement, the gate's per-tensor Q/DQ and QAT's fake quantization) is ORT's own."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    from vkt.calibration.qdq import ort_uint8_params
+
+    ranges = ((-1.3, 2.7), (0.0, 6.0), (0.5, 3.0), (-4.0, -1.0), (0.0, 0.0))
+    for lo, hi in ranges:
+        zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8))
+        s, z = ort_uint8_params(lo, hi)
+        assert s.dtype == np.float32 and z.dtype == np.uint8
+        assert int(z) == int(zp) and float(s) == pytest.approx(float(scale), rel=1e-6)
+    s, z = ort_uint8_params(*np.array(ranges).T)  # per channel: the same rule element-wise
+    assert [int(v) for v in z] == [int(ort_uint8_params(lo, hi)[1]) for lo, hi in ranges]
 
 
 def test_trt_placement_quantizes_every_conv_input_and_weight(toy):
@@ -210,7 +220,7 @@ def chain():
 def test_fold_conv_affine_is_exact_and_keeps_output_names(chain):
     from calib_helpers import affine_chain_net
 
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.onnxgraph import fold_conv_affine
 
     _, _, data = chain
     fp32 = affine_chain_net()  # unprepared: quant_pre_process already folds the per-channel constants itself
@@ -269,7 +279,7 @@ def test_fold_conv_transpose_bias_add_and_batchnorm():
     """PP-OCRv5's head: ConvTranspose -> Add(bias) -> BatchNormalization -> Relu -> ConvTranspose -> Add; the grouped one stays."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from vkt.calibration.qdq import fold_conv_affine
+    from vkt.onnxgraph import fold_conv_affine
 
     rng = np.random.default_rng(3)
 

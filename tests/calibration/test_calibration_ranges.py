@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from calib_helpers import feeds, mul_relu_conv, run, with_constant_weights
 
-from vkt.calibration import CalibrationTable, compute_ranges, place_ort, place_trt, prepare_model
+from vkt.calibration import CalibrationTable, compute_ranges, place_ort, place_trt
 from vkt.errors import CalibrationError
+from vkt.onnxgraph import prepare_model
 
 
 def test_minmax_matches_hand_computed_ranges():

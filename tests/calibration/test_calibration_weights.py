@@ -67,8 +67,9 @@ def test_gptq_round_rejects_mismatched_shapes():
 def test_rounded_weights_are_reproduced_by_the_placements():
     from onnx import numpy_helper
 
-    from vkt.calibration import compute_ranges, place_ort, place_trt, prepare_model
+    from vkt.calibration import compute_ranges, place_ort, place_trt
     from vkt.export.toy import toy_convnet
+    from vkt.onnxgraph import prepare_model
 
     model, _ = toy_convnet()
     data = feeds()

@@ -11,8 +11,9 @@ import pytest
 
 from vkt.calibration.gate import task_metric
 from vkt.eval.textdet import hmean_between
+from vkt.export.textdet_bundle import make_textdet_bundle
 from vkt.models import zoo
-from vkt.runtime.textdet import TextDetector, make_textdet_bundle
+from vkt.runtime.textdet import TextDetector
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 
 from vkt.errors import BundleError, InputError, ModelError
-from vkt.runtime.detection import (
-    Detections,
-    DetrParams,
-    Detector,
-    box_iou,
-    decode_raw,
-    draw_detections,
-    make_detr_bundle,
-    select,
-    soft_nms,
-)
+from vkt.export.detr_bundle import make_detr_bundle
+from vkt.runtime.detection import Detections, DetrParams, Detector, box_iou, decode_raw, draw_detections, select, soft_nms
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 SIZE = {"shortest_edge": 400, "longest_edge": 666}   # smaller than DETR's 800/1333: quick on CPU
@@ -156,6 +147,26 @@ def test_detector_matches_transformers_on_real_photos(peer, bundles, kind):
             assert d.names == [LABELS[i] for i in c] and d.image_size == img.shape[:2]
             total += len(d)
         assert 0 < total < 30
+
+
+@pytest.mark.torch
+def test_fp16_graph_is_added_to_the_bundle_and_agrees_with_fp32(bundles, tmp_path):
+    """``make_detr_bundle(fp16=True)`` (``vkt export detr --fp16``): the FP16 graph, its meta and precision entry."""
+    from vkt.bundle import Bundle
+    from vkt.export.fp16 import SENSITIVE_OPS
+    from vkt.runtime.image import read_image
+
+    dest = make_detr_bundle(Path(bundles["raw"]) / "model.onnx", tmp_path / "half.vkt", labels=LABELS, fp16=True,
+                            score_threshold=0.0, top_k=5, **SIZE)
+    b = Bundle.load(dest)
+    entry = b.entry("fp16 onnx")
+    assert entry.path == "model.fp16.onnx" and entry.meta == {"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"}
+    assert b.manifest["precision"] == {"fp16": "model.fp16.onnx"}
+    img = read_image(photo_path("astronaut.png"))
+    with Detector(dest, threads=2) as d32, Detector(dest, precision="fp16", threads=2) as d16:
+        a, h = d32(img)[0], d16(img)[0]
+    np.testing.assert_allclose(h.scores, a.scores, atol=2e-2)           # FP16 rounding, same detections
+    np.testing.assert_allclose(h.boxes, a.boxes, atol=2.0)
 
 
 @pytest.mark.torch

@@ -20,7 +20,8 @@ from vkt.errors import BackendError
 from vkt.runtime import OrtRunner, make_runner
 from vkt.runtime.base import Runner
 from vkt.runtime.server import InferenceServer, ServedModel, ServerConfig, models_from_bundles
-from vkt.runtime.server.protocol import RequestError, encode_infer_request, parse_infer_request
+from vkt.runtime.server.errors import RequestError
+from vkt.runtime.server.protocol import encode_infer_request, parse_infer_request
 
 th = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'vkt[test]')")
 

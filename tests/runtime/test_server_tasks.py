@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
-from vkt.runtime.server.tasks import TaskLimits, add_task_routes, image_header_size
+from vkt.runtime.server.image_body import image_header_size
+from vkt.runtime.server.tasks import TaskLimits, add_task_routes
 
 skimage = pytest.importorskip("skimage")
 DATA = Path(skimage.__file__).parent / "data"
@@ -150,7 +151,8 @@ def _toy_detr_onnx(path: Path, queries: int = 6, classes: int = 3) -> Path:
 
 
 def test_detect_objects_equals_detector(tmp_path):
-    from vkt.runtime.detection import Detector, make_detr_bundle
+    from vkt.export.detr_bundle import make_detr_bundle
+    from vkt.runtime.detection import Detector
 
     onnx_path = _toy_detr_onnx(tmp_path / "detr.onnx")
     bundle = make_detr_bundle(onnx_path, tmp_path / "detr", labels=["cat", "cup", "person"], score_threshold=0.3,

@@ -13,9 +13,10 @@ import pytest
 
 from vkt.errors import InputError, ModelError, VktError
 from vkt.eval.textdet import hmean_between
+from vkt.export.textdet_bundle import make_textdet_bundle
 from vkt.models import zoo
 from vkt.runtime.image import read_image
-from vkt.runtime.textdet import DBParams, Detections, TextDetector, db_postprocess, make_textdet_bundle
+from vkt.runtime.textdet import DBParams, Detections, TextDetector, db_postprocess
 
 # Real photos from scikit-image: page/text (grayscale scans with text), rocket/astronaut (RGB), logo (RGBA,
 # a few text-like regions), coffee (no text: both sides must agree on "nothing").
@@ -226,6 +227,8 @@ def test_bad_inputs_raise_input_errors(detector, bundle, tmp_path):
         TextDetector(bundle, box_thresh=1.5)
     with pytest.raises(InputError, match="batch_mode"):
         TextDetector(bundle, batch_mode="pad")
+    with pytest.raises(InputError, match="max_batch must be a positive integer, got True"):
+        TextDetector(bundle, max_batch=True)  # a bool is no batch size (it ran as 1 before)
     assert detector([]) == []
 
 

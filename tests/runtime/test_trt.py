@@ -293,7 +293,7 @@ def fake(monkeypatch):
     rt = _FakeCudart()
     trt = _fake_trt(rt)
     monkeypatch.setattr(mod, "require_gpu", lambda device, who: rt)
-    monkeypatch.setattr(mod, "_import_trt", lambda name: trt)
+    monkeypatch.setattr(mod, "import_trt", lambda name: trt)
     return rt
 
 

@@ -20,7 +20,8 @@ if not any(_st.fonts_for(s) for s in _st.SCRIPTS):
 
 from vkt.errors import InputError, ModelError  # noqa: E402
 from vkt.training.synth_text import SynthConfig, SynthStream  # noqa: E402
-from vkt.training.textdet import TextDetTrainConfig, fit  # noqa: E402
+from vkt.training.textdet import fit  # noqa: E402
+from vkt.training.textdet_config import TextDetTrainConfig  # noqa: E402
 
 SYNTH = SynthConfig(size=(96, 96), text_height=(14, 24), words=(2, 4))
 TINY = dict(batch=4, size=64, warmup=2, ckpt_every=2, val_every=1000, seed=0)
@@ -56,7 +57,8 @@ def _fixed_batch(samples):
 
 
 def test_short_run_from_scratch_lowers_the_loss(synth):
-    from vkt.training.textdet import ThresholdHead, build_model, lightning_module
+    from vkt.training.textdet import build_model
+    from vkt.training.textdet_module import ThresholdHead, lightning_module
 
     batch = _fixed_batch(synth)
     cfg = TextDetTrainConfig(steps=12, lr=3e-3, **TINY)
@@ -157,7 +159,8 @@ def test_bad_checkpoints_and_runs(synth, tmp_path):
 
 @pytest.mark.parametrize("pretrained", [None, "ppocrv5-mobile"])
 def test_threshold_branch_reaches_the_detector_only_from_scratch(synth, pretrained):
-    from vkt.training.textdet import ThresholdHead, build_model, lightning_module
+    from vkt.training.textdet import build_model
+    from vkt.training.textdet_module import ThresholdHead, lightning_module
 
     cfg = TextDetTrainConfig(steps=2, pretrained=pretrained, **TINY)
     m = lightning_module(build_model(None, seed=0), cfg, ThresholdHead())
@@ -176,8 +179,8 @@ def test_threshold_branch_reaches_the_detector_only_from_scratch(synth, pretrain
 def _overfit(model, samples, steps=50, lr=1e-2, size=64):
     """Train ``model`` from scratch on ``samples`` (no augmentation) with the module's own optimiser and schedule;
     return (eval-mode probability [N, S, S], targets)."""
-    from vkt.training.textdet import ThresholdHead, lightning_module
     from vkt.training.textdet_data import TextDetTransform
+    from vkt.training.textdet_module import ThresholdHead, lightning_module
 
     t = TextDetTransform(size, train=False)
     items = [t(s) for s in samples]
@@ -220,7 +223,8 @@ def test_from_scratch_overfits_a_few_pages():
 
 def test_paddle_init_and_decay_groups():
     from vkt.models.textdet.init import param_groups
-    from vkt.training.textdet import ThresholdHead, build_model
+    from vkt.training.textdet import build_model
+    from vkt.training.textdet_module import ThresholdHead
 
     model = build_model(None, seed=0)
     head = model.head
@@ -242,7 +246,7 @@ def test_paddle_init_and_decay_groups():
 
 
 def test_batchnorm_statistics_start_from_the_first_batches():
-    from vkt.training.textdet import debias_batchnorm_momentum
+    from vkt.training.textdet_module import debias_batchnorm_momentum
 
     bn = torch.nn.BatchNorm2d(3).train()
     xs = [torch.randn(4, 3, 5, 5) * 7 + 3 for _ in range(12)]

@@ -5,18 +5,19 @@
     ort = place_ort(model, table)                     # uint8 activations, fused integer kernels on CPU
     quantize_bundle(bundle, feeds)                    # all of it, recorded in the bundle's manifest
 
+The graph they work on is ``vkt.onnxgraph.prepare_model(model)`` (done inside when not yet done).
 Heavy imports (onnx, onnxruntime) happen inside the functions.
 """
 
 from vkt.calibration.api import qdq_path, quantize_bundle
 from vkt.calibration.data import ImageFolderReader, array_feeds, calibration_shapes, simple_image_preprocess
 from vkt.calibration.qdq import place_ort, place_trt, placement
-from vkt.calibration.ranges import CalibrationTable, compute_ranges, prepare_model
+from vkt.calibration.ranges import CalibrationTable, compute_ranges
 from vkt.calibration.report import (count_ops, layer_errors, layer_sensitivity, render_counts_table, render_layer_table,
                                    sqnr_db)
 
 __all__ = [
     "CalibrationTable", "ImageFolderReader", "array_feeds", "calibration_shapes", "compute_ranges", "count_ops",
-    "layer_errors", "layer_sensitivity", "place_ort", "place_trt", "placement", "prepare_model", "qdq_path", "quantize_bundle",
+    "layer_errors", "layer_sensitivity", "place_ort", "place_trt", "placement", "qdq_path", "quantize_bundle",
     "render_counts_table", "render_layer_table", "simple_image_preprocess", "sqnr_db",
 ]

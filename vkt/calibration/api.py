@@ -79,8 +79,9 @@ def _quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], *, m
     from vkt import __version__
     from vkt.bundle import Bundle
     from vkt.calibration.qdq import placement
-    from vkt.calibration.ranges import compute_ranges, model_sha256, prepare_model
+    from vkt.calibration.ranges import compute_ranges, model_sha256
     from vkt.calibration.report import count_ops, layer_errors
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import TWO_GB, load_onnx
 
     # 1. Check inputs before any heavy work
@@ -375,8 +376,9 @@ def gate_bundle(bundle: Any, metric: Any, *, sensitivity_feeds: Sequence[Mapping
     """
     from vkt.bundle import Bundle
     from vkt.calibration.gate import DEFAULT_STEPS, GateCandidate, accuracy_gate
-    from vkt.calibration.ranges import CalibrationTable, prepare_model
+    from vkt.calibration.ranges import CalibrationTable
     from vkt.calibration.report import count_ops
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     if not isinstance(bundle, Bundle):

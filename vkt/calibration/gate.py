@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
+from vkt.calibration.ranges import QUANTIZED_OPS as PREFIX_OPS
 from vkt.errors import CalibrationError
 from vkt.log import get_logger, progress
 
@@ -36,7 +37,6 @@ log = get_logger(__name__)
 
 DEFAULT_STEPS = (0, 4, 8, 16, 24, 32, 48)  # tensors (or layers) kept in float
 RANKING_METHODS = ("tensor", "jump", "sensitivity", "prefix")
-PREFIX_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 PREFIX_STEPS = tuple(range(0, 65, 4))  # compute layers kept in float from the input, with ranking_method="prefix"
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of hmean / AP
 ON_FAIL = ("fp32", "best")
@@ -197,7 +197,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from, so a speed-up is INT8's own (bundles written by
     # vkt export since session 5 have them already; older ones would otherwise count the rewrites' gain too).
-    from vkt.calibration.qdq import rewrite_fp32
+    from vkt.onnxgraph import rewrite_fp32
 
     fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = _score(metric, fp32_blob, spec, threads, "FP32")
@@ -327,7 +327,7 @@ def prefix_ranking(fp32: Any, ops: Sequence[str] = PREFIX_OPS) -> list[dict[str,
     pending: list[str] = []
     for n in fp32.graph.node:
         if not n.name:
-            raise CalibrationError("prefix_ranking needs named nodes; prepare the graph first (vkt.calibration.ranges.prepare_model)")
+            raise CalibrationError("prefix_ranking needs named nodes; prepare the graph first (vkt.onnxgraph.prepare_model)")
         pending.append(n.name)
         if n.op_type in ops:
             rows.append({"node": n.name, "op": n.op_type, "nodes": tuple(pending), "output_sqnr_db": float("nan")})

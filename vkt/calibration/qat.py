@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from vkt.calibration.qdq import ort_uint8_params
 from vkt.errors import CalibrationError, ModelError
 from vkt.fsutil import file_mode
 from vkt.log import get_logger, progress, timed
@@ -117,15 +118,6 @@ def reference_module_for(bundle: Any, component: str = "model") -> Callable[[], 
 
 
 # ---- fake quantization ---------------------------------------------------------------------------
-def ort_uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
-    """onnxruntime's uint8 asymmetric (scale, zero point) for range (lo, hi): widened to include 0."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if hi == lo:
-        return 1.0, 0
-    scale = (hi - lo) / UINT8_MAX
-    return float(scale), int(min(UINT8_MAX, max(0, round(-lo / scale))))
-
-
 def _make_qconv_class() -> type:
     import torch
     import torch.nn.functional as F
@@ -136,7 +128,7 @@ def _make_qconv_class() -> type:
         def __init__(self, conv: torch.nn.Module, lo: float, hi: float):
             super().__init__()
             self.conv = conv
-            scale, zp = ort_uint8_qparams(lo, hi)
+            scale, zp = (v.item() for v in ort_uint8_params(lo, hi))  # float32 scale, as the Q/DQ graph stores it
             self.register_buffer("in_range", torch.tensor([lo, hi], dtype=torch.float64))
             self.in_scale, self.in_zp = scale, zp
             self.enabled = True
@@ -402,13 +394,9 @@ def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable
     import torch
 
     from vkt.calibration.gate import GateCandidate
-    from vkt.calibration.ranges import (
-        CalibrationTable,
-        compute_ranges,
-        model_sha256,
-        prepare_model,
-    )
+    from vkt.calibration.ranges import CalibrationTable, compute_ranges, model_sha256
     from vkt.models.textdet.export import export_textdet, fuse_for_export
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     cfg = config or QatConfig()

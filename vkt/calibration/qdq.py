@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from vkt.calibration.ranges import CalibrationTable, _quiet, model_sha256, prepare_model
+from vkt.calibration.ranges import QUANTIZED_OPS, CalibrationTable, model_sha256
 from vkt.errors import CalibrationError, ModelError
 from vkt.log import get_logger
+from vkt.onnxgraph import fold_conv_affine, prepare_model, quiet, readers
 
 log = get_logger(__name__)
 
-TRT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 # Kept in float on onnxruntime CPU: normalisation and softmax statistics lose too much in 8 bits,
 # and ORT has no fused integer kernels for them on x86 anyway.
 ORT_FLOAT_OPS = ("Softmax", "LayerNormalization", "InstanceNormalization", "EmbedLayerNormalization")
@@ -50,7 +50,7 @@ def _check_exclude(model: Any, exclude: Iterable[str]) -> set[str]:
     names = {n.name for n in model.graph.node}
     unknown = sorted(exclude - names)
     if unknown:
-        sample = sorted(n.name for n in model.graph.node if n.op_type in TRT_OPS)[:8]
+        sample = sorted(n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS)[:8]
         raise CalibrationError(f"cannot exclude {unknown}: no node has that name (quantizable nodes include {sample})")
     return exclude
 
@@ -108,7 +108,7 @@ def with_tensor_qdq(model: Any, tensor: str, scale: Any, zero_point: Any, axis: 
 
 # ---- TensorRT ----------------------------------------------------------------------------------
 def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), *,
-              op_types: Sequence[str] = TRT_OPS, per_channel: bool = True) -> Any:
+              op_types: Sequence[str] = QUANTIZED_OPS, per_channel: bool = True) -> Any:
     """Q/DQ where TensorRT fuses it (as NVIDIA ModelOpt places it); returns a new ``onnx.ModelProto``.
 
     For each Conv / ConvTranspose / MatMul / Gemm node not in ``exclude``:
@@ -129,9 +129,9 @@ def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    bad_ops = sorted(set(op_types) - set(TRT_OPS))
+    bad_ops = sorted(set(op_types) - set(QUANTIZED_OPS))
     if bad_ops:
-        raise CalibrationError(f"place_trt quantizes only {list(TRT_OPS)}, got op types {bad_ops}")
+        raise CalibrationError(f"place_trt quantizes only {list(QUANTIZED_OPS)}, got op types {bad_ops}")
     prepared = _prepared(model, table)
     excluded = _check_exclude(prepared, exclude)
     g = prepared.graph
@@ -279,7 +279,7 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
         ops: "all" (default): every op type onnxruntime has an integer kernel for (QLinearConv, QLinearMul,
             QLinearAdd, pooling, ...); "compute": only Conv/MatMul/Gemm quantized, with Q/DQ on their outputs
             too so they still fuse, and every op between them (elementwise, activations, ...) in float. Both
-            first fold constant Mul/Add after a Conv into it (:func:`fold_conv_affine`, exact). On PP-OCRv5
+            first fold constant Mul/Add after a Conv into it (:func:`vkt.onnxgraph.fold_conv_affine`, exact). On PP-OCRv5
             mobile det (short side 736, every conv INT8) "compute" keeps held-out hmean vs FP32 at 0.91 where
             "all" gives 0.72 ("all" quantizes the hard-swish chains per tensor, losing the small channels);
             with the first convs in float (the gate's prefix) "all" is within 1 point and faster
@@ -307,7 +307,7 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
         onnx.save(prepared, str(src))
         save_tensors_data(table.to_ort(), cache)
         try:
-            with _quiet():
+            with quiet():
                 quantize_static(
                     str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=False,
@@ -330,112 +330,6 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     return out
 
 
-def _readers(graph: Any) -> dict[str, list[Any]]:
-    """Tensor name -> the nodes that read it, in graph order."""
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for x in n.input:
-            readers.setdefault(x, []).append(n)
-    return readers
-
-
-def rewrite_fp32(model: Any) -> Any:
-    """The float graph every placement starts from: :func:`prepare_model` then :func:`fold_conv_affine` (exact).
-    Idempotent; ``vkt export`` ships it as the FP32 graph, so INT8 is timed against the same float graph."""
-    return fold_conv_affine(prepare_model(model))[0]
-
-
-def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
-    """Fold constant Mul/Add that follow a Conv into its weights and bias (exact); returns (new model, folded node names).
-
-    A Conv (or ungrouped ConvTranspose) whose only reader is ``Mul(y, c)`` or ``Add(y, c)`` with ``c`` a constant
-    scalar or per-output-channel tensor, or an inference ``BatchNormalization`` with constant parameters, is
-    rewritten as one node (weights * scale, bias * scale + shift), repeatedly, so PP-OCRv5's
-    ``Conv -> Mul(scale) -> Add(bias)`` learnable-affine blocks become one Conv and its head's
-    ``ConvTranspose -> Add(bias) -> BatchNormalization`` one ConvTranspose (onnxruntime fuses neither). The node
-    keeps its name and takes the last folded node's output name, so a calibration table of the unfolded graph
-    still has its range.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    graph_outputs = {o.name for o in g.output}
-    readers = _readers(g)
-    folded: list[str] = []
-    for conv in [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]:
-        if len(conv.input) < 2 or conv.input[1] not in inits:
-            continue
-        transposed = conv.op_type == "ConvTranspose"
-        if transposed and any(a.name == "group" and a.i != 1 for a in conv.attribute):
-            continue  # grouped ConvTranspose: output channels span two weight axes
-        while True:
-            y = conv.output[0]
-            rd = readers.get(y, [])
-            if y in graph_outputs or len(rd) != 1 or not rd[0].name:
-                break
-            op = rd[0]
-            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-            cout = w.shape[1] if transposed else w.shape[0]
-            scale_shift = _affine_of(op, y, inits, cout, w.ndim - 2)
-            if scale_shift is None:
-                break
-            scale, shift = scale_shift
-            b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(cout)
-            w = w * scale.reshape((1, -1) + (1,) * (w.ndim - 2) if transposed else (-1,) + (1,) * (w.ndim - 1))
-            b = b * scale + shift
-            wn, bn = f"{conv.name}_vkt_w{len(folded)}", f"{conv.name}_vkt_b{len(folded)}"
-            g.initializer.extend([numpy_helper.from_array(w.astype(np.float32), wn), numpy_helper.from_array(b.astype(np.float32), bn)])
-            inits[wn], inits[bn] = g.initializer[-2], g.initializer[-1]
-            del conv.input[1:]
-            conv.input.extend([wn, bn])
-            conv.output[0] = op.output[0]
-            folded.append(op.name)
-    gone = set(folded)
-    nodes = [n for n in g.node if n.name not in gone]
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {x for n in g.node for x in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    return m, folded
-
-
-def _affine_of(op: Any, y: str, inits: Mapping[str, Any], cout: int, spatial: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) per output channel when ``op`` reading ``y`` is ``y * scale + shift`` with constants (Mul,
-    Add, inference BatchNormalization), else None."""
-    from onnx import numpy_helper
-
-    if op.op_type in ("Mul", "Add"):
-        if len(op.input) != 2 or op.input[0] == op.input[1]:
-            return None
-        other = op.input[1] if op.input[0] == y else op.input[0]
-        if other not in inits:
-            return None
-        c = numpy_helper.to_array(inits[other]).astype(np.float64)
-        if c.size == 1:
-            c = np.full(cout, float(c.reshape(-1)[0]))
-        elif c.size == cout and c.ndim >= spatial + 1 and c.shape[-(spatial + 1)] == cout:
-            c = c.reshape(cout)  # broadcasts on the channel axis, -(spatial + 1)
-        else:
-            return None
-        return (c, np.zeros(cout)) if op.op_type == "Mul" else (np.ones(cout), c)
-    if op.op_type == "BatchNormalization" and len(op.input) == 5 and op.input[0] == y and len(op.output) == 1:
-        if any(a.name == "training_mode" and a.i for a in op.attribute) or not all(x in inits for x in op.input[1:]):
-            return None
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[x]).astype(np.float64).reshape(-1) for x in op.input[1:])
-        if gamma.size != cout:
-            return None
-        eps = next((a.f for a in op.attribute if a.name == "epsilon"), 1e-5)
-        scale = gamma / np.sqrt(var + eps)
-        return scale, beta - mean * scale
-    return None
-
-
 def _quantize_outputs(model: Any, table: CalibrationTable, excluded: set[str]) -> None:
     """Q/DQ on the output of each quantized Conv/MatMul/Gemm that lacks one, so ORT fuses DQ -> op -> Q.
 
@@ -444,7 +338,7 @@ def _quantize_outputs(model: Any, table: CalibrationTable, excluded: set[str]) -
     """
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
-    readers = _readers(g)
+    read_by = readers(g)
     graph_outputs = {o.name for o in g.output}
     params = {}
     for n in g.node:
@@ -454,7 +348,7 @@ def _quantize_outputs(model: Any, table: CalibrationTable, excluded: set[str]) -
         if src is None or src.op_type != "DequantizeLinear":
             continue
         y = n.output[0]
-        rd = readers.get(y, [])
+        rd = read_by.get(y, [])
         if not rd or y in graph_outputs or y not in table or all(r.op_type == "QuantizeLinear" for r in rd):
             continue
         params[y] = ort_uint8_params(*table[y])

@@ -2,17 +2,14 @@
 
 Every placement (TensorRT, onnxruntime CPU) is written from the same table, so the data is run
 through the model exactly once. Ranges refer to tensor names of the *prepared* graph
-(:func:`prepare_model`): constants lifted to initializers, opset >= 13, shapes inferred and the
+(:func:`vkt.onnxgraph.prepare_model`): constants lifted to initializers, opset >= 13, shapes inferred and the
 graph optimised by onnxruntime's ``quant_pre_process`` — the graph the placements rewrite.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import math
 import os
 import tempfile
@@ -23,16 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from vkt.errors import CalibrationError, ModelError
+from vkt.errors import CalibrationError
 from vkt.log import get_logger, progress, timed
+from vkt.onnxgraph import prepare_model, quiet
 
 log = get_logger(__name__)
 
 METHODS = ("minmax", "percentile", "entropy")
 TABLE_SCHEMA = "vkt.calibration_table"
-MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) arrived in opset 13
-MAX_IR_VERSION = 10  # read by every onnxruntime >= 1.20 (vkt's floor)
-PREPARED_KEY = "vkt.calibration.prepared"  # metadata_props marker: prepare_model() already ran
+# The compute ops INT8 is for: TensorRT's placement quantizes their inputs, the gate and the error
+# reports rank them, and the degenerate-data check judges their activation inputs.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 @dataclass(frozen=True)
@@ -143,124 +141,9 @@ class CalibrationTable:
                                     for k, (lo, hi) in self.ranges.items()})
 
 
-# ---- model preparation -------------------------------------------------------------------------
+# ---- model identity ------------------------------------------------------------------------------
 def model_sha256(model: Any) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()
-
-
-def is_prepared(model: Any) -> bool:
-    return any(p.key == PREPARED_KEY for p in model.metadata_props)
-
-
-def prepare_model(model: Any) -> Any:
-    """The graph calibration and placement work on (returns a new ``onnx.ModelProto``).
-
-    1. weights held by ``Constant`` nodes become initializers (quantizers only see initializers);
-    2. opsets below 13 are converted to 13 (per-channel DequantizeLinear needs ``axis``);
-    3. onnxruntime's ``quant_pre_process`` infers shapes (``auto_merge=True``: dynamic axes named
-       differently by producers would otherwise stop symbolic inference) and folds BN/constants.
-
-    Idempotent: a prepared model carries a metadata marker and is returned unchanged (copied).
-    """
-    import onnx
-
-    model = _as_model(model)
-    if is_prepared(model):
-        return _copy(model)
-    model = _constants_to_initializers(_copy(model))
-    if model.ir_version > MAX_IR_VERSION:
-        # onnx writes the newest IR version by default, which onnxruntime may not read yet; the
-        # opsets in use decide what the graph needs.
-        model.ir_version = max(MAX_IR_VERSION, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None:
-        raise ModelError("the ONNX model imports no default-domain opset; cannot quantize it")
-    if opset < MIN_OPSET:
-        from onnx import version_converter
-
-        try:
-            model = version_converter.convert_version(model, MIN_OPSET)
-        except Exception as e:
-            raise ModelError(f"cannot convert the model from opset {opset} to {MIN_OPSET} for per-channel Q/DQ: {e}") from None
-        log.info("converted the model from opset %d to %d (per-channel DequantizeLinear needs 13)", opset, MIN_OPSET)
-    from onnxruntime.quantization import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="vkt-prep-") as tmp:
-        out = Path(tmp) / "prepared.onnx"
-        try:
-            with _quiet():
-                quant_pre_process(model, out, auto_merge=True, skip_symbolic_shape=False)
-        except Exception as e:
-            raise ModelError(f"onnxruntime's quant_pre_process failed on the model: {type(e).__name__}: {str(e)[:400]}") from None
-        model = onnx.load(str(out))
-    _name_nodes(model)
-    model.metadata_props.add(key=PREPARED_KEY, value="1")
-    return model
-
-
-def _name_nodes(model: Any) -> None:
-    """Give unnamed nodes unique names (``{op}.vkt{i}``): placements keep nodes in float by name, and
-    exporters leave some unnamed (PP-OCRv5's 24 HardSwish = HardSigmoid + Mul, its largest INT8 error)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type}.vkt{i}"
-            while name in taken:
-                name += "_"
-            n.name = name
-            taken.add(name)
-
-
-def _as_model(model: Any) -> Any:
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        from vkt.onnxio import load_onnx
-
-        return load_onnx(model)
-    raise ModelError(f"expected an onnx.ModelProto or a path to an .onnx file, got {type(model).__name__}")
-
-
-def _copy(model: Any) -> Any:
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
-
-
-def _constants_to_initializers(model: Any) -> Any:
-    from onnx import numpy_helper
-
-    g = model.graph
-    keep = []
-    for node in g.node:
-        attr = {a.name: a for a in node.attribute}
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and "value" in attr:
-            arr = numpy_helper.to_array(attr["value"].t)
-            g.initializer.append(numpy_helper.from_array(arr, node.output[0]))
-        else:
-            keep.append(node)
-    if len(keep) != len(g.node):
-        log.debug("lifted %d Constant nodes to initializers", len(g.node) - len(keep))
-        del g.node[:]
-        g.node.extend(keep)
-    return model
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime's calibrators print() histogram stats and log warnings; keep them out of the user's console."""
-    qlog = logging.getLogger()
-    level = qlog.level
-    qlog.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        qlog.setLevel(level)
 
 
 # ---- range computation -------------------------------------------------------------------------
@@ -282,7 +165,7 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
     """Run calibration data through the model once and return every float activation's range.
 
     Args:
-        model: ``onnx.ModelProto`` or path; prepared with :func:`prepare_model` first (no-op if done).
+        model: ``onnx.ModelProto`` or path; prepared with :func:`vkt.onnxgraph.prepare_model` first (no-op if done).
         data: iterable of feeds ``{input name: ndarray}`` (shapes may differ between feeds).
         method: "minmax" (observed min/max), "percentile" (symmetric |x| percentile, clipped to the
             observed range) or "entropy" (KL-divergence threshold, TensorRT's classic choice).
@@ -323,7 +206,7 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
     with tempfile.TemporaryDirectory(prefix="vkt-calib-") as tmp, timed(f"calibrating ({method})", log):
         path = Path(tmp) / "model.onnx"
         onnx.save(prepared, str(path))
-        with _quiet():
+        with quiet():
             calibrator = create_calibrator(path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                            calibrate_method=ort_method, extra_options=extra)
         n = 0
@@ -336,14 +219,14 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
                 old = observed.get(name, (lo, hi))
                 observed[name] = (min(old[0], lo), max(old[1], hi))
             try:
-                with _quiet():
+                with quiet():
                     calibrator.collect_data(_OneFeed(feed))
             except Exception as e:
                 raise CalibrationError(f"calibration sample {n} failed in onnxruntime: {str(e).strip().splitlines()[0][:400]}") from None
             n += 1
         if n == 0:
             raise CalibrationError("no calibration samples: the data iterable yielded nothing")
-        with _quiet():
+        with quiet():
             computed = calibrator.compute_data()
         hist = getattr(getattr(calibrator, "collector", None), "histogram_dict", None) or {}
         del calibrator
@@ -382,9 +265,6 @@ def _check_feed(feed: Any, inputs: set[str], i: int) -> None:
             raise CalibrationError(f"calibration sample {i}: input {k!r} must be a numpy array, got {type(v).__name__}")
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise CalibrationError(f"calibration sample {i}: input {k!r} holds NaN or inf")
-
-
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 # Ops whose output values depend only on attributes or on input *shapes*, never on input data.

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vkt.calibration.ranges import QUANTIZED_OPS
 from vkt.errors import CalibrationError
 from vkt.log import get_logger
 
@@ -95,10 +96,7 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-LAYER_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
-def layer_errors(fp32: Any, qdq: Any, feeds: Iterable[Mapping[str, np.ndarray]], *, op_types: Sequence[str] = LAYER_OPS,
+def layer_errors(fp32: Any, qdq: Any, feeds: Iterable[Mapping[str, np.ndarray]], *, op_types: Sequence[str] = QUANTIZED_OPS,
                  threads: int | None = None) -> list[dict[str, Any]]:
     """Per-layer error of a Q/DQ graph against its FP32 source, in graph order.
 
@@ -204,7 +202,7 @@ def render_counts_table(counts: Mapping[str, OpCounts], title: str = "onnxruntim
 
 # ---- sensitivity (the start of accuracy-gated fallback) ---------------------------------------
 def layer_sensitivity(fp32: Any, table: Any, feeds: Iterable[Mapping[str, np.ndarray]], *,
-                      op_types: Sequence[str] = LAYER_OPS, threads: int | None = None,
+                      op_types: Sequence[str] = QUANTIZED_OPS, threads: int | None = None,
                       show_progress: bool = True) -> list[dict[str, Any]]:
     """Output error when one layer alone is quantized (TensorRT placement), worst first.
 

@@ -150,10 +150,11 @@ def _raw_ort_target(bundle: Any, source: Path, precision: str, threads: int | No
     import onnxruntime as ort
 
     from vkt.bench import Target
+    from vkt.bundle import PRECISION_ROLES
 
     path = source
     if bundle is not None:
-        role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}[precision]
+        role = PRECISION_ROLES[precision]
         path = bundle.root / bundle.entry(role, placement="ort").path
     so = ort.SessionOptions()
     if threads:

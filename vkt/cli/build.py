@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
+from vkt.bundle import PRECISION_ROLES
 from vkt.errors import InputError
-
-PRECISION_ROLES = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
 
 
 def build(

@@ -188,9 +188,10 @@ def export_textdet_cmd(
     from rich.console import Console
 
     from vkt.errors import InputError
-    from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
     from vkt.fsutil import staged_dir
+    from vkt.models.textdet.bundle import export_textdet_bundle
     from vkt.specs import parse_profile
+    from vkt.training.textdet_ckpt import load_textdet_source
 
     if (source is None) == (pretrained is None):
         raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "
@@ -302,17 +303,8 @@ def export_detr_cmd(
     model = load_checkpoint(checkpoint, num_heads=num_heads)
     with staged_dir(out) as stage:  # appears at --output only when complete: FP16 and INT8 graphs included
         dest = export_bundle(model, stage, postprocess=postprocess, top_k=top_k, static_shape=static_shape,
-                             profile=profile, overwrite=force, **resize)
+                             profile=profile, overwrite=force, fp16=fp16, **resize)
         bundle = Bundle.load(dest)
-        if fp16:
-            import onnx
-
-            from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
-
-            half = convert_fp16(onnx.load(str(bundle.path("fp32 onnx"))))
-            bundle.add_file(half.SerializeToString(), "model.fp16.onnx", role="fp16 onnx",
-                            meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
-            bundle.update(precision={**bundle.manifest.get("precision", {}), "fp16": "model.fp16.onnx"})
         if int8:
             from vkt.models.detr.int8 import quantize_detr
 

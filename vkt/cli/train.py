@@ -49,7 +49,8 @@ def textdet(
     from vkt.cli.outputs import output_folder
     from vkt.errors import InputError
     from vkt.log import get_logger
-    from vkt.training.textdet import TextDetTrainConfig, fit
+    from vkt.training.textdet import fit
+    from vkt.training.textdet_config import TextDetTrainConfig
 
     log = get_logger("cli.train")
     if (data is None) == (synth is None):
@@ -86,7 +87,8 @@ def textdet(
                "val": vals[-1] if vals else None, "config": asdict(result.config), "checkpoint": str(result.checkpoint)}
     # 3. export
     if export and result.checkpoint is not None:
-        from vkt.export.textdet_bundle import export_textdet_bundle, load_textdet_source
+        from vkt.models.textdet.bundle import export_textdet_bundle
+        from vkt.training.textdet_ckpt import load_textdet_source
 
         model, resize, desc = load_textdet_source(result.checkpoint)
         rep = export_textdet_bundle(model, out / "bundle", resize=resize, overwrite=True, source=desc)

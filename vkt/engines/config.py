@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vkt.bundle import PRECISION_ROLES
 from vkt.engines.backend import CHOICES
 from vkt.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # bundle file role -> the precision its graph carries (networks are strongly typed: the graph decides)
-ROLE_PRECISION = {"fp32 onnx": "fp32", "fp16 onnx": "fp16", "int8 qdq onnx": "int8"}
+ROLE_PRECISION = {role: precision for precision, role in PRECISION_ROLES.items()}
 _SM = re.compile(r"^SM(\d{2,3})$")
 
 

@@ -1,8 +1,9 @@
-"""FP16 graphs: convert an FP32 ONNX to FP16, keeping numerically sensitive ops and the I/O in FP32."""
+"""FP16 graphs: convert an FP32 ONNX to FP16, keeping numerically sensitive ops and the I/O in FP32, and add it to a bundle."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from vkt.errors import ModelError
@@ -37,6 +38,32 @@ def convert_fp16(model: Any, keep_ops: Iterable[str] = SENSITIVE_OPS, keep_nodes
     _unique_node_names(out)
     _topological_sort(out.graph)
     return out
+
+
+def add_fp16(writer: Any, model: Any, component: str = "model",
+             check: Callable[[Path], Mapping[str, Any] | None] | None = None,
+             meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Add the FP16 copy of ``model`` (an FP32 ``onnx.ModelProto``, :func:`convert_fp16`) to the bundle being written.
+
+    ``writer``: a ``vkt.bundle.BundleWriter`` that already has ``component``. The graph goes to
+    ``<component>.fp16.onnx``, role "fp16 onnx" (with an "onnx external data" file beside it over 2 GB);
+    ``check(path)`` runs first on the written graph and raises to stop the bundle, and what it returns joins
+    the file's meta, after ``{"kept_fp32_ops": [...], "io": "float32", **meta}``. The manifest's
+    ``precision["fp16"]`` names the file (``"<component>.fp16.onnx"`` for a multi-graph bundle).
+    Returns the meta recorded.
+    """
+    from vkt.onnxio import save_onnx
+
+    name = f"{component}.fp16.onnx"
+    files = save_onnx(convert_fp16(model), writer.staged(name))
+    recorded = {"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32", **(meta or {})}
+    if check is not None:
+        recorded.update(check(files[0]) or {})
+    writer.add_file(files[0], name, role="fp16 onnx", component=component, meta=recorded)
+    if len(files) > 1:
+        writer.add_file(files[1], files[1].name, role="onnx external data", component=component)
+    writer.manifest["precision"]["fp16"] = name if component == "model" else "<component>.fp16.onnx"
+    return recorded
 
 
 def _topological_sort(graph: Any) -> None:

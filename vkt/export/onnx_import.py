@@ -13,6 +13,7 @@ import numpy as np
 from vkt.bundle import Bundle, BundleWriter
 from vkt.errors import ModelError, SpecError
 from vkt.log import get_logger, timed
+from vkt.onnxgraph import constants_to_initializers
 from vkt.onnxio import load_onnx
 from vkt.specs import ExportSpec, Profile
 from vkt.tasks import task_defaults
@@ -54,25 +55,6 @@ def name_image_axes(model: Any) -> dict[str, str]:
             if d.HasField("dim_param") and d.dim_param in renames:
                 d.dim_param = renames[d.dim_param]
     return renames
-
-
-def constants_to_initializers(model: Any) -> int:
-    """Move weight tensors held by Constant nodes into initializers (calibration and TRT refit want them there)."""
-    from onnx import numpy_helper
-
-    keep, moved = [], 0
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            arr = numpy_helper.to_array(node.attribute[0].t)
-            if arr.size > 1:  # scalars and shape constants stay as they are
-                model.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
-                moved += 1
-                continue
-        keep.append(node)
-    if moved:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-    return moved
 
 
 def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "generic",
@@ -146,15 +128,10 @@ def import_onnx(src: str | os.PathLike, dest: str | os.PathLike, task: str = "ge
             w.manifest["postprocess"] = post
             w.manifest["precision"] = {"fp32": "model.onnx"}
             if fp16:
-                from vkt.export.fp16 import SENSITIVE_OPS, convert_fp16
+                from vkt.export.fp16 import add_fp16
 
                 with timed("convert to fp16", log):
-                    m16 = convert_fp16(model)
-                    d16 = m16.SerializeToString()
-                    if verify:
-                        _smoke_run(d16, spec)
-                w.add_file(d16, "model.fp16.onnx", role="fp16 onnx", meta={"kept_fp32_ops": list(SENSITIVE_OPS), "io": "float32"})
-                w.manifest["precision"]["fp16"] = "model.fp16.onnx"
+                    add_fp16(w, model, check=(lambda path: _smoke_run(path, spec)) if verify else None)
     return Bundle.load(dest)
 
 
@@ -168,7 +145,7 @@ def _min_feed(spec: ExportSpec) -> dict[str, np.ndarray] | None:
     return feed or None
 
 
-def _smoke_run(data: bytes, spec: ExportSpec) -> None:
+def _smoke_run(data: bytes | Path, spec: ExportSpec) -> None:
     """Run the graph once at the smallest profile shape so a broken graph never becomes a bundle."""
     from vkt.runtime.ort import OrtRunner
 

@@ -1,9 +1,9 @@
 """Exact float rewrites of an imported graph, so the FP32 model runs as fast as its INT8 sibling's float part.
 
-The INT8 path prepares the graph (``vkt.calibration.ranges.prepare_model``: Constant weights to
+The INT8 path prepares the graph (``vkt.onnxgraph.prepare_model``: Constant weights to
 initializers, onnxruntime's ``quant_pre_process``: Identity removal, constant and BatchNorm folding, shape
 inference) and folds constant Mul/Add that follow a Conv into its weights
-(``vkt.calibration.qdq.fold_conv_affine``). Those rewrites are exact up to float rounding and have nothing
+(``vkt.onnxgraph.fold_conv_affine``). Those rewrites are exact up to float rounding and have nothing
 to do with quantization, yet onnxruntime does not do the second one itself: PP-OCRv5's learnable-affine
 blocks (a scalar Mul and Add after each Conv) stay as two passes over the activation. Measured on the
 2-core CPU (PP-OCRv5 mobile det, 736x736, session 5): 180 -> 154 ms at 1 thread, 108 -> 100 ms at 2.
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vkt.log import get_logger
+from vkt.onnxgraph import fold_conv_affine, prepare_model
 
 log = get_logger(__name__)
 RTOL = 1e-3  # max |rewritten - original| allowed, relative to max |original| per output (plus ATOL)
@@ -32,9 +33,6 @@ ATOL = 1e-4
 def optimize_fp32(model: Any, feed: Mapping[str, np.ndarray] | None) -> tuple[Any, dict[str, Any]]:
     """(graph to ship, report). The report names the rewrites, node counts and the measured max abs diff,
     or why the original was kept (``kept_original``)."""
-    from vkt.calibration.qdq import fold_conv_affine
-    from vkt.calibration.ranges import prepare_model
-
     before = len(model.graph.node)
     try:
         if model.ByteSize() > 1_900_000_000:

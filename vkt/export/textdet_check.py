@@ -1,6 +1,6 @@
 """Is an imported graph a DB text detector? One image input [N, 3, H, W] -> a probability map [N, C, H, W] at its resolution.
 
-``vkt export onnx --task textdet`` (and :func:`vkt.runtime.textdet.make_textdet_bundle`) run these checks
+``vkt export onnx --task textdet`` (and :func:`vkt.export.textdet_bundle.make_textdet_bundle`) run these checks
 before anything is written, so a classifier or a half-resolution map fails at export with a message
 saying what was found, not at ``vkt run`` with an IndexError or silently wrong boxes:
 

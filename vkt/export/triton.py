@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vkt.bundle import Bundle
+from vkt.bundle import PRECISION_ROLES, Bundle
 from vkt.errors import InputError
 from vkt.fsutil import atomic_copy, atomic_write_text, staged_dir
 from vkt.specs import ExportSpec, TensorSpec
@@ -66,16 +66,6 @@ class TritonOptions:
     ort_tensorrt: bool = False
 
 
-def _batch_axis(spec: ExportSpec) -> str | None:
-    """The axis name that leads every input and output, if there is one."""
-    firsts = {t.shape[0] if t.shape else None for t in (*spec.inputs, *spec.outputs)}
-    if len(firsts) == 1:
-        (axis,) = firsts
-        if isinstance(axis, str):
-            return axis
-    return None
-
-
 def _tensor(t: TensorSpec, skip_first: bool) -> str:
     dims = list(t.shape[1:] if skip_first else t.shape)
     dims_txt = ", ".join("-1" if isinstance(d, str) else str(d) for d in dims)
@@ -87,7 +77,7 @@ def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
     for t in (*spec.inputs, *spec.outputs):
         if t.dtype not in TRITON_DTYPES:
             raise InputError(f"tensor {t.name!r} has dtype {t.dtype!r}, which Triton cannot serve")
-    axis = _batch_axis(spec)
+    axis = spec.batch_axis
     max_batch = 0
     if axis is not None:
         ranges = [p.axes[axis] for p in spec.profiles if axis in p.axes]
@@ -199,7 +189,7 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
             raise InputError(f"bundle {b.name!r} has no {opts.precision} plan; build one with 'vkt build' first")
         src, fname = b.root / plans[-1].path, "model.plan"
     else:
-        role = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}.get(opts.precision)
+        role = PRECISION_ROLES.get(opts.precision)
         if role is None:
             raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
         src, fname = b.root / b.entry(role, component, placement="ort").path, "model.onnx"

@@ -60,7 +60,7 @@ def output_tensors(det: Any, task: str) -> dict[str, np.ndarray]:
 
 def run(image_bytes: bytes, task: Any, infer: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> dict[str, np.ndarray]:
     """Decode, pre-process, ``infer(feed) -> outputs`` (the core model), post-process; InputError for bad bytes."""
-    from vkt.runtime.server.tasks import decode_image
+    from vkt.runtime.server.image_body import decode_image
 
     img = decode_image(image_bytes, max_pixels)
     return output_tensors(task.detections(img, infer), task.task)

@@ -67,6 +67,6 @@ def ppocrv5_det_mobile_onnx() -> Path:
 
 def ppocrv5_det_mobile_bundle(dest: str | os.PathLike, overwrite: bool = False, **param_overrides: object) -> Path:
     """A textdet bundle around :func:`ppocrv5_det_mobile_onnx` with rapidocr-style defaults (vkt.tasks)."""
-    from vkt.runtime.textdet import make_textdet_bundle
+    from vkt.export.textdet_bundle import make_textdet_bundle
 
     return make_textdet_bundle(ppocrv5_det_mobile_onnx(), dest, overwrite=overwrite, name="ppocrv5-det-mobile", **param_overrides)

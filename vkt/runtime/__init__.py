@@ -43,13 +43,12 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
     """
     from pathlib import Path
 
-    from vkt.bundle import Bundle
+    from vkt.bundle import PRECISION_ROLES, Bundle
 
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; expected one of {sorted(BACKENDS)}")
-    roles = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
-    if precision not in roles:
-        raise BackendError(f"unknown precision {precision!r}; expected one of {sorted(roles)}")
+    if precision not in PRECISION_ROLES:
+        raise BackendError(f"unknown precision {precision!r}; expected one of {sorted(PRECISION_ROLES)}")
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         source = Bundle.load(source)
     if isinstance(source, Bundle):
@@ -63,7 +62,8 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
             path = source.root / _ov_entry(source, roles[precision], component).path
         else:
             # An INT8 bundle may hold one Q/DQ graph per placement: take the one written for this backend.
-            path = source.root / source.entry(roles[precision], component, placement="ort" if backend == "ort" else "trt").path
+            role = PRECISION_ROLES[precision]
+            path = source.root / source.entry(role, component, placement="ort" if backend == "ort" else "trt").path
         name = f"{backend}-{precision}"
     else:
         spec, path, name = None, Path(source), f"{backend}-{Path(source).stem}"

@@ -24,17 +24,15 @@ the source image's width/height, not clipped (as transformers).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vkt.errors import InputError, ModelError
 from vkt.runtime.image import Preprocessor, load_image
-from vkt.runtime.pipeline import ImagePipeline, apply_overrides
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides, open_source
 
 RAW_OUTPUTS = ("logits", "pred_boxes")
 FINAL_OUTPUTS = ("scores", "labels", "boxes")
@@ -213,8 +211,23 @@ def select(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, src_size: 
     return Detections(boxes[:n], scores[:n], labels[:n], [params.name(int(c)) for c in labels[:n]], (int(h), int(w)))
 
 
-# ---- the pipeline --------------------------------------------------------------------------------
-_RESIZE_KEYS = ("shortest_edge", "longest_edge")
+# ---- settings and the pipeline -------------------------------------------------------------------
+RESIZE_KEYS = ("shortest_edge", "longest_edge")
+POST_KEYS = tuple(f.name for f in fields(DetrParams))
+
+
+def detr_settings(pre: Mapping[str, Any], post: Mapping[str, Any], overrides: Mapping[str, Any],
+                  what: str = "DETR setting") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of a DETR ``preprocess`` / ``postprocess`` pair with ``overrides`` applied, checked.
+
+    ``overrides`` keys: RESIZE_KEYS (shortest_edge, longest_edge: into ``pre["resize"]``) and POST_KEYS
+    (DetrParams fields). An unknown key, or a value DetrParams / Preprocessor refuses, raises InputError
+    ("unknown <what> 'key'" lists the accepted ones).
+    """
+    pre, post = apply_overrides(pre, post, overrides, RESIZE_KEYS, POST_KEYS, what)
+    DetrParams.from_dict(post)
+    Preprocessor(pre)
+    return pre, post
 
 
 class Detector(ImagePipeline):
@@ -235,49 +248,22 @@ class Detector(ImagePipeline):
 
     def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,
                  max_batch: int | None = None, **overrides: Any):
-        from vkt.bundle import Bundle
-        from vkt.runtime import make_runner
-        from vkt.runtime.base import Runner
-        from vkt.tasks import TASKS
-
-        if isinstance(source, Runner):
-            pre, post, runner = TASKS["detr"].preprocess, TASKS["detr"].postprocess, source
-        else:
-            bundle = source if isinstance(source, Bundle) else Bundle.load(source)
-            if bundle.task != "object-detection":
-                raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; Detector needs 'object-detection'")
-            pre, post = bundle.preprocess, bundle.postprocess
-            runner = make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        pre, post = apply_overrides(pre, post, overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
-                                    "Detector option")
+        runner, pre, post = open_source(source, "detr", "Detector",
+                                        lambda pre, post: detr_settings(pre, post, overrides, "Detector option"),
+                                        backend, precision, threads)
         self.params = DetrParams.from_dict(post)
-        self.runner = runner
-        self._max_batch_arg = max_batch
-        self._pre_cfg = pre
-        self.pre: Preprocessor | None = None
-        self.activate()
+        self._open(runner, pre, max_batch)
 
     def activate(self) -> Detector:
-        self.runner.activate()
-        spec = self.runner.spec
+        spec = self._start()
         self.kind = output_kind(spec.output_names)
-        self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
         self.has_mask = MASK in spec.input_names
         if self.kind == "postprocessed" and SIZES not in spec.input_names:
             raise ModelError(f"a post-processed DETR graph needs input {SIZES!r}, got {spec.input_names}")
         self.pre = Preprocessor(self._pre_cfg)
-        dims = spec.input(self.input_name).shape
-        profile = spec.profiles[0].axes if spec.profiles else {}
-        if isinstance(dims[0], int):
-            cap = dims[0]
-        else:
-            cap = profile[dims[0]][2] if dims[0] in profile else 8
-        mb = self._max_batch_arg or cap
-        if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
-            raise InputError(f"max_batch must be a positive integer, got {mb!r}")
-        self.max_batch = min(mb, cap)
         # A static graph takes exactly its batch and size: pad the batch, refuse other sizes clearly.
-        self.static_batch = dims[0] if isinstance(dims[0], int) else None
+        first = spec.input(self.input_name).shape[0]
+        self.static_batch = first if isinstance(first, int) else None
         return self
 
     def __call__(self, images: Any) -> list[Detections]:
@@ -323,7 +309,7 @@ class Detector(ImagePipeline):
         return results  # type: ignore[return-value]
 
 
-# ---- drawing and bundles -------------------------------------------------------------------------
+# ---- drawing -------------------------------------------------------------------------------------
 def _color(label: int) -> tuple[int, int, int]:
     """A stable, distinct BGR colour per class (golden-ratio hue steps)."""
     import colorsys
@@ -350,49 +336,3 @@ def draw_detections(image: np.ndarray, det: Detections) -> np.ndarray:
         cv2.rectangle(out, (x0, ty - th - base), (x0 + tw, ty), color, cv2.FILLED)
         cv2.putText(out, text, (x0, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
     return out
-
-
-def make_detr_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, labels: Sequence[str] | None = None,
-                     spec: Any = None, overwrite: bool = False, name: str | None = None, **param_overrides: Any) -> Path:
-    """Write a DETR bundle around an exported graph (vkt.models.detr.export).
-
-    Args:
-        onnx_path: the ``.onnx`` file.
-        dest: bundle folder.
-        labels: class names by class id (written to ``postprocess.labels``).
-        spec: its ExportSpec (``ExportReport.spec``); default: read from the graph, with
-            ``TASKS["detr"].profile`` for dynamic graphs.
-        **param_overrides: postprocess keys, or resize keys shortest_edge / longest_edge.
-    Returns the bundle folder. Raises InputError / ModelError / BundleError on bad input.
-    """
-    from vkt.bundle import BundleWriter
-    from vkt.specs import ExportSpec
-    from vkt.tasks import TASKS
-
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ModelError(f"ONNX file not found: {str(onnx_path)!r}")
-    t = TASKS["detr"]
-    if spec is None:
-        raw = ExportSpec.from_onnx(onnx_path)
-        spec = raw.with_profiles(t.profile) if raw.input_axes else raw
-    elif not isinstance(spec, ExportSpec):
-        raise InputError(f"spec must be a vkt.specs.ExportSpec, got {type(spec).__name__}")
-    outs = set(spec.output_names)
-    if not (set(RAW_OUTPUTS) <= outs or set(FINAL_OUTPUTS) <= outs):
-        raise ModelError(f"{str(onnx_path)!r} is not a DETR graph: outputs {spec.output_names}, expected "
-                         f"{list(RAW_OUTPUTS)} or {list(FINAL_OUTPUTS)}")
-    pre = {**t.preprocess, "input": spec.input_names[0], "resize": dict(t.preprocess["resize"])}
-    post = dict(t.postprocess)
-    if labels is not None:
-        post["labels"] = [str(x) for x in labels]
-    pre, post = apply_overrides(pre, post, param_overrides, _RESIZE_KEYS, [f.name for f in fields(DetrParams)],
-                                "DETR parameter")
-    post = DetrParams.from_dict(post).to_dict()
-    Preprocessor(pre)
-    with BundleWriter(dest, family=t.family, task=t.task, name=name, overwrite=overwrite) as w:
-        w.add_component("model", spec)
-        w.add_file(onnx_path, "model.onnx", role="fp32 onnx")
-        w.manifest["preprocess"] = pre
-        w.manifest["postprocess"] = post
-    return Path(dest)

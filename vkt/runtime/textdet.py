@@ -32,10 +32,8 @@ under ``meta["resized"]`` and a warning is logged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -45,7 +43,7 @@ import pyclipper
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.image import Preprocessor, Resized
-from vkt.runtime.pipeline import ImagePipeline
+from vkt.runtime.pipeline import ImagePipeline, apply_overrides, open_source
 
 log = get_logger(__name__)
 _DILATE_KERNEL = np.ones((2, 2), dtype=np.uint8)
@@ -255,18 +253,7 @@ def textdet_settings(pre: Mapping[str, Any], post: Mapping[str, Any], overrides:
     POST_KEYS (DBParams fields). An unknown key, or a value DBParams / Preprocessor refuses, raises
     InputError ("unknown <what> 'key'" lists the accepted ones).
     """
-    pre = {**pre, "resize": dict(pre.get("resize", {}))}
-    post = dict(post)
-    for k, v in overrides.items():
-        if k in PRE_KEYS:
-            pre[k] = np.asarray(v).tolist() if isinstance(v, (tuple, np.ndarray)) else v   # JSON-ready
-        elif k in RESIZE_KEYS:
-            pre["resize"][k] = v
-        elif k in POST_KEYS:
-            post[k] = v
-        else:
-            raise InputError(f"unknown {what} {k!r}; expected a postprocess key {sorted(POST_KEYS)}, a resize key "
-                             f"{list(RESIZE_KEYS)} or a normalisation key {list(PRE_KEYS)}")
+    pre, post = apply_overrides(pre, post, overrides, RESIZE_KEYS, POST_KEYS, what, pre_keys=PRE_KEYS)
     DBParams.from_dict(post)
     Preprocessor(pre)
     return pre, post
@@ -312,35 +299,17 @@ class TextDetector(ImagePipeline):
 
     def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,
                  batch_mode: str = "bucket", max_batch: int | None = None, **overrides: Any):
-        from vkt.bundle import Bundle
-        from vkt.runtime import make_runner
-        from vkt.runtime.base import Runner
-        from vkt.tasks import TASKS
-
         if batch_mode not in BATCH_MODES:
             raise InputError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-        bundle = None
-        if isinstance(source, Runner):
-            pre, post = TASKS["textdet"].preprocess, TASKS["textdet"].postprocess
-        else:
-            bundle = source if isinstance(source, Bundle) else Bundle.load(source)
-            if bundle.task != "text-detection":
-                raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; TextDetector needs 'text-detection'")
-            pre, post = bundle.preprocess, bundle.postprocess
-        pre, post = textdet_settings(pre, post, overrides, "TextDetector option")
+        runner, pre, post = open_source(source, "textdet", "TextDetector",
+                                        lambda pre, post: textdet_settings(pre, post, overrides, "TextDetector option"),
+                                        backend, precision, threads)
         self.params = DBParams.from_dict(post)
-        runner = source if bundle is None else make_runner(bundle, backend=backend, precision=precision, threads=threads)
-        self.runner = runner
         self.batch_mode = batch_mode
-        self._max_batch_arg = max_batch
-        self._pre_cfg = pre
-        self.pre: Preprocessor | None = None
-        self.activate()
+        self._open(runner, pre, max_batch)
 
     def activate(self) -> TextDetector:
-        self.runner.activate()
-        spec = self.runner.spec
-        self.input_name = self._pre_cfg.get("input") or spec.input_names[0]
+        spec = self._start()
         self.output_name = spec.output_names[0]
         oshape = spec.outputs[0].shape
         if len(oshape) != 4:  # e.g. a classifier tagged text-detection by hand, or imported before the check
@@ -355,12 +324,6 @@ class TextDetector(ImagePipeline):
         dims = spec.input(self.input_name).shape
         side_caps = [profile[d][2] for d in dims[2:] if isinstance(d, str) and d in profile]
         self.pre = Preprocessor(self._pre_cfg, max_side=min(side_caps) if side_caps else None)
-        batch_cap = profile[dims[0]][2] if isinstance(dims[0], str) and dims[0] in profile else (
-            dims[0] if isinstance(dims[0], int) else 8)
-        mb = self._max_batch_arg or batch_cap
-        if not isinstance(mb, int) or mb < 1:
-            raise InputError(f"max_batch must be a positive integer, got {mb!r}")
-        self.max_batch = min(mb, batch_cap)
         return self
 
     def __call__(self, images: Any) -> list[Detections]:
@@ -390,13 +353,3 @@ class TextDetector(ImagePipeline):
                 det.meta.update(input_meta(plans[i], self.pre))
                 results[i] = det
         return results  # type: ignore[return-value]
-
-
-# ---- bundles -----------------------------------------------------------------------------------
-def make_textdet_bundle(onnx_path: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False,
-                        name: str | None = None, optimize: bool = True, **param_overrides: Any) -> Path:
-    """Write a textdet bundle around a DB detector ONNX: :func:`vkt.export.textdet_bundle.make_textdet_bundle`
-    (export time: needs onnx and onnxruntime's quantization tools)."""
-    from vkt.export.textdet_bundle import make_textdet_bundle as make
-
-    return make(onnx_path, dest, overwrite=overwrite, name=name, optimize=optimize, **param_overrides)

@@ -7,9 +7,6 @@ segfaults when it deserializes a plan on a machine without a GPU, so that must n
 
 from __future__ import annotations
 
-import importlib
-import json
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,10 +18,19 @@ from vkt.errors import BackendError, ModelError, ShapeError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
 from vkt.runtime.gpu import DeviceBuffer, PinnedBuffer, check, require_gpu
-from vkt.specs import ExportSpec, Profile, TensorSpec
+from vkt.runtime.trt_plan import (
+    MODULES,
+    TrtLog,
+    bundle_meta,
+    check_plan_file,
+    import_trt,
+    read_plan,
+    spec_from_engine,
+    with_engine_profiles,
+)
+from vkt.specs import ExportSpec
 
 log = get_logger(__name__)
-MODULES = {"tensorrt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx"}
 
 
 class TrtRunner(Runner):
@@ -63,7 +69,7 @@ class TrtRunner(Runner):
             self.plan: Path | bytes = bytes(plan)
         elif isinstance(plan, (str, os.PathLike)):
             self.plan = Path(plan)
-            _check_plan_file(self.plan)
+            check_plan_file(self.plan)
         else:
             raise ModelError(f"plan must be a path or bytes, got {type(plan).__name__}")
         if module not in ("auto", *MODULES):
@@ -98,8 +104,8 @@ class TrtRunner(Runner):
     # ---- activation ------------------------------------------------------------------------------
     def _activate(self) -> None:
         # 1. The plan (no TensorRT involved): missing / emptied since __init__ -> ModelError.
-        data = self.plan if isinstance(self.plan, bytes) else _read_plan(self.plan)
-        meta = {} if isinstance(self.plan, bytes) else _bundle_meta(self.plan)
+        data = self.plan if isinstance(self.plan, bytes) else read_plan(self.plan)
+        meta = {} if isinstance(self.plan, bytes) else bundle_meta(self.plan)
         # 2. A GPU, before anything imports TensorRT.
         self._rt = require_gpu(self.device, who="TrtRunner")
         try:
@@ -113,8 +119,8 @@ class TrtRunner(Runner):
         check(rt.cudaSetDevice(self.device), f"cudaSetDevice({self.device})")
         # 3. TensorRT: the module that built the plan.
         wanted = self.module if self.module != "auto" else meta.get("builder", {}).get("module", "auto")
-        self._trt = trt = _import_trt(wanted)
-        logs = _Log.get(trt)
+        self._trt = trt = import_trt(wanted)
+        logs = TrtLog.get(trt)
         logs.errors.clear()
         self._runtime = trt.Runtime(logs)
         vc = self.version_compatible
@@ -168,13 +174,13 @@ class TrtRunner(Runner):
                 ranges[n] = (tuple(lo), tuple(hi))
             self._ranges.append(ranges)
         if self._spec is None:
-            self._spec = _spec_from_engine(eng, self._inputs, self._outputs)
+            self._spec = spec_from_engine(eng, self._inputs, self._outputs)
             return
         if set(self._spec.input_names) != {n for n, _ in self._inputs}:
             raise ModelError(f"the plan's inputs are {sorted(n for n, _ in self._inputs)} but the spec's are "
                              f"{sorted(self._spec.input_names)}: the plan was built from another graph")
         # The plan's profiles are the truth (it may have been built with other ranges than the bundle's spec).
-        self._spec = _with_engine_profiles(self._spec, eng)
+        self._spec = with_engine_profiles(self._spec, eng)
 
     # ---- inference -------------------------------------------------------------------------------
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -264,7 +270,7 @@ class TrtRunner(Runner):
         ctx, handle = self._context, int(self._stream)
         if not self.use_cuda_graph or self._rtx_graphs or not self._graph_ok:
             if not ctx.execute_async_v3(handle):
-                raise BackendError(f"TensorRT execute_async_v3 failed: {_Log.get(self._trt).summary() or 'no reason logged'}")
+                raise BackendError(f"TensorRT execute_async_v3 failed: {TrtLog.get(self._trt).summary() or 'no reason logged'}")
             return
         # A graph bakes in shapes and addresses: one graph per (shapes, buffers, profile), re-captured on change.
         key = (tuple(sorted(self._shapes.items())), tuple(b.ptr for b in self._dev.values()), self._profile)
@@ -338,128 +344,3 @@ class TrtRunner(Runner):
         d["cuda_graph"] = self.use_cuda_graph
         d["pinned"] = self.pinned
         return d
-
-
-# ---- helpers -------------------------------------------------------------------------------------
-def _check_plan_file(p: Path) -> None:
-    if not p.exists():
-        raise ModelError(f"plan file not found: {str(p)!r}")
-    if not p.is_file():
-        raise ModelError(f"plan path {str(p)!r} is not a file")
-    if p.stat().st_size == 0:
-        raise ModelError(f"plan file {str(p)!r} is empty")
-
-
-def _read_plan(p: Path) -> bytes:
-    _check_plan_file(p)
-    return p.read_bytes()
-
-
-def _bundle_meta(plan: Path) -> dict[str, Any]:
-    """The plan's metadata when it sits in a bundle (module that built it, flags); {} otherwise."""
-    manifest = plan.parent / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return {}
-    for e in files:
-        if isinstance(e, dict) and e.get("path") == plan.name and e.get("role") == "plan":
-            return e.get("meta") or {}
-    return {}
-
-
-def _import_trt(module: str) -> Any:
-    """Import ``module`` ("auto": tensorrt, then tensorrt_rtx); BackendError naming the pip package otherwise."""
-    order = list(MODULES) if module == "auto" else [module]
-    errors = {}
-    for name in order:
-        try:
-            mod = importlib.import_module(name)
-            if not hasattr(mod, "Runtime"):
-                raise ImportError("no Runtime class (a placeholder package?)")
-            return mod
-        except Exception as e:
-            errors[name] = f"{type(e).__name__}: {e}"
-    pkgs = " or ".join(f"'pip install {MODULES[n]}'" for n in order)
-    raise BackendError(f"cannot import TensorRT ({'; '.join(f'{k}: {v}' for k, v in errors.items())}); install it with {pkgs}")
-
-
-class _Log:
-    """One TensorRT logger per module (TensorRT warns when runtimes get different ones); keeps errors."""
-
-    _instances: dict[str, Any] = {}
-
-    @classmethod
-    def get(cls, trt: Any) -> Any:
-        if trt.__name__ not in cls._instances:
-            sev = trt.ILogger.Severity
-
-            class _Logger(trt.ILogger):
-                def __init__(self) -> None:
-                    trt.ILogger.__init__(self)
-                    self.errors: list[str] = []
-
-                def log(self, severity: Any, msg: str) -> None:
-                    if severity in (sev.INTERNAL_ERROR, sev.ERROR):
-                        self.errors.append(" ".join(msg.split()))
-                        log.debug("%s: %s", trt.__name__, msg)
-                    elif severity == sev.WARNING:
-                        log.warning("%s: %s", trt.__name__, msg)
-                    elif log.isEnabledFor(logging.DEBUG):
-                        log.debug("%s: %s", trt.__name__, msg)
-
-                def summary(self) -> str:
-                    return "; ".join(e[:300] for e in self.errors[-3:])
-
-            cls._instances[trt.__name__] = _Logger()
-        return cls._instances[trt.__name__]
-
-
-def _with_engine_profiles(spec: ExportSpec, engine: Any) -> ExportSpec:
-    """``spec`` with its profiles replaced by the engine's (axis names kept); ``spec`` as is if they disagree."""
-    try:
-        profiles = []
-        for p in range(engine.num_optimization_profiles):
-            axes: dict[str, tuple[int, int, int]] = {}
-            for t in spec.inputs:
-                lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(t.name, p))
-                for i, d in t.dynamic_axes.items():
-                    if axes.setdefault(d, (lo[i], opt[i], hi[i])) != (lo[i], opt[i], hi[i]):
-                        raise ValueError(f"axis {d!r} has different ranges across inputs")
-            if axes:
-                profiles.append(Profile(axes))
-        return spec.with_profiles(*profiles) if profiles else spec
-    except Exception as e:
-        log.debug("keeping the spec's profiles (%s)", e)
-        return spec
-
-
-def _spec_from_engine(engine: Any, inputs: list[tuple[str, np.dtype]], outputs: list[tuple[str, np.dtype]]) -> ExportSpec:
-    """An ExportSpec read from the engine: dynamic dims named ``<tensor>_dim<i>``, one Profile per engine profile."""
-    def tspec(name: str, dt: np.dtype) -> TensorSpec:
-        safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-        safe = safe if safe and not safe[0].isdigit() else f"t_{safe}"
-        dims = tuple(int(d) if d >= 0 else f"{safe}_dim{i}" for i, d in enumerate(engine.get_tensor_shape(name)))
-        return TensorSpec(name, dt.name, dims)
-
-    ins = tuple(tspec(n, dt) for n, dt in inputs)
-    outs = tuple(tspec(n, dt) for n, dt in outputs)
-    profiles = []
-    try:
-        for p in range(engine.num_optimization_profiles):
-            axes = {}
-            for t in ins:
-                lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(t.name, p))
-                for i, d in t.dynamic_axes.items():
-                    axes[d] = (lo[i], opt[i], hi[i])
-            if axes:
-                profiles.append(Profile(axes))
-    except Exception as e:  # e.g. a profile admitting size 0, which vkt's Profile refuses: validate without ranges
-        log.debug("engine profiles not usable as a spec (%s); feeds are checked by TensorRT only", e)
-        profiles = []
-    try:
-        return ExportSpec(ins, outs, tuple(profiles))
-    except Exception:
-        return ExportSpec(ins, outs, ())

@@ -20,13 +20,9 @@ from vkt.errors import BundleError, InputError
 from vkt.log import get_logger, progress
 from vkt.runtime.schedulers import Scheduler, scheduler_from_config
 from vkt.runtime.tokenizer import ClipTokenizer
+from vkt.tasks import TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT
 
 log = get_logger(__name__)
-
-# Graph I/O names: vkt.models.sd.export writes graphs with these (the runtime owns them, export imports them).
-TEXT_IDS, TEXT_OUT = "input_ids", "last_hidden_state"
-UNET_SAMPLE, UNET_TIMESTEP, UNET_TEXT, UNET_OUT = "sample", "timestep", "encoder_hidden_states", "noise_pred"
-VAE_IN, VAE_OUT = "latents", "image"
 
 
 @dataclass
@@ -83,7 +79,7 @@ class Txt2Img:
     def __init__(self, bundle: Any, scheduler: str | Scheduler | None = None, backend: str = "ort",
                  precision: str = "fp32", threads: int | None = None, cfg: str = "auto", progress_bar: bool = True,
                  session_config: dict[str, str] | None = None):
-        from vkt.bundle import Bundle
+        from vkt.bundle import PRECISION_ROLES, Bundle
         from vkt.runtime import make_runner
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
@@ -116,12 +112,11 @@ class Txt2Img:
         unet_in = self.specs["unet"].input(UNET_SAMPLE)
         self.latent_channels = int(unet_in.shape[1])
         self.default_size = int(comps["unet"].get("default_size", 512))
-        roles = {"fp32": "fp32 onnx", "fp16": "fp16 onnx", "int8": "int8 qdq onnx"}
-        if precision in roles and not b.has(roles[precision], "unet"):
-            raise BundleError(f"bundle {b.name!r} has no {precision} UNet ({roles[precision]!r}); export it with "
+        if precision in PRECISION_ROLES and not b.has(PRECISION_ROLES[precision], "unet"):
+            raise BundleError(f"bundle {b.name!r} has no {precision} UNet ({PRECISION_ROLES[precision]!r}); export it with "
                               + ("int8=True (calibrated Q/DQ)" if precision == "int8" else f"{precision}=True"))
         # INT8 is for the UNet (the text encoder and VAE run once per image): other components fall back to fp32.
-        self.precisions = {c: precision if precision not in roles or b.has(roles[precision], c) else "fp32"
+        self.precisions = {c: precision if precision not in PRECISION_ROLES or b.has(PRECISION_ROLES[precision], c) else "fp32"
                            for c in ("text_encoder", "unet", "vae_decoder")}
         self.runners = {c: make_runner(b, backend=backend, precision=self.precisions[c], component=c, threads=threads,
                                        session_config=session_config)

@@ -75,11 +75,11 @@ def _load_base(root: Path) -> _Base:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from vkt.models.sd.export import _missing_files
+    from vkt.models.sd.source import missing_files
 
     if not root.is_dir():
         raise InputError(f"pretrained {str(root)!r} is not a folder; expected a diffusers Stable Diffusion pipeline folder")
-    missing = _missing_files(root) + [n for n in ("scheduler/scheduler_config.json",) if not (root / n).is_file()]
+    missing = missing_files(root) + [n for n in ("scheduler/scheduler_config.json",) if not (root / n).is_file()]
     if missing:
         raise ModelError(f"pretrained folder {str(root)!r} is incomplete: missing {', '.join(missing)}")
     with timed(f"loading {root.name}", log):

@@ -15,10 +15,9 @@ scheduler and RNG states of the checkpoint: the next loss is the same.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,109 +32,19 @@ from vkt.training.textdet_ckpt import (
     save_checkpoint,
     set_rng_state,
 )
+from vkt.training.textdet_config import PRETRAINED, TextDetTrainConfig, val_resize
 from vkt.training.textdet_data import (
     StepDataset,
     StepSampler,
     TextDetTransform,
     TextSample,
 )
+from vkt.training.textdet_module import ThresholdHead, lightning_module
 
 log = get_logger(__name__)
-PRETRAINED = ("ppocrv5-mobile",)
-
-
-@dataclass(frozen=True)
-class TextDetTrainConfig:
-    """Training knobs (defaults: a short CPU-friendly run; PaddleOCR trains 640 px, lr 1e-3, batch 8/GPU)."""
-
-    steps: int = 1000             # optimiser steps in all
-    batch: int = 8
-    lr: float | None = None       # peak after warm-up; None: 1e-3 from scratch, 3e-5 fine-tuning (see peak_lr)
-    weight_decay: float = 1e-4
-    warmup: int = 50              # linear warm-up steps
-    clip_grad: float = 5.0        # max gradient norm
-    size: int = 320               # square training crop (multiple of 32)
-    pretrained: str | None = None  # "ppocrv5-mobile" or None (from scratch)
-    freeze_bn: bool | None = None  # None: frozen when pretrained
-    threshold_grad: bool | None = None  # threshold/binary losses reach the detector; None: only from scratch
-    ckpt_every: int = 100
-    val_every: int = 100
-    seed: int = 0
-    workers: int = 0
-    box_thresh: float = 0.5       # validation DB box threshold
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch", "ckpt_every", "val_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("warmup", "workers", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "clip_grad"):
-            v = getattr(self, name)
-            if v is None and name == "lr":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise InputError(f"{name} must be a number > 0, got {v!r}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise InputError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 32 or self.size % 32:
-            raise InputError(f"size must be a multiple of 32 and >= 32, got {self.size!r}")
-        if self.pretrained is not None and self.pretrained not in PRETRAINED:
-            raise InputError(f"unknown pretrained model {self.pretrained!r}; expected one of {list(PRETRAINED)} or none")
-
-    @property
-    def peak_lr(self) -> float:
-        """``lr``, or its default. Fine-tuning with frozen BatchNorm needs a small one: PP-OCRv5 mobile on
-        synthetic text (320 px, batch 4, 100 steps, 64 held-out images) went hmean 0.706 -> 0.894 at
-        3e-5, but peaked at 0.862 (step 50) and fell to 0.552 at 1e-4 (weights drift under frozen statistics)."""
-        if self.lr is not None:
-            return float(self.lr)
-        return 1e-3 if self.pretrained is None else 3e-5
-
-    @property
-    def bn_frozen(self) -> bool:
-        return self.pretrained is not None if self.freeze_bn is None else bool(self.freeze_bn)
-
-    @property
-    def threshold_trains_detector(self) -> bool:
-        """A new, random threshold branch on imported weights would push noisy gradients (through DB's
-        steep binarisation, k = 50) into features that already work: when fine-tuning it learns on
-        detached features and the detector gets the shrink loss alone. Measured (PP-OCRv5 mobile, synthetic
-        text, 320 px, batch 4, lr 1e-4, 64 held-out images): hmean at step 50 0.839 with, 0.862 without."""
-        return self.pretrained is None if self.threshold_grad is None else bool(self.threshold_grad)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> TextDetTrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"{where}: unknown training option(s) {unknown}; expected some of {sorted(names)}")
-        return cls(**d)
 
 
 # ---- model -----------------------------------------------------------------------------------------
-class ThresholdHead(torch.nn.Module):
-    """DB's threshold branch: the probability head's layout (3x3 conv-BN-ReLU, 2x up conv-BN-ReLU, 2x up conv,
-    sigmoid) on the neck's features ``[B, C, H/4, W/4]`` -> threshold map ``[B, 1, H, W]``."""
-
-    def __init__(self, in_channels: int = 96):
-        from vkt.models.textdet.init import init_head
-
-        super().__init__()
-        c = in_channels // 4
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(in_channels, c, 3, padding=1, bias=False), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
-            torch.nn.ConvTranspose2d(c, c, 2, stride=2), torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
-            torch.nn.ConvTranspose2d(c, 1, 2, stride=2))
-        init_head(self)  # PaddleOCR's DB head init (vkt.models.textdet.init)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.body(features))
-
-
 def build_model(pretrained: str | None, seed: int = 0) -> Any:
     """transformers' PP-OCRv5 mobile detector: imported weights (``"ppocrv5-mobile"``) or a seeded random init."""
     from vkt.models.textdet.loader import (
@@ -151,98 +60,6 @@ def build_model(pretrained: str | None, seed: int = 0) -> Any:
     if pretrained not in PRETRAINED:
         raise InputError(f"unknown pretrained model {pretrained!r}; expected one of {list(PRETRAINED)}")
     return load_ppocrv5_mobile_det()
-
-
-def lightning_module(model: Any, config: TextDetTrainConfig, threshold_head: ThresholdHead | None = None) -> Any:
-    """LightningModule: DB forward (prob + threshold), DBLoss, AdamW (no decay on biases / norms) + warm-up/cosine,
-    optional frozen BN."""
-    import lightning as L
-
-    from vkt.models.textdet.loss import DBLoss
-
-    class TextDetModule(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.detector = model
-            self.threshold_head = threshold_head or ThresholdHead(model.config.neck_out_channels)
-            self.loss_fn = DBLoss()
-            self.cfg = config
-            self.history: list[dict[str, Any]] = []
-            self.step_offset = 0  # steps done before this fit (resume)
-
-        def train(self, mode: bool = True) -> Any:
-            super().train(mode)
-            if mode and self.cfg.bn_frozen:
-                for m in self.detector.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.eval()  # keep the imported running statistics; affine weights still learn
-            return self
-
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            """``x [B, 3, H, W]`` -> ``{"prob", "thresh": [B, 1, H, W]}``."""
-            if self.training:
-                debias_batchnorm_momentum(self)
-            feats = self.detector.model(x).last_hidden_state   # [B, C, H/4, W/4]
-            prob = self.detector.head(feats)
-            if self.cfg.threshold_trains_detector:
-                return {"prob": prob, "thresh": self.threshold_head(feats)}
-            return {"prob": prob, "thresh": self.threshold_head(feats.detach()), "prob_for_binary": prob.detach()}
-
-        def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            from vkt.models.textdet.loss import differentiable_binarization
-
-            out = self(batch["image"])
-            binary = None
-            if "prob_for_binary" in out:  # [B, 1, H, W]: the dice term then trains the threshold branch only
-                binary = differentiable_binarization(out["prob_for_binary"], out["thresh"])
-            return self.loss_fn(out["prob"], batch["shrink_map"], batch["shrink_mask"], out["thresh"],
-                                batch["threshold_map"], batch["threshold_mask"], binary_pred=binary)
-
-        def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-            terms = self.losses(batch)
-            step = self.step_offset + int(self.trainer.global_step) + 1
-            row = {"step": step, **{k: float(v.detach()) for k, v in terms.items()},
-                   "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])}
-            self.history.append(row)
-            self.log("train/loss", terms["loss"], prog_bar=True, batch_size=len(batch["image"]))
-            for k in ("loss_shrink", "loss_threshold", "loss_binary"):
-                self.log(f"train/{k}", terms[k], batch_size=len(batch["image"]))
-            self.log("train/lr", row["lr"], batch_size=len(batch["image"]))
-            return terms["loss"]
-
-        def configure_optimizers(self) -> Any:
-            from vkt.models.textdet.init import param_groups
-
-            # biases, BatchNorm and learnable-affine parameters stay out of weight decay
-            opt = torch.optim.AdamW(param_groups(self, self.cfg.weight_decay), lr=self.cfg.peak_lr)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.warmup, self.cfg.steps))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return TextDetModule()
-
-
-def debias_batchnorm_momentum(module: torch.nn.Module, momentum: float = 0.1) -> None:
-    """Set each training BatchNorm's momentum to ``max(momentum, 1 / (n + 1))`` before its (n+1)-th batch.
-
-    The running statistics then start as the first batch's and average the first ``1 / momentum`` batches
-    before turning into the usual moving average, instead of decaying from their init (mean 0, var 1) at
-    10 % a step. From scratch the init is far off (PaddleOCR's Kaiming init: activations grow ~6x per
-    LCNetV3 rep-block in eval mode with init statistics; after 2 steps the neck reached 3e8 and the FP16
-    export overflowed to NaN), so eval mode (validation, export) was wrong for the first ~50 steps.
-    ``n`` is the module's ``num_batches_tracked`` buffer, so a resumed run continues identically."""
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
-            m.momentum = max(momentum, 1.0 / (int(m.num_batches_tracked) + 1))
-
-
-def lr_lambda(warmup: int, steps: int) -> Any:
-    """LR factor at scheduler step ``s``: linear ramp over ``warmup`` steps, then cosine from 1 to 0 at ``steps``."""
-    def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        t = min(1.0, (s - warmup) / max(1, steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    return f
 
 
 # ---- validation ---------------------------------------------------------------------------------------
@@ -265,12 +82,6 @@ def predict_polygons(model: Any, samples: Sequence[TextSample], size: int, box_t
         out.append(db_postprocess(prob, plans[0].src_size, params).polygons)
     model.train(was)
     return out
-
-
-def val_resize(size: int) -> dict[str, Any]:
-    """The resize rule validation uses, and the bundle a run exports records (so hmean carries over)."""
-    return {"mode": "limit_side", "limit_type": "max", "limit_side_len": int(size), "round_to": 32,
-            "max_side_len": max(2048, int(size))}
 
 
 def validate(model: Any, samples: Sequence[TextSample], size: int, box_thresh: float = 0.5) -> dict[str, float]:
@@ -424,5 +235,4 @@ def fit(train: Sequence[TextSample], config: TextDetTrainConfig | None = None, v
     return FitResult(model.eval(), head.eval(), module.history, ckpt, cfg, start)
 
 
-__all__ = ["PRETRAINED", "FitResult", "TextDetTrainConfig", "ThresholdHead", "build_model", "debias_batchnorm_momentum",
-           "fit", "lightning_module", "lr_lambda", "predict_polygons", "validate", "val_resize"]
+__all__ = ["FitResult", "build_model", "fit", "predict_polygons", "validate"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import InputError, ModelError
+from vkt.training.textdet_config import PRETRAINED, val_resize
 
 FORMAT, VERSION = "vkt.textdet.ckpt", 1
 CKPT_NAME = "ckpt.pt"
@@ -124,5 +125,18 @@ def model_from_checkpoint(state: dict[str, Any]) -> Any:
     return model.eval()
 
 
-__all__ = ["CKPT_NAME", "find_checkpoint", "load_checkpoint", "model_from_checkpoint", "rng_state", "save_checkpoint",
-           "set_rng_state"]
+def load_textdet_source(source: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, str]:
+    """(detector, resize rule or None, description) for a pretrained name (``"ppocrv5-mobile"``) or a checkpoint /
+    run folder: what ``vkt export textdet`` and ``vkt train textdet --export`` export. A checkpoint's resize rule is
+    its run's validation rule, so its bundle is scored as the run was."""
+    if str(source) in PRETRAINED:
+        from vkt.models.textdet.loader import load_ppocrv5_mobile_det
+
+        return load_ppocrv5_mobile_det(), None, f"pretrained {source}"
+    state = load_checkpoint(source)
+    size = int(state["train_config"].get("size", 0) or 0)
+    return model_from_checkpoint(state), (val_resize(size) if size else None), f"{state['path']} (step {state['step']})"
+
+
+__all__ = ["CKPT_NAME", "find_checkpoint", "load_checkpoint", "load_textdet_source", "model_from_checkpoint", "rng_state",
+           "save_checkpoint", "set_rng_state"]

@@ -118,7 +118,7 @@ def test_quantize_detr_gates_with_the_keep_list(gated, images, tmp_path):
     assert gate["metric_name"] == "COCO AP vs FP32 detections" and gate["baseline"] == pytest.approx(1.0)
     assert gate["holdout"]["images"] == 2 and section["data"]["held_out_for_gate"] == 2 and section["samples"] == 8
     b = Bundle.load(b.root)
-    from vkt.calibration.ranges import prepare_model
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     rows, steps = keep_list(prepare_model(load_onnx(b.path("fp32 onnx"))))   # the gate's names: the prepared graph's
@@ -159,8 +159,8 @@ def test_quantize_detr_ships_gptq_weights_that_lower_conv_error(gated, images):
 
     from vkt.bundle import Bundle
     from vkt.calibration.api import image_preprocess
-    from vkt.calibration.ranges import prepare_model
     from vkt.calibration.weights import _patches
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     b, section = gated

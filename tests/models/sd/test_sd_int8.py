@@ -98,8 +98,9 @@ def test_broken_ranges_are_caught(int8_bundle, tmp_path):
     import shutil
 
     from vkt.bundle import Bundle
-    from vkt.calibration import CalibrationTable, place_ort, prepare_model
+    from vkt.calibration import CalibrationTable, place_ort
     from vkt.models.sd.int8 import capture_unet_feeds, image_psnr
+    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     dst = tmp_path / "broken"

@@ -290,16 +290,17 @@ def _export(model: Any, path: str | os.PathLike, postprocess: bool, top_k: int, 
 def export_bundle(model: Any, dest: str | os.PathLike, postprocess: bool = False, top_k: int = 100,
                   pixel_mask: bool = False, static_shape: tuple[int, int, int] | None = None,
                   profile: dict[str, tuple[int, int, int]] | None = None, opset: int = 17, overwrite: bool = False,
-                  name: str | None = None, **param_overrides: Any) -> Path:
+                  name: str | None = None, fp16: bool = False, **param_overrides: Any) -> Path:
     """Export ``model`` and write a DETR bundle (vkt.runtime.detection.Detector runs it) at ``dest``.
 
     The manifest gets ``TASKS["detr"]``'s pre/post-processing, the model's ``id2label`` as
     ``postprocess.labels``, and ``param_overrides`` (postprocess keys, or shortest_edge / longest_edge).
+    ``fp16``: also write an FP16 graph (:func:`vkt.export.detr_bundle.make_detr_bundle`).
     Other arguments as :func:`export_detr`. Returns the bundle folder.
     """
     import tempfile
 
-    from vkt.runtime.detection import make_detr_bundle
+    from vkt.export.detr_bundle import make_detr_bundle
 
     with tempfile.TemporaryDirectory(prefix=".detr-export-") as tmp:
         rep = export_detr(model, Path(tmp) / "model.onnx", postprocess=postprocess, top_k=top_k, pixel_mask=pixel_mask,
@@ -307,7 +308,7 @@ def export_bundle(model: Any, dest: str | os.PathLike, postprocess: bool = False
         id2label = model.config.id2label
         labels = [str(id2label.get(i, f"class_{i}")) for i in range(model.config.num_labels)]
         out = make_detr_bundle(rep.path, dest, labels=labels, spec=rep.spec, overwrite=overwrite, name=name,
-                               **param_overrides)
+                               fp16=fp16, **param_overrides)
     from vkt.bundle import Bundle
 
     Bundle.load(out, verify=False).update(export={"exporter": rep.exporter, "parity_max_abs": rep.parity,

@@ -1,6 +1,6 @@
 """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to ONNX and write an SD bundle.
 
-Graphs (names are ``vkt.runtime.txt2img``'s constants; dims in latent space, h = H / 8):
+Graphs (names are ``vkt.tasks``' SD constants; dims in latent space, h = H / 8):
 
     text_encoder  input_ids [batch, 77] int32               -> last_hidden_state [batch, 77, D] float32
     unet          sample [batch, 4, h, w] float32,
@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,9 @@ import numpy as np
 
 from vkt.errors import InputError, ModelError
 from vkt.log import get_logger, timed
-from vkt.runtime.txt2img import (
-    TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT,
-)
+from vkt.models.sd.source import load_parts, tokenizer_files
 from vkt.specs import ExportSpec, Profile, TensorSpec
+from vkt.tasks import TEXT_IDS, TEXT_OUT, UNET_OUT, UNET_SAMPLE, UNET_TEXT, UNET_TIMESTEP, VAE_IN, VAE_OUT
 
 log = get_logger(__name__)
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -136,51 +135,6 @@ def _wrappers(text_encoder: Any, unet: Any, vae: Any) -> dict[str, Any]:
     return {"text_encoder": TextEncoder(text_encoder).eval(), "unet": UNet(unet).eval(), "vae_decoder": VAEDecoder(vae).eval()}
 
 
-# ---- loading ------------------------------------------------------------------------------------
-
-@dataclass
-class _Parts:
-    text_encoder: Any
-    unet: Any
-    vae: Any
-    tokenizer_dir: Path
-    scheduler_config: dict[str, Any]
-    cleanup: list[Path] = field(default_factory=list)
-
-
-def _load(source: Any) -> _Parts:
-    """Components from a local diffusers folder or an in-memory pipeline (anything with the five attributes)."""
-    if isinstance(source, (str, os.PathLike)):
-        root = Path(source)
-        if not root.is_dir():
-            raise ModelError(f"{str(root)!r} is not a folder; expected a diffusers Stable Diffusion pipeline folder "
-                             "(text_encoder/ unet/ vae/ tokenizer/ scheduler/)")
-        need = ["text_encoder", "unet", "vae", "tokenizer", "scheduler/scheduler_config.json"]
-        missing = [n for n in need if not (root / n).exists()]
-        if missing:
-            raise ModelError(f"{str(root)!r} is not a diffusers Stable Diffusion folder: it lacks {missing}")
-        missing = _missing_files(root)
-        if missing:
-            raise ModelError(f"diffusers folder {str(root)!r} is incomplete: missing {', '.join(missing)}")
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        with timed(f"loading {root.name}", log):
-            te = CLIPTextModel.from_pretrained(str(root / "text_encoder"))
-            unet = UNet2DConditionModel.from_pretrained(str(root / "unet"))
-            vae = AutoencoderKL.from_pretrained(str(root / "vae"))
-        cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-        return _Parts(te, unet, vae, root / "tokenizer", cfg)
-    missing = [a for a in ("text_encoder", "unet", "vae", "tokenizer", "scheduler") if getattr(source, a, None) is None]
-    if missing:
-        raise InputError(f"expected a diffusers folder path or a StableDiffusionPipeline, got a {type(source).__name__} "
-                         f"without {missing}")
-    tmp = Path(tempfile.mkdtemp(prefix="vkt-sd-tok-"))
-    source.tokenizer.save_pretrained(str(tmp))  # writes vocab.json + merges.txt + configs
-    cfg = {"_class_name": type(source.scheduler).__name__, **dict(source.scheduler.config)}
-    return _Parts(source.text_encoder, source.unet, source.vae, tmp, cfg, cleanup=[tmp])
-
-
 # ---- export -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -225,7 +179,7 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
     from vkt.onnxio import save_onnx
 
     profile = profile or SDProfile()
-    parts = _load(source)
+    parts = load_parts(source)
     try:
         te_cfg, unet_cfg, vae_cfg = parts.text_encoder.config, parts.unet.config, parts.vae.config
         vae_scale = 2 ** (len(vae_cfg.block_out_channels) - 1)
@@ -245,7 +199,7 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
         if unet_cfg.in_channels != vae_cfg.latent_channels:
             raise ModelError(f"the UNet takes {unet_cfg.in_channels} latent channels but the VAE makes "
                              f"{vae_cfg.latent_channels}: not an SD text-to-image pipeline (inpainting UNets take 9)")
-        tok_cfg = _tokenizer_files(parts.tokenizer_dir)
+        tok_cfg = tokenizer_files(parts.tokenizer_dir)
         seq_len = int(tok_cfg["max_length"])
         if seq_len > te_cfg.max_position_embeddings:
             raise ModelError(f"the tokenizer pads to {seq_len} but the text encoder has {te_cfg.max_position_embeddings} positions")
@@ -269,12 +223,6 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                     proto = _export_one(wrappers[comp], dummies[comp], spec, opset)
                     fname = f"{comp}.onnx"
                     files = save_onnx(proto, w.staged(fname))
-                    files16 = []
-                    if fp16:
-                        from vkt.export.fp16 import convert_fp16
-
-                        with timed(f"converting {comp} to fp16", log):
-                            files16 = save_onnx(convert_fp16(proto), w.staged(f"{comp}.fp16.onnx"))
                     del proto
                 if check:
                     with timed(f"checking {comp} on onnxruntime", log):
@@ -293,11 +241,13 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 w.add_file(files[0], fname, role="fp32 onnx", component=comp, meta={"opset": opset, "exporter": "torchscript"})
                 if len(files) > 1:
                     w.add_file(files[1], files[1].name, role="onnx external data", component=comp)
-                if files16:
-                    w.add_file(files16[0], f"{comp}.fp16.onnx", role="fp16 onnx", component=comp,
-                               meta={"opset": opset, "io": "float32"})
-                    if len(files16) > 1:
-                        w.add_file(files16[1], files16[1].name, role="onnx external data", component=comp)
+                if fp16:
+                    import onnx
+
+                    from vkt.export.fp16 import add_fp16
+
+                    with timed(f"converting {comp} to fp16", log):
+                        add_fp16(w, onnx.load(str(files[0])), component=comp, meta={"opset": opset})
             for fname in tok_cfg["files"]:
                 w.add_file(parts.tokenizer_dir / fname, f"tokenizer/{fname}", role="tokenizer", component="text_encoder")
             w.add_file(json.dumps(parts.scheduler_config, indent=2).encode() + b"\n", "scheduler/scheduler_config.json",
@@ -313,7 +263,7 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
                 "type": "sd-vae", "input": VAE_OUT, "scale": 0.5, "offset": 0.5, "clip": [0.0, 1.0],
                 "to_uint8": "round(x * 255)", "layout": "NCHW -> NHWC", "color": "RGB",
             }
-            w.manifest["precision"] = {"compute": "fp32", **({"fp16": "<component>.fp16.onnx"} if fp16 else {})}
+            w.manifest["precision"] = {"compute": "fp32", **w.manifest["precision"]}  # add_fp16 named the fp16 files
         if ort_fused:
             from vkt.models.sd.optimize import add_ort_graphs
 
@@ -333,36 +283,6 @@ def export_sd(source: Any, dest: str | os.PathLike, profile: SDProfile | None = 
     finally:
         for p in parts.cleanup:
             shutil.rmtree(p, ignore_errors=True)
-
-
-_WEIGHTS = {"text_encoder": ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),
-            "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
-                     "diffusion_pytorch_model.safetensors.index.json"),
-            "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")}
-
-
-def _missing_files(root: Path) -> list[str]:
-    """Files a pipeline folder needs but lacks, named relative to it (weights: the safetensors name)."""
-    missing = []
-    for comp, weights in _WEIGHTS.items():
-        if not (root / comp / "config.json").is_file():
-            missing.append(f"{comp}/config.json")
-        if not any((root / comp / w).is_file() for w in weights):
-            missing.append(f"{comp}/{weights[0]} (or {', '.join(weights[1:])})")
-    tok = root / "tokenizer"
-    if not ((tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()) and not (tok / "tokenizer.json").is_file():
-        missing.append("tokenizer/vocab.json + tokenizer/merges.txt (or tokenizer/tokenizer.json)")
-    return missing
-
-
-def _tokenizer_files(d: Path) -> dict[str, Any]:
-    """The tokenizer files to copy into the bundle, and the length the tokenizer pads to."""
-    from vkt.runtime.tokenizer import ClipTokenizer
-
-    tok = ClipTokenizer.from_dir(d)  # raises ModelError when the folder holds no CLIP BPE tokenizer
-    names = [n for n in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-             if (d / n).is_file()]
-    return {"files": names, "max_length": tok.max_length}
 
 
 def _export_one(module: Any, args: tuple, spec: ExportSpec, opset: int) -> Any:

@@ -46,7 +46,8 @@ def capture_unet_feeds(bundle: Any, prompts: Sequence[str] = CALIB_PROMPTS, *, s
     both. ``size``: image side in pixels (default: the UNet profile's opt size).
     """
     from vkt.bundle import Bundle
-    from vkt.runtime.txt2img import UNET_SAMPLE, Txt2Img
+    from vkt.runtime.txt2img import Txt2Img
+    from vkt.tasks import UNET_SAMPLE
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     if isinstance(prompts, str) or not prompts:

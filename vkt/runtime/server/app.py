@@ -46,12 +46,10 @@ from vkt import __version__
 from vkt.errors import InputError, VktError
 from vkt.log import get_logger
 from vkt.runtime.server.batcher import DynamicBatcher
+from vkt.runtime.server.errors import MethodNotAllowedError, NotFoundError, NotReadyError
 from vkt.runtime.server.metrics import Metrics
 from vkt.runtime.server.model import ServedModel
-from vkt.runtime.server.protocol import (
-    HEADER_LENGTH, MethodNotAllowedError, NotFoundError, NotReadyError, encode_infer_response,
-    parse_header_length, parse_infer_request,
-)
+from vkt.runtime.server.protocol import HEADER_LENGTH, encode_infer_response, parse_header_length, parse_infer_request
 from vkt.runtime.server.transport import Handler, HTTPServer, Request, Response, clip, json_response
 
 log = get_logger(__name__)

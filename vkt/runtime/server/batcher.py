@@ -28,20 +28,9 @@ import numpy as np
 from vkt.errors import BackendError, ShapeError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.server.protocol import DeadlineError, UnavailableError
-from vkt.specs import ExportSpec
+from vkt.runtime.server.errors import DeadlineError, UnavailableError
 
 log = get_logger(__name__)
-
-
-def batch_axis(spec: ExportSpec) -> str | None:
-    """The dynamic axis name that leads every input and output (``"batch"``), or None: then no batching."""
-    firsts = {t.shape[0] if t.shape else None for t in (*spec.inputs, *spec.outputs)}
-    if len(firsts) == 1:
-        (axis,) = firsts
-        if isinstance(axis, str):
-            return axis
-    return None
 
 
 @dataclass(eq=False)
@@ -80,7 +69,7 @@ class DynamicBatcher:
         self.runner = runner
         self.spec = runner.spec
         self.name = name
-        self.axis = batch_axis(self.spec)
+        self.axis = self.spec.batch_axis
         cap = max_batch_size if self.axis else 1
         if self.axis and self.spec.profiles:
             cap = min(cap, max(p.axes[self.axis][2] for p in self.spec.profiles if self.axis in p.axes))

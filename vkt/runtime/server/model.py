@@ -13,8 +13,8 @@ import numpy as np
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.server.batcher import batch_axis
-from vkt.runtime.server.protocol import InferRequest, RequestError, to_datatype
+from vkt.runtime.server.errors import RequestError
+from vkt.runtime.server.protocol import InferRequest, to_datatype
 from vkt.specs import ExportSpec
 
 log = get_logger(__name__)
@@ -82,7 +82,7 @@ class ServedModel:
         axis, ``max_batch_size`` > 0, ``dynamic_batching``), as ``vkt triton`` writes config.pbtxt.
         """
         spec = self.spec
-        batched = batch_axis(spec) is not None
+        batched = spec.batch_axis is not None
 
         def tensors(ts: Sequence) -> list[dict[str, Any]]:
             return [{"name": t.name, "data_type": "TYPE_" + to_datatype(t.dtype),

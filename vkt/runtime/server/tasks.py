@@ -30,7 +30,6 @@ the PNG/JPEG/GIF/BMP header before decoding, so a small file cannot expand into 
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,15 +42,9 @@ import numpy as np
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.image import Preprocessor, to_bgr_uint8
-from vkt.runtime.server.protocol import (
-    DeadlineError,
-    NotFoundError,
-    PayloadTooLargeError,
-    RequestError,
-    UnavailableError,
-    UnsupportedMediaError,
-)
+from vkt.runtime.image import Preprocessor
+from vkt.runtime.server.errors import DeadlineError, NotFoundError, RequestError, UnavailableError
+from vkt.runtime.server.image_body import check_image_content_type, decode_image
 from vkt.runtime.server.transport import Request, Response, clip, json_response
 
 log = get_logger(__name__)
@@ -73,69 +66,6 @@ class TaskLimits:
     max_steps: int = 100
     max_waiting: int = 4
     max_json_bytes: int = 64 << 10
-
-
-# ---- image bytes ---------------------------------------------------------------------------------
-def image_header_size(data: bytes) -> tuple[int, int] | None:
-    """``(height, width)`` from a PNG, GIF, BMP or JPEG header without decoding; None for other formats."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return h, w
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        w, h = struct.unpack("<HH", data[6:10])
-        return h, w
-    if data[:2] == b"BM" and len(data) >= 26:
-        w, h = struct.unpack("<ii", data[18:26])
-        return abs(h), abs(w)
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):  # walk the marker segments to the first start-of-frame
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            seg = struct.unpack(">H", data[i + 2:i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", data[i + 5:i + 9])
-                return h, w
-            i += 2 + seg
-    return None
-
-
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image file bytes -> BGR uint8 ``[H, W, 3]`` (vkt.runtime.image's conversions); RequestError naming the problem."""
-    if not data:
-        raise RequestError("the body is empty; send the image file's bytes (PNG, JPEG, BMP, TIFF, WebP, PPM)")
-    size = image_header_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise PayloadTooLargeError(f"image is {size[1]}x{size[0]} = {size[0] * size[1]} pixels; this server accepts at "
-                                   f"most {max_pixels} pixels")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    # As read_image: JPEG decodes as colour so that OpenCV applies its EXIF rotation; the rest keeps alpha/depth.
-    flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
-    try:
-        img = cv2.imdecode(buf, flags)
-    except cv2.error as e:
-        raise RequestError(f"cannot decode the image ({len(data)} bytes): {str(e).strip().splitlines()[-1][:200]}") from None
-    if img is None:
-        raise RequestError(f"cannot decode the body ({len(data)} bytes, starting {data[:8]!r}) as an image: corrupt, "
-                           "truncated or not an image file; expected PNG, JPEG, BMP, TIFF, WebP or PPM/PGM bytes")
-    if img.shape[0] * img.shape[1] > max_pixels:
-        raise PayloadTooLargeError(f"image is {img.shape[1]}x{img.shape[0]} = {img.shape[0] * img.shape[1]} pixels; "
-                                   f"this server accepts at most {max_pixels} pixels")
-    try:
-        return to_bgr_uint8(img, where="the image")
-    except InputError as e:
-        raise RequestError(str(e)) from None
-
-
-def _check_image_content_type(req: Request) -> None:
-    ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if ctype.startswith("multipart/") or ctype in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
-        raise UnsupportedMediaError(f"Content-Type {ctype!r} is not accepted here; send the image file's bytes as the body "
-                                    "with Content-Type image/png, image/jpeg (any image/*) or application/octet-stream")
 
 
 # ---- per-task pipelines (one image per request) -----------------------------------------------------
@@ -343,7 +273,7 @@ class TaskRoutes:
         if task is None:
             raise NotFoundError(f"model {model.name!r} (task {model.info.get('vkt_task', '?')!r}) has no /detect endpoint; "
                                 f"models that detect: {sorted(self.detect)}; tensors go to /v2/models/{model.name}/infer")
-        _check_image_content_type(req)
+        check_image_content_type(req)
         # 2. Read and decode the image.
         cfg = self.server.config
         deadline = time.monotonic() + cfg.timeout_s

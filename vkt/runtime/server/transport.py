@@ -24,9 +24,15 @@ from urllib.parse import urlsplit
 from vkt import __version__
 from vkt.errors import VktError
 from vkt.log import get_logger
-from vkt.runtime.server.protocol import (
-    LengthRequiredError, PayloadTooLargeError, RequestError, RequestTimeoutError, UnavailableError,
-    UnsupportedMediaError, error_body, status_of,
+from vkt.runtime.server.errors import (
+    LengthRequiredError,
+    PayloadTooLargeError,
+    RequestError,
+    RequestTimeoutError,
+    UnavailableError,
+    UnsupportedMediaError,
+    error_body,
+    status_of,
 )
 
 log = get_logger(__name__)
