@@ -210,8 +210,10 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     import skimage
 
     from vkt.bundle import Bundle
-    from vkt.calibration.api import quantize_from_images
+    from vkt.calibration import Int8Config
     from vkt.eval.textdet import evaluate, hmean_between
+    from vkt.models.textdet.int8 import TextdetRecipe
+    from vkt.training.qat import QatConfig, qat_factory
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
     data = Path(skimage.__file__).parent / "data"
@@ -227,9 +229,10 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     bundle = Bundle.load(ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side))
     t0 = time.perf_counter()
     qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
-    section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
-                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops,
-                                   holdout_labels=use_labels, show_progress=False)
+    cfg = Int8Config(calib=calib, holdout=holdout, method="percentile", targets=("ort",), threads=threads,
+                     steps=tuple(steps) if steps else None, ranking=ranking, ort_ops=ort_ops, holdout_labels=use_labels)
+    extra = [qat_factory(QatConfig(**qat_opts), show_progress=False)] if qat else []
+    section = TextdetRecipe().quantize(bundle, cfg, extra_candidates=extra, show_progress=False)
     seconds = time.perf_counter() - t0
     gate = section["gate"]
     bundle = Bundle.load(bundle.root)
@@ -287,7 +290,7 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int, be
     (``iters`` calls each, on ``image`` pre-processed as the bundle says): the gate times each step with 10 calls
     while it walks; these rows are the steadier figure for the shipped model."""
     from vkt.calibration import CalibrationTable, place_ort
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.images import image_preprocess
     from vkt.calibration.qdq import rewrite_fp32
     from vkt.onnxio import load_onnx
 
@@ -394,7 +397,7 @@ def main() -> None:
     ap.add_argument("--qat", action="store_true", help="with --gate: add the quantization-aware distillation candidate")
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--qat-minutes", type=float, default=10.0)
-    from vkt.calibration.gate import RANKING_METHODS
+    from vkt.calibration.rankings import RANKING_METHODS
     from vkt.calibration.qdq import ORT_OPS
 
     ap.add_argument("--holdout-labels", action="store_true",

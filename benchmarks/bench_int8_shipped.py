@@ -40,7 +40,7 @@ def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str | bytes]]
     the FP32 graph vkt ships now."""
     from bench_int8 import shipped_ort_entry
 
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.images import image_preprocess
     from vkt.calibration.qdq import rewrite_fp32
     from vkt.onnxio import load_onnx
 
@@ -127,7 +127,8 @@ def zoo_bundle(side: int, work: Path) -> Path:
     import skimage
     from bench_int8 import GATE_CALIB
 
-    from vkt.calibration.api import quantize_from_images
+    from vkt.calibration import Int8Config
+    from vkt.models.textdet.int8 import TextdetRecipe
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
     calib = work / "calib"
@@ -135,7 +136,7 @@ def zoo_bundle(side: int, work: Path) -> Path:
     for p in GATE_CALIB:
         shutil.copy(Path(skimage.__file__).parent / "data" / p, calib / p)
     dest = ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side)
-    quantize_from_images(dest, calib, method="percentile", targets=("ort",), show_progress=False)
+    TextdetRecipe().quantize(dest, Int8Config(calib=calib, method="percentile", targets=("ort",)), show_progress=False)
     return dest
 
 

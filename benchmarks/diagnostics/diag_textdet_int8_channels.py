@@ -57,8 +57,8 @@ def main() -> int:
     from onnx import helper, numpy_helper
 
     from vkt.bundle import Bundle
-    from vkt.calibration.api import image_preprocess
-    from vkt.calibration.gate import ort_uint8_params, with_tensor_qdq
+    from vkt.calibration.images import image_preprocess
+    from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
     from vkt.calibration.ranges import compute_ranges, prepare_model
     from vkt.calibration.report import sqnr_db
     from vkt.models.zoo import ppocrv5_det_mobile_bundle

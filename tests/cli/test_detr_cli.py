@@ -143,7 +143,7 @@ def test_export_errors(ckpt, tmp_path, capsys):
     assert main(["export", "detr", str(ckpt), "-o", out, "--holdout", str(tmp_path)]) == 2
     assert "--holdout is only used with --int8" in capsys.readouterr().err
     assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--max-drop", "150"]) == 2
-    assert "--max-drop is in points of AP" in capsys.readouterr().err
+    assert "--max-drop is in points of the metric" in capsys.readouterr().err
     assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--on-fail", "ship"]) == 2
     assert "--on-fail must be fp32 or best" in capsys.readouterr().err
     assert main(["export", "detr", str(ckpt), "-o", out, "--int8", "--calib", str(tmp_path), "--weight-rounding", "adaround"]) == 2

@@ -35,7 +35,7 @@ def _export(module, path):
 def test_ort_uint8_qparams_match_onnxruntime():
     from onnxruntime.quantization.quant_utils import compute_scale_zp
 
-    from vkt.calibration.qat import ort_uint8_qparams
+    from vkt.training.fake_quant import ort_uint8_qparams
 
     for lo, hi in ((-1.3, 2.7), (0.0, 6.0), (0.5, 3.0), (-4.0, -1.0)):
         zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.array(0, np.uint8), np.array(255, np.uint8))
@@ -46,7 +46,7 @@ def test_ort_uint8_qparams_match_onnxruntime():
 def test_fake_quant_convs_match_the_ort_placement(tmp_path):
     """The student's forward under QConv equals the ORT Q/DQ graph written from the same ranges (peer check)."""
     from vkt.calibration import compute_ranges, place_ort, prepare_model
-    from vkt.calibration.qat import conv_modules, match_onnx_convs, wrap_convs
+    from vkt.training.fake_quant import conv_modules, match_onnx_convs, wrap_convs
     from vkt.onnxio import load_onnx
 
     net = TinyNet().eval()
@@ -77,13 +77,8 @@ def test_fake_quant_convs_match_the_ort_placement(tmp_path):
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
-    from vkt.calibration.qat import (
-        QatConfig,
-        distill,
-        load_checkpoint,
-        save_checkpoint,
-        wrap_convs,
-    )
+    from vkt.training.fake_quant import wrap_convs
+    from vkt.training.qat import QatConfig, distill, load_checkpoint, save_checkpoint
 
     teacher = TinyNet().eval()
 
@@ -124,7 +119,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     ({"lr": 2.0}, "lr must be in"), ({"synth_p": 1.5}, "synth_p must be in"),
 ])
 def test_qat_config_rejects_bad_values(kwargs, match):
-    from vkt.calibration.qat import QatConfig
+    from vkt.training.qat import QatConfig
 
     with pytest.raises(CalibrationError, match=match):
         QatConfig(**kwargs)
@@ -132,7 +127,7 @@ def test_qat_config_rejects_bad_values(kwargs, match):
 
 def test_qat_without_a_reference_module_names_the_family(toy_bundle):
     from vkt.bundle import Bundle
-    from vkt.calibration.qat import reference_module_for
+    from vkt.training.qat import reference_module_for
 
     with pytest.raises(CalibrationError, match="family 'generic', which has none .QAT supports: textdet"):
         reference_module_for(Bundle.load(toy_bundle))
