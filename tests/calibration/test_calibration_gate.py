@@ -61,8 +61,8 @@ def test_cli_prints_the_gate_table_and_the_choice(calibrated, capsys):
 
     sens = feeds(((1, 3, 16, 16),), seed=3)
     for drop, want in ((0.035, "shipped ptq with 4 layer(s) in float"), (0.0, "shipped FP32 only")):
-        section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=drop, steps=(0, 2, 4), ranking="sensitivity"),
-                              sensitivity_feeds=sens, show_progress=False)
+        cfg = GateConfig(max_drop=drop, steps=(0, 2, 4), ranking="sensitivity")
+        section = gate_bundle(calibrated, conv_count_metric, cfg, sensitivity_feeds=sens, show_progress=False)
         print_calibration(Bundle.load(calibrated), section)
         out = " ".join(capsys.readouterr().out.split())
         assert "accuracy gate" in out and want in out
@@ -105,7 +105,8 @@ def test_gate_bad_inputs(toy_bundle, toy_model, tmp_path):
     for kwargs, match in (({"max_drop": 1.5}, "max_drop must be a fraction"), ({"max_drop": -0.1}, "max_drop"),
                           ({"steps": []}, "non-empty list"), ({"steps": [0, -1]}, "non-negative integers, got \\[-1\\]"),
                           ({"on_fail": "int8"}, "on_fail must be one of"), ({"placement": "gpu"}, "placement must be"),
-                          ({"follow": ("gpu",)}, "follow must name placements"), ({"ranking": "random"}, "ranking must be")):
+                          ({"follow": ("gpu",)}, "follow must name placements"),
+                          ({"ranking": "random"}, "ranking must be")):
         with pytest.raises(CalibrationError, match=match):
             GateConfig(**kwargs)
     with pytest.raises(CalibrationError, match="must return a number, got str"):
