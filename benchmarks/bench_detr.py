@@ -137,11 +137,11 @@ def agreement(fp32: list, int8: list, image_sizes: list[tuple[int, int]], gt_top
 
 
 def quantize(bundle: Path, feeds: list[dict[str, np.ndarray]], method: str) -> dict:
-    from vkt.calibration.api import quantize_bundle
+    from vkt.calibration import Int8Config, quantize_bundle
     from vkt.models.detr.int8 import PERCENTILE
 
-    return quantize_bundle(bundle, feeds, method=method, targets=("ort",), eval_samples=0, percentile=PERCENTILE,
-                           show_progress=True)
+    return quantize_bundle(bundle, feeds, Int8Config(method=method, targets=("ort",), percentile=PERCENTILE),
+                           eval_samples=0, show_progress=True)
 
 
 def centre_crop(img: np.ndarray, frac: float = 0.8) -> np.ndarray:
@@ -163,7 +163,7 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
     8 scikit-image pictures not among the scored photos (CALIB_PHOTOS), the accuracy gate (AP vs FP32, budget
     0.02) on 32 other synthetic images (seed 2) and 6 other pictures (HOLDOUT_PHOTOS); agreement is then measured on ``n_val`` further synthetic
     images (seed 1, the training run's validation draw) and the photos (as they are, mirrored, and
-    centre crops of both). ``options``: further quantize_detr arguments (weight_rounding, percentile).
+    centre crops of both). ``options``: further Int8Config fields (weight_rounding, percentile).
     """
     import shutil
 
@@ -171,7 +171,8 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
 
     from vkt.models.detr.checkpoints import load_checkpoint
     from vkt.models.detr.export import export_bundle
-    from vkt.models.detr.int8 import quantize_detr
+    from vkt.calibration import Int8Config
+    from vkt.models.detr.int8 import DetrRecipe
     from vkt.runtime.image import read_image
     from vkt.training.detr_data import synthetic_shapes
 
@@ -193,8 +194,9 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
         shutil.copy(p, folders["calib"] / f"photo_{p.name}")
     for p in photo_paths(HOLDOUT_PHOTOS):
         shutil.copy(p, folders["holdout"] / f"photo_{p.name}")
-    section = quantize_detr(dest, folders["calib"], holdout=folders["holdout"] if gate else None, gate=gate, method=method,
-                            targets=("ort",), on_fail="best", threads=threads, max_drop=max_drop, **options)
+    cfg = Int8Config(calib=folders["calib"], holdout=folders["holdout"] if gate else None, method=method, targets=("ort",),
+                     on_fail="best", threads=threads, max_drop=100 * max_drop if gate else None, **options)
+    section = DetrRecipe().quantize(dest, cfg)
     val = [s.image for s in synthetic_shapes(n_val, size=size, seed=1, **synth)]
     photos = [read_image(p) for p in photo_paths()]
     mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in photos]
@@ -219,22 +221,23 @@ def trained_agreement(model_dir: Path, work: Path, threads: int, n_val: int, met
 def keep_step_agreement(bundle: Path, section: dict, calib: Path, sets: dict, ref: dict, threads: int) -> list[dict]:
     """AP vs FP32 of the onnxruntime placement with each cumulative keep-list step in float, per image set."""
     from vkt.bundle import Bundle
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.data import calibration_images
+    from vkt.calibration.images import image_preprocess
     from vkt.calibration.qdq import place_ort
     from vkt.calibration.ranges import CalibrationTable, model_sha256
-    from vkt.calibration.weights import round_conv_weights
-    from vkt.models.detr.int8 import _images, keep_list
     from vkt.onnxgraph import prepare_model
+    from vkt.calibration.weights import round_conv_weights
+    from vkt.models.detr.int8 import keep_list
     from vkt.onnxio import load_onnx
     from vkt.runtime.ort import OrtRunner
 
     b = Bundle.load(bundle)
     graph = prepare_model(load_onnx(b.path("fp32 onnx")))
-    if section["weights"]["rounding"] == "gptq":   # deterministic: the same images in the same order as quantize_detr
+    if section["weights"]["rounding"] == "gptq":   # deterministic: the same images in the same order as the recipe
         pre = image_preprocess(b)
-        graph = round_conv_weights(graph, [pre(p) for p in _images(calib)], show_progress=False)[0]
+        graph = round_conv_weights(graph, [pre(p) for p in calibration_images(calib)], show_progress=False)[0]
     if model_sha256(graph) != section["model_sha256"]:
-        raise RuntimeError("could not rebuild the graph quantize_detr calibrated")
+        raise RuntimeError("could not rebuild the graph the DETR recipe calibrated")
     table = CalibrationTable.load(b.root / section["table"]["path"])
     rows, steps = keep_list(graph)
     resize = {k: v for k, v in b.preprocess["resize"].items() if k in ("shortest_edge", "longest_edge")}
@@ -255,8 +258,8 @@ def keep_variants(bundle: Path) -> dict[str, bytes]:
     from vkt.bundle import Bundle
     from vkt.calibration.qdq import place_ort
     from vkt.calibration.ranges import CalibrationTable
-    from vkt.models.detr.int8 import keep_list
     from vkt.onnxgraph import prepare_model
+    from vkt.models.detr.int8 import keep_list
     from vkt.onnxio import load_onnx
 
     b = Bundle.load(bundle)
@@ -311,8 +314,8 @@ def main() -> int:
     ap.add_argument("--skip-torch", action="store_true", help="time ORT only (FP32 and INT8 graphs)")
     ap.add_argument("--no-gate", action="store_true", help="--trained: INT8 without the accuracy gate")
     ap.add_argument("--max-drop", type=float, default=0.02, help="--trained: the gate's AP budget (0.02 = 2 points)")
-    ap.add_argument("--weight-rounding", default=None, help="--trained: gptq | nearest (default: quantize_detr's)")
-    ap.add_argument("--percentile", type=float, default=None, help="--trained: calibration percentile (default: quantize_detr's)")
+    ap.add_argument("--weight-rounding", default=None, help="--trained: gptq | nearest (default: the DETR recipe's)")
+    ap.add_argument("--percentile", type=float, default=None, help="--trained: calibration percentile (default: the DETR recipe's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary folder (exported bundles, for --bundle)")
     args = ap.parse_args()

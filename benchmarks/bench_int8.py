@@ -89,8 +89,14 @@ def bench_model(m: dict, threads: int, iters: int, warmup: int, method: str = "m
     import onnxruntime as ort
 
     from vkt.bench import BenchConfig, Case, Target, run_bench
-    from vkt.calibration import compute_ranges, count_ops, place_ort, place_trt, sqnr_db
-    from vkt.onnxgraph import prepare_model
+    from vkt.calibration import (
+        compute_ranges,
+        count_ops,
+        place_ort,
+        place_trt,
+        prepare_model,
+        sqnr_db,
+    )
 
     t0 = time.perf_counter()
     fp32 = prepare_model(m["model"])
@@ -204,8 +210,10 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     import skimage
 
     from vkt.bundle import Bundle
-    from vkt.calibration.api import quantize_from_images
+    from vkt.calibration import Int8Config
     from vkt.eval.textdet import evaluate, hmean_between
+    from vkt.models.textdet.int8 import TextdetRecipe
+    from vkt.training.qat import QatConfig, qat_factory
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
     data = Path(skimage.__file__).parent / "data"
@@ -221,9 +229,10 @@ def gate_rows(side: int, threads: int, qat: bool, qat_steps: int, qat_minutes: f
     bundle = Bundle.load(ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side))
     t0 = time.perf_counter()
     qat_opts = {"steps": qat_steps, "minutes": qat_minutes, "checkpoint": str(work / f"qat_{side}.ckpt"), "threads": threads}
-    section = quantize_from_images(bundle, calib, method="percentile", targets=("ort",), holdout=holdout, threads=threads,
-                                   steps=steps, qat=qat, qat_options=qat_opts, ranking_method=ranking, ort_ops=ort_ops,
-                                   holdout_labels=use_labels, show_progress=False)
+    cfg = Int8Config(calib=calib, holdout=holdout, method="percentile", targets=("ort",), threads=threads,
+                     steps=tuple(steps) if steps else None, ranking=ranking, ort_ops=ort_ops, holdout_labels=use_labels)
+    extra = [qat_factory(QatConfig(**qat_opts), show_progress=False)] if qat else []
+    section = TextdetRecipe().quantize(bundle, cfg, extra_candidates=extra, show_progress=False)
     seconds = time.perf_counter() - t0
     gate = section["gate"]
     bundle = Bundle.load(bundle.root)
@@ -281,7 +290,7 @@ def shipped_timing(bundle, image: Path, shape: str, threads: int, iters: int, be
     (``iters`` calls each, on ``image`` pre-processed as the bundle says): the gate times each step with 10 calls
     while it walks; these rows are the steadier figure for the shipped model."""
     from vkt.calibration import CalibrationTable, place_ort
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.images import image_preprocess
     from vkt.onnxgraph import rewrite_fp32
     from vkt.onnxio import load_onnx
 
@@ -319,8 +328,8 @@ def server_rows(threads: int, iters: int, work: Path, size: int = 736) -> list[d
     from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
 
     from vkt.calibration import compute_ranges, count_ops, place_ort
-    from vkt.models.textdet.export import export_textdet
     from vkt.onnxgraph import rewrite_fp32
+    from vkt.models.textdet.export import export_textdet
 
     torch.manual_seed(0)
     cfg = PPOCRV5ServerDetConfig(intraclass_block_config=SERVER_NECK, scale_factor_list=[1, 2, 4, 8], kernel_list=[3, 2, 2])
@@ -388,7 +397,7 @@ def main() -> None:
     ap.add_argument("--qat", action="store_true", help="with --gate: add the quantization-aware distillation candidate")
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--qat-minutes", type=float, default=10.0)
-    from vkt.calibration.gate import RANKING_METHODS
+    from vkt.calibration.rankings import RANKING_METHODS
     from vkt.calibration.qdq import ORT_OPS
 
     ap.add_argument("--holdout-labels", action="store_true",

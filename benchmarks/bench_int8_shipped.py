@@ -35,12 +35,12 @@ MODEL = "PP-OCRv5 mobile det"
 def _shipped(bundle, image: Path) -> tuple[dict, object, dict[str, str | bytes]]:
     """(feed of ``image`` pre-processed as the bundle says, the shipped ORT INT8 entry, {"fp32"|"int8": graph}).
 
-    FP32 is the bundle's graph with the INT8 path's exact float rewrites (:func:`vkt.onnxgraph.rewrite_fp32`:
+    FP32 is the bundle's graph with the INT8 path's exact float rewrites (:func:`vkt.calibration.qdq.rewrite_fp32`:
     unchanged for bundles written since session 5, which ship it; older ones lack it), so INT8 is timed against
     the FP32 graph vkt ships now."""
     from bench_int8 import shipped_ort_entry
 
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.images import image_preprocess
     from vkt.onnxgraph import rewrite_fp32
     from vkt.onnxio import load_onnx
 
@@ -127,7 +127,8 @@ def zoo_bundle(side: int, work: Path) -> Path:
     import skimage
     from bench_int8 import GATE_CALIB
 
-    from vkt.calibration.api import quantize_from_images
+    from vkt.calibration import Int8Config
+    from vkt.models.textdet.int8 import TextdetRecipe
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
     calib = work / "calib"
@@ -135,7 +136,7 @@ def zoo_bundle(side: int, work: Path) -> Path:
     for p in GATE_CALIB:
         shutil.copy(Path(skimage.__file__).parent / "data" / p, calib / p)
     dest = ppocrv5_det_mobile_bundle(work / f"ppocrv5_{side}.vkt", overwrite=True, limit_side_len=side)
-    quantize_from_images(dest, calib, method="percentile", targets=("ort",), show_progress=False)
+    TextdetRecipe().quantize(dest, Int8Config(calib=calib, method="percentile", targets=("ort",)), show_progress=False)
     return dest
 
 

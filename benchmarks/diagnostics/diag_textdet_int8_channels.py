@@ -57,12 +57,12 @@ def main() -> int:
     from onnx import helper, numpy_helper
 
     from vkt.bundle import Bundle
-    from vkt.calibration.api import image_preprocess
+    from vkt.calibration.images import image_preprocess
     from vkt.calibration.qdq import ort_uint8_params, with_tensor_qdq
     from vkt.calibration.ranges import compute_ranges
+    from vkt.onnxgraph import prepare_model
     from vkt.calibration.report import sqnr_db
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
-    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     data = Path(skimage.__file__).parent / "data"

@@ -9,12 +9,12 @@ import pytest
 from calib_helpers import feeds
 
 from vkt.bundle import Bundle
-from vkt.calibration import CalibrationTable, qdq_path, quantize_bundle
+from vkt.calibration import CalibrationTable, Int8Config, qdq_path, quantize_bundle
 from vkt.errors import BundleError, CalibrationError
 
 
 def test_quantize_bundle_writes_table_placements_and_manifest(toy_bundle):
-    section = quantize_bundle(toy_bundle, feeds(), exclude=["head"], show_progress=False)
+    section = quantize_bundle(toy_bundle, feeds(), Int8Config(exclude=("head",)), show_progress=False)
     b = Bundle.load(toy_bundle)  # verifies every sha256
     assert b.manifest["calibration"] == section
     table = CalibrationTable.load(b.path("calibration table"))
@@ -32,14 +32,15 @@ def test_quantize_bundle_writes_table_placements_and_manifest(toy_bundle):
 
 
 def test_quantize_bundle_one_target_and_bad_inputs(toy_bundle):
-    quantize_bundle(toy_bundle, feeds(), targets="ort", eval_samples=0, show_progress=False)
-    section = quantize_bundle(toy_bundle, feeds(), targets="trt", method="percentile", eval_samples=0, show_progress=False)
+    quantize_bundle(toy_bundle, feeds(), Int8Config(targets="ort"), eval_samples=0, show_progress=False)
+    section = quantize_bundle(toy_bundle, feeds(), Int8Config(targets="trt", method="percentile"), eval_samples=0,
+                              show_progress=False)
     assert list(section["placements"]) == ["trt"] and "output_sqnr_db" not in section["placements"]["trt"]
     assert not (toy_bundle / "model.int8.ort.onnx").exists()  # the earlier calibration's graph is gone
     with pytest.raises(CalibrationError, match="no 'ort' Q/DQ graph"):
         qdq_path(Bundle.load(toy_bundle), "ort")
     with pytest.raises(CalibrationError, match=r"targets must be a non-empty subset of \['ort', 'trt'\], got \['gpu'\]"):
-        quantize_bundle(toy_bundle, feeds(), targets=["gpu"])
+        quantize_bundle(toy_bundle, feeds(), Int8Config(targets=["gpu"]))
     with pytest.raises(CalibrationError, match="degenerate"):
         quantize_bundle(toy_bundle, [{"image": np.zeros((1, 3, 16, 16), np.float32)}] * 2, show_progress=False)
     with pytest.raises(BundleError, match="component 'unet' has no 'fp32 onnx' file"):

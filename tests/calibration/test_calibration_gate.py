@@ -9,15 +9,11 @@ import pytest
 from calib_helpers import feeds
 
 from vkt.bundle import Bundle
-from vkt.calibration import quantize_bundle
+from vkt.calibration import Int8Config, quantize_bundle
 from vkt.calibration.api import gate_bundle
-from vkt.calibration.gate import (
-    GateCandidate,
-    accuracy_gate,
-    check_steps,
-    holdout_images,
-    render_gate_table,
-)
+from vkt.calibration.gate import GateCandidate, GateConfig, accuracy_gate, check_steps
+from vkt.calibration.gate_report import render_gate_table
+from vkt.calibration.holdout import holdout_images
 from vkt.errors import CalibrationError
 
 
@@ -37,14 +33,14 @@ def conv_count_metric(factory) -> float:
 
 @pytest.fixture()
 def calibrated(toy_bundle):
-    quantize_bundle(toy_bundle, feeds(), targets=("ort", "trt"), eval_samples=0, show_progress=False)
+    quantize_bundle(toy_bundle, feeds(), Int8Config(targets=("ort", "trt")), eval_samples=0, show_progress=False)
     return toy_bundle
 
 
 def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
     sens = feeds(((1, 3, 16, 16),), seed=3)
-    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=sens[0], max_drop=0.035,
-                          steps=(0, 2, 4, 8), iters=2, ranking_method="sensitivity", show_progress=False)
+    section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.035, steps=(0, 2, 4, 8), iters=2,
+                          ranking="sensitivity"), sensitivity_feeds=sens, latency_feed=sens[0], show_progress=False)
     gate = section["gate"]
     # 6 convs: k=0 -> 0.94, k=2 -> 0.96 (over 0.035), k=4 -> 0.98 within; k=8 > 6 layers is dropped
     assert [s["layers_kept_float"] for s in gate["steps"]] == [0, 2, 4]
@@ -65,8 +61,8 @@ def test_cli_prints_the_gate_table_and_the_choice(calibrated, capsys):
 
     sens = feeds(((1, 3, 16, 16),), seed=3)
     for drop, want in ((0.035, "shipped ptq with 4 layer(s) in float"), (0.0, "shipped FP32 only")):
-        section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=drop,
-                              steps=(0, 2, 4), ranking_method="sensitivity", show_progress=False)
+        cfg = GateConfig(max_drop=drop, steps=(0, 2, 4), ranking="sensitivity")
+        section = gate_bundle(calibrated, conv_count_metric, cfg, sensitivity_feeds=sens, show_progress=False)
         print_calibration(Bundle.load(calibrated), section)
         out = " ".join(capsys.readouterr().out.split())
         assert "accuracy gate" in out and want in out
@@ -74,8 +70,8 @@ def test_cli_prints_the_gate_table_and_the_choice(calibrated, capsys):
 
 def test_jump_ranking_sees_every_quantized_op(toy_model):
     from vkt.calibration import compute_ranges
-    from vkt.calibration.gate import error_jumps
     from vkt.onnxgraph import prepare_model
+    from vkt.calibration.rankings import error_jumps
 
     fp32 = prepare_model(toy_model[0])
     table = compute_ranges(fp32, feeds(), show_progress=False)
@@ -87,15 +83,15 @@ def test_jump_ranking_sees_every_quantized_op(toy_model):
 
 def test_nothing_within_budget_ships_fp32_only_or_the_best(calibrated, caplog):
     sens = feeds(((1, 3, 16, 16),), seed=3)
-    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
-                          steps=(0, 2), ranking_method="jump", show_progress=False)
+    section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.0, steps=(0, 2), ranking="jump"),
+                          sensitivity_feeds=sens, show_progress=False)
     assert not section["gate"]["passed"] and section["gate"]["chosen"] is None
     assert "no INT8 model met the budget" in caplog.text and "shipping FP32 only" in caplog.text
     b = Bundle.load(calibrated)
     assert [e.meta["placement"] for e in b.files("int8 qdq onnx")] == ["trt"]
     assert not (calibrated / "model.int8.ort.onnx").exists() and "ort" not in section["placements"]
-    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=sens, latency_feed=None, max_drop=0.0,
-                          steps=(0, 2), on_fail="best", ranking_method="jump", show_progress=False)
+    section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.0, steps=(0, 2), on_fail="best",
+                          ranking="jump"), sensitivity_feeds=sens, show_progress=False)
     assert section["gate"]["chosen"]["step"] == 1  # k=2 scores best
     assert Bundle.load(calibrated).entry("int8 qdq onnx", placement="ort").meta["excluded"]
 
@@ -105,14 +101,16 @@ def test_gate_bad_inputs(toy_bundle, toy_model, tmp_path):
     from vkt.onnxgraph import prepare_model
 
     with pytest.raises(CalibrationError, match="no calibration table"):
-        gate_bundle(toy_bundle, conv_count_metric, sensitivity_feeds=feeds(), latency_feed=None)
+        gate_bundle(toy_bundle, conv_count_metric, sensitivity_feeds=feeds())
     fp32 = prepare_model(toy_model[0])
     cand = [GateCandidate("ptq", fp32, compute_ranges(fp32, feeds(), show_progress=False))]
     for kwargs, match in (({"max_drop": 1.5}, "max_drop must be a fraction"), ({"max_drop": -0.1}, "max_drop"),
                           ({"steps": []}, "non-empty list"), ({"steps": [0, -1]}, "non-negative integers, got \\[-1\\]"),
-                          ({"on_fail": "int8"}, "on_fail must be one of"), ({"placement": "gpu"}, "placement must be")):
+                          ({"on_fail": "int8"}, "on_fail must be one of"), ({"placement": "gpu"}, "placement must be"),
+                          ({"follow": ("gpu",)}, "follow must name placements"),
+                          ({"ranking": "random"}, "ranking must be")):
         with pytest.raises(CalibrationError, match=match):
-            accuracy_gate(cand, conv_count_metric, toy_model[1], **kwargs)
+            GateConfig(**kwargs)
     with pytest.raises(CalibrationError, match="must return a number, got str"):
         accuracy_gate(cand, lambda f: "high", toy_model[1], sensitivity_feeds=feeds())
     with pytest.raises(CalibrationError, match="returned nan"):
@@ -141,7 +139,8 @@ def _images(folder, n, value=None, size=24):
 @pytest.mark.parametrize("args, match", [
     (["--holdout", "{empty}"], "holds 0 image"),
     (["--holdout", "{missing}"], "holdout folder not found"),
-    (["--holdout", "{hold}"], "no held-out metric for task 'tensor'"),
+    (["--holdout", "{hold}"], "no held-out metric for family 'generic'"),
+    (["--holdout", "auto"], "no held-out metric for family 'generic'"),
     (["--holdout", "{hold}", "--steps", "0,a"], "--steps must be comma-separated"),
     (["--holdout", "{hold}", "--max-drop", "120"], "--max-drop is in points"),
     (["--qat"], "--qat needs --holdout"),
@@ -185,9 +184,9 @@ def test_tensor_ranking_keeps_whole_tensors_in_float(toy_model):
     # Each row names an activation tensor and every node reading it; keeping the k worst in float must
     # leave no Q/DQ between those tensors and their readers in the onnxruntime placement.
     from vkt.calibration import compute_ranges, place_ort
-    from vkt.calibration.gate import tensor_sensitivity
-    from vkt.calibration.report import sqnr_db
     from vkt.onnxgraph import prepare_model
+    from vkt.calibration.rankings import tensor_sensitivity
+    from vkt.calibration.report import sqnr_db
 
     fp32 = prepare_model(toy_model[0])
     data = feeds()
@@ -237,11 +236,11 @@ def test_tensor_ranking_keeps_whole_tensors_in_float(toy_model):
 
 
 def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_model):
-    """ranking_method="prefix": step k keeps every node up to the k-th conv in float, the rest stays INT8 (no runs needed)."""
+    """ranking="prefix": step k keeps every node up to the k-th conv in float, the rest stays INT8 (no runs needed)."""
     import onnx
 
-    from vkt.calibration.gate import prefix_ranking
     from vkt.onnxgraph import prepare_model
+    from vkt.calibration.rankings import prefix_ranking
 
     fp32 = prepare_model(toy_model[0])
     rows = prefix_ranking(fp32)
@@ -252,8 +251,8 @@ def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_mo
     assert flat == names[:names.index(convs[-1]) + 1]  # contiguous, in graph order, each node once
     assert all(r["nodes"][-1] == r["node"] for r in rows)
 
-    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=(), latency_feed=None, max_drop=0.035,
-                          steps=(0, 2, 4), ranking_method="prefix", show_progress=False)
+    section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.035, steps=(0, 2, 4), ranking="prefix"),
+                          show_progress=False)
     gate = section["gate"]
     assert [round(s["metric"], 3) for s in gate["steps"]] == [0.94, 0.96, 0.98] and gate["chosen"]["step"] == 2
     shipped = onnx.load(str(calibrated / "model.int8.ort.onnx"))
@@ -263,7 +262,7 @@ def test_prefix_ranking_keeps_one_float_region_from_the_input(calibrated, toy_mo
 
 
 def test_cli_ort_ops_default_per_task_and_override(toy_bundle, tmp_path, capsys):
-    """Text detection defaults to the "compute" ORT placement, other tasks to "all"; --ort-ops overrides; bad values fail."""
+    """Text detection defaults to the "compute" ORT placement, other families to "all"; --ort-ops overrides; bad values fail."""
     from vkt.bundle import Bundle
     from vkt.cli.main import main
 
@@ -280,10 +279,10 @@ def test_cli_ort_ops_default_per_task_and_override(toy_bundle, tmp_path, capsys)
     assert ops_of([])[0] == "all"  # a generic bundle
     ops, fused = ops_of(["--ort-ops", "compute"])
     assert ops == "compute" and fused == 6  # the toy's six convs, its Relu/Add/Sigmoid left in float
-    Bundle.load(toy_bundle).update(task="text-detection")
+    Bundle.load(toy_bundle).update(family="textdet", task="text-detection")  # the text recipe's default
     assert ops_of([])[0] == "compute"
     assert main(base + ["--ort-ops", "convs"]) == 2
-    assert "ort_ops must be one of ['all', 'compute'], got 'convs'" in capsys.readouterr().err.replace("\n", " ")
+    assert "--ort-ops must be all or compute, got 'convs'" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_gate_log_table_and_manifest_count_the_same_layers_in_points(calibrated, caplog, capsys, monkeypatch):
@@ -295,8 +294,8 @@ def test_gate_log_table_and_manifest_count_the_same_layers_in_points(calibrated,
     from vkt.cli.quantize import print_calibration
 
     caplog.set_level(logging.INFO, logger="vkt")
-    section = gate_bundle(calibrated, conv_count_metric, sensitivity_feeds=(), latency_feed=None, max_drop=0.035,
-                          steps=(0, 2, 4), ranking_method="prefix", show_progress=False)
+    section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.035, steps=(0, 2, 4), ranking="prefix"),
+                          show_progress=False)
     gate = section["gate"]
     steps = gate["steps"]
     assert [s["layers_kept_float"] for s in steps] == [0, 2, 4]

@@ -56,7 +56,7 @@ def _one_error(capsys, code: int, match: str, label: str = "") -> str:
 @pytest.fixture()
 def no_work(monkeypatch):
     """Every heavy step a command could start raises: a check that comes after the work shows as exit 1."""
-    import vkt.calibration.api
+    import vkt.cli.int8_options
     import vkt.engines
     import vkt.export.onnx_import
     import vkt.export.triton
@@ -77,7 +77,7 @@ def no_work(monkeypatch):
     def work(*a, **k):
         raise AssertionError("the command started its work before checking its output path")
 
-    for mod, name in [(vkt.export.onnx_import, "import_onnx"), (vkt.calibration.api, "quantize_from_images"),
+    for mod, name in [(vkt.export.onnx_import, "import_onnx"), (vkt.cli.int8_options, "quantize_with"),
                       (vkt.runtime.textdet, "TextDetector"), (vkt.runtime.detection, "Detector"),
                       (vkt.runtime.txt2img, "Txt2Img"), (vkt.export.triton, "write_triton_repo"),
                       (vkt.engines, "build"), (vkt.engines, "build_bundle_plan"), *more]:

@@ -62,7 +62,7 @@ def test_printed_commands_parse_and_hold_no_placeholders(tmp_path):
             copied = {Path(p).name for p in calib[1][1:-1]}
             assert copied == set(CALIB_PHOTOS) and not copied & {p.name for p in plan.held_out_images()}
             gate = parse(steps["next: accuracy gate"][0])[1]
-            assert gate["holdout"] == plan.holdout and gate["calib"] == plan.calib == parse(calib[2])[1]["calib"]
+            assert Path(gate["holdout"]) == plan.holdout and gate["calib"] == plan.calib == parse(calib[2])[1]["calib"]
         else:
             assert "next: accuracy gate" not in steps and "3. INT8 calibration" not in steps
 
@@ -120,7 +120,7 @@ def test_quickstart_runs_and_its_printed_commands_rerun_as_printed(tmp_path):
         argv = shlex.split(line)
         if "--holdout" in argv:  # the suggested next step
             params = parse(argv)[1]
-            assert params["holdout"].is_dir() and params["calib"].is_dir() and params["bundle"].is_dir()
+            assert Path(params["holdout"]).is_dir() and params["calib"].is_dir() and params["bundle"].is_dir()
             continue
         if argv[0] == "env":
             i = argv.index("vkt")

@@ -108,7 +108,7 @@ def test_server_task_reads_the_channel(bundle):
 def test_the_int8_gate_detects_with_the_bundles_normalisation(tmp_path):
     """The gate's FP32 reference runs the bundle's mean/std: with mean 1.5 every pixel of the toy reads as text
     (one box over the image), with the default 0.5 only the bar does."""
-    from vkt.calibration.gate import textdet_agreement
+    from vkt.models.textdet.int8 import textdet_agreement
 
     onnx.save(toy_text_detector(), str(tmp_path / "m.onnx"))
     b = import_onnx(tmp_path / "m.onnx", tmp_path / "b.vkt", task="textdet", preprocess={"mean": [1.5, 1.5, 1.5]})

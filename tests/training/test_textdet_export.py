@@ -67,6 +67,29 @@ def test_export_cli_from_checkpoint_with_fp16(run, tmp_path, capsys):
     assert b.spec().profiles[0].axes["height"] == (32, 64, 256)
 
 
+def test_export_cli_int8_with_the_text_recipe(run, tmp_path, capsys):
+    """`vkt export textdet --int8`: the text recipe's defaults without a holdout (percentile ranges, the ort placement
+    on the convs only), both placements, and no gate."""
+    import cv2
+
+    from vkt.bundle import Bundle
+    from vkt.training.synth_text import SynthConfig, render_synth
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(calib / f"{i}.png"), render_synth(i, seed=4, config=SynthConfig(size=(64, 96))).image)
+    rc = main(["export", "textdet", str(run / "ckpt.pt"), "-o", str(tmp_path / "b"), "--int8", "--calib", str(calib),
+               "--profile", "batch=1:1:2,height=32:64:256,width=32:64:256"])
+    assert rc == 0
+    assert "fused int8 ops" in capsys.readouterr().out
+    b = Bundle.load(tmp_path / "b")
+    cal = b.manifest["calibration"]
+    assert cal["method"] == "percentile" and cal["samples"] == 3 and "gate" not in cal
+    meta = {e.meta["placement"]: e.meta for e in b.files("int8 qdq onnx")}
+    assert set(meta) == {"ort", "trt"} and meta["ort"]["ort_ops"] == "compute"
+
+
 def test_tensorrt_rtx_builds_the_exported_graph(run):
     pytest.importorskip("tensorrt_rtx", reason="needs tensorrt-rtx (pip install tensorrt-rtx): it builds plans without a GPU")
     from vkt.bundle import Bundle

@@ -60,6 +60,8 @@ class ImageFolderReader:
             4-D float input, bilinear, aspect not kept), so calibration sees several shapes of the
             profile. None: keep whatever ``preprocess`` returns.
         limit: use at most this many images (default: all).
+        paths: the images to read, in this order (default: the folder's images, sorted), e.g. the folder's
+            images less those held out for the accuracy gate; ``limit`` applies to them too.
         spec: when given, feeds that do not fit it (names, dtypes, profile) are skipped with a warning.
         min_images: warn when fewer images are available (default ``MIN_IMAGES``).
         show_progress: rich progress bar while iterating.
@@ -69,13 +71,17 @@ class ImageFolderReader:
     """
 
     def __init__(self, folder: str | os.PathLike, preprocess: Preprocess, *, shapes: Sequence[tuple[int, int]] | None = None,
-                 limit: int | None = None, spec: ExportSpec | None = None, min_images: int = MIN_IMAGES,
-                 show_progress: bool = True):
+                 limit: int | None = None, paths: Sequence[str | os.PathLike] | None = None, spec: ExportSpec | None = None,
+                 min_images: int = MIN_IMAGES, show_progress: bool = True):
         self.folder = Path(folder)
         if not callable(preprocess):
             raise CalibrationError(f"preprocess must be a callable path -> {{input: ndarray}}, got {type(preprocess).__name__}")
         self.shapes = [_check_shape(s) for s in shapes] if shapes else None
-        self.paths = calibration_images(self.folder, limit)
+        self.paths = calibration_images(self.folder, limit)  # checks the folder and the limit
+        if paths is not None:
+            self.paths = [Path(p) for p in paths][:limit]
+            if not self.paths:
+                raise CalibrationError(f"no calibration images left to read in {str(self.folder)!r}")
         if len(self.paths) < min_images:
             log.warning("calibrating on %d image(s) from %s; at least %d are recommended for stable ranges",
                         len(self.paths), self.folder, min_images)

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from vkt.cli.int8_options import int8_options
+
+if TYPE_CHECKING:
+    from vkt.calibration.config import Int8Config
 
 export_app = typer.Typer(help="Export a model to a bundle (ONNX + manifest; INT8/FP16 variants and engines on request).",
                          no_args_is_help=True)
 
 
-def _check_calib(int8: bool, calib: Path | None) -> None:
-    """--int8 and --calib come together (exit 2 otherwise)."""
-    from vkt.errors import InputError
+def _int8_recipe(int8: Int8Config | None, family: str) -> object | None:
+    """The family's INT8 recipe, its checks (options and files) run now, before any export work; None without --int8."""
+    if int8 is None:
+        return None
+    from vkt.cli.int8_options import check_int8
+    from vkt.models import recipe_for
 
-    if int8 and calib is None:
-        raise InputError("--int8 needs calibration images: pass --calib DIR (a folder of representative images)")
-    if calib is not None and not int8:
-        raise InputError("--calib is only used with --int8")
+    recipe = recipe_for(family)
+    check_int8(recipe, int8, family)
+    return recipe
+
+
+def _quantize(recipe: object, stage: Path, int8: Int8Config) -> dict:
+    """Run the recipe on the bundle being written at ``stage`` (it appears at --output only when complete)."""
+    from vkt.bundle import Bundle
+    from vkt.cli.int8_options import quantize_with
+
+    return quantize_with(recipe, Bundle.load(stage), int8)
 
 
 def _bundle_output(out: Path, force: bool, inputs: list) -> Path:
@@ -29,6 +45,7 @@ def _bundle_output(out: Path, force: bool, inputs: list) -> Path:
 
 
 @export_app.command("onnx")
+@int8_options()
 def export_onnx(
     model: Path = typer.Argument(..., help="The .onnx file to import (weights as initializers or Constant nodes)."),
     output: Path = typer.Option(None, "--output", "-o", help="Bundle folder to write (default: ./<model stem>.vkt)."),
@@ -38,19 +55,6 @@ def export_onnx(
                                 "width=32:736:1536' (default: the task's)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32) for "
                               "TensorRT's strongly typed build."),
-    int8: bool = typer.Option(False, "--int8", help="Calibrate on --calib images once and add INT8 Q/DQ graphs: one placed "
-                              "for onnxruntime CPU (fused integer kernels), one for TensorRT (Q/DQ on Conv/MatMul/Gemm inputs)."),
-    calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images (a few hundred "
-                               "representative ones; pre-processed as the manifest says)."),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
-    num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
-    holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate."),
-    max_drop: float = typer.Option(1.0, "--max-drop", help="With --holdout: allowed metric drop in points."),
-    steps: str = typer.Option(None, "--steps", help="With --holdout: layers kept in float per step, e.g. 0,2,4,8,16."),
-    on_fail: str = typer.Option("fp32", "--on-fail", help="With --holdout, when no step fits: fp32 | best."),
-    qat: bool = typer.Option(False, "--qat", help="With --int8 --holdout: quantization-aware distillation too."),
-    qat_steps: int = typer.Option(150, "--qat-steps", help="With --qat: optimizer steps."),
-    qat_minutes: float = typer.Option(10.0, "--qat-minutes", help="With --qat: wall-clock cap in minutes."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Ship the FP32 graph after exact float "
                                   "rewrites (Identity/constant/BatchNorm folding; constant Mul/Add after a Conv folded "
                                   "into it), checked against the original on onnxruntime. INT8 graphs get them anyway, "
@@ -74,6 +78,8 @@ def export_onnx(
     mean: str = typer.Option(None, "--mean", help="textdet: per-channel mean after scaling to [0, 1], in the model's "
                              "channel order, e.g. 0.485,0.456,0.406 (default 0.5,0.5,0.5)."),
     std: str = typer.Option(None, "--std", help="textdet: per-channel std, e.g. 0.229,0.224,0.225 (default 0.5,0.5,0.5)."),
+    *,
+    int8: Int8Config | None = None,
 ) -> None:
     """Import an ONNX file as a bundle: names its image axes, checks it, runs it once, records checksums.
 
@@ -88,10 +94,8 @@ def export_onnx(
     from vkt.export.onnx_import import import_onnx
     from vkt.fsutil import staged_dir
     from vkt.specs import parse_profile
+    from vkt.tasks import task_defaults
 
-    _check_calib(int8, calib)
-    if (holdout is not None or qat) and not int8:
-        raise InputError("--holdout and --qat are only used with --int8")
     settings = textdet_overrides(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip_ratio,
                                  max_candidates=max_candidates, limit_side_len=limit_side_len, limit_type=limit_type,
                                  max_side_len=max_side, mean=mean, std=std)
@@ -102,19 +106,13 @@ def export_onnx(
         raise InputError(f"{', '.join(x for x in (given, flags_of(settings)) if x)} only apply to --task textdet")
     if task == "textdet":
         pre, post, notes = import_settings(config, channel, settings)
-    from vkt.cli.quantize import check_int8_inputs, gate_options
-
-    gate_opts = gate_options(holdout, max_drop, steps, on_fail, qat, qat_steps, qat_minutes, None) if int8 else {}
-    if int8:
-        check_int8_inputs(calib, calib_method, num_images, holdout, on_fail)
-    out = _bundle_output(output or Path(f"{model.stem}.vkt"), force, [model, calib, holdout])
+    recipe = _int8_recipe(int8, task_defaults(task).family)
+    out = _bundle_output(output or Path(f"{model.stem}.vkt"), force, [model, *(int8.inputs() if int8 else [])])
     with staged_dir(out) as stage:  # the bundle appears at --output only when complete, INT8 graphs included
-        bundle = import_onnx(model, stage, task=task, profile=parse_profile(profile) if profile else None, overwrite=force,
-                             fp16=fp16, optimize=optimize, preprocess=pre, postprocess=post)
+        import_onnx(model, stage, task=task, profile=parse_profile(profile) if profile else None, overwrite=force,
+                    fp16=fp16, optimize=optimize, preprocess=pre, postprocess=post)
         if int8:
-            from vkt.calibration.api import quantize_from_images
-
-            section = quantize_from_images(bundle, calib, method=calib_method, num_images=num_images, **gate_opts)
+            section = _quantize(recipe, stage, int8)
     bundle = Bundle.load(out, verify=False)
     spec = bundle.spec()
     c = Console()
@@ -134,6 +132,7 @@ def export_onnx(
 
 
 @export_app.command("sd")
+@int8_options()
 def export_sd_cmd(
     path: Path = typer.Argument(..., help="Local diffusers StableDiffusionPipeline folder (text_encoder/ unet/ vae/ "
                                 "tokenizer/ scheduler/), e.g. the output of `vkt train dreambooth`."),
@@ -149,22 +148,25 @@ def export_sd_cmd(
                                    help="Also write onnxruntime-only fused graphs (attention, SkipLayerNorm, Gelu; "
                                    "CPU kernels) that the ort backend runs; TensorRT builds the plain graphs. "
                                    "Adds ~3 min for an SD 1.5 UNet."),
-    int8: bool = typer.Option(False, "--int8", help="Also calibrate the UNet on its inputs from FP32 generations "
-                              "and write Q/DQ graphs (ort and trt placements; Txt2Img precision int8). Not for "
-                              "graphs over 2 GB (fp32 SD 1.5 UNet) yet."),
-    calib_steps: int = typer.Option(8, "--calib-steps", help="DDIM steps per calibration prompt (--int8)."),
+    *,
+    int8: Int8Config | None = None,
 ) -> None:
-    """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to an SD bundle."""
+    """Export a Stable Diffusion pipeline (text encoder, UNet, VAE decoder) to an SD bundle.
+
+    INT8: the UNet is calibrated on its inputs along FP32 generations of the --calib prompts; text encoder and VAE stay FP32. Not for graphs over 2 GB (the fp32 SD 1.5 UNet) yet."""
     from rich.console import Console
 
     from vkt.fsutil import staged_dir
     from vkt.models.sd import SDProfile, export_sd
 
-    out = _bundle_output(output or Path(f"{path.resolve().name}.vkt"), force, [path])
+    recipe = _int8_recipe(int8, "sd")
+    out = _bundle_output(output or Path(f"{path.resolve().name}.vkt"), force, [path, *(int8.inputs() if int8 else [])])
     with staged_dir(out) as stage:  # appears at --output only when complete
         report = export_sd(path, stage, profile=SDProfile(max_batch=max_batch, min_size=min_size, opt_size=opt_size,
                                                           max_size=max_size), check=check, overwrite=force, fp16=fp16,
-                           ort_fused=ort_fused, int8=int8, calib_steps=calib_steps)
+                           ort_fused=ort_fused)
+        if int8:
+            section = _quantize(recipe, stage, int8)
     c = Console()
     c.print(f"[green]wrote[/] SD bundle {str(out)!r}", highlight=False)
     for comp, spec in report.specs.items():
@@ -172,9 +174,15 @@ def export_sd_cmd(
         par = report.parity.get(comp)
         c.print(f"  {comp}: {axes}" + (f" (onnxruntime vs torch: {par:.1e} relative)" if par is not None else ""),
                 highlight=False)
+    if int8:
+        from vkt.bundle import Bundle
+        from vkt.cli.quantize import print_calibration
+
+        print_calibration(Bundle.load(out, verify=False), section)
 
 
 @export_app.command("textdet")
+@int8_options()
 def export_textdet_cmd(
     source: str = typer.Argument(None, help="A training checkpoint (RUN/ckpt.pt) or run folder; or use --pretrained."),
     pretrained: str = typer.Option(None, "--pretrained", help="Export imported weights instead: ppocrv5-mobile."),
@@ -183,6 +191,8 @@ def export_textdet_cmd(
                                 "(default: the textdet task's)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+    *,
+    int8: Int8Config | None = None,
 ) -> None:
     """PyTorch DB text detector -> dynamic-shape ONNX bundle, with ORT-vs-torch parity printed."""
     from rich.console import Console
@@ -196,20 +206,29 @@ def export_textdet_cmd(
     if (source is None) == (pretrained is None):
         raise InputError("give either a checkpoint (RUN/ckpt.pt or RUN) or --pretrained ppocrv5-mobile, "
                          f"got {'both' if source else 'neither'}")
-    _bundle_output(output, force, [source])
+    recipe = _int8_recipe(int8, "textdet")
+    _bundle_output(output, force, [source, *(int8.inputs() if int8 else [])])
     model, resize, desc = load_textdet_source(pretrained or source)
     prof = dict(parse_profile(profile).axes) if profile else None
-    with staged_dir(output) as stage:
+    with staged_dir(output) as stage:  # appears at --output only when complete, INT8 graphs included
         rep = export_textdet_bundle(model, stage, profile=prof, fp16=fp16, resize=resize, overwrite=force, source=desc)
+        if int8:
+            section = _quantize(recipe, stage, int8)
     c = Console()
     c.print(f"[green]wrote[/] bundle {str(output)!r} from {desc}", highlight=False)
     for k, v in rep.parity.items():
         c.print(f"  parity fp32 {k}: max abs diff ORT vs torch {v:.2e}", highlight=False)
     for k, v in (rep.parity_fp16 or {}).items():
         c.print(f"  parity fp16 {k}: max abs diff ORT vs torch {v:.2e}", highlight=False)
+    if int8:
+        from vkt.bundle import Bundle
+        from vkt.cli.quantize import print_calibration
+
+        print_calibration(Bundle.load(output, verify=False), section)
 
 
 @export_app.command("detr")
+@int8_options()
 def export_detr_cmd(
     checkpoint: Path = typer.Argument(..., help="DETR weights: a Hugging Face folder (config.json + model.safetensors, "
                                       "e.g. RUN/model from `vkt train detr`) or a facebookresearch/detr .pth file."),
@@ -224,26 +243,13 @@ def export_detr_cmd(
     longest_edge: int = typer.Option(None, "--longest-edge", help="Resize rule for the manifest (default 1333, or the run's)."),
     num_heads: int = typer.Option(8, "--num-heads", help="Attention heads of a .pth checkpoint (not stored in the file)."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an FP16 graph (sensitive ops and I/O kept in FP32)."),
-    int8: bool = typer.Option(False, "--int8", help="Calibrate on --calib images and add INT8 Q/DQ graphs (onnxruntime "
-                              "and TensorRT placements; Softmax and LayerNorm stay float)."),
-    calib: Path = typer.Option(None, "--calib", help="With --int8: folder of calibration images."),
-    calib_method: str = typer.Option("percentile", "--calib-method", help="With --int8: minmax | entropy | percentile."),
-    num_images: int = typer.Option(None, "--num-images", help="With --int8: use at most this many images."),
-    percentile: float = typer.Option(99.99, "--percentile", help="With --int8 and --calib-method percentile: the |x| "
-                                     "percentile of each activation range."),
-    weight_rounding: str = typer.Option("gptq", "--weight-rounding", help="With --int8: gptq (conv weights rounded to "
-                                        "int8 against the calibration images' activations) | nearest."),
-    holdout: Path = typer.Option(None, "--holdout", help="With --int8: held-out images for the accuracy gate (default: "
-                                 "every 4th --calib image when it holds 8 or more, left out of calibration)."),
-    gate: bool = typer.Option(True, "--gate/--no-gate", help="With --int8: run the accuracy gate (metric: COCO AP of INT8 "
-                              "detections against FP32's; keeps heads, decoder, encoder attention, the backbone's last-stage residual sums, "
-                              "encoder FFNs, stem in float step by step)."),
-    max_drop: float = typer.Option(2.0, "--max-drop", help="With the gate: allowed AP drop vs FP32 in points (2.0: AP >= 0.98)."),
-    on_fail: str = typer.Option("fp32", "--on-fail", help="With the gate, when no step fits: fp32 (ship no INT8 graph) | best."),
-    threads: int = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads for the gate (default: ORT's)."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing bundle at --output."),
+    *,
+    int8: Int8Config | None = None,
 ) -> None:
-    """Export a DETR checkpoint to a bundle: ONNX checked against transformers on onnxruntime, manifest with labels."""
+    """Export a DETR checkpoint to a bundle: ONNX checked against transformers on onnxruntime, manifest with labels.
+
+    INT8: the gate runs with --holdout DIR or --holdout auto (every 4th --calib image, what this command did by default before); without --holdout the INT8 graphs ship ungated."""
     import json
     import re
 
@@ -251,21 +257,7 @@ def export_detr_cmd(
 
     from vkt.errors import InputError
 
-    _check_calib(int8, calib)
-    if holdout is not None and not (int8 and gate):
-        raise InputError("--holdout is only used with --int8 and the gate (not with --no-gate)")
-    if not 0 <= max_drop < 100:
-        raise InputError(f"--max-drop is in points of AP (2.0 = 0.02), in [0, 100); got {max_drop!r}")
-    if on_fail not in ("fp32", "best"):
-        raise InputError(f"--on-fail must be fp32 or best, got {on_fail!r}")
-    if weight_rounding not in ("gptq", "nearest"):
-        raise InputError(f"--weight-rounding must be gptq or nearest, got {weight_rounding!r}")
-    if not 0 < percentile <= 100:
-        raise InputError(f"--percentile must be in (0, 100], got {percentile!r}")
-    if int8:
-        from vkt.cli.quantize import check_int8_inputs
-
-        check_int8_inputs(calib, calib_method, num_images, holdout if gate else None, on_fail)
+    recipe = _int8_recipe(int8, "detr")
     static_shape = None
     if static is not None:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", static)
@@ -285,7 +277,8 @@ def export_detr_cmd(
                 raise InputError(f"--{key.replace('_', '-')} must be a positive number of pixels, got {v}")
             resize[key] = v
     resize = {k: int(v) for k, v in resize.items() if k in ("shortest_edge", "longest_edge")}
-    out = _bundle_output(output or Path(f"{checkpoint.resolve().stem}.vkt"), force, [checkpoint, calib, holdout])
+    out = _bundle_output(output or Path(f"{checkpoint.resolve().stem}.vkt"), force,
+                         [checkpoint, *(int8.inputs() if int8 else [])])
 
     from vkt.bundle import Bundle
     from vkt.fsutil import staged_dir
@@ -306,11 +299,7 @@ def export_detr_cmd(
                              profile=profile, overwrite=force, fp16=fp16, **resize)
         bundle = Bundle.load(dest)
         if int8:
-            from vkt.models.detr.int8 import quantize_detr
-
-            section = quantize_detr(bundle, calib, holdout=holdout, gate=gate, method=calib_method,
-                                    num_images=num_images, max_drop=max_drop / 100.0, on_fail=on_fail, threads=threads,
-                                    percentile=percentile, weight_rounding=weight_rounding)
+            section = _quantize(recipe, stage, int8)
     bundle = Bundle.load(out, verify=False)
     spec = bundle.spec()
     c = Console()

@@ -284,7 +284,8 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
     # 3. INT8: ranges once on photos without text, one Q/DQ graph per backend.
     if plan.int8:
         step("3. INT8 calibration")
-        from vkt.calibration.api import quantize_from_images
+        from vkt.calibration.config import Int8Config
+        from vkt.models import recipe_for
 
         plan.calib.mkdir(exist_ok=True)
         for name in LEGACY_CALIB:
@@ -295,7 +296,7 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
         from vkt.bundle import edit_bundle
 
         with edit_bundle(plan.bundle) as staged:  # an interrupt leaves the FP32 bundle of the export step as it was
-            section = quantize_from_images(staged, plan.calib, method=plan.method)
+            section = recipe_for(bundle.family).quantize(staged, Int8Config(calib=plan.calib, method=plan.method))
         bundle = Bundle.load(plan.bundle)
         summary["steps"]["calibration"] = {
             "method": plan.method, "images": list(CALIB_PHOTOS), "samples": section["samples"],

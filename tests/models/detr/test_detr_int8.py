@@ -1,4 +1,4 @@
-"""DETR INT8: the keep-list groups, AP of detections against reference detections, the gated `quantize_detr` path."""
+"""DETR INT8: the keep-list groups, AP of detections against reference detections, the recipe's gated path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("pycocotools")
 
+from vkt.calibration.config import Int8Config  # noqa: E402
+from vkt.calibration.holdout import split_holdout  # noqa: E402
 from vkt.errors import CalibrationError  # noqa: E402
-from vkt.models.detr.int8 import KEEP_GROUPS, agreement_ap, keep_list, quantize_detr, split_holdout  # noqa: E402
+from vkt.models.detr.int8 import KEEP_GROUPS, DetrRecipe, agreement_ap, keep_list  # noqa: E402
 from vkt.runtime.detection import Detections  # noqa: E402
 
 SIZE = {"shortest_edge": 96, "longest_edge": 128}
@@ -98,17 +100,18 @@ def test_split_holdout(images, tmp_path):
 
 @pytest.fixture(scope="module")
 def gated(bundle, images, tmp_path_factory):
-    """(bundle copy, calibration section) of one default `quantize_detr` run with the gate."""
+    """(bundle copy, calibration section) of one DETR recipe run with the defaults, gated on `--holdout auto`."""
     import shutil
 
     from vkt.bundle import Bundle
 
     b = Bundle.load(shutil.copytree(bundle, tmp_path_factory.mktemp("gated") / "q.vkt"))
     # untrained: FP32's scores are near-uniform, so all its 10 boxes per image are the ground truth
-    return b, quantize_detr(b, images, max_drop=0.0, on_fail="best", gt_top=10, threads=1, show_progress=False)
+    cfg = Int8Config(calib=images, holdout="auto", max_drop=0.0, on_fail="best", threads=1)
+    return b, DetrRecipe(gt_top=10).quantize(b, cfg, show_progress=False)
 
 
-def test_quantize_detr_gates_with_the_keep_list(gated, images, tmp_path):
+def test_detr_recipe_gates_with_the_keep_list(gated, images, tmp_path):
     import shutil
 
     from vkt.bundle import Bundle
@@ -117,6 +120,7 @@ def test_quantize_detr_gates_with_the_keep_list(gated, images, tmp_path):
     gate = section["gate"]
     assert gate["metric_name"] == "COCO AP vs FP32 detections" and gate["baseline"] == pytest.approx(1.0)
     assert gate["holdout"]["images"] == 2 and section["data"]["held_out_for_gate"] == 2 and section["samples"] == 8
+    assert gate["holdout"]["split"] == "every 4th calibration image"
     b = Bundle.load(b.root)
     from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
@@ -130,9 +134,11 @@ def test_quantize_detr_gates_with_the_keep_list(gated, images, tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(sorted(images.iterdir())[0], one)
+    rest = tmp_path / "rest"
+    shutil.copytree(images, rest, ignore=shutil.ignore_patterns(sorted(p.name for p in images.iterdir())[0]))
     with pytest.raises(CalibrationError, match="at least 20"):     # 10 queries: too few boxes for a gate
-        quantize_detr(Bundle.load(shutil.copytree(b.root, tmp_path / "again.vkt")), images, holdout=one, threads=1,
-                      show_progress=False)
+        DetrRecipe().quantize(Bundle.load(shutil.copytree(b.root, tmp_path / "again.vkt")),
+                              Int8Config(calib=rest, holdout=one, threads=1), show_progress=False)
 
 
 def _conv_weights_of(qdq) -> dict[str, np.ndarray]:
@@ -150,7 +156,7 @@ def _conv_weights_of(qdq) -> dict[str, np.ndarray]:
     return out
 
 
-def test_quantize_detr_ships_gptq_weights_that_lower_conv_error(gated, images):
+def test_detr_recipe_ships_gptq_weights_that_lower_conv_error(gated, images):
     """Default DETR calibration: GPTQ conv weights reach both shipped placements (through the gate) and give each
     conv a lower output error ||(W - Q) X|| on the calibration images than round-to-nearest; ranges at 99.99."""
     import onnx
@@ -158,9 +164,9 @@ def test_quantize_detr_ships_gptq_weights_that_lower_conv_error(gated, images):
     from onnx import helper, numpy_helper
 
     from vkt.bundle import Bundle
-    from vkt.calibration.api import image_preprocess
-    from vkt.calibration.weights import _patches
+    from vkt.calibration.images import image_preprocess
     from vkt.onnxgraph import prepare_model
+    from vkt.calibration.weights import _patches
     from vkt.onnxio import load_onnx
 
     b, section = gated

@@ -1,45 +1,30 @@
-"""INT8 for DETR: the accuracy gate's metric (COCO AP of a model's detections against FP32's) and its keep-list.
+"""INT8 for DETR (transformers' DetrForObjectDetection): the recipe, its gate metric and its keep-list.
 
-    metric = detr_agreement(bundle, holdout_images)        # FP32 detections computed once
+    DetrRecipe().quantize(bundle, Int8Config(calib=Path("images"), holdout="auto"))
+    metric = detr_agreement(bundle, held_out_images)       # COCO AP vs FP32's detections, FP32 computed once
     ranking, steps = keep_list(fp32_model)                 # heads, decoder, encoder attention, ...: cheapest first
-    gate_bundle(bundle, metric, ranking=ranking, steps=steps, ...)
 
-Why a keep-list instead of per-layer ranking: on the trained reduced model the INT8-vs-FP32 AP loss
-is spread over the transformer (no single layer holds it: keeping any one group of encoder or decoder
-nodes in float moved AP by < 0.03) while keeping the decoder and then the encoder's attention in float
-recovers it (measured on the stride-16 reduced model, 64 synthetic images: AP 0.89 all INT8, 0.93 with
-heads + decoder float, 0.998 with the encoder's attention too; its FFNs add nothing). On DETR-R50 the
-decoder and heads are ~1% of the FLOPs, the encoder's attention ~4% and its FFNs ~7%, so the backbone
-and the encoder FFNs stay INT8. The ResNet stem (the first conv, reading the image) comes last: it
-mattered on photos only when calibration had seen no photos.
-
-Calibration defaults (what is left after the keep-list is INT8 backbone activation noise: on the
-trained reduced model with the shipped keep-list step, weights alone in int8 kept AP 1.000 on the
-photos, the backbone's activations in float too 1.000, any one backbone stage in float removed
-only 15-30% of the box error): GPTQ-rounded conv weights (:mod:`vkt.calibration.weights`) and
-percentile 99.99 ranges. Measured on that model (8 scored photos, their mirror images, 16 centre
-crops; box error = mean |pred_boxes - FP32| of FP32's > 0.5 queries): nearest + 99.999 (the
-previous default) AP 0.959 / 0.978 / 0.977, box error 1.8e-3; GPTQ + 99.99 AP 0.985 / 0.993 / 0.988,
-box error 1.4e-3; 99.95, 99.98 and 99.995 lie between; GPTQ of the transformer's MatMul weights
-added nothing. Over four calibration draws (synthetic seeds 7-10) the scored photos still ranged
-0.965-0.988 (mean 0.978); bias correction, 48 synthetic images or mirrored/cropped calibration
-photos did not move that. What did: the backbone's residual sums in float (a float Add leaves the
-convs feeding it float on onnxruntime, no QLinearConv): the last stage's alone 0.987 mean (min
-0.978), the last two stages' 0.995 (min 0.989), all 0.995; on DETR-R50 (2 threads, interleaved) the
-keep step with the encoder's attention in float ran 2.29x FP32, + the last stage's sums 2.05x,
-+ the stage before too 1.76x, all sums 1.45x. Hence the ``backbone_residual`` group: the last stage's.
+Calibrated on: images pre-processed as the manifest says, GPTQ-rounded conv weights, percentile 99.99 ranges.
+Judged by: COCO AP of INT8 detections against FP32's on held-out images, budget 2.0 points.
+Ranking: a keep-list of node groups instead of a per-layer ranking: the INT8 loss is spread over the transformer,
+while keeping the decoder and then the encoder's attention in float recovers it at a few percent of the FLOPs;
+the backbone's last-stage residual sums come next, the encoder FFNs and the stem last. The measurements behind
+each choice are in docs/MEASUREMENTS.md ("DETR").
+Post-processing: vkt.runtime.detection.Detector, which the metric runs.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from vkt.calibration.config import Int8Config
+from vkt.calibration.gate import Metric
 from vkt.errors import CalibrationError
+from vkt.models.recipe import ImageRecipe
 
 # (group name, pattern on the exported graph's node names), in the order the gate keeps them in float.
 # Names are the TorchScript exporter's module paths of transformers' DetrForObjectDetection.
@@ -56,6 +41,26 @@ KEEP_GROUPS: tuple[tuple[str, str], ...] = (
 MIN_REFERENCE_BOXES = 20
 PERCENTILE = 99.99              # DETR's calibration percentile (the generic default is 99.999; see the module doc)
 WEIGHT_ROUNDING = "gptq"
+
+
+class DetrRecipe(ImageRecipe):
+    """The DETR recipe (module doc). ``gt_top``: score each image against FP32's ``gt_top`` best boxes instead of
+    those above the bundle's score threshold (for untrained models, whose scores are near-uniform)."""
+
+    family: ClassVar[str] = "detr"
+    budget: ClassVar[float | None] = 2.0
+    defaults: ClassVar[dict[str, Any]] = {"method": "percentile", "percentile": PERCENTILE,
+                                          "weight_rounding": WEIGHT_ROUNDING, "ort_ops": "all"}
+
+    def __init__(self, gt_top: int | None = None):
+        self.gt_top = gt_top
+
+    def metric(self, bundle: Any, held: Sequence[Any], config: Int8Config, show_progress: bool = True) -> Metric:
+        return detr_agreement(bundle, held, gt_top=self.gt_top, threads=config.threads, show_progress=show_progress)
+
+    def ranking(self, graph: Any, config: Int8Config) -> tuple[list[dict[str, Any]], list[int]] | None:
+        # the keep-list, unless --ranking asks the gate to rank layers itself
+        return keep_list(graph) if config.ranking is None else None
 
 
 def keep_list(model: Any, groups: Sequence[tuple[str, str]] = KEEP_GROUPS) -> tuple[list[dict[str, Any]], list[int]]:
@@ -128,7 +133,7 @@ def detr_agreement(bundle: Any, images: Sequence[Any], *, gt_threshold: float | 
     Raises CalibrationError when the reference holds fewer than ``min_boxes`` boxes: an AP over so
     few moves by several points per box.
     """
-    from vkt.calibration.gate import load_holdout_images
+    from vkt.calibration.holdout import load_holdout_images
     from vkt.log import progress
     from vkt.runtime import make_runner
     from vkt.runtime.detection import Detector
@@ -162,148 +167,3 @@ def detr_agreement(bundle: Any, images: Sequence[Any], *, gt_threshold: float | 
     metric.reference = ref  # type: ignore[attr-defined]
     metric.boxes = n  # type: ignore[attr-defined]
     return metric
-
-
-def split_holdout(folder: str | Path, every: int = 4, min_images: int = 8) -> tuple[list[Path], list[Path]] | None:
-    """(calibration, held-out) image paths of ``folder``: every ``every``-th image (sorted) held out.
-
-    None when the folder has fewer than ``min_images`` images (too few to spare any).
-    """
-    paths = _images(folder)
-    if len(paths) < min_images:
-        return None
-    held = paths[every - 1::every]
-    return [p for p in paths if p not in held], held
-
-
-class _PathFeeds:
-    """Feeds from a list of image paths (one image per feed), described for the manifest; unreadable images skipped."""
-
-    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Path], dict], source: dict[str, Any]):
-        self.paths, self.pre, self.source = list(paths), preprocess, source
-
-    def __iter__(self) -> Any:
-        from vkt.log import get_logger
-
-        ok = 0
-        for p in self.paths:
-            try:
-                feed = self.pre(p)
-            except Exception as e:
-                get_logger(__name__).warning("skipping calibration image %s: %s", p, str(e).splitlines()[0][:200])
-                continue
-            ok += 1
-            yield feed
-        if not ok:
-            raise CalibrationError(f"none of the {len(self.paths)} calibration image(s) could be read and pre-processed")
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.source, "images": len(self.paths)}
-
-
-def quantize_detr(bundle: Any, calib: str | Path, *, holdout: str | Path | None = None, gate: bool = True,
-                  method: str = "percentile", targets: Sequence[str] = ("ort", "trt"), num_images: int | None = None,
-                  max_drop: float = 0.02, on_fail: str = "fp32", gt_top: int | None = None, threads: int | None = None,
-                  percentile: float = PERCENTILE, weight_rounding: str = WEIGHT_ROUNDING,
-                  show_progress: bool = True) -> dict[str, Any]:
-    """Calibrate a DETR bundle on ``calib`` images and, with ``gate``, ship what the accuracy gate chooses.
-
-    Held-out images: ``holdout`` (a folder), or every 4th image of ``calib`` when it holds >= 8 (those are
-    then left out of calibration); with neither, the INT8 graphs ship ungated and a warning says so.
-    The gate (metric :func:`detr_agreement`, ranking :func:`keep_list`, budget ``max_drop`` of AP, 0.02
-    default) chooses the onnxruntime placement; the TensorRT placement is rewritten with the same nodes
-    in float (its accuracy is not measured on CPU), or removed with it when nothing fits.
-    ``percentile`` (method "percentile") and ``weight_rounding`` ("gptq": conv weights rounded with
-    GPTQ on the calibration images, which both placements then reproduce; "nearest") default to
-    what measured best on DETR (module doc). Returns the manifest's calibration section.
-    """
-    from vkt.bundle import Bundle
-    from vkt.calibration.api import _quantize_bundle, gate_bundle, image_preprocess
-    from vkt.calibration.gate import holdout_images
-    from vkt.log import get_logger
-
-    log = get_logger(__name__)
-    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    held: list[Path] = []
-    split = None
-    if gate and holdout is not None:
-        held = holdout_images(holdout)
-    elif gate:
-        split = split_holdout(calib)
-        if split is None:
-            log.warning("calibration folder %s has fewer than 8 images: none held out, so the INT8 graphs ship without "
-                        "the accuracy gate (pass --holdout DIR to gate them)", calib)
-        else:
-            held = split[1]
-    if split is not None:
-        paths = split[0]
-    else:
-        paths = _images(calib)
-    if num_images is not None:
-        paths = paths[:num_images]
-    pre = image_preprocess(b)
-    source = {"source": "folder", "path": str(calib), **({"held_out_for_gate": len(held)} if split is not None else {})}
-    # ``graph``: the prepared FP32 graph with GPTQ-rounded conv weights (or the bundle's own with "nearest"): the
-    # gate and the TensorRT placement must be written from it, else they would round the original weights again.
-    section, graph = _quantize_bundle(b, _PathFeeds(paths, pre, source), method=method, targets=targets, exclude=(),
-                                      num_samples=None, component="model", percentile=percentile, eval_samples=2,
-                                      weight_rounding=weight_rounding, show_progress=show_progress)
-    if not held:
-        return section
-    try:
-        metric = detr_agreement(b, held, gt_top=gt_top, threads=threads, show_progress=show_progress)
-    except CalibrationError as e:
-        if holdout is not None:
-            raise
-        log.warning("INT8 graphs ship without the accuracy gate: %s", e)
-        return section
-    ranking, steps = keep_list(graph)
-    section = gate_bundle(b, metric, sensitivity_feeds=(), latency_feed=pre(held[0]), max_drop=max_drop, steps=steps,
-                          ranking=ranking, placement="ort", on_fail=on_fail, threads=threads, show_progress=show_progress,
-                          holdout={"path": str(holdout if holdout is not None else calib), "images": len(held),
-                                   "split": "given" if holdout is not None else "every 4th calibration image"},
-                          fp32_graph=graph)
-    if "trt" in targets:
-        _follow_gate(b, graph, section)
-    return section
-
-
-def _images(folder: str | Path) -> list[Path]:
-    from vkt.calibration.data import IMAGE_EXTENSIONS
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise CalibrationError(f"calibration folder not found or not a folder: {str(root)!r}")
-    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not paths:
-        raise CalibrationError(f"calibration folder {str(root)!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return paths
-
-
-def _follow_gate(b: Any, fp32: Any, section: dict[str, Any]) -> None:
-    """Rewrite (or drop) the TensorRT placement to match the gate's choice for onnxruntime."""
-    from vkt.calibration.api import QDQ_ROLE
-    from vkt.calibration.qdq import place_trt
-    from vkt.calibration.ranges import CalibrationTable
-    from vkt.calibration.report import count_ops
-
-    name = "model.int8.trt.onnx"
-    placements = dict(section.get("placements", {}))
-    chosen = section.get("gate", {}).get("chosen")
-    if chosen is None:
-        b.entries = [e for e in b.entries if not (e.role == QDQ_ROLE and e.path == name)]
-        b.save()
-        (b.root / name).unlink(missing_ok=True)
-        placements.pop("trt", None)
-    else:
-        table = CalibrationTable.load(b.root / section["table"]["path"])
-        kept = sorted(chosen["float_layers"])
-        q = place_trt(fp32, table, kept)
-        counts = count_ops(q)
-        b.add_file(q.SerializeToString(), name, QDQ_ROLE, "model",
-                   meta={"placement": "trt", "method": table.method, "table_sha256": table.sha256, "excluded": kept,
-                         "gate": "same nodes in float as the onnxruntime placement's gate choice (not measured on TensorRT)",
-                         "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute})
-        placements["trt"] = {**placements.get("trt", {}), "path": name, **counts.to_dict(), "gate_excluded": kept}
-    section.update(placements=placements)
-    b.update(calibration=section)

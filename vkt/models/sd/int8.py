@@ -1,9 +1,12 @@
 """INT8 UNet for an SD bundle: calibration feeds captured from txt2img runs, Q/DQ through vkt.calibration,
 and the image error of INT8 vs FP32 at equal seeds.
 
+    SdRecipe().quantize(bundle, Int8Config(calib=Path("prompts.txt")))   # all of it (prompts: default CALIB_PROMPTS)
     feeds = capture_unet_feeds(bundle, CALIB_PROMPTS)      # UNet inputs of real denoising trajectories
     quantize_unet(bundle, feeds)                           # calibration table + Q/DQ per placement
     image_psnr(bundle, prompts)                            # decoded images, INT8 vs FP32, same seeds
+
+No accuracy gate yet: image_psnr measures, nothing decides (``--holdout`` is refused).
 
 What stays in float: Softmax, LayerNorm and the GroupNorms (exported as InstanceNormalization +
 affine) are never quantized by either placement (vkt.calibration.qdq); the text encoder and VAE stay
@@ -15,12 +18,15 @@ sees very different activations at t = 999 (pure noise) and near t = 0.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import numpy as np
 
-from vkt.errors import CalibrationError
+from vkt.calibration.config import Int8Config
+from vkt.errors import CalibrationError, InputError, ModelError
 from vkt.log import get_logger, timed
+from vkt.models.recipe import Recipe
 
 log = get_logger(__name__)
 
@@ -76,20 +82,55 @@ def capture_unet_feeds(bundle: Any, prompts: Sequence[str] = CALIB_PROMPTS, *, s
     return feeds
 
 
-def quantize_unet(bundle: Any, feeds: Sequence[Mapping[str, np.ndarray]], *, method: str = "minmax",
-                  targets: Sequence[str] = ("ort", "trt"), exclude: Sequence[str] = (), show_progress: bool = False) -> dict[str, Any]:
-    """Calibrate the bundle's UNet on ``feeds`` and add its Q/DQ graphs (vkt.calibration.quantize_bundle).
+class SdRecipe(Recipe):
+    """The SD recipe: the UNet calibrated on its inputs along FP32 generations of prompts (``calib``: a text file,
+    one prompt per line; default :data:`CALIB_PROMPTS`) x ``calib_steps`` DDIM steps (default 8) at the profile's
+    opt size; minmax ranges (the UNet's activations have no outliers that clipping would help, unlike a detector's
+    logits, and percentile's histogram costs much more memory on a UNet). Text encoder and VAE stay FP32."""
 
-    minmax by default: the UNet's activations have no outliers that clipping would help (unlike a
-    detector's logits), and percentile's histogram costs much more memory on a UNet.
-    Returns the manifest's ``calibration`` section.
-    """
+    family: ClassVar[str] = "sd"
+    data: ClassVar[str] = "prompts"
+    component: ClassVar[str] = "unet"
+    defaults: ClassVar[dict[str, Any]] = {"method": "minmax", "calib_steps": 8}
+
+    def check(self, config: Int8Config) -> None:
+        if config.holdout is not None:
+            raise InputError("--holdout: SD has no accuracy gate yet (its INT8 UNet ships ungated); measure it with "
+                             "vkt.models.sd.int8.image_psnr or benchmarks/bench_sd_int8.py")
+        super().check(config)
+
+    def quantize(self, bundle: Any, config: Int8Config, *, extra_candidates: Sequence[Any] = (),
+                 component: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+        from vkt.bundle import Bundle
+        from vkt.calibration.config import read_prompts
+
+        # 1. Defaults and checks, before the generations
+        b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        comp = component or self.component
+        cfg = self.resolve(config)
+        self.check(cfg)
+        if extra_candidates:
+            raise InputError("SD has no accuracy gate yet, so no further gate candidates (--qat)")
+        if b.files("onnx external data", comp):
+            raise ModelError(f"the {comp} graph keeps its weights in external data (> 2 GB); vkt's Q/DQ writer "
+                             "handles single-file graphs only so far")
+        # 2. UNet inputs along FP32 generations of the prompts, then ranges once and a Q/DQ graph per target
+        prompts = (read_prompts(cfg.calib) if cfg.calib is not None else list(CALIB_PROMPTS))[:cfg.num_images]
+        feeds = capture_unet_feeds(b, prompts, steps=cfg.calib_steps, threads=cfg.threads)
+        with timed(f"calibrating the UNet on {len(feeds)} captured inputs", log):
+            return quantize_unet(b, feeds, cfg, show_progress=show_progress)
+
+
+def quantize_unet(bundle: Any, feeds: Sequence[Mapping[str, np.ndarray]], config: Int8Config | None = None, *,
+                  show_progress: bool = False) -> dict[str, Any]:
+    """Calibrate the bundle's UNet on ``feeds`` and add its Q/DQ graphs (vkt.calibration.quantize_bundle); the
+    config's unset options are :class:`SdRecipe`'s. Returns the manifest's ``calibration`` section."""
     from vkt.calibration import quantize_bundle
 
     if not feeds:
         raise CalibrationError("no calibration feeds: capture some with capture_unet_feeds(bundle)")
-    return quantize_bundle(bundle, feeds, method=method, targets=targets, exclude=exclude, component="unet",
-                           show_progress=show_progress)
+    cfg = SdRecipe().resolve(config or Int8Config())
+    return quantize_bundle(bundle, feeds, replace(cfg, num_images=None), component="unet", show_progress=show_progress)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -121,4 +162,4 @@ def image_psnr(bundle: Any, prompts: Sequence[str], *, steps: int = 8, size: int
             "steps": steps, "images": images}
 
 
-__all__ = ["CALIB_PROMPTS", "capture_unet_feeds", "image_psnr", "psnr", "quantize_unet"]
+__all__ = ["CALIB_PROMPTS", "SdRecipe", "capture_unet_feeds", "image_psnr", "psnr", "quantize_unet"]

@@ -2,17 +2,15 @@
 
     cand = qat_candidate(bundle, image_paths, preprocess, config=QatConfig(steps=200, minutes=10))
     # -> GateCandidate("qat", prepared FP32 graph of the fine-tuned student, its CalibrationTable)
+    recipe.quantize(bundle, int8_config, extra_candidates=[qat_factory(QatConfig())])   # as `--qat` does
 
 1. teacher = the bundle's FP32 weights imported into the reference module (text detection:
    transformers' PP-OCRv5 mobile via :mod:`vkt.models.textdet.loader`), folded as exported
    (one conv per RepLayer, BN folded: :func:`fuse_for_export`), eval mode;
 2. the student (a copy) is exported once and calibrated with :func:`compute_ranges`; each
    Conv/ConvTranspose is matched to its ONNX node (call order, weight shape and direction);
-3. every conv of the student fake-quantizes as onnxruntime's CPU placement quantizes it:
-   input activations uint8 asymmetric per tensor, with scale and zero point from the calibration
-   range exactly as onnxruntime derives them (range widened to include 0, (max - min) / 255);
-   weights int8 symmetric per output channel (amax / 127, recomputed every step);
-   scales stay fixed (the weights learn to sit on the grid);
+3. every conv of the student fake-quantizes as onnxruntime's CPU placement quantizes it
+   (:mod:`vkt.training.fake_quant`); scales stay fixed (the weights learn to sit on the grid);
 4. loss: MSE (or BCE) between student and teacher probability maps on random crops/scales of the
    unlabeled calibration images; Adam; bounded by ``steps`` and ``minutes``; checkpoints are
    written atomically (state_dict + optimizer + step) and resumed;
@@ -38,16 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from vkt.calibration.qdq import ort_uint8_params
 from vkt.errors import CalibrationError, ModelError
 from vkt.fsutil import file_mode
 from vkt.log import get_logger, progress, timed
+from vkt.training.fake_quant import conv_modules, match_onnx_convs, unwrap_convs, wrap_convs
 
 log = get_logger(__name__)
 
 REFERENCE_FAMILIES = {"textdet": "transformers PPOCRV5MobileDetForObjectDetection (vkt.models.textdet.loader)"}
 LOSSES = ("mse", "bce")
-UINT8_MAX, INT8_MAX = 255, 127
 
 
 @dataclass(frozen=True)
@@ -94,15 +91,20 @@ class QatConfig:
             raise CalibrationError(f"QAT loss must be one of {list(LOSSES)}, got {self.loss!r}")
 
 
+def check_family(family: str, name: str = "the bundle") -> None:
+    """CalibrationError naming the family when vkt has no reference module to fine-tune for it (cheap: no torch)."""
+    if family not in REFERENCE_FAMILIES:
+        raise CalibrationError(f"--qat needs a reference PyTorch module to fine-tune; {name} is family "
+                               f"{family!r}, which has none (QAT supports: {', '.join(REFERENCE_FAMILIES)}). "
+                               "Use the accuracy gate alone (--holdout, --max-drop)")
+
+
 def reference_module_for(bundle: Any, component: str = "model") -> Callable[[], Any]:
     """A zero-argument loader of the bundle's reference PyTorch module (no torch import yet).
 
     Raises CalibrationError naming the family when vkt has no reference module for it.
     """
-    if bundle.family not in REFERENCE_FAMILIES:
-        raise CalibrationError(f"--qat needs a reference PyTorch module to fine-tune; bundle {bundle.name!r} is family "
-                               f"{bundle.family!r}, which has none (QAT supports: {', '.join(REFERENCE_FAMILIES)}). "
-                               "Use the accuracy gate alone (--holdout, --max-drop)")
+    check_family(bundle.family, f"bundle {bundle.name!r}")
     path = bundle.path("fp32 onnx", component)
 
     def load() -> Any:
@@ -115,111 +117,6 @@ def reference_module_for(bundle: Any, component: str = "model") -> Callable[[], 
                                    f"{path.name!r} do not import into it ({str(e).splitlines()[0][:300]})") from None
 
     return load
-
-
-# ---- fake quantization ---------------------------------------------------------------------------
-def _make_qconv_class() -> type:
-    import torch
-    import torch.nn.functional as F
-
-    class QConv(torch.nn.Module):
-        """A conv whose input (uint8 per tensor) and weight (int8 per channel) pass through fake quantization."""
-
-        def __init__(self, conv: torch.nn.Module, lo: float, hi: float):
-            super().__init__()
-            self.conv = conv
-            scale, zp = (v.item() for v in ort_uint8_params(lo, hi))  # float32 scale, as the Q/DQ graph stores it
-            self.register_buffer("in_range", torch.tensor([lo, hi], dtype=torch.float64))
-            self.in_scale, self.in_zp = scale, zp
-            self.enabled = True
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            c = self.conv
-            if not self.enabled:
-                return c(x)
-            x = torch.fake_quantize_per_tensor_affine(x, self.in_scale, self.in_zp, 0, UINT8_MAX)
-            axis = 1 if isinstance(c, torch.nn.ConvTranspose2d) else 0
-            w = c.weight
-            amax = w.detach().abs().transpose(0, axis).reshape(w.shape[axis], -1).amax(dim=1)
-            scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax)).float()
-            wq = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), axis,
-                                                        -INT8_MAX, INT8_MAX)
-            if isinstance(c, torch.nn.ConvTranspose2d):
-                return F.conv_transpose2d(x, wq, c.bias, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
-            return F.conv2d(x, wq, c.bias, c.stride, c.padding, c.dilation, c.groups)
-
-    return QConv
-
-
-def conv_modules(model: Any) -> list[tuple[str, Any]]:
-    """(qualified name, module) of every Conv2d / ConvTranspose2d in forward call order (one traced call)."""
-    import torch
-
-    order: list[str] = []
-    names = {id(m): n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(names[id(mod)]))
-             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, 64, 64))
-    finally:
-        for h in hooks:
-            h.remove()
-    mods = dict(model.named_modules())
-    seen: list[str] = []
-    for n in order:
-        if n not in seen:
-            seen.append(n)
-    return [(n, mods[n]) for n in seen]
-
-
-def match_onnx_convs(convs: Sequence[tuple[str, Any]], onnx_model: Any) -> dict[str, str]:
-    """Module name -> input activation tensor of its ONNX Conv/ConvTranspose node.
-
-    Matched in order among nodes whose weight has the same shape, choosing the largest |cosine|
-    between weights (onnxruntime may fold a following scalar Mul into the conv, so values can
-    differ by a factor). Raises ModelError when a conv finds no node.
-    """
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in onnx_model.graph.initializer}
-    nodes = [n for n in onnx_model.graph.node if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1
-             and n.input[1] in inits]
-    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float64).ravel() for n in nodes}
-    used: set[str] = set()
-    out: dict[str, str] = {}
-    for name, mod in convs:
-        w = mod.weight.detach().double().numpy().ravel()
-        shape = tuple(mod.weight.shape)
-        cands = [n for n in nodes if n.name not in used and tuple(inits[n.input[1]].dims) == shape]
-        if not cands:
-            raise ModelError(f"conv {name!r} (weight {shape}) has no matching Conv node in the exported graph")
-        best = max(cands, key=lambda n: abs(float(np.dot(w, weights[n.name]))) /
-                   (np.linalg.norm(w) * np.linalg.norm(weights[n.name]) + 1e-30))
-        used.add(best.name)
-        out[name] = best.input[0]
-    return out
-
-
-def wrap_convs(model: Any, ranges: Mapping[str, tuple[float, float]]) -> Any:
-    """Replace each named conv (``ranges``: module name -> input (lo, hi)) by a fake-quantizing QConv, in place."""
-    qconv = _make_qconv_class()
-    mods = dict(model.named_modules())
-    for name, (lo, hi) in ranges.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = mods[parent_name] if parent_name else model
-        setattr(parent, attr, qconv(mods[name], lo, hi))
-    return model
-
-
-def unwrap_convs(model: Any) -> Any:
-    """A copy of ``model`` with every QConv replaced by its plain conv (for export)."""
-    out = copy.deepcopy(model)
-    for parent in list(out.modules()):
-        for attr, child in list(parent.named_children()):
-            if type(child).__name__ == "QConv":
-                setattr(parent, attr, child.conv)
-    return out
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -394,9 +291,13 @@ def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable
     import torch
 
     from vkt.calibration.gate import GateCandidate
-    from vkt.calibration.ranges import CalibrationTable, compute_ranges, model_sha256
+    from vkt.calibration.ranges import (
+        CalibrationTable,
+        compute_ranges,
+        model_sha256,
+        prepare_model,
+    )
     from vkt.models.textdet.export import export_textdet, fuse_for_export
-    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     cfg = config or QatConfig()
@@ -450,3 +351,17 @@ def qat_candidate(bundle: Any, image_paths: Sequence[Path], preprocess: Callable
     log.info("QAT: %d steps, %s loss %.3g -> %.3g", report["steps"], cfg.loss, report["loss_first"] or float("nan"),
              report["loss_last"] or float("nan"))
     return GateCandidate("qat", qat, table, meta={"config": {k: v for k, v in asdict(cfg).items()}, **report})
+
+
+def qat_factory(config: QatConfig | None = None, *, show_progress: bool = True) -> Callable[..., Any]:
+    """A gate-candidate factory for a recipe's ``extra_candidates``: ``(bundle, image paths, preprocess, int8 config)``
+    -> :func:`qat_candidate`, calibrating the student with the run's method and percentile."""
+    cfg = config or QatConfig()
+
+    def make(bundle: Any, image_paths: Sequence[Path], preprocess: Callable[[Path], Mapping[str, np.ndarray]],
+             int8: Any) -> Any:
+        return qat_candidate(bundle, image_paths, preprocess, method=int8.method or "percentile",
+                             percentile=99.999 if int8.percentile is None else int8.percentile, config=cfg,
+                             show_progress=show_progress)
+
+    return make

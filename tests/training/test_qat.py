@@ -35,8 +35,8 @@ def _export(module, path):
 def test_fake_quant_convs_match_the_ort_placement(tmp_path):
     """The student's forward under QConv equals the ORT Q/DQ graph written from the same ranges (peer check)."""
     from vkt.calibration import compute_ranges, place_ort
-    from vkt.calibration.qat import conv_modules, match_onnx_convs, wrap_convs
     from vkt.onnxgraph import prepare_model
+    from vkt.training.fake_quant import conv_modules, match_onnx_convs, wrap_convs
     from vkt.onnxio import load_onnx
 
     net = TinyNet().eval()
@@ -67,13 +67,8 @@ def test_fake_quant_convs_match_the_ort_placement(tmp_path):
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
-    from vkt.calibration.qat import (
-        QatConfig,
-        distill,
-        load_checkpoint,
-        save_checkpoint,
-        wrap_convs,
-    )
+    from vkt.training.fake_quant import wrap_convs
+    from vkt.training.qat import QatConfig, distill, load_checkpoint, save_checkpoint
 
     teacher = TinyNet().eval()
 
@@ -114,7 +109,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     ({"lr": 2.0}, "lr must be in"), ({"synth_p": 1.5}, "synth_p must be in"),
 ])
 def test_qat_config_rejects_bad_values(kwargs, match):
-    from vkt.calibration.qat import QatConfig
+    from vkt.training.qat import QatConfig
 
     with pytest.raises(CalibrationError, match=match):
         QatConfig(**kwargs)
@@ -122,7 +117,7 @@ def test_qat_config_rejects_bad_values(kwargs, match):
 
 def test_qat_without_a_reference_module_names_the_family(toy_bundle):
     from vkt.bundle import Bundle
-    from vkt.calibration.qat import reference_module_for
+    from vkt.training.qat import reference_module_for
 
     with pytest.raises(CalibrationError, match="family 'generic', which has none .QAT supports: textdet"):
         reference_module_for(Bundle.load(toy_bundle))

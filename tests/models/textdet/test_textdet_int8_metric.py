@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vkt.calibration.gate import task_metric
+from vkt.models.textdet.int8 import textdet_metric
 from vkt.eval.textdet import hmean_between
 from vkt.export.textdet_bundle import make_textdet_bundle
 from vkt.models import zoo
@@ -53,7 +53,7 @@ def test_metric_without_labels_is_the_agreement(setup):
     from vkt.bundle import Bundle
 
     bundle, paths, nearby = setup
-    metric = task_metric(Bundle.load(bundle), paths, threads=2, show_progress=False)
+    metric = textdet_metric(Bundle.load(bundle), paths, threads=2, show_progress=False)
     assert metric.name == "hmean vs FP32 boxes" and metric.labelled == 0
     ref = metric.reference
     got = metric(_factory(nearby, bundle))
@@ -67,7 +67,7 @@ def test_use_labels_without_label_files_is_an_error(setup):
 
     bundle, paths, _ = setup
     with pytest.raises(CalibrationError, match="none of the held-out images has an ICDAR label file"):
-        task_metric(Bundle.load(bundle), paths, threads=2, show_progress=False, use_labels=True)
+        textdet_metric(Bundle.load(bundle), paths, threads=2, show_progress=False, use_labels=True)
 
 
 def test_metric_with_labels_bounds_the_label_drop_too(setup):
@@ -84,9 +84,9 @@ def test_metric_with_labels_bounds_the_label_drop_too(setup):
     gt = paths[1].parent / f"gt_{paths[1].stem}.txt"
     gt.write_text(format_label(text_boxes, ["x"] * len(text_boxes)), encoding="utf-8")
     try:
-        plain = task_metric(b, paths, threads=2, show_progress=False)  # labels are opt-in
+        plain = textdet_metric(b, paths, threads=2, show_progress=False)  # labels are opt-in
         assert plain.labelled == 0 and plain.name == "hmean vs FP32 boxes"
-        metric = task_metric(b, paths, threads=2, show_progress=False, use_labels=True)
+        metric = textdet_metric(b, paths, threads=2, show_progress=False, use_labels=True)
         assert metric.labelled == 1 and "labels" in metric.name
         assert metric(_factory(Bundle.load(bundle).path("fp32 onnx").read_bytes(), bundle)) == pytest.approx(1.0)
         got = metric(_factory(nearby, bundle))
