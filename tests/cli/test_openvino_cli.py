@@ -33,11 +33,11 @@ def test_bench_ov_int8(toy_bundle, capsys):
     """An old INT8 bundle (ort/trt placements only): -t ov:int8 is one error line; with an openvino placement it
     runs, and the default targets include it."""
     from vkt.bundle import Bundle
-    from vkt.calibration import quantize_bundle
+    from vkt.calibration import Int8Config, quantize_bundle
 
     rng = np.random.default_rng(0)
     quantize_bundle(toy_bundle, [{"image": rng.random((1, 3, 32, 32), np.float32)} for _ in range(3)],
-                    targets=("ort", "trt"), eval_samples=0, show_progress=False)
+                    Int8Config(targets=("ort", "trt")), eval_samples=0, show_progress=False)
     capsys.readouterr()  # its log lines
     assert main(["bench", str(toy_bundle), "-t", "ov:int8", "--iters", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

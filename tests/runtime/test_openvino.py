@@ -100,9 +100,9 @@ def test_fp16_graph_runs_close_to_fp32(toy_bundle, toy_model):
 # ---- INT8 ---------------------------------------------------------------------------------------
 @pytest.fixture()
 def int8_toy(toy_bundle):
-    from vkt.calibration import quantize_bundle
+    from vkt.calibration import Int8Config, quantize_bundle
 
-    quantize_bundle(toy_bundle, rand_feeds(4, seed=3), targets=("ort", "trt"), eval_samples=0, show_progress=False)
+    quantize_bundle(toy_bundle, rand_feeds(4, seed=3), Int8Config(targets=("ort", "trt")), eval_samples=0, show_progress=False)
     return toy_bundle
 
 

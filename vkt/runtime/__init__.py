@@ -59,7 +59,7 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
                 raise BackendError(f"bundle {source.name!r} has no {precision} plan for {component!r}; build one with 'vkt build'")
             path = source.root / plans[-1].path
         elif backend == "ov":
-            path = source.root / _ov_entry(source, roles[precision], component).path
+            path = source.root / _ov_entry(source, PRECISION_ROLES[precision], component).path
         else:
             # An INT8 bundle may hold one Q/DQ graph per placement: take the one written for this backend.
             role = PRECISION_ROLES[precision]
