@@ -41,7 +41,7 @@ def test_bench_ov_int8(toy_bundle, capsys):
     capsys.readouterr()  # its log lines
     assert main(["bench", str(toy_bundle), "-t", "ov:int8", "--iters", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "-t openvino" in err[0] and "ort, trt" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and "OpenVINO placement yet" in err[0] and "ort, trt" in err[0]
     b = Bundle.load(toy_bundle)
     b.add_file(b.root / b.entry("int8 qdq onnx", placement="ort").path, "model.int8.openvino.onnx",
                role="int8 qdq onnx", meta={"placement": "openvino"})
