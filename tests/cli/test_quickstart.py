@@ -13,7 +13,8 @@ import pytest
 import typer
 
 from vkt.cli.main import app, main
-from vkt.cli.quickstart import CALIB_PHOTOS, HELD_OUT_PHOTOS, Plan, commands, report
+from vkt.cli.quickstart import report
+from vkt.cli.quickstart_plan import CALIB_PHOTOS, HELD_OUT_PHOTOS, Plan, commands
 
 pytest.importorskip("skimage", reason="the quickstart's photos ship in scikit-image (vkt[models])")
 
