@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from vkt.bundle import Bundle, BundleWriter, edit_bundle
 from vkt.errors import BundleError
-from vkt.fsutil import atomic_write_text, current_umask, replace_dir, signals_held, staged_dir
+from vkt.fsutil import atomic_write_text, current_umask, staged_dir
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -86,37 +88,62 @@ def test_staged_dir_appears_whole_or_not_at_all(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(dest) == ["new.txt"]
 
 
-def test_replace_dir_is_not_cut_between_its_renames(tmp_path, monkeypatch):
+def _in_fresh_python(code: str) -> None:
+    """Run ``code`` in a new interpreter: the tests below send SIGINT to their own process, which must not be one
+    where earlier tests left native thread pools (torch, OpenVINO) running; in the long pytest process, after the
+    OpenVINO SD parity test, such a SIGINT crashed it (SIGSEGV) before Python's handler ran."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_replace_dir_is_not_cut_between_its_renames(tmp_path):
     """A SIGINT arriving between the two renames is acted on after them: dest is never missing."""
-    src, dest = tmp_path / "new", tmp_path / "dest"
-    src.mkdir()
-    (src / "f").write_text("new")
-    dest.mkdir()
-    (dest / "f").write_text("old")
-    real_replace = os.replace
-    seen = []
+    _in_fresh_python(f"""
+        import os, signal
+        from pathlib import Path
+        from vkt.fsutil import replace_dir
 
-    def replace(a, b):  # the signal lands right after the old folder was moved aside
-        real_replace(a, b)
-        if not seen:
-            seen.append(a)
-            os.kill(os.getpid(), signal.SIGINT)
+        tmp = Path({str(tmp_path)!r})
+        src, dest = tmp / "new", tmp / "dest"
+        src.mkdir()
+        (src / "f").write_text("new")
+        dest.mkdir()
+        (dest / "f").write_text("old")
+        real_replace, seen = os.replace, []
 
-    monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        replace_dir(src, dest)
-    monkeypatch.undo()
-    assert seen and (dest / "f").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["dest"]
+        def replace(a, b):  # the signal lands right after the old folder was moved aside
+            real_replace(a, b)
+            if not seen:
+                seen.append(a)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        os.replace = replace
+        try:
+            replace_dir(src, dest)
+            raise SystemExit("no KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass
+        os.replace = real_replace
+        assert seen and (dest / "f").read_text() == "new" and sorted(os.listdir(tmp)) == ["dest"]
+    """)
 
 
 def test_signals_held_delivers_after_the_block():
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("rest of the block ran")
-    assert done == ["rest of the block ran"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _in_fresh_python("""
+        import os, signal
+        from vkt.fsutil import signals_held
+
+        done = []
+        try:
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("rest of the block ran")
+            raise SystemExit("no KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass
+        assert done == ["rest of the block ran"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
