@@ -112,7 +112,7 @@ def test_quickstart_runs_and_its_printed_commands_rerun_as_printed(tmp_path):
     held = summary["held_out"]["images"]
     assert [row["image"] for row in summary["steps"]["detect"]["images"]] == held
     assert not set(held) & set(os.listdir(out / "calib")) and {"page.png", "text.png"} <= set(held)
-    assert [(b["backend"], b["precision"]) for b in summary["bench"]] == [("ort", "fp32"), ("ort", "int8")]
+    assert [(b["backend"], b["precision"]) for b in summary["bench"]] == [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
     assert summary["bench"][0]["hmean_vs_fp32"] == 1.0
     assert summary["bench"][1]["hmean_vs_fp32"] == pytest.approx(summary["steps"]["detect"]["int8_vs_fp32_hmean"], abs=1e-4)
     for b in summary["bench"]:

@@ -245,7 +245,7 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
         c.print("[dim]no bench.png: matplotlib is not installed (pip install 'vkt[plot]')[/]")
     summary["steps"]["bench"] = [r.to_dict() for r in rows]
     hmean = {"fp32": 1.0, "int8": agreement}
-    summary["bench"] = [{"backend": "ort", "precision": p, "threads": plan.threads or physical_cores(),
+    summary["bench"] = [{"backend": "onnxruntime", "precision": p, "threads": plan.threads or physical_cores(),
                          "p50_ms": round(r.p50_ms, 3), "speedup_vs_fp32": round(r.ratio_vs_first or float("nan"), 3),
                          "hmean_vs_fp32": None if hmean[p] is None else round(hmean[p], 4)}
                         for p, r in zip(plan.precisions, rows)]
