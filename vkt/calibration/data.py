@@ -24,6 +24,16 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 MIN_IMAGES = 32
 
 
+def folder_files(root: Path) -> list[Path]:
+    """The files of a folder, sorted, not recursive, hidden ones (``.name``) skipped."""
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path``'s suffix is one the calibration and held-out readers take (``IMAGE_EXTENSIONS``)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def calibration_images(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
     """The image files of a calibration folder (sorted, not recursive, hidden files skipped), at most ``limit``.
 
@@ -37,11 +47,11 @@ def calibration_images(folder: str | os.PathLike, limit: int | None = None) -> l
         raise CalibrationError(f"calibration data must be a folder of images, got a file: {str(root)!r}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise CalibrationError(f"the number of calibration images must be a positive integer, got {limit!r}")
-    entries = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    entries = folder_files(root)
     if not entries:
         raise CalibrationError(f"calibration folder {str(root)!r} is empty; expected images "
                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    paths = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS]
+    paths = [p for p in entries if is_image_file(p)]
     if not paths:
         raise CalibrationError(f"calibration folder {str(root)!r} holds {len(entries)} file(s) but no images; "
                                f"expected extensions {', '.join(sorted(IMAGE_EXTENSIONS))} (e.g. {entries[0].name!r} is not one)")

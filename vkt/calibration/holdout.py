@@ -40,12 +40,12 @@ class HoldoutSplit:
 
 def holdout_images(folder: str | os.PathLike, min_images: int = 1) -> list[Path]:
     """Image paths in ``folder`` (sorted, not recursive); CalibrationError when missing or with too few images."""
-    from vkt.calibration.data import IMAGE_EXTENSIONS
+    from vkt.calibration.data import IMAGE_EXTENSIONS, folder_files, is_image_file
 
     root = Path(folder)
     if not root.is_dir():
         raise CalibrationError(f"holdout folder not found or not a folder: {str(root)!r}")
-    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    paths = [p for p in folder_files(root) if is_image_file(p)]
     if len(paths) < min_images:
         raise CalibrationError(f"holdout folder {str(root)!r} holds {len(paths)} image(s); the accuracy gate needs at least "
                                f"{min_images} held-out image(s) ({', '.join(sorted(IMAGE_EXTENSIONS))}) not used for calibration")
