@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from vkt.errors import CalibrationError, ModelError
-from vkt.fsutil import file_mode
+from vkt.fsutil import atomic_open
 from vkt.log import get_logger, progress, timed
 from vkt.training.fake_quant import conv_modules, match_onnx_convs, unwrap_convs, wrap_convs
 
@@ -149,19 +149,8 @@ def save_checkpoint(path: str | os.PathLike, student: Any, optimizer: Any, step:
     """torch.save of {student, optimizer, step, **extra} to a temp file, fsync, rename (never half-written)."""
     import torch
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent))
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; follow the umask like open() does
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step), **extra}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(), "step": int(step), **extra}, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
