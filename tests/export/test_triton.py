@@ -35,6 +35,23 @@ def test_plan_with_two_profiles_gets_one_instance_group_per_profile(toy_bundle, 
     assert all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group)
 
 
+def test_python_backend_serves_the_onnx_with_vkts_model_py(toy_bundle, tmp_path):
+    """--backend python: the onnxruntime form's tensors and batching, backend "python", model.py beside model.onnx."""
+    onnx_cfg = parse_config((write_triton_repo(toy_bundle, tmp_path / "a") / "config.pbtxt").read_text())
+    d = write_triton_repo(toy_bundle, tmp_path / "b", opts=TritonOptions(backend="python", threads=2))
+    cfg = parse_config((d / "config.pbtxt").read_text())
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert cfg.backend == "python" and not cfg.platform
+    assert (cfg.input, cfg.output, cfg.max_batch_size, cfg.dynamic_batching) == (
+        onnx_cfg.input, onnx_cfg.output, onnx_cfg.max_batch_size, onnx_cfg.dynamic_batching)
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert cfg.parameters["intra_op_threads"].string_value == "2"
+    assert sorted(p.name for p in (d / "1").iterdir()) == ["model.onnx", "model.py"]
+    assert (d / "1" / "model.onnx").read_bytes() == Bundle.load(toy_bundle).path("fp32 onnx").read_bytes()
+    compile((d / "1" / "model.py").read_text(), "model.py", "exec")
+
+
 def test_model_without_shared_batch_axis_uses_full_dims():
     spec = ExportSpec(inputs=(TensorSpec("ids", "int64", (1, 77)),), outputs=(TensorSpec("h", "float32", (1, 77, 16)),))
     cfg = parse_config(config_pbtxt("enc", spec, TritonOptions()))
@@ -47,6 +64,8 @@ def test_model_without_shared_batch_axis_uses_full_dims():
     (dict(opts=TritonOptions(precision="int8")), "no 'int8 qdq onnx' file"),
     (dict(opts=TritonOptions(max_batch_size=64)), "exceeds the profile's max batch 8"),
     (dict(opts=TritonOptions(kind="KIND_TPU")), "instance kind"),
+    (dict(opts=TritonOptions(backend="pytorch")), "'onnxruntime', 'tensorrt' or 'python', got 'pytorch'"),
+    (dict(opts=TritonOptions(backend="python", threads=-1)), "threads must be >= 0"),
 ])
 def test_bad_requests(toy_bundle, tmp_path, kw, match):
     from vkt.errors import VktError

@@ -4,7 +4,10 @@ Layout written::
 
     REPO/<name>/config.pbtxt
     REPO/<name>/1/model.onnx      (platform onnxruntime_onnx)   or
-    REPO/<name>/1/model.plan      (platform tensorrt_plan)
+    REPO/<name>/1/model.plan      (platform tensorrt_plan)                               or
+    REPO/<name>/1/model.onnx + model.py  (backend python: vkt/export/triton_ort_model.py runs the ONNX
+                                  with onnxruntime inside Triton's Python backend, for Triton builds
+                                  without the onnxruntime backend, e.g. the nvidia-pytriton wheel's)
     REPO/<name>/vkt_manifest.json (the bundle's manifest: pre/post-processing for clients)
 
 and with ``pipeline=True`` (CLI ``--pipeline``; text- and object-detection bundles), beside it::
@@ -49,12 +52,14 @@ class TritonOptions:
     """What goes into config.pbtxt.
 
     Args:
-        backend: "onnxruntime" (the bundle's ONNX of ``precision``) or "tensorrt" (its plan).
+        backend: "onnxruntime" (the bundle's ONNX of ``precision``), "tensorrt" (its plan) or "python"
+            (the ONNX run by onnxruntime inside Triton's Python backend: vkt/export/triton_ort_model.py).
         precision: fp32 | fp16 | int8 — which file of the bundle is served.
         max_batch_size: cap for Triton's batcher; None: the profile's max of the batch axis.
         max_queue_delay_us: dynamic batching delay.
         instances / kind: instance group count and KIND_CPU | KIND_GPU | KIND_AUTO.
         ort_tensorrt: for onnxruntime on GPU, ask for ORT's TensorRT execution accelerator.
+        threads: onnxruntime's intra-op threads per instance of a "python" model (0: onnxruntime's default).
     """
 
     backend: str = "onnxruntime"
@@ -64,6 +69,7 @@ class TritonOptions:
     instances: int = 1
     kind: str = "KIND_AUTO"
     ort_tensorrt: bool = False
+    threads: int = 0
 
 
 def _tensor(t: TensorSpec, skip_first: bool) -> str:
@@ -87,8 +93,11 @@ def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
             raise InputError(f"max_batch_size must be >= 1, got {max_batch}")
         if ranges and max_batch > cap:
             raise InputError(f"max_batch_size {max_batch} exceeds the profile's max batch {cap}")
-    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[opts.backend]
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}",
+    if opts.backend == "python":
+        served_by = 'backend: "python"'
+    else:
+        served_by = 'platform: "' + {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[opts.backend] + '"'
+    lines = [f'name: "{name}"', served_by, f"max_batch_size: {max_batch}",
              "input [\n" + ",\n".join(_tensor(t, max_batch > 0) for t in spec.inputs) + "\n]",
              "output [\n" + ",\n".join(_tensor(t, max_batch > 0) for t in spec.outputs) + "\n]"]
     if max_batch > 0:
@@ -100,8 +109,10 @@ def config_pbtxt(name: str, spec: ExportSpec, opts: TritonOptions) -> str:
                   for i in range(len(spec.profiles))]
         lines.append("instance_group [\n" + ",\n".join(groups) + "\n]")
     else:
-        kind = "KIND_GPU" if opts.backend == "tensorrt" else opts.kind
+        kind = {"tensorrt": "KIND_GPU", "python": "KIND_CPU"}.get(opts.backend, opts.kind)
         lines.append(f"instance_group [\n  {{\n    count: {opts.instances}\n    kind: {kind}\n  }}\n]")
+    if opts.backend == "python":
+        lines.append(f'parameters {{\n  key: "intra_op_threads"\n  value: {{ string_value: "{opts.threads}" }}\n}}')
     if opts.backend == "onnxruntime" and opts.ort_tensorrt:
         lines.append('optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n'
                      '      name : "tensorrt"\n      parameters { key: "precision_mode" value: "FP16" }\n    } ]\n  }\n}')
@@ -130,14 +141,16 @@ def pipeline_config_pbtxt(name: str, core: str, task: str, instances: int = 1) -
     ]) + "\n"
 
 
-def _write_model_dir(model_dir: Path, src: Path, fname: str, manifest: dict, config: str, overwrite: bool) -> Path:
-    """One Triton model folder: ``1/<fname>`` copied from ``src``, ``vkt_manifest.json`` and ``config.pbtxt``,
-    written beside it and swapped in whole (an existing one stays as it was until then)."""
+def _write_model_dir(model_dir: Path, files: dict[str, Path], manifest: dict, config: str, overwrite: bool) -> Path:
+    """One Triton model folder: ``1/<fname>`` copied from ``src`` for each of ``files`` (fname -> src),
+    ``vkt_manifest.json`` and ``config.pbtxt``, written beside it and swapped in whole (an existing one stays
+    as it was until then)."""
     if model_dir.exists() and not overwrite:
         raise InputError(f"{str(model_dir)!r} already exists; choose another folder or replace it with --force")
     with staged_dir(model_dir) as stage:
         (stage / "1").mkdir(parents=True)
-        atomic_copy(src, stage / "1" / fname)
+        for fname, src in files.items():
+            atomic_copy(src, stage / "1" / fname)
         atomic_write_text(stage / "vkt_manifest.json", json.dumps(manifest, indent=2) + "\n")
         atomic_write_text(stage / "config.pbtxt", config)
     return model_dir
@@ -154,7 +167,7 @@ def write_pipeline_model(b: Bundle, repo: str | os.PathLike, core: str, instance
     if not _NAME.match(name):
         raise InputError(f"Triton model name {name!r} is too long or has characters Triton does not accept")
     text = pipeline_config_pbtxt(name, core, b.task, instances)
-    return _write_model_dir(Path(repo) / name, Path(__file__).with_name("triton_pipeline_model.py"), "model.py",
+    return _write_model_dir(Path(repo) / name, {"model.py": Path(__file__).with_name("triton_pipeline_model.py")},
                             b.manifest, text, overwrite)
 
 
@@ -173,12 +186,14 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     if pipeline and b.task not in PIPELINE_TASKS:  # refuse before writing anything
         raise InputError(f"--pipeline serves bundles of tasks {list(PIPELINE_TASKS)}; bundle {b.name!r} is {b.task!r}")
-    if opts.backend not in ("onnxruntime", "tensorrt"):
-        raise InputError(f"Triton backend must be 'onnxruntime' or 'tensorrt', got {opts.backend!r}")
+    if opts.backend not in ("onnxruntime", "tensorrt", "python"):
+        raise InputError(f"Triton backend must be 'onnxruntime', 'tensorrt' or 'python', got {opts.backend!r}")
     if opts.kind not in ("KIND_AUTO", "KIND_CPU", "KIND_GPU"):
         raise InputError(f"instance kind must be KIND_AUTO, KIND_CPU or KIND_GPU, got {opts.kind!r}")
     if opts.instances < 1:
         raise InputError(f"instances must be >= 1, got {opts.instances}")
+    if opts.threads < 0:
+        raise InputError(f"threads must be >= 0 (0: onnxruntime's default), got {opts.threads}")
     name = name or model_name(b)
     if not _NAME.match(name):
         raise InputError(f"Triton model name must be letters, digits, '_', '.', '-' (no path parts), got {name!r}")
@@ -187,14 +202,16 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
         plans = [e for e in b.files("plan", component) if e.meta.get("precision", "fp32") == opts.precision]
         if not plans:
             raise InputError(f"bundle {b.name!r} has no {opts.precision} plan; build one with 'vkt build' first")
-        src, fname = b.root / plans[-1].path, "model.plan"
+        files = {"model.plan": b.root / plans[-1].path}
     else:
         role = PRECISION_ROLES.get(opts.precision)
         if role is None:
             raise InputError(f"precision must be fp32, fp16 or int8, got {opts.precision!r}")
-        src, fname = b.root / b.entry(role, component, placement="ort").path, "model.onnx"
+        files = {"model.onnx": b.root / b.entry(role, component, placement="ort").path}
+        if opts.backend == "python":
+            files["model.py"] = Path(__file__).with_name("triton_ort_model.py")
     text = config_pbtxt(name, spec, opts)
-    model_dir = _write_model_dir(Path(repo) / name, src, fname, b.manifest, text, overwrite)
+    model_dir = _write_model_dir(Path(repo) / name, files, b.manifest, text, overwrite)
     if pipeline:
         write_pipeline_model(b, repo, name, instances=opts.instances, overwrite=overwrite)
     return model_dir

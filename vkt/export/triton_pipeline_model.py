@@ -66,6 +66,13 @@ def run(image_bytes: bytes, task: Any, infer: Any, max_pixels: int = MAX_IMAGE_P
     return output_tensors(task.detections(img, infer), task.task)
 
 
+def triton_error(message: str, code: str) -> Any:
+    """pb_utils.TritonError with ``code`` (INVALID_ARG: HTTP 400, INTERNAL: 500) where this Triton's Python backend
+    has error codes (the 2.51 of nvidia-pytriton 0.7.0 has), else without one (older backends: always 500)."""
+    value = getattr(pb_utils.TritonError, code, None)
+    return pb_utils.TritonError(message) if value is None else pb_utils.TritonError(message, value)
+
+
 class TritonPythonModel:
     """Triton's Python-backend entry points: initialize / execute / finalize."""
 
@@ -101,8 +108,10 @@ class TritonPythonModel:
                     raise ValueError(f"input IMAGE must be TYPE_UINT8 [-1] (file bytes), got {arr.dtype} {list(arr.shape)}")
                 out = run(arr.tobytes(), self.task, self._infer, self.max_pixels)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()]))
-            except (VktError, ValueError, RuntimeError) as e:  # one bad request fails alone; the model stays up
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e))))
+            except (VktError, ValueError) as e:  # the client's bytes: HTTP 400 / gRPC INVALID_ARGUMENT, not 500
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=triton_error(str(e), "INVALID_ARG")))
+            except RuntimeError as e:  # the core model failed; this request fails alone, the model stays up
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=triton_error(str(e), "INTERNAL")))
         return responses
 
     def finalize(self) -> None:
