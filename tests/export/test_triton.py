@@ -66,6 +66,7 @@ def test_model_without_shared_batch_axis_uses_full_dims():
     (dict(opts=TritonOptions(kind="KIND_TPU")), "instance kind"),
     (dict(opts=TritonOptions(backend="pytorch")), "'onnxruntime', 'tensorrt' or 'python', got 'pytorch'"),
     (dict(opts=TritonOptions(backend="python", threads=-1)), "threads must be >= 0"),
+    (dict(opts=TritonOptions(threads=2)), "threads applies to backend 'python'.*got backend 'onnxruntime'"),
 ])
 def test_bad_requests(toy_bundle, tmp_path, kw, match):
     from vkt.errors import VktError

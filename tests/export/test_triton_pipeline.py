@@ -78,13 +78,10 @@ class Request:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from vkt.models import zoo
-
+def repo(tmp_path_factory, ppocr_det_bundle):
     root = tmp_path_factory.mktemp("triton")
-    bundle = zoo.ppocrv5_det_mobile_bundle(root / "ppocrv5")
-    assert main(["triton", str(bundle), "-o", str(root / "repo"), "--name", "det", "--pipeline"]) == 0
-    return bundle, root / "repo"
+    assert main(["triton", str(ppocr_det_bundle), "-o", str(root / "repo"), "--name", "det", "--pipeline"]) == 0
+    return ppocr_det_bundle, root / "repo"
 
 
 def test_pipeline_config_parses_with_tritons_schema(repo):

@@ -42,14 +42,10 @@ def dist():
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, dist):
+def repo(tmp_path_factory, dist, ppocr_det_bundle):
     """The PP-OCRv5 detector's bundle and a repository with it twice: 'det' (--backend python, which this server can
     run) and 'det_ort' (the default --backend onnxruntime, which needs Triton's onnxruntime backend), both --pipeline."""
-    from vkt.models import zoo
-
-    root = tmp_path_factory.mktemp("triton_server")
-    bundle = zoo.ppocrv5_det_mobile_bundle(root / "ppocrv5")
-    r = root / "repo"
+    bundle, r = ppocr_det_bundle, tmp_path_factory.mktemp("triton_server") / "repo"
     assert main(["triton", str(bundle), "-o", str(r), "--name", "det", "--backend", "python", "--threads", "1",
                  "--pipeline"]) == 0
     assert main(["triton", str(bundle), "-o", str(r), "--name", "det_ort", "--pipeline"]) == 0

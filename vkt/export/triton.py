@@ -194,6 +194,9 @@ def write_triton_repo(bundle: Bundle | str | os.PathLike, repo: str | os.PathLik
         raise InputError(f"instances must be >= 1, got {opts.instances}")
     if opts.threads < 0:
         raise InputError(f"threads must be >= 0 (0: onnxruntime's default), got {opts.threads}")
+    if opts.threads and opts.backend != "python":
+        raise InputError(f"threads applies to backend 'python' (onnxruntime inside Triton's Python), got backend "
+                         f"{opts.backend!r}")
     name = name or model_name(b)
     if not _NAME.match(name):
         raise InputError(f"Triton model name must be letters, digits, '_', '.', '-' (no path parts), got {name!r}")
