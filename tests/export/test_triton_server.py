@@ -154,5 +154,6 @@ def test_onnxruntime_platform_needs_tritons_onnxruntime_backend(triton):
         assert client.is_model_ready("det_ort_pipeline")
     finally:
         client.close()
-    with pytest.raises(InferenceServerException, match="core model 'det_ort' failed.*not ready"):
+    with pytest.raises(InferenceServerException, match="core model 'det_ort' failed.*not ready") as e:
         _triton_detect(th, triton.http, (DATA / "text.png").read_bytes(), model="det_ort_pipeline")
+    assert e.value.status() == "500"  # the server's side, not the client's
