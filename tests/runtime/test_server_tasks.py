@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
-from vkt.runtime.server.image_body import image_header_size
+from vkt.runtime.server.image_body import image_info
 from vkt.runtime.server.tasks import TaskLimits, add_task_routes
 
 skimage = pytest.importorskip("skimage")
@@ -91,14 +91,15 @@ def test_detect_jpeg_and_versioned_path(cli_server, text_detector):
 
     img = cv2.imread(str(DATA / "page.png"))
     ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    assert ok and image_header_size(jpg.tobytes()) == img.shape[:2]
+    info = image_info(jpg.tobytes())
+    assert ok and (info.height, info.width) == img.shape[:2]
     status, got, _ = post(cli_server, f"/v2/models/{TEXTDET}/versions/1/detect", jpg.tobytes(), "image/jpeg")
     assert status == 200, got
     assert got["detections"] == text_detector(cv2.imdecode(jpg, cv2.IMREAD_COLOR))[0].to_dict()["detections"]
 
 
 @pytest.mark.parametrize("path, body, ctype, code, match", [
-    (f"/v2/models/{TEXTDET}/detect", b"not an image at all", "image/png", 400, "cannot decode the body"),
+    (f"/v2/models/{TEXTDET}/detect", b"not an image at all", "image/png", 415, "not an image in an accepted format"),
     (f"/v2/models/{TEXTDET}/detect", b"", "image/png", 400, "the body is empty"),
     (f"/v2/models/{TEXTDET}/detect", png_header(50_000, 50_000), "image/png", 413, "2500000000 pixels"),
     (f"/v2/models/{TEXTDET}/detect", b"--x\r\n", "multipart/form-data; boundary=x", 415, "send the image file's bytes"),

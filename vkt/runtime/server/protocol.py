@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vkt.runtime.server.errors import RequestError
+from vkt.runtime.server.errors import PayloadTooLargeError, RequestError
 
 # KServe v2 datatype <-> numpy dtype name (the names vkt.specs uses).
 DATATYPES: dict[str, str] = {
@@ -28,6 +28,8 @@ DATATYPES: dict[str, str] = {
 }
 DTYPE_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 64  # numpy's limit on array rank
+JSON_SLACK = 1024  # values allowed beyond the model's inputs (ids, parameters, outputs lists)
 
 
 # ---- datatypes ----------------------------------------------------------------------------------
@@ -85,19 +87,37 @@ def parse_header_length(value: str | None, body_len: int) -> int | None:
     return n
 
 
-def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an infer request body (JSON, or JSON header + binary tensors) into numpy arrays.
-
-    Raises RequestError (400) naming the offending input and what was expected.
-    """
-    head, blob = (body, b"") if header_length is None else (body[:header_length], memoryview(body)[header_length:])
+def loads(text: bytes | str, what: str = "the body") -> Any:
+    """Strict JSON: NaN/Infinity, integer literals past Python's 4,300 digits and deep nesting are 400s, not 500s."""
     try:
-        req = json.loads(head)
+        return json.loads(text, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        what = "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body"
         raise RequestError(f"malformed JSON in {what}: {e}") from None
     except RecursionError:  # "[[[[..." thousands deep: the decoder's recursion limit, not a server fault
-        raise RequestError("the JSON nests too deeply; tensor 'data' should be flat or nested like its shape") from None
+        raise RequestError(f"the JSON in {what} nests too deeply; tensor 'data' should be flat or nested like its shape") from None
+    except ValueError as e:  # int("9" * 5000): sys.get_int_max_str_digits
+        raise RequestError(f"malformed JSON in {what}: {str(e)[:120]}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a JSON number; send finite numbers (or the binary tensor extension for NaN/Inf)")
+
+
+def parse_infer_request(body: bytes, header_length: int | None = None, max_values: int | None = None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors) into numpy arrays.
+
+    ``max_values``: the most tensor values the model's inputs can hold (None: no bound); a JSON text
+    that could hold more is refused (413) before it is parsed, since parsed JSON numbers cost ~10x
+    their text in memory. Raises RequestError (400) naming the offending input and what was expected.
+    """
+    head, blob = (body, b"") if header_length is None else (body[:header_length], memoryview(body)[header_length:])
+    if max_values is not None:
+        # Every value but the first in each array follows a comma: commas + arrays bound the values.
+        bound = head.count(b",") + head.count(b"[")
+        if bound > max_values + JSON_SLACK:
+            raise PayloadTooLargeError(f"the JSON holds up to {bound} values but the model's inputs take at most "
+                                       f"{max_values}; send tensors the model's shapes allow")
+    req = loads(head, "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body")
     if not isinstance(req, dict):
         raise RequestError(f"the request must be a JSON object with an 'inputs' list, got {type(req).__name__}")
     params = req.get("parameters") or {}
@@ -180,6 +200,8 @@ def _tensor_header(t: Any, where: str) -> tuple[str, np.dtype, tuple[int, ...], 
     if not isinstance(name, str) or not name:
         raise RequestError(f"{where}: 'name' must be a non-empty string, got {_short(name)}")
     shape = t.get("shape")
+    if isinstance(shape, list) and len(shape) > MAX_DIMS:
+        raise RequestError(f"input {name!r}: 'shape' has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if (not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {_short(shape)}")
