@@ -102,6 +102,7 @@ def test_detect_jpeg_and_versioned_path(cli_server, text_detector):
     (f"/v2/models/{TEXTDET}/detect", b"not an image at all", "image/png", 415, "not an image in an accepted format"),
     (f"/v2/models/{TEXTDET}/detect", b"", "image/png", 400, "the body is empty"),
     (f"/v2/models/{TEXTDET}/detect", png_header(50_000, 50_000), "image/png", 413, "2500000000 pixels"),
+    (f"/v2/models/{TEXTDET}/detect", b"PF\n2 2\n-1\n" + bytes(48), "image/x-portable-floatmap", 415, "PFM images are not accepted"),
     (f"/v2/models/{TEXTDET}/detect", b"--x\r\n", "multipart/form-data; boundary=x", 415, "send the image file's bytes"),
     ("/v2/models/nope/detect", b"x", "image/png", 404, "unknown model 'nope'"),
     ("/v2/models/..%2Fetc/detect", b"x", "image/png", 404, "unknown model"),
