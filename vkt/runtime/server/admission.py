@@ -1,11 +1,14 @@
 """Admission control: refuse at once (503 + Retry-After) what cannot finish in time, and bound memory for image decodes.
 
-``Admission`` (one per model) counts the requests admitted and not yet answered, and learns the
-model's pace: the time between completions while it is busy (an exponential moving average). A
-new request is expected to finish after ``(in_flight + 1) * pace``; when that exceeds the
-request's deadline (with headroom for the estimate's noise) it gets 503 now instead of a 504 after
-waiting out its timeout — a client that is told at once can go to another replica. Requests are
-admitted after their body has arrived, so slow uploads do not hold a place.
+``Admission`` (one per model) counts the requests admitted and not yet answered, each with a cost
+(the elements of its model input: a 2048x2048 photo costs 8x a 736x736 one), and learns the
+model's pace while it is busy: seconds between completions over the cost they completed
+(exponential moving averages of both). A new request is expected to finish after
+``(cost in flight + its cost) * pace``; when that exceeds the request's deadline (with headroom
+for the estimate's noise) it gets 503 now instead of a 504 after waiting out its timeout — a
+client told at once can go to another replica. An idle model admits anything (it cannot do
+better), so the estimate is always relearnt. Requests are admitted after their body has arrived,
+so slow uploads do not hold a place.
 
 ``DecodeBudget`` bounds the bytes that concurrent image decodes may hold (estimated from the
 image header before decoding); a decode that would overrun it waits briefly, then gets 503.
@@ -21,7 +24,7 @@ from contextlib import contextmanager
 
 from vkt.runtime.server.errors import UnavailableError
 
-HEADROOM = 0.8  # admit while the expected time is within this share of the deadline
+HEADROOM = 0.5  # admit while the expected time is within half the deadline: the pace swings with the mix of image sizes
 ALPHA = 0.2  # weight of the newest completion interval in the moving average
 
 
@@ -37,39 +40,53 @@ class Admission:
         self.name = name
         self.capacity = capacity
         self.in_flight = 0
-        self.pace: float | None = None  # seconds between completions while busy; None until one is seen
+        self.cost_in_flight = 0.0
+        self._dt: float | None = None  # moving average of seconds between completions while busy
+        self._cost = 0.0  # moving average of the cost of a completed request
         self._mark = 0.0  # last completion, or the moment the model became busy
         self._lock = threading.Lock()
 
-    def expected_s(self) -> float | None:
-        """Seconds a request admitted now would take, by the current pace; None before the first completion."""
-        return None if self.pace is None else (self.in_flight + 1) * self.pace
+    @property
+    def pace(self) -> float | None:
+        """Seconds per unit of cost; None until a request has completed."""
+        return None if self._dt is None else self._dt / max(self._cost, 1e-12)
+
+    def expected_s(self, cost: float = 1.0) -> float | None:
+        """Seconds a request of ``cost`` admitted now would take, by the current pace; None before the first completion."""
+        pace = self.pace
+        return None if pace is None else (self.cost_in_flight + cost) * pace
 
     @contextmanager
-    def admit(self, timeout_s: float) -> Iterator[None]:
-        """Hold a place for one request that must finish within ``timeout_s``; UnavailableError (503) if it cannot."""
+    def admit(self, timeout_s: float, cost: float = 1.0) -> Iterator[None]:
+        """Hold a place for one request of ``cost`` that must finish within ``timeout_s``; UnavailableError (503) if it cannot."""
         with self._lock:
-            expected = self.expected_s()
+            expected = self.expected_s(cost)
             if self.in_flight >= self.capacity:
                 raise UnavailableError(f"model {self.name!r} is overloaded: {self.in_flight} requests in flight "
                                        f"(--queue-size {self.capacity}); retry later",
                                        retry_after_s=max(1.0, (expected or 1.0) - timeout_s))
-            if expected is not None and expected > HEADROOM * timeout_s:
+            if self.in_flight and expected is not None and expected > HEADROOM * timeout_s:
                 raise UnavailableError(f"model {self.name!r} is overloaded: a request now would take about "
                                        f"{expected:.3g} s ({self.in_flight} in flight), over its {timeout_s:.3g} s "
                                        "deadline; retry later", retry_after_s=max(1.0, math.ceil(expected - timeout_s)))
             if self.in_flight == 0:
                 self._mark = time.monotonic()
             self.in_flight += 1
+            self.cost_in_flight += cost
         try:
             yield
         finally:
             with self._lock:
                 now = time.monotonic()
                 dt = now - self._mark
-                self.pace = dt if self.pace is None else (1 - ALPHA) * self.pace + ALPHA * dt
+                if self._dt is None:
+                    self._dt, self._cost = dt, cost
+                else:
+                    self._dt = (1 - ALPHA) * self._dt + ALPHA * dt
+                    self._cost = (1 - ALPHA) * self._cost + ALPHA * cost
                 self._mark = now
                 self.in_flight -= 1
+                self.cost_in_flight = max(0.0, self.cost_in_flight - cost)
 
 
 class DecodeBudget:

@@ -229,20 +229,22 @@ class InferenceServer:
     def _infer(self, req: Request) -> Response:
         # 1. Which model (404 before reading a possibly large body).
         model = self.model_for(req)
-        # 2. Read the body; admit by expected wait (503 now rather than 504 later).
+        # 2. Read the body and parse it (JSON, or JSON header + binary tensors), bounded by what the model's shapes hold.
+        t0 = time.monotonic()
         body = req.body(self.config.max_body_bytes, self.config.timeout_s)
-        with self.admission[model.name].admit(self.config.timeout_s):
-            # 3. Parse it (JSON, or JSON header + binary tensors), bounded by what the model's shapes hold.
-            header_length = parse_header_length(req.headers.get(HEADER_LENGTH), len(body))
-            ireq = parse_infer_request(body, header_length, max_values=model.max_values)
-            # 4. Validate against the spec here, so the batcher only ever sees feeds that fit.
-            model.validate(ireq)
-            # 5. Queue, batch, run; the client's own timeout may shorten the server's.
-            timeout = self.config.timeout_s
-            if ireq.timeout_us:
-                timeout = min(timeout, ireq.timeout_us / 1e6)
+        header_length = parse_header_length(req.headers.get(HEADER_LENGTH), len(body))
+        ireq = parse_infer_request(body, header_length, max_values=model.max_values)
+        # 3. Validate against the spec here, so the batcher only ever sees feeds that fit.
+        model.validate(ireq)
+        # 4. Admit by expected wait (503 now rather than 504 later); queue, batch, run. The client's own
+        #    timeout may shorten the server's.
+        timeout = self.config.timeout_s
+        if ireq.timeout_us:
+            timeout = min(timeout, ireq.timeout_us / 1e6)
+        timeout = max(0.0, timeout - (time.monotonic() - t0))
+        with self.admission[model.name].admit(timeout, sum(int(a.size) for a in ireq.inputs.values())):
             outputs = self.batchers[model.name].infer(ireq.inputs, timeout)
-        # 6. Encode what was asked for.
+        # 5. Encode what was asked for.
         out, hl = encode_infer_response(model.name, model.version, outputs, ireq)
         if hl is None:
             return 200, out, {}

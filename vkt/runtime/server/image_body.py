@@ -66,7 +66,9 @@ def image_info(data: bytes) -> ImageInfo:
                                     f"format; send {ACCEPTED}")
     try:
         info = reader(data)
-    except (struct.error, IndexError, ValueError):
+    except RequestError:
+        raise
+    except (struct.error, IndexError, KeyError, ValueError):
         info = None
     if info is None or info.height <= 0 or info.width <= 0:
         raise RequestError(f"cannot read the size from the {reader.__name__[1:].upper()} header ({len(data)} bytes): "
@@ -160,14 +162,20 @@ def _pnm(d: bytes) -> ImageInfo | None:
     return ImageInfo("pnm", h, w, 3 if kind in (3, 6) else 1, 2 if maxval > 255 else 1)
 
 
-def decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None = None) -> np.ndarray:
-    """Image file bytes -> BGR uint8 ``[H, W, 3]`` (vkt.runtime.image's conversions); RequestError naming the problem."""
+def check_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """The header of an image body that may be decoded: 400 if empty, 415 off the allow-list, 413 over ``max_pixels``."""
     if not data:
         raise RequestError(f"the body is empty; send the image file's bytes ({ACCEPTED})")
     info = image_info(data)
     if info.pixels > max_pixels:
         raise PayloadTooLargeError(f"image is {info.width}x{info.height} = {info.pixels} pixels; this server accepts at "
                                    f"most {max_pixels} pixels")
+    return info
+
+
+def decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Image file bytes -> BGR uint8 ``[H, W, 3]`` (vkt.runtime.image's conversions); RequestError naming the problem."""
+    info = check_image(data, max_pixels)
     budget = budget or DecodeBudget(info.decode_bytes)
     with budget.hold(info.decode_bytes):
         img = _decode(data, info)

@@ -43,9 +43,9 @@ import numpy as np
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.image import Preprocessor
+from vkt.runtime.image import Preprocessor, resized_size
 from vkt.runtime.server.errors import DeadlineError, NotFoundError, RequestError, UnavailableError
-from vkt.runtime.server.image_body import check_image_content_type, decode_image
+from vkt.runtime.server.image_body import check_image, check_image_content_type, decode_image
 from vkt.runtime.server.protocol import loads
 from vkt.runtime.server.transport import Request, Response, clip, json_response
 
@@ -92,6 +92,11 @@ class TextDetectTask:
         """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
         return self.detections(img, infer).to_dict()
 
+    def cost(self, height: int, width: int) -> int:
+        """Elements of the model input for an image of this size (admission control weighs requests by it)."""
+        h, w = resized_size(height, width, self.pre.resize, self.pre.max_side)
+        return 3 * h * w
+
     def detections(self, img: np.ndarray, infer: Infer) -> Any:
         """vkt.runtime.textdet.Detections (float32 polygons in source pixels) of one BGR uint8 image."""
         from vkt.runtime.textdet import db_postprocess, input_meta
@@ -126,6 +131,11 @@ class ObjectDetectTask:
     def __call__(self, img: np.ndarray, infer: Infer) -> dict[str, Any]:
         """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
         return self.detections(img, infer).to_dict()
+
+    def cost(self, height: int, width: int) -> int:
+        """Elements of the model input for an image of this size (admission control weighs requests by it)."""
+        h, w = resized_size(height, width, self.pre.resize, self.pre.max_side)
+        return 3 * h * w * self.static_batch
 
     def detections(self, img: np.ndarray, infer: Infer) -> Any:
         """vkt.runtime.detection.Detections (xyxy float32 boxes in source pixels) of one BGR uint8 image."""
@@ -278,9 +288,11 @@ class TaskRoutes:
         deadline = time.monotonic() + cfg.timeout_s
         body = req.body(cfg.max_body_bytes, cfg.timeout_s)
         batcher = self.server.batchers[model.name]
-        # 3. Admit by expected wait before decoding (overload should cost little), decode within the memory budget,
-        #    pre-process, run through the batcher, post-process.
-        with self.server.admission[model.name].admit(max(0.0, deadline - time.monotonic())):
+        # 3. The image's size from its header (415/400/413 before anything is decoded); admit by expected wait
+        #    (overload should cost little), decode within the memory budget, pre-process, run through the batcher,
+        #    post-process.
+        info = check_image(body, self.limits.max_image_pixels)
+        with self.server.admission[model.name].admit(max(0.0, deadline - time.monotonic()), task.cost(info.height, info.width)):
             img = decode_image(body, self.limits.max_image_pixels, self.server.decode_budget)
             del body
             result = task(img, lambda feed: batcher.infer(feed, max(0.0, deadline - time.monotonic())))
