@@ -56,19 +56,30 @@ class Admission:
         pace = self.pace
         return None if pace is None else (self.cost_in_flight + cost) * pace
 
+    def check(self, timeout_s: float, cost: float | None = None) -> None:
+        """UnavailableError (503) if a request of ``cost`` (None: a typical one) cannot be admitted now.
+
+        Called before the body is read, so that refusing costs no upload; ``admit`` decides with the real cost.
+        """
+        with self._lock:
+            self._refuse_if_full(timeout_s, self._cost if cost is None else cost)
+
+    def _refuse_if_full(self, timeout_s: float, cost: float) -> None:
+        expected = self.expected_s(cost)
+        if self.in_flight >= self.capacity:
+            raise UnavailableError(f"model {self.name!r} is overloaded: {self.in_flight} requests in flight "
+                                   f"(--queue-size {self.capacity}); retry later",
+                                   retry_after_s=max(1.0, (expected or 1.0) - timeout_s))
+        if self.in_flight and expected is not None and expected > HEADROOM * timeout_s:
+            raise UnavailableError(f"model {self.name!r} is overloaded: a request now would take about "
+                                   f"{expected:.3g} s ({self.in_flight} in flight), over its {timeout_s:.3g} s "
+                                   "deadline; retry later", retry_after_s=max(1.0, math.ceil(expected - HEADROOM * timeout_s)))
+
     @contextmanager
     def admit(self, timeout_s: float, cost: float = 1.0) -> Iterator[None]:
         """Hold a place for one request of ``cost`` that must finish within ``timeout_s``; UnavailableError (503) if it cannot."""
         with self._lock:
-            expected = self.expected_s(cost)
-            if self.in_flight >= self.capacity:
-                raise UnavailableError(f"model {self.name!r} is overloaded: {self.in_flight} requests in flight "
-                                       f"(--queue-size {self.capacity}); retry later",
-                                       retry_after_s=max(1.0, (expected or 1.0) - timeout_s))
-            if self.in_flight and expected is not None and expected > HEADROOM * timeout_s:
-                raise UnavailableError(f"model {self.name!r} is overloaded: a request now would take about "
-                                       f"{expected:.3g} s ({self.in_flight} in flight), over its {timeout_s:.3g} s "
-                                       "deadline; retry later", retry_after_s=max(1.0, math.ceil(expected - timeout_s)))
+            self._refuse_if_full(timeout_s, cost)
             if self.in_flight == 0:
                 self._mark = time.monotonic()
             self.in_flight += 1

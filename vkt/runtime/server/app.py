@@ -231,6 +231,7 @@ class InferenceServer:
         model = self.model_for(req)
         # 2. Read the body and parse it (JSON, or JSON header + binary tensors), bounded by what the model's shapes hold.
         t0 = time.monotonic()
+        self.admission[model.name].check(self.config.timeout_s)  # overloaded: 503 before the upload, not after it
         body = req.body(self.config.max_body_bytes, self.config.timeout_s)
         header_length = parse_header_length(req.headers.get(HEADER_LENGTH), len(body))
         ireq = parse_infer_request(body, header_length, max_values=model.max_values)

@@ -286,6 +286,7 @@ class TaskRoutes:
         # 2. Read and decode the image.
         cfg = self.server.config
         deadline = time.monotonic() + cfg.timeout_s
+        self.server.admission[model.name].check(cfg.timeout_s)  # overloaded: 503 before the upload, not after it
         body = req.body(cfg.max_body_bytes, cfg.timeout_s)
         batcher = self.server.batchers[model.name]
         # 3. The image's size from its header (415/400/413 before anything is decoded); admit by expected wait

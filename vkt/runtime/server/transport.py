@@ -1,13 +1,13 @@
-"""HTTP transport: connections with deadlines, bounded body reading, and the threaded server with its connection caps.
+"""HTTP transport: the threaded server with its connection caps, and the handler that reads, routes and answers requests.
 
 One thread per connection (keep-alive). Each request head is read under a deadline that starts
 with its first byte (a client trickling a byte at a time cannot hold the thread: the socket
 timeout alone restarts with every byte), parsed by the strict grammar of http11.py, dispatched to
 the InferenceServer's routes and answered with a JSON body (errors as ``{"error": ...}``). Every
 answer, refusals of malformed requests included, has a status line and is counted in /metrics.
-Limits that keep one client from hurting the others: the body size cap (413, checked before
-reading; ``Expect: 100-continue`` is answered only when the body is wanted), a deadline for the
-body, a cap on open connections in all (503) and per client address (so one host's slow
+Limits that keep one client from hurting the others: the body size cap and the body's deadline
+(connection.py: 413 before reading; ``Expect: 100-continue`` answered only when the body is
+wanted), a cap on open connections in all (503) and per client address (so one host's slow
 connections cannot lock out the rest), and a brief lingering close so a client still uploading
 reads its 413 instead of a connection reset.
 """
@@ -19,35 +19,23 @@ import socket
 import socketserver
 import threading
 import time
-import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
 from vkt import __version__
 from vkt.errors import VktError
 from vkt.log import get_logger
-from vkt.runtime.server.errors import (
-    HeadersTooLargeError,
-    LengthRequiredError,
-    NotImplementedByServerError,
-    PayloadTooLargeError,
-    RequestError,
-    RequestTimeoutError,
-    UnavailableError,
-    UnsupportedMediaError,
-    error_body,
-    status_of,
-)
-from vkt.runtime.server.http11 import Headers, RequestHead, parse_chunk_size, parse_head
+from vkt.runtime.server.connection import RECV, Connection, Request
+from vkt.runtime.server.errors import NotImplementedByServerError, RequestError, UnavailableError, error_body, status_of
+from vkt.runtime.server.http11 import RequestHead, parse_head
 
 log = get_logger(__name__)
 SERVER = f"vkt/{__version__}"
 METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}  # others: 501
-RECV = 1 << 16
+__all__ = ["Connection", "HTTPServer", "Handler", "Request", "Response", "TransportLimits", "clip", "json_response"]
 
 
 @dataclass(frozen=True)
@@ -67,190 +55,6 @@ class TransportLimits:
     max_head_bytes: int = 32 << 10
     max_connections: int = 256
     max_connections_per_client: int = 64
-
-
-class Connection:
-    """A client socket with a read buffer; every read is bounded by the socket timeout and a deadline."""
-
-    def __init__(self, sock: socket.socket, socket_timeout_s: float):
-        self.sock = sock
-        self.timeout = socket_timeout_s
-        self.buf = bytearray()
-
-    def _recv(self, deadline: float, size: int = RECV) -> bytes:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        self.sock.settimeout(min(self.timeout, left))
-        return self.sock.recv(size)
-
-    def read_head(self, max_bytes: int, head_timeout_s: float) -> bytes | None:
-        """The next request head (without its final CRLF CRLF); None if the client closed or idled out first.
-
-        Raises RequestTimeoutError (the head started but did not finish in time) or HeadersTooLargeError.
-        """
-        deadline = None
-        while True:
-            while self.buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
-                del self.buf[:2]
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                if end > max_bytes:
-                    raise HeadersTooLargeError(f"the request head is over {max_bytes} bytes, this server's limit")
-                head = bytes(self.buf[:end])
-                del self.buf[:end + 4]
-                return head
-            if len(self.buf) > max_bytes:
-                raise HeadersTooLargeError(f"the request head is over {max_bytes} bytes, this server's limit")
-            if self.buf and deadline is None:
-                deadline = time.monotonic() + head_timeout_s
-            try:
-                data = self._recv(deadline if deadline is not None else time.monotonic() + self.timeout)
-            except TimeoutError:
-                if deadline is None:
-                    return None  # idle keep-alive connection: close quietly
-                raise RequestTimeoutError(f"the request head did not arrive within {head_timeout_s:g} s "
-                                          f"({len(self.buf)} bytes came)") from None
-            if not data:
-                if self.buf:
-                    raise RequestError(f"the connection closed in the middle of the request head ({len(self.buf)} bytes)")
-                return None
-            self.buf += data
-
-    def read_exact(self, n: int, deadline: float) -> bytearray:
-        """``n`` bytes; fewer if the client closes first. TimeoutError past ``deadline``."""
-        out = bytearray(n)
-        got = min(n, len(self.buf))
-        out[:got] = self.buf[:got]
-        del self.buf[:got]
-        view = memoryview(out)
-        while got < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.sock.settimeout(min(self.timeout, left))
-            k = self.sock.recv_into(view[got:], min(n - got, 1 << 20))
-            if not k:
-                return out[:got]
-            got += k
-        return out
-
-    def read_line(self, limit: int, deadline: float) -> bytes:
-        """One CRLF-terminated line (without it), at most ``limit`` bytes."""
-        while True:
-            end = self.buf.find(b"\r\n")
-            if 0 <= end <= limit:
-                line = bytes(self.buf[:end])
-                del self.buf[:end + 2]
-                return line
-            if end > limit or len(self.buf) > limit:
-                raise RequestError(f"a line of the chunked body is longer than {limit} bytes")
-            data = self._recv(deadline)
-            if not data:
-                raise RequestError("the connection closed in the middle of the chunked body")
-            self.buf += data
-
-
-@dataclass
-class Request:
-    """What a route handler sees: the path parameters, the headers and a bounded body reader."""
-
-    head: RequestHead
-    conn: Connection
-    params: dict[str, str]
-    model: str = ""  # set once the model name is known to be served (a metrics label)
-    body_read: bool = False
-    close: bool = False  # close the connection after the response
-    linger: bool = False  # ... and drain unread input briefly first (the client may still be uploading)
-    sent_continue: bool = field(default=False, repr=False)
-
-    @property
-    def headers(self) -> Headers:
-        return self.head.headers
-
-    @property
-    def path(self) -> str:
-        return urlsplit(self.head.target).path
-
-    def body(self, limit: int, deadline_s: float) -> bytes:
-        """The request body (Content-Length or chunked), decompressed if the client sent gzip/deflate.
-
-        411/413/408/415 as due; the whole body must arrive within ``deadline_s``.
-        """
-        deadline = time.monotonic() + deadline_s
-        h = self.head
-        self.body_read = True
-        if h.chunked:
-            body = self._read_chunked(limit, deadline)
-        else:
-            n = h.length or 0
-            if n == 0 and h.method in ("POST", "PUT", "PATCH") and "Content-Length" not in h.headers:
-                raise LengthRequiredError(f"{h.method} {self.path} needs a body with a Content-Length header "
-                                          "(or Transfer-Encoding: chunked)")
-            if n > limit:
-                self.close = self.linger = True  # unread body: drain a little so the client reads the 413, not a reset
-                raise PayloadTooLargeError(f"request body is {n} bytes; this server accepts at most {limit} bytes "
-                                           f"({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-            self._continue()
-            try:
-                body = self.conn.read_exact(n, deadline)
-            except TimeoutError:
-                self.close = True
-                raise RequestTimeoutError(f"the body did not arrive within the request's deadline ({deadline_s:g} s) "
-                                          f"or stalled past the socket timeout ({self.conn.timeout:g} s)") from None
-            if len(body) != n:
-                self.close = True
-                raise RequestError(f"the body ended after {len(body)} of {n} bytes (Content-Length)")
-        return self._decode(body, limit)
-
-    def _continue(self) -> None:
-        if self.head.expect_continue and not self.sent_continue:
-            self.sent_continue = True
-            self.conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def _read_chunked(self, limit: int, deadline: float) -> bytearray:
-        self._continue()
-        body = bytearray()
-        self.close = True  # until the body has been read to its end
-        try:
-            while True:
-                size = parse_chunk_size(self.conn.read_line(1024, deadline))
-                if size == 0:
-                    while self.conn.read_line(8 << 10, deadline):  # trailer fields: read and dropped
-                        pass
-                    break
-                if len(body) + size > limit:
-                    self.linger = True
-                    raise PayloadTooLargeError(f"the chunked body is over {limit} bytes; this server accepts at most "
-                                               f"{limit} bytes ({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-                chunk = self.conn.read_exact(size, deadline)
-                if len(chunk) != size:
-                    raise RequestError("the connection closed in the middle of a chunk")
-                body += chunk
-                if self.conn.read_line(0, deadline) != b"":
-                    raise RequestError("a chunk is longer than its chunk-size line says")
-        except TimeoutError:
-            raise RequestTimeoutError("the chunked body did not arrive within the request's deadline "
-                                      "or stalled past the socket timeout") from None
-        self.close = not self.head.keep_alive
-        return body
-
-    def _decode(self, body: bytes, limit: int) -> bytes:
-        enc = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if enc == "identity":
-            return body
-        if enc not in ("gzip", "deflate"):
-            raise UnsupportedMediaError(f"Content-Encoding {enc!r} is not supported; expected gzip, deflate or identity")
-        d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)  # deflate here means zlib-wrapped, as HTTP defines it
-        try:
-            out = d.decompress(body, limit + 1)  # bounded: a small bomb cannot expand past the limit
-        except zlib.error as e:
-            raise RequestError(f"the {enc} body does not decompress: {e}") from None
-        if len(out) > limit:
-            raise PayloadTooLargeError(f"the {enc} body decompresses to more than {limit} bytes, this server's limit")
-        if not d.eof:
-            raise RequestError(f"the {enc} body is truncated")
-        return out
 
 
 Response = tuple[int, bytes, dict[str, str]]  # status, body, extra headers (Content-Type defaults to JSON)
@@ -424,7 +228,9 @@ class Handler(socketserver.BaseRequestHandler):
                 log.exception("%s %s failed", head.method, clip(head.target))
                 status, body = 500, error_body(f"internal error ({type(e).__name__}: {e})")
             if head.has_body and not req.body_read:
-                req.close = True  # an unread body would be parsed as the next request
+                # An unread body would be parsed as the next request: close, but drain it briefly first so
+                # that a client still sending it reads this answer instead of a connection reset.
+                req.close = req.linger = True
             self.linger = req.linger
             conn.sock.sendall(response_bytes(status, body, dict(extra), req.close, head_only=head.method == "HEAD"))
         except OSError:
