@@ -170,6 +170,15 @@ def test_one_client_address_cannot_take_every_connection(bundle):
 
 
 # ---- JSON bodies -----------------------------------------------------------------------------------
+def test_json_at_the_model_limit_nested_like_its_shape_is_accepted():
+    """The pre-parse bound counts values, not arrays: the toy's largest input, nested 4 deep, still parses."""
+    from vkt.runtime.server.protocol import parse_infer_request
+
+    x = np.zeros((8, 3, 256, 256), np.float32)
+    body = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]})
+    assert parse_infer_request(body.encode(), max_values=x.size).inputs["image"].shape == x.shape
+
+
 @pytest.mark.parametrize("body, code, words", [
     (GOOD.replace(b"0.5,", b"NaN,", 1), 400, "NaN is not a JSON number"),
     (GOOD.replace(b"0.5,", b"-Infinity,", 1), 400, "-Infinity is not a JSON number"),
@@ -177,8 +186,10 @@ def test_one_client_address_cannot_take_every_connection(bundle):
     (GOOD.replace(b"[1, 3, 16, 16]", json.dumps([1] * 65).encode()), 400, "65 dimensions"),
     # a small shape with a huge 'data' list: refused before the list is built (the toy takes <= 8x3x256x256 values)
     (GOOD.replace(b"[1, 3, 16, 16]", b"[1]").replace(b"0.5, " * 767, b"0.5," * 1_700_000), 413,
-     "model's inputs take at most 1572864"),
-], ids=["nan", "infinity", "5000-digits", "65-dims", "data-past-the-shapes"])
+     "shapes declare 1 and the model's inputs take at most 1572864"),
+    (GOOD.replace(b"[1, 3, 16, 16]", b"[1, 3, 4, 4]").replace(b"0.5, " * 767, b"0.5," * 100_000), 413,
+     "values but its shapes declare 48 and"),
+], ids=["nan", "infinity", "5000-digits", "65-dims", "data-past-the-model", "data-past-the-shapes"])
 def test_json_infer_bodies_are_checked_before_they_cost(server, body, code, words):
     answer = exchange(server.port, post("/v2/models/toy/infer", body, f"Content-Length: {len(body)}\r\n"))
     assert status_of(answer) == code, answer[:300]

@@ -13,7 +13,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port (0: any free port, printed at start)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Most rows per backend call (capped by the profile's batch range; 1: no batching)."),
     max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="How long the oldest request waits for others to batch with."),
-    queue_size: int = typer.Option(64, "--queue-size", help="Requests waiting per model; beyond it the server answers 503."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Requests admitted per model (decoding, queued or running); beyond it, or when the model's "
+                                 "current pace says a request would miss its deadline, the server answers 503 at once."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body in MiB (413 above it)."),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per-request deadline, arrival to result (504 after it)."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per model for onnxruntime or OpenVINO "

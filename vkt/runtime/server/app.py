@@ -71,7 +71,8 @@ class ServerConfig:
         port: TCP port; 0 picks a free one (tests).
         max_batch_size: rows per backend call (capped by the profile's batch range); 1 disables batching.
         max_queue_delay_us: how long the oldest queued request waits for others to batch with.
-        queue_size: requests waiting per model; the next one gets 503.
+        queue_size: requests admitted per model (decoding, queued or running) and the batching queue's bound; 503 beyond.
+            Admission also refuses (503) a request the model's current pace says would miss its deadline.
         max_body_bytes: largest request body, also after decompression (413 above it).
         timeout_s: per-request deadline from arrival to result (504 after it); a client may ask for
             less with Triton's ``parameters.timeout`` (microseconds), never more.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,12 +112,7 @@ def parse_infer_request(body: bytes, header_length: int | None = None, max_value
     their text in memory. Raises RequestError (400) naming the offending input and what was expected.
     """
     head, blob = (body, b"") if header_length is None else (body[:header_length], memoryview(body)[header_length:])
-    if max_values is not None:
-        # Every value but the first in each array follows a comma: commas + arrays bound the values.
-        bound = head.count(b",") + head.count(b"[")
-        if bound > max_values + JSON_SLACK:
-            raise PayloadTooLargeError(f"the JSON holds up to {bound} values but the model's inputs take at most "
-                                       f"{max_values}; send tensors the model's shapes allow")
+    _check_value_count(head, max_values)
     req = loads(head, "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body")
     if not isinstance(req, dict):
         raise RequestError(f"the request must be a JSON object with an 'inputs' list, got {type(req).__name__}")
@@ -191,6 +187,31 @@ def parse_infer_request(body: bytes, header_length: int | None = None, max_value
         raise RequestError(f"'id' must be a string, got {type(rid).__name__}")
     return InferRequest(inputs=inputs, outputs=outputs, binary_default=bool(params.get("binary_data_output", False)),
                         id=rid, timeout_us=timeout or None, parameters=params)
+
+
+SHAPE = re.compile(rb'"shape"\s*:\s*\[([0-9,\s]*)\]')
+
+
+def _check_value_count(head: bytes, max_values: int | None) -> None:
+    """Refuse JSON text that holds more numbers than the declared shapes (and the model) take, before parsing it.
+
+    The values in a JSON text number at most its commas + 1 (nested lists included), counted at C speed;
+    the declared shapes are read with a regex (a "shape" inside a string only raises the bound).
+    """
+    bound = head.count(b",") + 1
+    if bound <= JSON_SLACK:
+        return
+    declared = 0
+    for m in SHAPE.finditer(head):
+        dims = [d for d in m.group(1).replace(b" ", b"").split(b",") if d]
+        if len(dims) > MAX_DIMS or any(len(d) > 12 for d in dims):
+            return  # refused with a clear message once parsed
+        declared += math.prod(int(d) for d in dims)
+    limit = declared if max_values is None else min(declared, max_values)
+    if bound > limit + JSON_SLACK:
+        raise PayloadTooLargeError(f"the JSON holds up to {bound} values but its shapes declare {declared}"
+                                   + ("" if max_values is None else f" and the model's inputs take at most {max_values}")
+                                   + "; send as many values as the shapes need")
 
 
 def _tensor_header(t: Any, where: str) -> tuple[str, np.dtype, tuple[int, ...], dict]:
