@@ -235,6 +235,35 @@ def test_overload_is_503_with_retry_after_not_a_late_504(bundle):
     assert all(b"\r\nRetry-After: " in a and b"would take about" in a for a in refused)
 
 
+def test_admission_by_expected_wait_hand_computed(monkeypatch):
+    """Pace = seconds between completions / cost completed; expected = (cost in flight + own cost) * pace."""
+    from vkt.runtime.server import admission as adm
+
+    clock = [0.0]
+    monkeypatch.setattr(adm.time, "monotonic", lambda: clock[0])
+    a = adm.Admission("m", capacity=64)
+    with a.admit(10.0, cost=2.0):  # idle: always admitted; done after 4 s -> 2 s per unit of cost
+        clock[0] = 4.0
+    assert a.pace == 2.0
+    with a.admit(10.0, cost=1.0), a.admit(10.0, cost=1.0):  # 2 units in flight
+        assert a.expected_s(1.0) == 6.0  # (2 + 1) * 2 s
+        a.check(12.0, cost=1.0)  # 6 s <= half of 12 s: admitted
+        with pytest.raises(UnavailableError, match="would take about 6 s") as e:
+            a.check(10.0, cost=1.0)  # 6 s > half of 10 s
+        assert e.value.retry_after_s == 1  # ceil(6 - 5)
+        with pytest.raises(UnavailableError):
+            a.check(12.0)  # a typical request (the average cost completed, 2 units): (2 + 2) * 2 = 8 s > 6 s
+        clock[0] = 5.0
+    assert a.in_flight == 0 and a.cost_in_flight == 0
+    clock[0] = 1000.0
+    with a.admit(0.001, cost=100.0):  # idle again: admitted however slow the pace says it is, so the pace is relearnt
+        pass
+    with pytest.raises(UnavailableError, match="--queue-size 1"):
+        b = adm.Admission("m", capacity=1)
+        with b.admit(10.0), b.admit(10.0):
+            pass
+
+
 # ---- images: size from the header before any decoding ----------------------------------------------------
 def _jpeg_claiming(w: int, h: int) -> bytes:
     """A real 16x16 JPEG whose frame header claims w x h, with a stray byte before its first table (libjpeg skips it)."""
