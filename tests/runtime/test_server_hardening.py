@@ -123,11 +123,13 @@ def test_server_header_has_no_trailing_space(server):
 
 
 # ---- slow clients ----------------------------------------------------------------------------------
-def test_head_trickled_a_byte_at_a_time_gets_408_at_its_deadline(server):
+@pytest.mark.parametrize("trickle", [b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200, b"\r\n" * 100],
+                         ids=["header-bytes", "empty-lines"])
+def test_head_trickled_a_byte_at_a_time_gets_408_at_its_deadline(server, trickle):
     """Each byte comes well within the 0.5 s socket timeout; the whole head must still arrive within 1 s."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         got = b""
-        for b in b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200:
+        for b in trickle:
             try:
                 s.sendall(bytes([b]))
             except OSError:  # the server closed: the deadline passed

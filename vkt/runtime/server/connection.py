@@ -41,7 +41,7 @@ class Connection:
 
         Raises RequestTimeoutError (the head started but did not finish in time) or HeadersTooLargeError.
         """
-        deadline = None
+        deadline = time.monotonic() + head_timeout_s if self.buf else None
         while True:
             while self.buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
                 del self.buf[:2]
@@ -54,8 +54,6 @@ class Connection:
                 return head
             if len(self.buf) > max_bytes:
                 raise HeadersTooLargeError(f"the request head is over {max_bytes} bytes, this server's limit")
-            if self.buf and deadline is None:
-                deadline = time.monotonic() + head_timeout_s
             try:
                 data = self._recv(deadline if deadline is not None else time.monotonic() + self.timeout)
             except TimeoutError:
@@ -67,6 +65,8 @@ class Connection:
                 if self.buf:
                     raise RequestError(f"the connection closed in the middle of the request head ({len(self.buf)} bytes)")
                 return None
+            if deadline is None:  # the head starts with its first byte, empty lines before it included
+                deadline = time.monotonic() + head_timeout_s
             self.buf += data
 
     def read_exact(self, n: int, deadline: float) -> bytearray:
