@@ -21,7 +21,7 @@ from vkt.runtime import make_runner
 from vkt.runtime.base import Runner
 from vkt.runtime.server import InferenceServer, ServedModel, ServerConfig, models_from_bundles
 from vkt.runtime.server import image_body
-from vkt.runtime.server.admission import DecodeBudget
+from vkt.runtime.server.admission import MemoryBudget
 from vkt.runtime.server.errors import PayloadTooLargeError, UnavailableError, UnsupportedMediaError
 
 PROFILE = {"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)}
@@ -169,6 +169,28 @@ def test_one_client_address_cannot_take_every_connection(bundle):
         finally:
             for s in held:
                 s.close()
+
+
+def test_bodies_share_a_memory_budget(bundle):
+    """Two 800 kB uploads against a 1 MiB budget: the second waits for room, then gets 503 unread; later it fits."""
+    body = GOOD + b" " * (800_000 - len(GOOD))  # trailing whitespace: still one JSON document
+    head = f"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    cfg = ServerConfig(port=0, warmup=False, max_body_bytes=16 << 20, body_budget_bytes=1 << 20)
+    with InferenceServer(models_from_bundles([bundle]), cfg) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as first:
+            first.sendall(head.encode() + body[:1000])  # the server holds 800 kB of the budget while it reads
+            end = time.monotonic() + 10
+            while srv.body_budget.used == 0 and time.monotonic() < end:
+                time.sleep(0.01)
+            second = exchange(srv.port, head.encode() + body)
+            assert status_of(second) == 503 and b"request bodies hold" in second and b"--body-budget-mb" in second
+            first.sendall(body[1000:])
+            answer = b""
+            while chunk := first.recv(1 << 16):
+                answer += chunk
+            assert status_of(answer) == 200
+        assert status_of(exchange(srv.port, head.encode() + body)) == 200  # released: it fits now
+        assert srv.body_budget.used == 0
 
 
 # ---- JSON bodies -----------------------------------------------------------------------------------
@@ -334,7 +356,7 @@ def test_header_sizes_agree_with_the_decoder(ext, img):
 
 
 def test_decode_budget_refuses_a_decode_that_would_overrun_it():
-    budget = DecodeBudget(100, wait_s=0.05)
+    budget = MemoryBudget(100, wait_s=0.05)
     with budget.hold(80):
         with pytest.raises(UnavailableError, match="budget"):
             with budget.hold(30):

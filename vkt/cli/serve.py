@@ -30,6 +30,9 @@ def serve(
                                          "after their first byte (408 after it)."),
     decode_budget_mb: float = typer.Option(1024.0, "--decode-budget-mb", help="Memory that concurrent image decodes may "
                                            "hold, judged from the image headers; beyond it /detect waits briefly, then 503."),
+    body_budget_mb: float = typer.Option(1024.0, "--body-budget-mb", help="Memory that request bodies being read or "
+                                         "served may hold together, judged from Content-Length before reading; beyond it "
+                                         "a request waits briefly, then 503."),
     max_image_mpix: float = typer.Option(40.0, "--max-image-mpix", help="Largest image /detect decodes, in megapixels (413 above it)."),
     max_steps: int = typer.Option(100, "--max-steps", help="Most denoising steps a /generate request may ask for."),
 ) -> None:
@@ -55,6 +58,7 @@ def serve(
               ("--max-connections-per-client", max_connections_per_client, max_connections_per_client >= 1, ">= 1"),
               ("--head-timeout-s", head_timeout_s, head_timeout_s > 0, "> 0"),
               ("--decode-budget-mb", decode_budget_mb, decode_budget_mb > 0, "> 0"),
+              ("--body-budget-mb", body_budget_mb, body_budget_mb > 0, "> 0"),
               ("--max-image-mpix", max_image_mpix, max_image_mpix > 0, "> 0"), ("--max-steps", max_steps, max_steps >= 1, ">= 1")]
     for flag, value, ok, want in checks:
         if not ok:
@@ -65,7 +69,8 @@ def serve(
                           queue_size=queue_size, max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s,
                           socket_timeout_s=socket_timeout_s, head_timeout_s=head_timeout_s, max_connections=max_connections,
                           max_connections_per_client=max_connections_per_client,
-                          decode_budget_bytes=int(decode_budget_mb * 2**20), drain_timeout_s=timeout_s)
+                          decode_budget_bytes=int(decode_budget_mb * 2**20), body_budget_bytes=int(body_budget_mb * 2**20),
+                          drain_timeout_s=timeout_s)
     server = InferenceServer(models_from_bundles(bundles, backend=backend, precision=precision, threads=threads), config)
     add_task_routes(server, limits=TaskLimits(max_image_pixels=int(max_image_mpix * 1e6), max_steps=max_steps))
     # One plain line on stdout with the URL: scripts (and tests) read the port from it when --port 0.

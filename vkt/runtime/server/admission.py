@@ -10,8 +10,9 @@ client told at once can go to another replica. An idle model admits anything (it
 better), so the estimate is always relearnt. Requests are admitted after their body has arrived,
 so slow uploads do not hold a place.
 
-``DecodeBudget`` bounds the bytes that concurrent image decodes may hold (estimated from the
-image header before decoding); a decode that would overrun it waits briefly, then gets 503.
+``MemoryBudget`` bounds the bytes that concurrent image decodes (estimated from the image header
+before decoding), or request bodies (their Content-Length, before reading), may hold; a holder
+that would overrun it waits briefly, then gets 503.
 """
 
 from __future__ import annotations
@@ -100,30 +101,40 @@ class Admission:
                 self.cost_in_flight = max(0.0, self.cost_in_flight - cost)
 
 
-class DecodeBudget:
-    """Bytes that concurrent decodes may hold; one decode alone is always let through (it passed the pixel limit).
+class MemoryBudget:
+    """Bytes that concurrent holders (image decodes, request bodies) may hold; one holder alone is always let through.
 
     Args:
         limit_bytes: the budget.
-        wait_s: how long a decode waits for room before 503.
+        what: what holds it, for messages ("image decodes").
+        option: the CLI option that sets it ("--decode-budget-mb").
+        wait_s: how long a holder waits for room before 503.
     """
 
-    def __init__(self, limit_bytes: int, wait_s: float = 2.0):
+    def __init__(self, limit_bytes: int, what: str = "image decodes", option: str = "--decode-budget-mb", wait_s: float = 2.0):
         self.limit = limit_bytes
+        self.what, self.option = what, option
         self.wait_s = wait_s
         self.used = 0
         self._cond = threading.Condition()
 
-    @contextmanager
-    def hold(self, nbytes: int) -> Iterator[None]:
+    def acquire(self, nbytes: int) -> None:
+        """Take ``nbytes`` (waiting up to ``wait_s`` for room); UnavailableError (503) if there is none."""
         with self._cond:
             if not self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit, timeout=self.wait_s):
-                raise UnavailableError(f"the server is decoding {self.used / 2**20:.0f} MiB of images "
-                                       f"(budget {self.limit / 2**20:.0f} MiB, vkt serve --decode-budget-mb); retry later")
+                raise UnavailableError(f"{self.what} hold {self.used / 2**20:.0f} MiB (budget {self.limit / 2**20:.0f} MiB, "
+                                       f"vkt serve {self.option}); retry later")
             self.used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        self.acquire(nbytes)
         try:
             yield
         finally:
-            with self._cond:
-                self.used -= nbytes
-                self._cond.notify_all()
+            self.release(nbytes)

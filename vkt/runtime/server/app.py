@@ -52,7 +52,7 @@ from urllib.parse import unquote
 from vkt import __version__
 from vkt.errors import InputError, VktError
 from vkt.log import get_logger
-from vkt.runtime.server.admission import Admission, DecodeBudget
+from vkt.runtime.server.admission import Admission, MemoryBudget
 from vkt.runtime.server.batcher import DynamicBatcher
 from vkt.runtime.server.errors import MethodNotAllowedError, NotFoundError, NotReadyError
 from vkt.runtime.server.metrics import Metrics
@@ -84,6 +84,8 @@ class ServerConfig:
         max_connections: open connections (one thread each); more get 503 and are closed.
         max_connections_per_client: open connections from one client address; more get 503.
         decode_budget_bytes: memory concurrent image decodes may hold (from their headers); beyond it they wait, then 503.
+        body_budget_bytes: memory request bodies being read or served may hold together (by Content-Length, before
+            reading); beyond it they wait, then 503.
         drain_timeout_s: at shutdown, how long in-flight requests may take to finish.
         warmup: run each model once at its profile's opt shapes before listening (first calls are slow).
     """
@@ -100,6 +102,7 @@ class ServerConfig:
     max_connections: int = 256
     max_connections_per_client: int = 64
     decode_budget_bytes: int = 1 << 30
+    body_budget_bytes: int = 1 << 30
     drain_timeout_s: float = 30.0
     warmup: bool = True
 
@@ -128,7 +131,8 @@ class InferenceServer:
         self.metrics = Metrics()
         self.batchers: dict[str, DynamicBatcher] = {}
         self.admission = {m.name: Admission(m.name, config.queue_size) for m in models}
-        self.decode_budget = DecodeBudget(config.decode_budget_bytes)
+        self.decode_budget = MemoryBudget(config.decode_budget_bytes, "image decodes", "--decode-budget-mb")
+        self.body_budget = MemoryBudget(config.body_budget_bytes, "request bodies", "--body-budget-mb")
         self.routes: list[Route] = []
         self.draining = False
         self._inflight = 0

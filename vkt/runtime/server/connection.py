@@ -6,6 +6,7 @@ import socket
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from vkt.runtime.server.errors import (
@@ -14,6 +15,7 @@ from vkt.runtime.server.errors import (
     PayloadTooLargeError,
     RequestError,
     RequestTimeoutError,
+    UnavailableError,
     UnsupportedMediaError,
 )
 from vkt.runtime.server.http11 import Headers, RequestHead, parse_chunk_size
@@ -115,6 +117,8 @@ class Request:
     close: bool = False  # close the connection after the response
     linger: bool = False  # ... and drain unread input briefly first (the client may still be uploading)
     sent_continue: bool = field(default=False, repr=False)
+    budget: Any = None  # a MemoryBudget for bodies (admission.py); None: unbounded
+    held: int = 0  # bytes of it this request holds, released by release()
 
     @property
     def headers(self) -> Headers:
@@ -143,6 +147,7 @@ class Request:
                 self.close = self.linger = True  # unread body: drain a little so the client reads the 413, not a reset
                 raise PayloadTooLargeError(f"request body is {n} bytes; this server accepts at most {limit} bytes "
                                            f"({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
+            self._reserve(n)
             self._continue()
             try:
                 body = self.conn.read_exact(n, deadline)
@@ -154,6 +159,22 @@ class Request:
                 self.close = True
                 raise RequestError(f"the body ended after {len(body)} of {n} bytes (Content-Length)")
         return self._decode(body, limit)
+
+    def _reserve(self, nbytes: int) -> None:
+        """Take ``nbytes`` of the body budget before reading them (503, with the body unread, when it is spent)."""
+        if self.budget is not None and nbytes:
+            try:
+                self.budget.acquire(nbytes)
+            except UnavailableError:
+                self.close = self.linger = True
+                raise
+            self.held += nbytes
+
+    def release(self) -> None:
+        """Give back what this request holds of the body budget (the server calls it once the answer is sent)."""
+        if self.budget is not None and self.held:
+            self.budget.release(self.held)
+            self.held = 0
 
     def _continue(self) -> None:
         if self.head.expect_continue and not self.sent_continue:
@@ -175,6 +196,7 @@ class Request:
                     self.linger = True
                     raise PayloadTooLargeError(f"the chunked body is over {limit} bytes; this server accepts at most "
                                                f"{limit} bytes ({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
+                self._reserve(size)
                 chunk = self.conn.read_exact(size, deadline)
                 if len(chunk) != size:
                     raise RequestError("the connection closed in the middle of a chunk")

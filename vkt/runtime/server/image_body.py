@@ -19,7 +19,7 @@ import numpy as np
 
 from vkt.errors import InputError
 from vkt.runtime.image import to_bgr_uint8
-from vkt.runtime.server.admission import DecodeBudget
+from vkt.runtime.server.admission import MemoryBudget
 from vkt.runtime.server.errors import PayloadTooLargeError, RequestError, UnsupportedMediaError
 from vkt.runtime.server.transport import Request
 
@@ -173,10 +173,10 @@ def check_image(data: bytes, max_pixels: int) -> ImageInfo:
     return info
 
 
-def decode_image(data: bytes, max_pixels: int, budget: DecodeBudget | None = None) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int, budget: MemoryBudget | None = None) -> np.ndarray:
     """Image file bytes -> BGR uint8 ``[H, W, 3]`` (vkt.runtime.image's conversions); RequestError naming the problem."""
     info = check_image(data, max_pixels)
-    budget = budget or DecodeBudget(info.decode_bytes)
+    budget = budget or MemoryBudget(info.decode_bytes)
     with budget.hold(info.decode_bytes):
         img = _decode(data, info)
         try:

@@ -5,9 +5,9 @@ with its first byte (a client trickling a byte at a time cannot hold the thread:
 timeout alone restarts with every byte), parsed by the strict grammar of http11.py, dispatched to
 the InferenceServer's routes and answered with a JSON body (errors as ``{"error": ...}``). Every
 answer, refusals of malformed requests included, has a status line and is counted in /metrics.
-Limits that keep one client from hurting the others: the body size cap and the body's deadline
-(connection.py: 413 before reading; ``Expect: 100-continue`` answered only when the body is
-wanted), a cap on open connections in all (503) and per client address (so one host's slow
+Limits that keep one client from hurting the others: the body size cap, the body's deadline and
+a memory budget shared by the bodies in flight (connection.py: 413 or 503 before reading;
+``Expect: 100-continue`` answered only when the body is wanted), a cap on open connections in all (503) and per client address (so one host's slow
 connections cannot lock out the rest), and a brief lingering close so a client still uploading
 reads its 413 instead of a connection reset.
 """
@@ -200,7 +200,7 @@ class Handler(socketserver.BaseRequestHandler):
     def _dispatch(self, conn: Connection, head: RequestHead, t0: float) -> bool:
         """Route and answer one request; True if the connection may carry another."""
         app = self.app
-        req = Request(head, conn, {}, close=not head.keep_alive)
+        req = Request(head, conn, {}, close=not head.keep_alive, budget=getattr(app, "body_budget", None))
         route_label = "unmatched"
         extra: dict[str, str] = {}
         status = 500
@@ -237,6 +237,7 @@ class Handler(socketserver.BaseRequestHandler):
             req.close = True  # the client went away mid-response
             status = 499  # nginx's "client closed request": recorded, never sent
         finally:
+            req.release()
             app.end()
             app.metrics.request(route_label, req.model, status, time.perf_counter() - t0)
         return not req.close
