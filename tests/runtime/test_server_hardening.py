@@ -193,6 +193,21 @@ def test_bodies_share_a_memory_budget(bundle):
         assert srv.body_budget.used == 0
 
 
+def test_a_slow_upload_holds_only_what_it_sent_of_the_budget(bundle):
+    """8 MiB declared, 1 kB sent: the upload holds what it sent plus one 1 MiB read step, so 500 kB beside it is served."""
+    small = GOOD + b" " * (500_000 - len(GOOD))
+    cfg = ServerConfig(port=0, warmup=False, max_body_bytes=16 << 20, body_budget_bytes=3 << 20)
+    with InferenceServer(models_from_bundles([bundle]), cfg) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as slow:
+            slow.sendall(f"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {8 << 20}\r\n\r\n".encode()
+                         + b" " * 1000)
+            end = time.monotonic() + 10
+            while srv.body_budget.used == 0 and time.monotonic() < end:
+                time.sleep(0.01)
+            assert srv.body_budget.used <= (1 << 20) + 1000  # what it sent + one read step, not 8 MiB
+            assert status_of(exchange(srv.port, post("/v2/models/toy/infer", small, f"Content-Length: {len(small)}\r\n"))) == 200
+
+
 # ---- JSON bodies -----------------------------------------------------------------------------------
 def test_json_at_the_model_limit_nested_like_its_shape_is_accepted():
     """The pre-parse bound counts values, not arrays: the toy's largest input, nested 4 deep, still parses."""

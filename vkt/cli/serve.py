@@ -31,7 +31,7 @@ def serve(
     decode_budget_mb: float = typer.Option(1024.0, "--decode-budget-mb", help="Memory that concurrent image decodes may "
                                            "hold, judged from the image headers; beyond it /detect waits briefly, then 503."),
     body_budget_mb: float = typer.Option(1024.0, "--body-budget-mb", help="Memory that request bodies being read or "
-                                         "served may hold together, judged from Content-Length before reading; beyond it "
+                                         "served may hold together (reserved as they arrive, a MiB ahead); beyond it "
                                          "a request waits briefly, then 503."),
     max_image_mpix: float = typer.Option(40.0, "--max-image-mpix", help="Largest image /detect decodes, in megapixels (413 above it)."),
     max_steps: int = typer.Option(100, "--max-steps", help="Most denoising steps a /generate request may ask for."),

@@ -11,8 +11,9 @@ better), so the estimate is always relearnt. Requests are admitted after their b
 so slow uploads do not hold a place.
 
 ``MemoryBudget`` bounds the bytes that concurrent image decodes (estimated from the image header
-before decoding), or request bodies (their Content-Length, before reading), may hold; a holder
-that would overrun it waits briefly, then gets 503.
+before decoding), or request bodies (reserved a read step of at most 1 MiB ahead of what has
+arrived, so a slow upload holds what it sent, not what it declared), may hold; a holder that would
+overrun it waits briefly, then gets 503.
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ class ServerConfig:
         max_connections: open connections (one thread each); more get 503 and are closed.
         max_connections_per_client: open connections from one client address; more get 503.
         decode_budget_bytes: memory concurrent image decodes may hold (from their headers); beyond it they wait, then 503.
-        body_budget_bytes: memory request bodies being read or served may hold together (by Content-Length, before
-            reading); beyond it they wait, then 503.
+        body_budget_bytes: memory request bodies being read or served may hold together (reserved as they arrive,
+            a read step ahead); beyond it they wait, then 503.
         drain_timeout_s: at shutdown, how long in-flight requests may take to finish.
         warmup: run each model once at its profile's opt shapes before listening (first calls are slow).
     """

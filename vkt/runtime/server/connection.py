@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from vkt.runtime.server.errors import (
 from vkt.runtime.server.http11 import Headers, RequestHead, parse_chunk_size
 
 RECV = 1 << 16
+RECV_BODY = 1 << 20
 
 
 class Connection:
@@ -71,22 +73,37 @@ class Connection:
                 deadline = time.monotonic() + head_timeout_s
             self.buf += data
 
-    def read_exact(self, n: int, deadline: float) -> bytearray:
-        """``n`` bytes; fewer if the client closes first. TimeoutError past ``deadline``."""
-        out = bytearray(n)
-        got = min(n, len(self.buf))
-        out[:got] = self.buf[:got]
-        del self.buf[:got]
-        view = memoryview(out)
-        while got < n:
+    def read_exact(self, n: int, deadline: float, reserve: Callable[[int], None] | None = None,
+                   into: bytearray | None = None) -> bytearray:
+        """``n`` more bytes appended to ``into`` (a new buffer by default); fewer if the client closes first.
+
+        The buffer grows as bytes arrive (a client that declares 64 MiB and sends 1 kB costs 1 kB);
+        ``reserve(k)`` is called before it grows by up to ``k`` bytes (the body budget; it may raise).
+        TimeoutError past ``deadline``.
+        """
+        out = bytearray() if into is None else into
+        end = len(out) + n
+        reserved = 0  # bytes reserved ahead of what arrived, in steps of at most 1 MiB
+        while len(out) < end:
+            want = min(end - len(out), RECV_BODY)
+            if reserve is not None and reserved < want:
+                reserve(want - reserved)
+                reserved = want
+            if self.buf:
+                take = min(want, len(self.buf))
+                out += self.buf[:take]
+                del self.buf[:take]
+                reserved -= take
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
             self.sock.settimeout(min(self.timeout, left))
-            k = self.sock.recv_into(view[got:], min(n - got, 1 << 20))
-            if not k:
-                return out[:got]
-            got += k
+            chunk = self.sock.recv(want)
+            if not chunk:
+                break
+            out += chunk
+            reserved -= len(chunk)
         return out
 
     def read_line(self, limit: int, deadline: float) -> bytes:
@@ -147,10 +164,9 @@ class Request:
                 self.close = self.linger = True  # unread body: drain a little so the client reads the 413, not a reset
                 raise PayloadTooLargeError(f"request body is {n} bytes; this server accepts at most {limit} bytes "
                                            f"({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-            self._reserve(n)
             self._continue()
             try:
-                body = self.conn.read_exact(n, deadline)
+                body = self.conn.read_exact(n, deadline, self._reserve)
             except TimeoutError:
                 self.close = True
                 raise RequestTimeoutError(f"the body did not arrive within the request's deadline ({deadline_s:g} s) "
@@ -196,11 +212,10 @@ class Request:
                     self.linger = True
                     raise PayloadTooLargeError(f"the chunked body is over {limit} bytes; this server accepts at most "
                                                f"{limit} bytes ({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-                self._reserve(size)
-                chunk = self.conn.read_exact(size, deadline)
-                if len(chunk) != size:
+                got = len(body)
+                self.conn.read_exact(size, deadline, self._reserve, into=body)
+                if len(body) - got != size:
                     raise RequestError("the connection closed in the middle of a chunk")
-                body += chunk
                 if self.conn.read_line(0, deadline) != b"":
                     raise RequestError("a chunk is longer than its chunk-size line says")
         except TimeoutError:
