@@ -71,7 +71,7 @@ def test_generate_png_equals_txt2img(server, bundle):
 
 
 @pytest.mark.parametrize("body, match", [
-    (b"{not json", "malformed JSON body"),
+    (b"{not json", "malformed JSON in the body"),
     (b'{"steps": 2}', "'prompt' is required"),
     (b'{"prompt": "x", "stepz": 2}', "unknown keys ['stepz']"),
     (b'{"prompt": "x", "steps": 9}', "'steps' must be in [1, 8]"),

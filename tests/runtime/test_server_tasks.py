@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
-from vkt.runtime.server.image_body import image_header_size
+from vkt.runtime.server.image_body import image_info
 from vkt.runtime.server.tasks import TaskLimits, add_task_routes
+
+from test_server_hardening import _jpeg_claiming, _tiff_claiming, _webp_claiming  # tests/runtime is on sys.path (prepend mode)
 
 skimage = pytest.importorskip("skimage")
 DATA = Path(skimage.__file__).parent / "data"
@@ -91,16 +93,22 @@ def test_detect_jpeg_and_versioned_path(cli_server, text_detector):
 
     img = cv2.imread(str(DATA / "page.png"))
     ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    assert ok and image_header_size(jpg.tobytes()) == img.shape[:2]
+    info = image_info(jpg.tobytes())
+    assert ok and (info.height, info.width) == img.shape[:2]
     status, got, _ = post(cli_server, f"/v2/models/{TEXTDET}/versions/1/detect", jpg.tobytes(), "image/jpeg")
     assert status == 200, got
     assert got["detections"] == text_detector(cv2.imdecode(jpg, cv2.IMREAD_COLOR))[0].to_dict()["detections"]
 
 
 @pytest.mark.parametrize("path, body, ctype, code, match", [
-    (f"/v2/models/{TEXTDET}/detect", b"not an image at all", "image/png", 400, "cannot decode the body"),
+    (f"/v2/models/{TEXTDET}/detect", b"not an image at all", "image/png", 415, "not an image in an accepted format"),
     (f"/v2/models/{TEXTDET}/detect", b"", "image/png", 400, "the body is empty"),
     (f"/v2/models/{TEXTDET}/detect", png_header(50_000, 50_000), "image/png", 413, "2500000000 pixels"),
+    (f"/v2/models/{TEXTDET}/detect", b"PF\n2 2\n-1\n" + bytes(48), "image/x-portable-floatmap", 415, "PFM images are not accepted"),
+    # bombs whose size only the header tells (test_server_hardening checks that OpenCV never sees them)
+    (f"/v2/models/{TEXTDET}/detect", _jpeg_claiming(20000, 20000), "image/jpeg", 413, "20000x20000 = 400000000 pixels"),
+    (f"/v2/models/{TEXTDET}/detect", _tiff_claiming(20000, 20000), "image/tiff", 413, "20000x20000 = 400000000 pixels"),
+    (f"/v2/models/{TEXTDET}/detect", _webp_claiming(16000, 16000), "image/webp", 413, "16000x16000 = 256000000 pixels"),
     (f"/v2/models/{TEXTDET}/detect", b"--x\r\n", "multipart/form-data; boundary=x", 415, "send the image file's bytes"),
     ("/v2/models/nope/detect", b"x", "image/png", 404, "unknown model 'nope'"),
     ("/v2/models/..%2Fetc/detect", b"x", "image/png", 404, "unknown model"),

@@ -13,7 +13,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port (0: any free port, printed at start)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Most rows per backend call (capped by the profile's batch range; 1: no batching)."),
     max_queue_delay_ms: float = typer.Option(2.0, "--max-queue-delay-ms", help="How long the oldest request waits for others to batch with."),
-    queue_size: int = typer.Option(64, "--queue-size", help="Requests waiting per model; beyond it the server answers 503."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Requests admitted per model (decoding, queued or running); beyond it, or when the model's "
+                                 "current pace says a request would miss its deadline, the server answers 503 at once."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body in MiB (413 above it)."),
     timeout_s: float = typer.Option(30.0, "--timeout-s", help="Per-request deadline, arrival to result (504 after it)."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per model for onnxruntime or OpenVINO "
@@ -22,6 +23,16 @@ def serve(
     precision: str = typer.Option("fp32", help="Bundle file to serve: fp32, fp16 or int8."),
     socket_timeout_s: float = typer.Option(10.0, "--socket-timeout-s", help="Close connections silent this long (stalled clients, idle keep-alive)."),
     max_connections: int = typer.Option(256, "--max-connections", help="Open connections (one thread each); more get 503."),
+    max_connections_per_client: int = typer.Option(64, "--max-connections-per-client",
+                                                   help="Open connections from one client address; more get 503 (slow clients "
+                                                   "from one host cannot lock out the others)."),
+    head_timeout_s: float = typer.Option(10.0, "--head-timeout-s", help="Time for a request's line and headers to arrive "
+                                         "after their first byte (408 after it)."),
+    decode_budget_mb: float = typer.Option(1024.0, "--decode-budget-mb", help="Memory that concurrent image decodes may "
+                                           "hold, judged from the image headers; beyond it /detect waits briefly, then 503."),
+    body_budget_mb: float = typer.Option(1024.0, "--body-budget-mb", help="Memory that request bodies being read or "
+                                         "served may hold together (reserved as they arrive, a MiB ahead); beyond it "
+                                         "a request waits briefly, then 503."),
     max_image_mpix: float = typer.Option(40.0, "--max-image-mpix", help="Largest image /detect decodes, in megapixels (413 above it)."),
     max_steps: int = typer.Option(100, "--max-steps", help="Most denoising steps a /generate request may ask for."),
 ) -> None:
@@ -32,7 +43,8 @@ def serve(
     boxes in source pixels) for text- and object-detection bundles; POST /v2/models/NAME/generate (JSON
     prompt -> PNG) for Stable Diffusion bundles.
     Triton's clients work unchanged: tritonclient.http.InferenceServerClient("127.0.0.1:8000").
-    Overload answers 503 (nothing ran: retry), a missed deadline 504.
+    Overload answers 503 with Retry-After at once (nothing ran: retry) when the queue is full or the model's current pace
+    says the request would miss its deadline; a deadline missed anyway is 504.
     """
     from vkt.errors import InputError
     from vkt.runtime.server import InferenceServer, ServerConfig, models_from_bundles
@@ -43,6 +55,10 @@ def serve(
               ("--queue-size", queue_size, queue_size >= 1, ">= 1"), ("--max-body-mb", max_body_mb, max_body_mb > 0, "> 0"),
               ("--timeout-s", timeout_s, timeout_s > 0, "> 0"), ("--socket-timeout-s", socket_timeout_s, socket_timeout_s > 0, "> 0"),
               ("--max-connections", max_connections, max_connections >= 1, ">= 1"),
+              ("--max-connections-per-client", max_connections_per_client, max_connections_per_client >= 1, ">= 1"),
+              ("--head-timeout-s", head_timeout_s, head_timeout_s > 0, "> 0"),
+              ("--decode-budget-mb", decode_budget_mb, decode_budget_mb > 0, "> 0"),
+              ("--body-budget-mb", body_budget_mb, body_budget_mb > 0, "> 0"),
               ("--max-image-mpix", max_image_mpix, max_image_mpix > 0, "> 0"), ("--max-steps", max_steps, max_steps >= 1, ">= 1")]
     for flag, value, ok, want in checks:
         if not ok:
@@ -51,7 +67,9 @@ def serve(
         raise InputError(f"--threads must be >= 1, got {threads}")
     config = ServerConfig(host=host, port=port, max_batch_size=max_batch, max_queue_delay_us=int(max_queue_delay_ms * 1000),
                           queue_size=queue_size, max_body_bytes=int(max_body_mb * 2**20), timeout_s=timeout_s,
-                          socket_timeout_s=socket_timeout_s, max_connections=max_connections,
+                          socket_timeout_s=socket_timeout_s, head_timeout_s=head_timeout_s, max_connections=max_connections,
+                          max_connections_per_client=max_connections_per_client,
+                          decode_budget_bytes=int(decode_budget_mb * 2**20), body_budget_bytes=int(body_budget_mb * 2**20),
                           drain_timeout_s=timeout_s)
     server = InferenceServer(models_from_bundles(bundles, backend=backend, precision=precision, threads=threads), config)
     add_task_routes(server, limits=TaskLimits(max_image_pixels=int(max_image_mpix * 1e6), max_steps=max_steps))

@@ -2,7 +2,11 @@
 
 One worker thread per model takes the oldest waiting request, then gathers later requests whose
 non-batch dims and dtypes match, until the batch holds ``max_batch_size`` rows or
-``max_queue_delay_us`` has passed since the oldest one arrived (Triton's rule). The inputs are
+``max_queue_delay_us`` has passed since the oldest one arrived (Triton's rule) — and while the
+batch's input elements stay within ``max_batch_size`` rows at the profile's opt shapes, so that
+requests near the profile's max shapes (a 2048x2048 photo) run alone rather than eight at once:
+the backend's activation memory grows with the batch's elements, and onnxruntime's arena keeps
+what it grew to. The inputs are
 concatenated along axis 0, run once, and each output is split back by rows. Incompatible requests
 keep their place in the queue for a later batch.
 
@@ -40,6 +44,7 @@ class Ticket:
     feed: Mapping[str, np.ndarray]
     rows: int
     key: tuple
+    elements: int
     deadline: float  # time.monotonic() seconds
     enqueued: float
     future: Future = field(default_factory=Future)
@@ -74,6 +79,7 @@ class DynamicBatcher:
         if self.axis and self.spec.profiles:
             cap = min(cap, max(p.axes[self.axis][2] for p in self.spec.profiles if self.axis in p.axes))
         self.max_batch_size = max(1, cap)
+        self.max_elements = self._opt_elements() * self.max_batch_size if self.spec.profiles else None
         self.delay = max_queue_delay_us / 1e6
         self.queue_size = queue_size
         self.on_batch = on_batch
@@ -98,7 +104,8 @@ class DynamicBatcher:
         # Requests batch together when everything but the batch dim agrees.
         key = tuple((k, v.dtype.str, v.shape[1:] if self.axis else v.shape) for k, v in sorted(feed.items()))
         now = time.monotonic()
-        ticket = Ticket(feed=feed, rows=rows, key=key, deadline=now + timeout_s, enqueued=now)
+        ticket = Ticket(feed=feed, rows=rows, key=key, elements=sum(int(v.size) for v in feed.values()),
+                        deadline=now + timeout_s, enqueued=now)
         with self._cond:
             if self._closed:
                 raise UnavailableError(f"model {self.name!r} is shutting down; send the request to another replica")
@@ -142,6 +149,18 @@ class DynamicBatcher:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def _opt_elements(self) -> int:
+        """Input elements of one row at the largest profile's opt shapes."""
+        best = 0
+        for p in self.spec.profiles:
+            n = 0
+            for t in self.spec.inputs:
+                opt = p.shapes(t)[1]
+                rows = opt[0] if self.axis and opt else 1
+                n += int(np.prod(opt)) // max(1, rows)
+            best = max(best, n)
+        return max(1, best)
+
     # ---- worker thread -------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -163,18 +182,20 @@ class DynamicBatcher:
                     return None
                 self._cond.wait()
             first = self._queue.popleft()
-            batch, rows = [first], first.rows
+            batch, rows, elements = [first], first.rows, first.elements
             if self.max_batch_size == 1:
                 return batch
+            room = self.max_elements if self.max_elements is not None else float("inf")
             flush_at = first.enqueued + self.delay
-            while rows < self.max_batch_size:
+            while rows < self.max_batch_size and elements < room:
                 for t in list(self._queue):
-                    if t.key == first.key and rows + t.rows <= self.max_batch_size:
+                    if t.key == first.key and rows + t.rows <= self.max_batch_size and elements + t.elements <= room:
                         self._queue.remove(t)
                         batch.append(t)
                         rows += t.rows
+                        elements += t.elements
                 left = flush_at - time.monotonic()
-                if rows >= self.max_batch_size or left <= 0 or self._closed:
+                if rows >= self.max_batch_size or elements + first.elements > room or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
             return batch

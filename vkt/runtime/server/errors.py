@@ -44,9 +44,27 @@ class PayloadTooLargeError(RequestError):
 
 
 class UnsupportedMediaError(RequestError):
-    """A Content-Encoding the server cannot decode (HTTP 415)."""
+    """A Content-Encoding or image format the server does not take (HTTP 415)."""
 
     status = 415
+
+
+class HeadersTooLargeError(RequestError):
+    """The request head is longer, or has more header lines, than the server reads (HTTP 431)."""
+
+    status = 431
+
+
+class NotImplementedByServerError(RequestError):
+    """A method or transfer coding the server does not implement (HTTP 501)."""
+
+    status = 501
+
+
+class VersionNotSupportedError(RequestError):
+    """An HTTP version other than 1.x (HTTP 505)."""
+
+    status = 505
 
 
 class UnavailableError(VktError):
@@ -56,6 +74,10 @@ class UnavailableError(VktError):
     """
 
     status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotReadyError(VktError):

@@ -32,7 +32,8 @@ class ServedModel:
         runner: the Runner; the server activates it and deactivates it at shutdown.
         version: the one version served (KServe URLs may name it).
         platform: Triton platform string for metadata/config (``onnxruntime_onnx`` | ``tensorrt_plan``).
-        info: extra facts for the config's ``parameters`` (family, task, backend, precision, bundle).
+        info: extra facts for the config's ``parameters`` (family, task, backend, precision, bundle name).
+        bundle_root: the bundle's folder (task endpoints load it); never shown to clients.
     """
 
     name: str
@@ -40,6 +41,7 @@ class ServedModel:
     version: str = "1"
     platform: str = "onnxruntime_onnx"
     info: dict[str, str] = field(default_factory=dict)
+    bundle_root: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not MODEL_NAME.match(self.name):
@@ -49,6 +51,23 @@ class ServedModel:
     @property
     def spec(self) -> ExportSpec:
         return self.runner.spec
+
+    @property
+    def max_values(self) -> int | None:
+        """The most tensor values one request's inputs can hold (static dims, profile maxima); None if unbounded."""
+        spec = self.spec
+        total = 0
+        for t in spec.inputs:
+            n = 1
+            for d in t.shape:
+                if isinstance(d, str):
+                    tops = [p.axes[d][2] for p in spec.profiles if d in p.axes]
+                    if not tops:
+                        return None
+                    d = max(tops)
+                n *= d
+            total += n
+        return total
 
     # ---- request validation (HTTP thread, before queueing) --------------------------------
     def validate(self, req: InferRequest) -> None:
@@ -118,16 +137,30 @@ def models_from_bundles(paths: Sequence[str | os.PathLike], backend: str = "ort"
     models: list[ServedModel] = []
     for p in paths:
         bundle = Bundle.load(p)
+        _check_inside(bundle)
         comps = bundle.components
         for comp in comps:
             name = bundle.name if len(comps) == 1 else f"{bundle.name}-{comp}"
             runner = make_runner(bundle, backend=backend, precision=precision, component=comp, threads=threads)
-            info = {"vkt_bundle": str(bundle.root), "vkt_family": bundle.family, "vkt_task": bundle.task,
+            info = {"vkt_bundle": bundle.name, "vkt_family": bundle.family, "vkt_task": bundle.task,
                     "vkt_component": comp, "backend": backend, "precision": precision}
-            models.append(ServedModel(name=name, runner=runner, platform=PLATFORMS.get(backend, "onnxruntime_onnx"), info=info))
+            models.append(ServedModel(name=name, runner=runner, platform=PLATFORMS.get(backend, "onnxruntime_onnx"), info=info,
+                                      bundle_root=str(bundle.root)))
     names = [m.name for m in models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(f"two bundles would be served under the same model name(s) {dup}; "
                          "give them different folder names or manifest names")
     return models
+
+
+def _check_inside(bundle: Any) -> None:
+    """Refuse a bundle whose files resolve outside its folder (a symlink to elsewhere): a server reads only its bundles."""
+    from vkt.errors import BundleError
+
+    root = bundle.root.resolve()
+    for e in bundle.files():
+        target = (bundle.root / e.path).resolve()
+        if not target.is_relative_to(root):
+            raise BundleError(f"bundle {bundle.name!r}: file {e.path!r} links outside the bundle folder; "
+                              "vkt serve reads only files inside it (copy the file in instead of linking it)")

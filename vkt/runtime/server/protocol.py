@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from vkt.runtime.server.errors import RequestError
+from vkt.runtime.server.errors import PayloadTooLargeError, RequestError
 
 # KServe v2 datatype <-> numpy dtype name (the names vkt.specs uses).
 DATATYPES: dict[str, str] = {
@@ -28,6 +29,8 @@ DATATYPES: dict[str, str] = {
 }
 DTYPE_TO_DATATYPE = {v: k for k, v in DATATYPES.items()}
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 64  # numpy's limit on array rank
+JSON_SLACK = 1024  # values allowed beyond the model's inputs (ids, parameters, outputs lists)
 
 
 # ---- datatypes ----------------------------------------------------------------------------------
@@ -85,19 +88,32 @@ def parse_header_length(value: str | None, body_len: int) -> int | None:
     return n
 
 
-def parse_infer_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an infer request body (JSON, or JSON header + binary tensors) into numpy arrays.
-
-    Raises RequestError (400) naming the offending input and what was expected.
-    """
-    head, blob = (body, b"") if header_length is None else (body[:header_length], memoryview(body)[header_length:])
+def loads(text: bytes | str, what: str = "the body") -> Any:
+    """Strict JSON: NaN/Infinity, integer literals past Python's 4,300 digits and deep nesting are 400s, not 500s."""
     try:
-        req = json.loads(head)
+        return json.loads(text, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        what = "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body"
         raise RequestError(f"malformed JSON in {what}: {e}") from None
     except RecursionError:  # "[[[[..." thousands deep: the decoder's recursion limit, not a server fault
-        raise RequestError("the JSON nests too deeply; tensor 'data' should be flat or nested like its shape") from None
+        raise RequestError(f"the JSON in {what} nests too deeply; tensor 'data' should be flat or nested like its shape") from None
+    except ValueError as e:  # int("9" * 5000): sys.get_int_max_str_digits
+        raise RequestError(f"malformed JSON in {what}: {str(e)[:120]}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(f"{name} is not a JSON number; send finite numbers (or the binary tensor extension for NaN/Inf)")
+
+
+def parse_infer_request(body: bytes, header_length: int | None = None, max_values: int | None = None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors) into numpy arrays.
+
+    ``max_values``: the most tensor values the model's inputs can hold (None: no bound); a JSON text
+    that could hold more is refused (413) before it is parsed, since parsed JSON numbers cost ~10x
+    their text in memory. Raises RequestError (400) naming the offending input and what was expected.
+    """
+    head, blob = (body, b"") if header_length is None else (body[:header_length], memoryview(body)[header_length:])
+    _check_value_count(head, max_values)
+    req = loads(head, "the JSON header (first Inference-Header-Content-Length bytes)" if header_length else "the body")
     if not isinstance(req, dict):
         raise RequestError(f"the request must be a JSON object with an 'inputs' list, got {type(req).__name__}")
     params = req.get("parameters") or {}
@@ -173,6 +189,31 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
                         id=rid, timeout_us=timeout or None, parameters=params)
 
 
+SHAPE = re.compile(rb'"shape"\s*:\s*\[([0-9,\s]*)\]')
+
+
+def _check_value_count(head: bytes, max_values: int | None) -> None:
+    """Refuse JSON text that holds more numbers than the declared shapes (and the model) take, before parsing it.
+
+    The values in a JSON text number at most its commas + 1 (nested lists included), counted at C speed;
+    the declared shapes are read with a regex (a "shape" inside a string only raises the bound).
+    """
+    bound = head.count(b",") + 1
+    if bound <= JSON_SLACK:
+        return
+    declared = 0
+    for m in SHAPE.finditer(head):
+        dims = [d for d in m.group(1).replace(b" ", b"").split(b",") if d]
+        if len(dims) > MAX_DIMS or any(len(d) > 12 for d in dims):
+            return  # refused with a clear message once parsed
+        declared += math.prod(int(d) for d in dims)
+    limit = declared if max_values is None else min(declared, max_values)
+    if bound > limit + JSON_SLACK:
+        raise PayloadTooLargeError(f"the JSON holds up to {bound} values but its shapes declare {declared}"
+                                   + ("" if max_values is None else f" and the model's inputs take at most {max_values}")
+                                   + "; send as many values as the shapes need")
+
+
 def _tensor_header(t: Any, where: str) -> tuple[str, np.dtype, tuple[int, ...], dict]:
     if not isinstance(t, dict):
         raise RequestError(f"{where} must be an object with name, shape, datatype, got {_short(t)}")
@@ -180,6 +221,8 @@ def _tensor_header(t: Any, where: str) -> tuple[str, np.dtype, tuple[int, ...], 
     if not isinstance(name, str) or not name:
         raise RequestError(f"{where}: 'name' must be a non-empty string, got {_short(name)}")
     shape = t.get("shape")
+    if isinstance(shape, list) and len(shape) > MAX_DIMS:
+        raise RequestError(f"input {name!r}: 'shape' has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if (not isinstance(shape, list)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers, got {_short(shape)}")

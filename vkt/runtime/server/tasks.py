@@ -2,7 +2,7 @@
 
 Endpoints (registered by :func:`add_task_routes` for the bundles that have a task)::
 
-    POST /v2/models/<m>/detect     body: the image file's bytes (PNG, JPEG, BMP, TIFF, WebP, PPM/PGM...),
+    POST /v2/models/<m>/detect     body: the image file's bytes (PNG, JPEG, BMP, TIFF, WebP, PPM/PGM; others 415),
                                    Content-Type image/* or application/octet-stream
         text-detection   -> {"model_name", "model_version", "task", "image_size": {height, width},
                              "input_size": {height, width},
@@ -23,13 +23,14 @@ components' calls routed through their batchers; one generation runs at a time p
 scheduler keeps per-generation state), ``max_waiting`` more may wait, the next gets 503.
 
 Limits: the body limit of the server (413); images above ``max_image_pixels`` (413, judged from
-the PNG/JPEG/GIF/BMP header before decoding, so a small file cannot expand into gigabytes);
+the file header before decoding, for every accepted format — image_body.py — so a small file
+cannot expand into gigabytes); concurrent decodes within the server's memory budget; admission by
+expected wait (503 at once when the model cannot answer within the deadline);
 ``steps`` up to ``max_steps``; sizes and batch within the bundle's profiles (400).
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,9 +43,10 @@ import numpy as np
 from vkt.errors import InputError
 from vkt.log import get_logger
 from vkt.runtime.base import Runner
-from vkt.runtime.image import Preprocessor
+from vkt.runtime.image import Preprocessor, resized_size
 from vkt.runtime.server.errors import DeadlineError, NotFoundError, RequestError, UnavailableError
-from vkt.runtime.server.image_body import check_image_content_type, decode_image
+from vkt.runtime.server.image_body import check_image, check_image_content_type, decode_image
+from vkt.runtime.server.protocol import loads
 from vkt.runtime.server.transport import Request, Response, clip, json_response
 
 log = get_logger(__name__)
@@ -90,6 +92,11 @@ class TextDetectTask:
         """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
         return self.detections(img, infer).to_dict()
 
+    def cost(self, height: int, width: int) -> int:
+        """Elements of the model input for an image of this size (admission control weighs requests by it)."""
+        h, w = resized_size(height, width, self.pre.resize, self.pre.max_side)
+        return 3 * h * w
+
     def detections(self, img: np.ndarray, infer: Infer) -> Any:
         """vkt.runtime.textdet.Detections (float32 polygons in source pixels) of one BGR uint8 image."""
         from vkt.runtime.textdet import db_postprocess, input_meta
@@ -124,6 +131,11 @@ class ObjectDetectTask:
     def __call__(self, img: np.ndarray, infer: Infer) -> dict[str, Any]:
         """JSON-ready detections of one BGR uint8 image; ``infer(feed) -> outputs`` runs the model."""
         return self.detections(img, infer).to_dict()
+
+    def cost(self, height: int, width: int) -> int:
+        """Elements of the model input for an image of this size (admission control weighs requests by it)."""
+        h, w = resized_size(height, width, self.pre.resize, self.pre.max_side)
+        return 3 * h * w * self.static_batch
 
     def detections(self, img: np.ndarray, infer: Infer) -> Any:
         """vkt.runtime.detection.Detections (xyxy float32 boxes in source pixels) of one BGR uint8 image."""
@@ -198,10 +210,7 @@ class GenerateTask:
         self._count = threading.Lock()
 
     def parse(self, body: bytes) -> dict[str, Any]:
-        try:
-            req = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise RequestError(f"malformed JSON body: {e}; expected {{\"prompt\": \"...\", \"steps\": 20, ...}}") from None
+        req = loads(body)
         if not isinstance(req, dict):
             raise RequestError(f"the body must be a JSON object with a 'prompt', got {type(req).__name__}")
         unknown = sorted(set(req) - set(GENERATE_KEYS))
@@ -277,14 +286,17 @@ class TaskRoutes:
         # 2. Read and decode the image.
         cfg = self.server.config
         deadline = time.monotonic() + cfg.timeout_s
+        self.server.admission[model.name].check(cfg.timeout_s)  # overloaded: 503 before the upload, not after it
         body = req.body(cfg.max_body_bytes, cfg.timeout_s)
         batcher = self.server.batchers[model.name]
-        if batcher.depth >= batcher.queue_size:  # refuse before decoding: overload should cost little
-            raise UnavailableError(f"model {model.name!r} is overloaded: its queue holds {batcher.depth} requests "
-                                   f"(--queue-size {batcher.queue_size}); retry later")
-        img = decode_image(body, self.limits.max_image_pixels)
-        # 3. Pre-process, run through the batcher (which refuses too if the queue filled meanwhile), post-process.
-        result = task(img, lambda feed: batcher.infer(feed, max(0.0, deadline - time.monotonic())))
+        # 3. The image's size from its header (415/400/413 before anything is decoded); admit by expected wait
+        #    (overload should cost little), decode within the memory budget, pre-process, run through the batcher,
+        #    post-process.
+        info = check_image(body, self.limits.max_image_pixels)
+        with self.server.admission[model.name].admit(max(0.0, deadline - time.monotonic()), task.cost(info.height, info.width)):
+            img = decode_image(body, self.limits.max_image_pixels, self.server.decode_budget)
+            del body
+            result = task(img, lambda feed: batcher.infer(feed, max(0.0, deadline - time.monotonic())))
         return json_response({"model_name": model.name, "model_version": model.version, "task": task.task, **result})
 
     def _generate(self, req: Request) -> Response:
@@ -314,7 +326,7 @@ def add_task_routes(server: Any, bundles: Sequence[Any] | None = None, limits: T
     Args:
         server: an InferenceServer (not yet started or started: routes are looked up per request).
         bundles: the served ``vkt.bundle.Bundle`` objects; None: loaded (unverified, already checked)
-            from each served model's ``info["vkt_bundle"]`` (as ``models_from_bundles`` records it).
+            from each served model's ``bundle_root`` (as ``models_from_bundles`` records it).
         limits: TaskLimits.
     Text-detection bundles get /detect with polygons, object-detection bundles /detect with boxes,
     Stable Diffusion bundles (components text_encoder, unet, vae_decoder served as
@@ -324,11 +336,11 @@ def add_task_routes(server: Any, bundles: Sequence[Any] | None = None, limits: T
 
     routes = TaskRoutes(server, limits)
     if bundles is None:
-        roots = sorted({m.info["vkt_bundle"] for m in server.models.values() if "vkt_bundle" in m.info})
+        roots = sorted({m.bundle_root for m in server.models.values() if m.bundle_root})
         bundles = [Bundle.load(r, verify=False) for r in roots]
     by_root = {str(b.root): b for b in bundles}
     for m in server.models.values():
-        b = by_root.get(m.info.get("vkt_bundle", ""))
+        b = by_root.get(m.bundle_root)
         if b is None:
             continue
         if b.task == "text-detection":

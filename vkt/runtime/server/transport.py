@@ -1,163 +1,137 @@
-"""HTTP transport: the connection handler, the threaded server with its limits, and bounded body reading.
+"""HTTP transport: the threaded server with its connection caps, and the handler that reads, routes and answers requests.
 
-One thread per connection (keep-alive); each request is parsed by http.server, dispatched to the
-InferenceServer's routes, and answered with a JSON body (errors as ``{"error": ...}``). The limits
-that keep one client from hurting the others live here: the body size cap (413, checked before
-reading, also on ``Expect: 100-continue``), a per-connection socket timeout plus an overall
-deadline for the body (slow or stalled clients), a cap on open connections (503), and a brief
-lingering close so a client still uploading reads its 413 instead of a connection reset.
+One thread per connection (keep-alive). Each request head is read under a deadline that starts
+with its first byte (a client trickling a byte at a time cannot hold the thread: the socket
+timeout alone restarts with every byte), parsed by the strict grammar of http11.py, dispatched to
+the InferenceServer's routes and answered with a JSON body (errors as ``{"error": ...}``). Every
+answer, refusals of malformed requests included, has a status line and is counted in /metrics.
+Limits that keep one client from hurting the others: the body size cap, the body's deadline and
+a memory budget shared by the bodies in flight (connection.py: 413 or 503 before reading;
+``Expect: 100-continue`` answered only when the body is wanted), a cap on open connections in all (503) and per client address (so one host's slow
+connections cannot lock out the rest), and a brief lingering close so a client still uploading
+reads its 413 instead of a connection reset.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import socketserver
 import threading
 import time
-import zlib
+from collections import Counter
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 from vkt import __version__
 from vkt.errors import VktError
 from vkt.log import get_logger
-from vkt.runtime.server.errors import (
-    LengthRequiredError,
-    PayloadTooLargeError,
-    RequestError,
-    RequestTimeoutError,
-    UnavailableError,
-    UnsupportedMediaError,
-    error_body,
-    status_of,
-)
+from vkt.runtime.server.connection import RECV, Connection, Request
+from vkt.runtime.server.errors import NotImplementedByServerError, RequestError, UnavailableError, error_body, status_of
+from vkt.runtime.server.http11 import RequestHead, parse_head
 
 log = get_logger(__name__)
+SERVER = f"vkt/{__version__}"
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}  # others: 501
+__all__ = ["Connection", "HTTPServer", "Handler", "Request", "Response", "TransportLimits", "clip", "json_response"]
 
 
-@dataclass
-class Request:
-    """What a route handler sees: the path parameters, the headers and a bounded body reader."""
+@dataclass(frozen=True)
+class TransportLimits:
+    """Per-connection limits.
 
-    handler: BaseHTTPRequestHandler
-    params: dict[str, str]
-    model: str = ""  # set once the model name is known to be served (a metrics label)
-    body_read: bool = False
+    Args:
+        socket_timeout_s: a connection silent this long is closed (idle keep-alive, stalled reads).
+        head_timeout_s: the whole request head must arrive within this many seconds of its first byte (408 after).
+        max_head_bytes: request line + headers; 431 above it.
+        max_connections: open connections in all (one thread each); more get 503 and are closed.
+        max_connections_per_client: open connections from one client address; more get 503.
+    """
 
-    @property
-    def headers(self) -> Any:
-        return self.handler.headers
-
-    def body(self, limit: int, deadline_s: float) -> bytes:
-        """The request body, decompressed if the client sent gzip/deflate; 411/413/408/415 as due.
-
-        The whole body must arrive within ``deadline_s``: the socket timeout alone would let a
-        client trickling a byte at a time hold its thread indefinitely.
-        """
-        deadline = time.monotonic() + deadline_s
-        h = self.handler
-        self.body_read = True
-        if h.headers.get("Transfer-Encoding"):
-            h.close_connection = True
-            raise LengthRequiredError("chunked Transfer-Encoding is not supported; send the body with a Content-Length header")
-        raw = h.headers.get("Content-Length")
-        if raw is None:
-            h.close_connection = True
-            raise LengthRequiredError(f"{h.command} {urlsplit(h.path).path} needs a Content-Length header")
-        try:
-            n = int(raw)
-            if n < 0:
-                raise ValueError
-        except ValueError:
-            h.close_connection = True
-            raise RequestError(f"Content-Length must be a non-negative integer, got {raw!r}") from None
-        if n > limit:
-            h.close_connection = True  # the body stays unread: this connection cannot carry another request
-            h.linger = True  # ... but drain a little before closing, so the client reads the 413 rather than a reset
-            raise PayloadTooLargeError(f"request body is {n} bytes; this server accepts at most {limit} bytes "
-                                       f"({limit / 2**20:.3g} MiB, vkt serve --max-body-mb)")
-        body = self._read(n, deadline)
-        if len(body) != n:
-            h.close_connection = True
-            raise RequestError(f"the body ended after {len(body)} of {n} bytes (Content-Length)")
-        enc = (h.headers.get("Content-Encoding") or "identity").strip().lower()
-        if enc == "identity":
-            return body
-        if enc not in ("gzip", "deflate"):
-            raise UnsupportedMediaError(f"Content-Encoding {enc!r} is not supported; expected gzip, deflate or identity")
-        d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)  # deflate here means zlib-wrapped, as HTTP defines it
-        try:
-            out = d.decompress(body, limit + 1)  # bounded: a small bomb cannot expand past the limit
-        except zlib.error as e:
-            raise RequestError(f"the {enc} body does not decompress: {e}") from None
-        if len(out) > limit:
-            raise PayloadTooLargeError(f"the {enc} body decompresses to more than {limit} bytes, this server's limit")
-        if not d.eof:
-            raise RequestError(f"the {enc} body is truncated")
-        return out
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        h = self.handler
-        chunks, got = [], 0
-        try:
-            while got < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                chunk = h.rfile.read1(min(n - got, 1 << 20))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-        except TimeoutError:
-            h.close_connection = True
-            raise RequestTimeoutError(f"the client sent {got} of {n} body bytes, then stalled past the socket "
-                                      f"timeout ({h.timeout} s) or the request's deadline") from None
-        return b"".join(chunks)
+    socket_timeout_s: float = 10.0
+    head_timeout_s: float = 10.0
+    max_head_bytes: int = 32 << 10
+    max_connections: int = 256
+    max_connections_per_client: int = 64
 
 
 Response = tuple[int, bytes, dict[str, str]]  # status, body, extra headers (Content-Type defaults to JSON)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
-    return status, json.dumps(obj, separators=(",", ":")).encode(), {}
+    return status, json.dumps(obj, separators=(",", ":"), allow_nan=False).encode(), {}
 
 
 def clip(s: str, n: int = 100) -> str:
     return s if len(s) <= n else s[:n] + "…"
 
 
-class HTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a deep backlog, a connection cap and a registry of open connections."""
+_date_cache: list = [0, ""]
+
+
+def http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+def response_bytes(status: int, body: bytes, headers: dict[str, str], close: bool, head_only: bool = False) -> bytes:
+    """The status line, headers and body of one response."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [f"HTTP/1.1 {status} {phrase}", f"Server: {SERVER}", f"Date: {http_date()}",
+             f"Content-Type: {headers.pop('Content-Type', 'application/json')}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if close:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only or not body else head + body
+
+
+class HTTPServer(socketserver.ThreadingTCPServer):
+    """Threaded TCP server with a deep backlog and caps on open connections, in all and per client address."""
 
     daemon_threads = True  # stop() drains and closes connections itself
     block_on_close = False
+    allow_reuse_address = True
     request_queue_size = 1024  # socketserver's default of 5 resets connections under a burst of clients
 
-    def __init__(self, addr: tuple[str, int], handler: type, max_connections: int):
-        self.max_connections = max_connections
-        self._conns: set[socket.socket] = set()
+    def __init__(self, addr: tuple[str, int], handler: type, limits: TransportLimits, on_refused: Any = None):
+        self.limits = limits
+        self.on_refused = on_refused  # callback(status) for connections refused here (metrics)
+        self._conns: dict[socket.socket, str] = {}
+        self._per_client: Counter[str] = Counter()
         self._lock = threading.Lock()
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6  # e.g. --host ::1
         super().__init__(addr, handler)
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
+        ip = client_address[0]
+        lim = self.limits
         with self._lock:
-            full = len(self._conns) >= self.max_connections
-            if not full:
-                self._conns.add(request)
-        if full:
-            body = error_body(f"too many open connections (max {self.max_connections}); retry later")
-            head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                    "Retry-After: 1\r\nConnection: close\r\n\r\n").encode()
+            if len(self._conns) >= lim.max_connections:
+                why = f"too many open connections (max {lim.max_connections}); retry later"
+            elif self._per_client[ip] >= lim.max_connections_per_client:
+                why = (f"too many open connections from {ip} (max {lim.max_connections_per_client} per client, "
+                       "vkt serve --max-connections-per-client); retry later")
+            else:
+                why = ""
+                self._conns[request] = ip
+                self._per_client[ip] += 1
+        if why:
             try:
                 request.settimeout(1.0)
-                request.sendall(head + body)
+                request.sendall(response_bytes(503, error_body(why), {"Retry-After": "1"}, close=True))
             except OSError:
                 pass
+            if self.on_refused is not None:
+                self.on_refused(503)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -167,7 +141,11 @@ class HTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             with self._lock:
-                self._conns.discard(request)
+                ip = self._conns.pop(request, None)
+                if ip is not None:
+                    self._per_client[ip] -= 1
+                    if not self._per_client[ip]:
+                        del self._per_client[ip]
 
     def close_connections(self) -> None:
         """Wake every connection thread (idle keep-alive ones block in recv) so that it exits."""
@@ -183,117 +161,96 @@ class HTTPServer(ThreadingHTTPServer):
         log.exception("error on connection from %s", client_address)
 
 
-class Handler(BaseHTTPRequestHandler):
-    """One connection: parses requests (keep-alive), dispatches them to the server's routes, answers JSON."""
+class Handler(socketserver.BaseRequestHandler):
+    """One connection: reads request heads under a deadline, dispatches them (keep-alive), answers JSON."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient reuses connections
-    disable_nagle_algorithm = True  # keep-alive replies otherwise wait on delayed ACKs: 351 -> 2,771 req/s (app.py)
-    server_version = f"vkt/{__version__}"
-    sys_version = ""
     app: Any  # the InferenceServer: match(), begin()/end(), draining, metrics, config
-    timeout: float
+    limits: TransportLimits
     linger = False
 
-    def handle_expect_100(self) -> bool:
-        """Answer 413 before the client uploads an oversized body (curl sends Expect for bodies > 1 MB)."""
-        limit = self.app.config.max_body_bytes
-        n = self.headers.get("Content-Length", "")
-        if n.isdigit() and int(n) > limit:
-            self.close_connection = True
-            self._send(413, error_body(f"request body is {n} bytes; this server accepts at most {limit} bytes"), {})
-            return False
-        return super().handle_expect_100()
+    def setup(self) -> None:
+        # Keep-alive replies otherwise wait on delayed ACKs: 351 -> 2,771 req/s (app.py).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def finish(self) -> None:
-        super().finish()
-        if self.linger:
-            # Closing with unread data makes the kernel send RST, which can destroy the 413 we just
-            # sent before the client reads it. Half-close, then discard input briefly (bounded).
+    def handle(self) -> None:
+        conn = Connection(self.request, self.limits.socket_timeout_s)
+        while True:
+            t0 = time.perf_counter()
             try:
-                self.connection.shutdown(socket.SHUT_WR)
-                self.connection.settimeout(0.2)
-                end = time.monotonic() + 1.0
-                while time.monotonic() < end and self.connection.recv(1 << 16):
-                    pass
+                raw = conn.read_head(self.limits.max_head_bytes, self.limits.head_timeout_s)
+                if raw is None:
+                    return
+                head = parse_head(raw)
+            except RequestError as e:  # malformed or late head: answer, count, and close (framing is lost)
+                self._refuse(status_of(e), str(e), t0)
+                return
             except OSError:
-                pass
+                return
+            if not self._dispatch(conn, head, t0):
+                return
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    def _refuse(self, status: int, message: str, t0: float) -> None:
+        self.linger = True  # the client may still be sending the rest of its request
+        try:
+            self.request.sendall(response_bytes(status, error_body(message), {}, close=True))
+        except OSError:
+            status = 499
+        self.app.metrics.request("http", "", status, time.perf_counter() - t0)
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
+    def _dispatch(self, conn: Connection, head: RequestHead, t0: float) -> bool:
+        """Route and answer one request; True if the connection may carry another."""
         app = self.app
-        t0 = time.perf_counter()
-        req = Request(self, {})
+        req = Request(head, conn, {}, close=not head.keep_alive, budget=getattr(app, "body_budget", None))
         route_label = "unmatched"
         extra: dict[str, str] = {}
+        status = 500
         app.begin()
         try:
             try:
-                route, req.params = app.match(method, urlsplit(self.path).path)
+                if head.method not in METHODS:
+                    raise NotImplementedByServerError(f"method {clip(head.method, 20)!r} is not supported; use GET or POST")
+                route, req.params = app.match(head.method, req.path)
                 route_label = route.label
                 if app.draining:
-                    self.close_connection = True
+                    req.close = True
                     if route_label not in ("live", "ready", "model_ready"):  # probes still get their answer
                         raise UnavailableError("the server is shutting down; send the request to another replica")
                 status, body, extra = route.fn(req)
             except VktError as e:
                 status, body = status_of(e), error_body(str(e))
+                if status == 503:
+                    extra = {"Retry-After": str(max(1, round(getattr(e, "retry_after_s", 1.0))))}
                 if status == 500:  # the backend failed on valid input: worth a line; 503/504 are load, not faults
-                    log.warning("%s %s -> 500: %s", method, clip(self.path), e)
+                    log.warning("%s %s -> 500: %s", head.method, clip(head.target), e)
                 elif status > 500:
-                    log.debug("%s %s -> %d: %s", method, clip(self.path), status, e)
+                    log.debug("%s %s -> %d: %s", head.method, clip(head.target), status, e)
             except Exception as e:  # a bug: answer 500, keep serving
-                log.exception("%s %s failed", method, clip(self.path))
+                log.exception("%s %s failed", head.method, clip(head.target))
                 status, body = 500, error_body(f"internal error ({type(e).__name__}: {e})")
-            if status == 503:
-                extra = {**extra, "Retry-After": "1"}
-            if self.headers.get("Content-Length", "0") not in ("0", "") and not req.body_read:
-                self.close_connection = True  # an unread body would be parsed as the next request
-            self._send(status, body, extra)
+            if head.has_body and not req.body_read:
+                # An unread body would be parsed as the next request: close, but drain it briefly first so
+                # that a client still sending it reads this answer instead of a connection reset.
+                req.close = req.linger = True
+            self.linger = req.linger
+            conn.sock.sendall(response_bytes(status, body, dict(extra), req.close, head_only=head.method == "HEAD"))
         except OSError:
-            self.close_connection = True  # the client went away mid-response
+            req.close = True  # the client went away mid-response
             status = 499  # nginx's "client closed request": recorded, never sent
         finally:
+            req.release()
             app.end()
             app.metrics.request(route_label, req.model, status, time.perf_counter() - t0)
+        return not req.close
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, oversized headers, unknown method) as JSON too."""
-        self.close_connection = True
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        msg = message or phrase
-        if code == 501:
-            msg = f"method {self.command!r} is not supported; use GET or POST"
-        try:
-            self._send(code, error_body(msg), {})
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("%s %s", self.address_string(), format % args)
-
+    def finish(self) -> None:
+        if self.linger:
+            # Closing with unread data makes the kernel send RST, which can destroy the answer we just
+            # sent before the client reads it. Half-close, then discard input briefly (bounded).
+            try:
+                self.request.shutdown(socket.SHUT_WR)
+                self.request.settimeout(0.2)
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end and self.request.recv(RECV):
+                    pass
+            except OSError:
+                pass
