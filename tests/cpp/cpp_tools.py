@@ -40,7 +40,8 @@ def build_vkt_cpp(build: Path, *extra: str) -> Path:
     ov = openvino_cmake_dir()
     if ov is None:
         pytest.skip("needs the openvino wheel (its C++ headers and CMake config) to build cpp/: pip install openvino")
-    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    # A folder configured before (e.g. by .ci/run) keeps its generator; a new one takes Ninja where there is one.
+    gen = ["-G", "Ninja"] if shutil.which("ninja") and not (build / "CMakeCache.txt").exists() else []
     conf = subprocess.run(["cmake", "-S", str(SRC), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
                            f"-DOpenVINO_DIR={ov}", *extra], capture_output=True, text=True, timeout=300, check=False)
     if conf.returncode != 0:
