@@ -34,7 +34,8 @@ class Engine {
 public:
     explicit Engine(ModelSpec spec) : spec_(std::move(spec)) {}
     virtual ~Engine() = default;
-    virtual std::unique_ptr<Session> session() = 0;  // thread-safe; use each Session from one thread at a time
+    // Thread-safe. Use each Session from one thread at a time, and let none outlive its Engine.
+    virtual std::unique_ptr<Session> session() = 0;
     const ModelSpec& spec() const { return spec_; }
 
 protected:
