@@ -4,9 +4,9 @@ Same bundle (PP-OCRv5 mobile det, FP32), same backend and inference threads, one
 timed by both in turns (C++ block, then Python block) so a busy machine hits both alike. One timed call: decode the
 file, pre-process, infer, DB post-process. The C++ side times itself in process (`vkt_cpp --bench R`: the median of
 R runs after a warm-up, with its pre / infer / post split); the Python side is timed here, with the same split from
-calling TextDetector's stages one by one. Needs a built vkt_cpp (see cpp/README.md):
+calling TextDetector's stages one by one. Each row's figures are the medians over --rounds blocks per side. Needs a built vkt_cpp (see cpp/README.md):
 
-    python benchmarks/bench_cpp.py --binary build/cpp/vkt_cpp --threads 2 --reps 15 --json results/cpp_textdet.jsonl
+    python benchmarks/bench_cpp.py --binary build/cpp/vkt_cpp --threads 2 --reps 5 --rounds 5 --json results/cpp_textdet.jsonl
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, help="a PP-OCRv5 textdet bundle (default: imported into a temp folder)")
     ap.add_argument("--threads", type=int, default=2, help="inference threads on both sides (default 2)")
     ap.add_argument("--reps", type=int, default=10, help="timed calls per photo and side (default 10)")
+    ap.add_argument("--rounds", type=int, default=3, help="C++ then Python blocks per photo, in turns; medians over them (default 3)")
     ap.add_argument("--json", type=Path, help="write schema rows (JSON lines) here")
     args = ap.parse_args()
     import skimage
@@ -84,21 +85,26 @@ def main() -> None:
             for name in PHOTOS:
                 path = data / name
                 load = [round(os.getloadavg()[0], 2)]
-                c = cpp_times(args.binary, bundle, path, args.reps, args.threads)
-                py = python_times(det, path, args.reps)
+                runs: dict[str, list[dict]] = {"vkt_cpp": [], "vkt-python TextDetector": []}
+                for _ in range(args.rounds):  # C++ block, Python block, in turns: load swings hit both
+                    runs["vkt_cpp"].append(cpp_times(args.binary, bundle, path, args.reps, args.threads))
+                    runs["vkt-python TextDetector"].append(python_times(det, path, args.reps))
                 load.append(round(os.getloadavg()[0], 2))
-                shape = py.pop("input")
-                for target, r in (("vkt_cpp", c), ("vkt-python TextDetector", py)):
+                shape = runs["vkt-python TextDetector"][0]["input"]
+                med = {t: {k: round(statistics.median(r[k] for r in rs), 3) for k in rs[0] if k.endswith("_ms")}
+                       for t, rs in runs.items()}
+                for target, r in med.items():
                     rows.append(row("cpp", target, includes=E2E, model=MODEL, backend="openvino-cpu", precision="fp32",
-                                    threads=args.threads, shape=shape, batch=1, n=args.reps, p50_ms=r["total_ms"],
-                                    load_avg=load, image=name, **{k: v for k, v in r.items() if k != "total_ms"}))
+                                    threads=args.threads, shape=shape, batch=1, n=args.reps * args.rounds, p50_ms=r["total_ms"],
+                                    load_avg=load, image=name, rounds=args.rounds,
+                                    per_round_total_ms=[x["total_ms"] for x in runs[target]],
+                                    **{k: v for k, v in r.items() if k != "total_ms"}))
                     out.write(rows[-1])
-                speed = py["total_ms"] / c["total_ms"]
+                c, py = med["vkt_cpp"], med["vkt-python TextDetector"]
                 print(f"{name} {shape}: C++ {c['total_ms']:.1f} ms (decode {c['decode_ms']:.1f}, pre {c['pre_ms']:.1f}, infer "
                       f"{c['infer_ms']:.1f}, post {c['post_ms']:.1f}) | Python {py['total_ms']:.1f} ms (decode {py['decode_ms']:.1f}, "
-                      f"pre {py['pre_ms']:.1f}, infer {py['infer_ms']:.1f}, post {py['post_ms']:.1f}) | Python/C++ {speed:.2f}x "
-                      f"| load {load}")
-
+                      f"pre {py['pre_ms']:.1f}, infer {py['infer_ms']:.1f}, post {py['post_ms']:.1f}) | Python/C++ "
+                      f"{py['total_ms'] / c['total_ms']:.2f}x | load {load}")
 
 if __name__ == "__main__":
     main()
