@@ -1,0 +1,118 @@
+// The OpenVINO runner: the profile's ranges as dynamic bounds, f32 inference precision (FP32 means FP32 on CPUs
+// with bf16 units too), a LATENCY hint; one ov::CompiledModel shared, one ov::InferRequest per Session.
+// As vkt/runtime/openvino.py (OvRunner).
+#include <openvino/runtime/core.hpp>
+
+#include "engine.hpp"
+
+namespace vkt {
+namespace {
+
+std::string first_line(const std::exception& e) {
+    std::string s = e.what();
+    // OpenVINO prefixes its messages with source locations ("Exception from src/..."): keep the last line.
+    while (!s.empty() && s.back() == '\n') s.pop_back();
+    auto nl = s.rfind('\n');
+    return (nl == std::string::npos ? s : s.substr(nl + 1)).substr(0, 500);
+}
+
+class OvSession : public Session {
+public:
+    OvSession(const ModelSpec& spec, ov::InferRequest req) : spec_(spec), req_(std::move(req)) {}
+
+    std::map<std::string, Tensor> infer(const std::vector<Feed>& feeds) override {
+        for (const Feed& f : feeds) spec_.check_input(f.name, f.shape);
+        std::map<std::string, Tensor> out;
+        try {
+            for (const Feed& f : feeds) {
+                ov::Shape shape(f.shape.begin(), f.shape.end());
+                req_.set_tensor(f.name, ov::Tensor(ov::element::f32, shape, const_cast<float*>(f.data)));
+            }
+            req_.infer();
+            for (const TensorSpec& t : spec_.outputs) {
+                ov::Tensor r = req_.get_tensor(t.name);
+                Tensor o;
+                const ov::Shape& s = r.get_shape();
+                o.shape.assign(s.begin(), s.end());
+                const size_t n = r.get_size();
+                o.data.resize(n);
+                const auto type = r.get_element_type();
+                if (type == ov::element::f32) {
+                    const float* p = r.data<const float>();
+                    std::copy(p, p + n, o.data.begin());
+                } else if (type == ov::element::i64) {
+                    const int64_t* p = r.data<const int64_t>();
+                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                } else if (type == ov::element::i32) {
+                    const int32_t* p = r.data<const int32_t>();
+                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                } else {
+                    throw BackendError("output '" + t.name + "' has element type " + type.get_type_name() +
+                                       "; expected f32, i64 or i32");
+                }
+                out.emplace(t.name, std::move(o));
+            }
+        } catch (const ov::Exception& e) {
+            throw BackendError("OpenVINO failed to run the model: " + first_line(e));
+        }
+        return out;
+    }
+
+private:
+    ModelSpec spec_;  // a copy: a Session never dangles
+    ov::InferRequest req_;
+};
+
+class OvEngine : public Engine {
+public:
+    OvEngine(const std::string& path, ModelSpec spec, const EngineOptions& opt) : Engine(std::move(spec)) {
+        try {
+            ov::Core core;
+            std::shared_ptr<ov::Model> model = core.read_model(path);
+            const auto bounds = spec_.bounds();
+            if (!bounds.empty()) {
+                std::map<std::string, ov::PartialShape> shapes;
+                for (const TensorSpec& t : spec_.inputs) {
+                    std::vector<ov::Dimension> dims;
+                    for (const Dim& d : t.shape) {
+                        auto it = d.value < 0 ? bounds.find(d.name) : bounds.end();
+                        dims.push_back(d.value >= 0 ? ov::Dimension(d.value)
+                                       : it != bounds.end() ? ov::Dimension(it->second.first, it->second.second)
+                                                            : ov::Dimension());
+                    }
+                    shapes[t.name] = ov::PartialShape(dims);
+                }
+                model->reshape(shapes);
+            }
+            ov::AnyMap config{{ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY}};
+            if (opt.device == "CPU") {
+                config[ov::hint::inference_precision.name()] = ov::element::f32;
+                if (opt.threads > 0) config[ov::inference_num_threads.name()] = opt.threads;
+                if (opt.streams > 1) config[ov::num_streams.name()] = ov::streams::Num(opt.streams);
+            }
+            compiled_ = core.compile_model(model, opt.device, config);
+            for (const TensorSpec& t : spec_.outputs) compiled_.output(t.name);  // throws for a missing output
+        } catch (const std::exception& e) {
+            throw BackendError("OpenVINO cannot load '" + path + "': " + first_line(e));
+        }
+    }
+
+    std::unique_ptr<Session> session() override {
+        try {
+            return std::make_unique<OvSession>(spec_, compiled_.create_infer_request());
+        } catch (const ov::Exception& e) {
+            throw BackendError("OpenVINO cannot create an infer request: " + first_line(e));
+        }
+    }
+
+private:
+    ov::CompiledModel compiled_;
+};
+
+}  // namespace
+
+std::shared_ptr<Engine> open_openvino(const std::string& path, ModelSpec spec, const EngineOptions& opt) {
+    return std::make_shared<OvEngine>(path, std::move(spec), opt);
+}
+
+}  // namespace vkt
