@@ -117,8 +117,8 @@ class Txt2Img:
         # INT8 is for the UNet (the text encoder and VAE run once per image): other components fall back to fp32.
         self.precisions = {c: precision if precision not in PRECISION_ROLES or b.has(PRECISION_ROLES[precision], c) else "fp32"
                            for c in COMPONENTS}
-        self._runner_args = {c: dict(precision=self.precisions[c], component=c, threads=threads, session_config=session_config)
-                      for c in COMPONENTS}
+        self._runner_args = {c: dict(precision=self.precisions[c], component=c, threads=threads,
+                                     session_config=session_config) for c in COMPONENTS}
         # "auto" components get their runner in activate(), where the timing runs (invalid inputs are refused first)
         self.runners = {c: open_runner(b, backends[c], **self._runner_args[c]) for c in COMPONENTS if backends[c] != "auto"}
         self.backends = backends  # per component; "auto" until activate() resolves it
