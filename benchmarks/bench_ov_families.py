@@ -11,8 +11,12 @@ detr: transformers' DetrForObjectDetection with DETR-R50's architecture and rand
   inputs of every Conv/MatMul/Gemm) run on OpenVINO, labelled so. Each INT8 graph is gated like the DETR recipe:
   COCO AP of its detections against FP32's top-10 per photo (8 photos, resized to --size's sides), and if it
   loses more than 2 points, the DETR keep-list (vkt.models.detr.int8.KEEP_GROUPS) keeps node groups in float step
-  by step until AP vs FP32 >= 0.98. Then FP32 and the gated INT8 graph of each backend are timed, interleaved
-  (vkt.bench.run_bench), on one 1x3xHxW feed, per thread count.
+  by step until AP vs FP32 >= 0.98. Then FP32, each backend's full INT8 placement and its gated graph (when the gate
+  kept groups in float) are timed, interleaved (vkt.bench.run_bench), on one 1x3xHxW feed, per thread count.
+  transformers' random init makes all 100 queries give one box, label and score (AP vs FP32's top-10 is then 0.60
+  for anything, OpenVINO FP32 included), so the transformer's Linear weights and the query embeddings are re-drawn
+  as vkt.models.detr.tiny_detr does (--transformers-init: not); each gate records FP32 on its backend vs onnxruntime
+  FP32 (the floor of the metric). A gate that no step passes says "passes": false and times its last step.
 sd: an SD bundle made by benchmarks/bench_sd.py (--size sd15: SD 1.5's text encoder, UNet and VAE with random
   weights); each component on onnxruntime (the graph vkt runs there: the fused "ort" one where the bundle has it)
   and OpenVINO (the plain graph, f32), at the profile's opt shapes (with bench_sd.py --height 256: UNet 2x4x32x32
@@ -71,7 +75,24 @@ def timed_rows(bench: str, model: str, runners: dict, feed: dict, threads: int, 
 
 
 # ---- DETR ------------------------------------------------------------------------------------------
-def detr_bundle(work: Path, size: tuple[int, int], n_calib: int) -> tuple[Path, str, float]:
+def distinct_queries(model) -> None:  # noqa: ANN001
+    """vkt.models.detr.tiny_detr's re-draw of the transformer's and heads' Linear weights (fan-in scaled, q/k x 2) and
+    of the query embeddings (N(0, 1)): with transformers' std-0.02 init all 100 queries of a random DETR-R50 give the
+    same box, label and score, so AP against FP32's top-10 is a tie-break lottery (0.60 even OpenVINO FP32 vs
+    onnxruntime FP32). Same shapes, same compute."""
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and not name.startswith("model.backbone"):
+                gain = 2.0 if name.endswith(("q_proj", "k_proj")) else 1.0
+                mod.weight.normal_(0.0, gain / mod.weight.shape[1] ** 0.5)
+                mod.bias.normal_(0.0, 0.1 * gain)
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+
+
+def detr_bundle(work: Path, size: tuple[int, int], n_calib: int, distinct: bool = True) -> tuple[Path, str, float]:
     """DETR-R50 (random weights) exported and calibrated once per --work folder; returns (bundle, the OpenVINO
     placement written, calibration seconds)."""
     from benchmarks.bench_detr import detr_r50, fixed_size_feed, photo_paths
@@ -85,7 +106,10 @@ def detr_bundle(work: Path, size: tuple[int, int], n_calib: int) -> tuple[Path, 
     placement = "openvino" if "openvino" in TARGETS else "trt"
     dest = work / "r50.vkt"
     if not (dest / "manifest.json").is_file():
-        export_bundle(detr_r50(), dest, overwrite=True)
+        model = detr_r50()
+        if distinct:
+            distinct_queries(model)
+        export_bundle(model, dest, overwrite=True)
     b = Bundle.load(dest)
     if b.has("int8 qdq onnx") and {e.meta.get("placement") for e in b.files("int8 qdq onnx")} >= {"ort", placement}:
         return dest, placement, float("nan")
@@ -117,6 +141,8 @@ def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int],
     sizes = [im.shape[:2] for im in imgs]
     with Detector(make_runner(b, "ort", threads=threads), score_threshold=0.0, top_k=100, **resize) as det:
         ref = [det(im)[0] for im in imgs]
+    with Detector(make_runner(b, backend, threads=threads), score_threshold=0.0, top_k=100, **resize) as det:
+        control = agreement_ap(ref, [det(im)[0] for im in imgs], sizes, gt_top=10)["AP"]  # FP32 on `backend`: the floor
     graph = prepare_model(load_onnx(b.path("fp32 onnx")))
     table = CalibrationTable.load(b.root / b.files("calibration table")[-1].path)
     rows, steps = keep_list(graph)
@@ -137,7 +163,8 @@ def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int],
         print(f"  {backend} {placement} keep {k}: AP vs FP32 {ap['AP']:.4f}", file=sys.stderr, flush=True)
         if ap["AP"] >= AP_FLOOR:
             break
-    return blob, {"steps": tried, "chosen": tried[-1], "passes": tried[-1]["AP"] >= AP_FLOOR, "images": len(imgs)}
+    return blob, {"steps": tried, "chosen": tried[-1], "passes": tried[-1]["AP"] >= AP_FLOOR, "images": len(imgs),
+                  "fp32_on_this_backend_AP": round(control, 4)}
 
 
 def graph_runner(path: Path, backend: str, spec, threads: int):  # noqa: ANN001
@@ -169,14 +196,17 @@ def run_detr(args: argparse.Namespace, writer: RowWriter) -> None:
         raise SystemExit(f"--size must be HxW, e.g. 480x640; got {args.size!r}") from None
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ov-detr-"))
     work.mkdir(parents=True, exist_ok=True)
-    bundle, placement, calib_s = detr_bundle(work, size, args.calib)
+    bundle, placement, calib_s = detr_bundle(work, size, args.calib, distinct=not args.transformers_init)
     b = Bundle.load(bundle)
     feed = fixed_size_feed(Preprocessor(b.preprocess), photo_paths()[0], size)
     gates = {}
     graphs = {}
     for backend, plc in (("ort", "ort"), ("ov", placement)):
         blob, gates[backend] = detr_gate(bundle, plc, backend, size, max(args.threads))
-        graphs[backend] = blob_path(bundle, blob, f"{plc}-gated")
+        graphs[backend] = {0: bundle.parent / f"int8-{plc}-0.onnx"}  # the full placement, written by detr_gate
+        k = gates[backend]["chosen"]["layers_kept_float"]
+        if k:
+            graphs[backend][k] = blob_path(bundle, blob, f"{plc}-gated")
     label = {"ort": "onnxruntime placement", "openvino": "vkt OpenVINO placement",
              "trt": "TensorRT placement (vkt has no OpenVINO placement yet)"}
     for t in args.threads:
@@ -184,13 +214,16 @@ def run_detr(args: argparse.Namespace, writer: RowWriter) -> None:
             "ort-fp32": (make_runner(b, "ort", threads=t), "vkt OrtRunner.infer, FP32"),
             "ov-fp32": (make_runner(b, "ov", threads=t), "vkt OvRunner.infer, FP32 (f32 hint)"),
         }
+        extra = {}
         for backend in ("ort", "ov"):
-            r = graph_runner(graphs[backend], backend, b.spec(), t)
             plc = "ort" if backend == "ort" else placement
-            runners[f"{backend}-int8-{plc}-placement"] = (r, f"vkt {type(r).__name__}.infer, INT8 Q/DQ: the {label[plc]}, "
-                                                             f"keep-list step {gates[backend]['chosen']['layers_kept_float']} "
-                                                             f"(AP vs FP32 {gates[backend]['chosen']['AP']})")
-        extra = {f"{bk}-int8-{'ort' if bk == 'ort' else placement}-placement": {"gate": g} for bk, g in gates.items()}
+            for k, path in graphs[backend].items():
+                r = graph_runner(path, backend, b.spec(), t)
+                step = next(s for s in gates[backend]["steps"] if s["layers_kept_float"] == k)
+                name = f"{backend}-int8-{plc}-placement" + (f"-keep{k}" if k else "")
+                runners[name] = (r, f"vkt {type(r).__name__}.infer, INT8 Q/DQ: the {label[plc]}, "
+                                    f"{k} keep-list nodes in float (AP vs FP32 {step['AP']})")
+                extra[name] = {"AP_vs_fp32": step["AP"], "layers_kept_float": k, "gate": gates[backend]}
         writer.write_all(timed_rows("ov_families", R50, runners, feed, t, args.iters, args.warmup, extra))
     writer.write(row("ov_families", "detr-run", includes="how the DETR INT8 graphs were made", model=R50,
                      shape=f"1x3x{size[0]}x{size[1]}", calibration_s=None if calib_s != calib_s else round(calib_s, 1),
@@ -232,6 +265,8 @@ def main() -> int:
     ap.add_argument("--size", default="480x640", help="detr: HxW of the timed feed, calibration and AP resize")
     ap.add_argument("--calib", type=int, default=4, help="detr: calibration photos")
     ap.add_argument("--work", type=Path, default=None, help="detr: cache folder (bundle, INT8 graphs)")
+    ap.add_argument("--transformers-init", action="store_true",
+                    help="detr: keep transformers' random init (all queries alike: AP vs FP32 is meaningless)")
     ap.add_argument("--bundle", type=Path, default=None, help="sd: the SD bundle")
     ap.add_argument("--model", default="SD 1.5 shapes (random weights)", help="sd: the rows' model name")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")

@@ -31,7 +31,7 @@ log = get_logger(__name__)
 
 AUTO = "auto"
 AUTO_CANDIDATES = ("ort", "ov")  # CPU backends "auto" compares; GPU backends are named explicitly
-AUTO_CALLS = 3  # timed calls per backend (after one warm-up call)
+AUTO_CALLS = 2  # timed calls per backend (after one warm-up call); an SD 1.5 UNet call is seconds on CPU
 
 
 def parse_backends(choice: Any, components: Sequence[str], default: str = "ort") -> dict[str, str]:
