@@ -121,7 +121,8 @@ def detr_bundle(work: Path, size: tuple[int, int], n_calib: int, distinct: bool 
     return dest, placement, time.perf_counter() - t0
 
 
-def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int], threads: int) -> tuple[bytes, dict]:
+def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int], threads: int,
+              max_steps: int | None = None) -> tuple[bytes, dict]:
     """The ``placement`` graph on ``backend`` with the fewest keep-list groups in float that keeps AP vs FP32 >=
     AP_FLOOR (or all of them): (graph bytes, {steps: [...], chosen: ...})."""
     from benchmarks.bench_detr import photo_paths
@@ -149,6 +150,7 @@ def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int],
     place = place_ort if placement == "ort" else place_trt
     if placement == "openvino":  # vkt's OpenVINO placement as the bundle holds it (no keep-list steps here)
         steps = [0]
+    steps = steps[:max_steps]
     tried = []
     blob = b""
     for k in steps:
@@ -202,7 +204,7 @@ def run_detr(args: argparse.Namespace, writer: RowWriter) -> None:
     gates = {}
     graphs = {}
     for backend, plc in (("ort", "ort"), ("ov", placement)):
-        blob, gates[backend] = detr_gate(bundle, plc, backend, size, max(args.threads))
+        blob, gates[backend] = detr_gate(bundle, plc, backend, size, max(args.threads), args.gate_steps)
         graphs[backend] = {0: bundle.parent / f"int8-{plc}-0.onnx"}  # the full placement, written by detr_gate
         k = gates[backend]["chosen"]["layers_kept_float"]
         if k:
@@ -265,6 +267,8 @@ def main() -> int:
     ap.add_argument("--size", default="480x640", help="detr: HxW of the timed feed, calibration and AP resize")
     ap.add_argument("--calib", type=int, default=4, help="detr: calibration photos")
     ap.add_argument("--work", type=Path, default=None, help="detr: cache folder (bundle, INT8 graphs)")
+    ap.add_argument("--gate-steps", type=int, default=None,
+                    help="detr: try at most this many keep-list steps per backend (1: the full placement only)")
     ap.add_argument("--transformers-init", action="store_true",
                     help="detr: keep transformers' random init (all queries alike: AP vs FP32 is meaningless)")
     ap.add_argument("--bundle", type=Path, default=None, help="sd: the SD bundle")

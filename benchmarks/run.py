@@ -91,7 +91,7 @@ HEADLINE: tuple[Bench, ...] = (
           ("--clients", "64", "--duration", "60", "--max-batch", "1,8")),
     Bench("ov_families_detr", "bench_ov_families.py",
           "DETR-R50 on OpenVINO vs onnxruntime: FP32, and INT8 gated on AP vs FP32 >= 0.98, at 1 and 2 threads",
-          ("detr", "--size", "320x427", "--calib", "1", "--iters", "2", "--warmup", "1", "--threads", "2"),
+          ("detr", "--size", "320x427", "--calib", "1", "--gate-steps", "1", "--iters", "2", "--warmup", "1", "--threads", "2"),
           ("detr", "--size", "480x640", "--iters", "8", "--work", "{work}/ov_detr"),
           needs=("torch", "transformers", "skimage", "pycocotools", "openvino")),
     Bench("textdet_server_ov", "bench_textdet_server.py",
