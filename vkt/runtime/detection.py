@@ -236,7 +236,11 @@ class Detector(ImagePipeline):
     Args:
         source: a DETR bundle (``vkt.bundle.Bundle`` or its folder) or a Runner (then
             ``vkt.tasks.TASKS["detr"]``'s pre/post-processing apply, updated by ``overrides``).
-        backend, precision, threads: passed to ``vkt.runtime.make_runner`` for a bundle.
+        backend: "ort" (default), "ort-cuda", "ort-trt", "trt", "ov" (``vkt.runtime.make_runner``), or "auto": the
+            faster of onnxruntime and OpenVINO on this bundle, by a short timing at the profile's opt shape when the
+            detector is made (``runner.selection`` holds the timings). The one component may also be named:
+            ``{"model": "ov"}`` or ``"model=ov"`` (``vkt.runtime.choose``).
+        precision, threads: passed to ``vkt.runtime.make_runner`` for a bundle.
         max_batch: images per model call (default and cap: the profile's max batch, else the static batch).
         **overrides: postprocess keys (score_threshold, top_k, soft_nms, soft_nms_sigma, class_agnostic,
             labels) and resize keys (shortest_edge, longest_edge), replacing the manifest's values.
@@ -246,7 +250,7 @@ class Detector(ImagePipeline):
     raise a ShapeError naming both); a short batch is padded with empty slots up to its static batch.
     """
 
-    def __init__(self, source: Any, backend: str = "ort", precision: str = "fp32", threads: int | None = None,
+    def __init__(self, source: Any, backend: Any = "ort", precision: str = "fp32", threads: int | None = None,
                  max_batch: int | None = None, **overrides: Any):
         runner, pre, post = open_source(source, "detr", "Detector",
                                         lambda pre, post: detr_settings(pre, post, overrides, "Detector option"),

@@ -19,20 +19,23 @@ Settings = tuple[dict[str, Any], dict[str, Any]]
 
 
 def open_source(source: Any, task: str, who: str, settings: Callable[[Mapping[str, Any], Mapping[str, Any]], Settings],
-                backend: str = "ort", precision: str = "fp32", threads: int | None = None) -> tuple[Any, dict, dict]:
+                backend: Any = "ort", precision: str = "fp32", threads: int | None = None) -> tuple[Any, dict, dict]:
     """(runner, preprocess, postprocess) of a pipeline over ``source``.
 
     ``source``: a Runner (then ``vkt.tasks.TASKS[task]``'s pre/post-processing apply) or a bundle
     (``vkt.bundle.Bundle`` or its folder) whose task must be ``TASKS[task].task`` (InputError naming both,
     ``who`` being the pipeline). ``settings(pre, post)`` applies and checks the caller's overrides before
-    any model file is opened; backend, precision and threads go to ``vkt.runtime.make_runner`` for a bundle.
+    any model file is opened; backend, precision and threads go to ``vkt.runtime.choose.open_runner`` for a bundle.
+    ``backend``: a backend name, "auto" (the faster CPU backend, timed on the bundle's model) or a mapping / text
+    naming the one component ``{"model": "ov"}`` / ``"model=ov"`` (``vkt.runtime.choose.parse_backends``).
     """
     from vkt.bundle import Bundle
-    from vkt.runtime import make_runner
     from vkt.runtime.base import Runner
+    from vkt.runtime.choose import open_runner, parse_backends
     from vkt.tasks import TASKS
 
     t = TASKS[task]
+    chosen = parse_backends(backend, ("model",))["model"]  # checked before anything is opened
     if isinstance(source, Runner):
         pre, post = settings(t.preprocess, t.postprocess)
         return source, pre, post
@@ -40,7 +43,7 @@ def open_source(source: Any, task: str, who: str, settings: Callable[[Mapping[st
     if bundle.task != t.task:
         raise InputError(f"bundle {bundle.name!r} is for task {bundle.task!r}; {who} needs {t.task!r}")
     pre, post = settings(bundle.preprocess, bundle.postprocess)
-    return make_runner(bundle, backend=backend, precision=precision, threads=threads), pre, post
+    return open_runner(bundle, chosen, precision=precision, threads=threads), pre, post
 
 
 def batch_cap(spec: Any, input_name: str) -> int:

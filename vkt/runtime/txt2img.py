@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,43 +55,42 @@ class Txt2Img:
         bundle: a ``vkt.bundle.Bundle`` or its folder (made by ``vkt.models.sd.export.export_sd``).
         scheduler: None (the bundle's scheduler config as is), a name ("ddim", "euler", "euler_a",
             "dpm++2m", "pndm"; the bundle's noise schedule with that sampler), or a Scheduler instance.
-        backend: "ort" (default), "ort-cuda", "ort-trt", "trt" or "ov" (see ``vkt.runtime.make_runner``).
+        backend: "ort" (default), "ort-cuda", "ort-trt", "trt" or "ov" (``vkt.runtime.make_runner``) for all three
+            components, or one per component: ``{"unet": "ov"}`` / ``"unet=ov,text_encoder=auto"`` (others "ort";
+            ``"ov,vae_decoder=ort"``: a bare name is the default). "auto" takes the faster of onnxruntime and OpenVINO
+            per component by a short timing in ``activate()`` (``backend_choice`` then holds it; vkt.runtime.choose).
         precision: which graph/plan of the bundle: "fp32", "fp16" or "int8" (the UNet must have it;
             components without it run fp32: an INT8 bundle quantizes the UNet only).
         threads: CPU threads of onnxruntime or OpenVINO (None: the library's default).
         cfg: "auto" (default), "batched" (one UNet call at 2B per step) or "sequential" (two calls
             at B: for UNet profiles too small for 2B, and to check that batching changes nothing).
-            "auto" is batched on GPU backends; on the CPU (onnxruntime, OpenVINO), where the UNet is compute-bound
-            and batching gains little or loses (measured 0.92-0.98x of the sequential pair), it times
-            both ways per (B, h, w) on the first guided steps (alternating, each way's first call
-            not counted) and then keeps the faster.
+            "auto" is batched on GPU backends; on the CPU (onnxruntime, OpenVINO), where batching gains little or
+            loses, it times both ways per (B, h, w) on the first guided steps and then keeps the faster.
         progress_bar: show a rich progress bar over the denoising steps (on a terminal only).
-        session_config: onnxruntime session config entries for the three sessions (onnxruntime backends;
-            None: onnxruntime's defaults). ``{"session.intra_op.allow_spinning": "0"}`` (workers block between
-            ops instead of spinning) ran an SD 1.5 UNet call at 512 px 1.00x on an idle 2-core CPU and 1.12x
-            with other busy processes on it; at 256 px 0.95x idle (docs/MEASUREMENTS.md).
+        session_config: onnxruntime session config entries for the onnxruntime sessions (None: its defaults), e.g.
+            ``{"session.intra_op.allow_spinning": "0"}`` on a busy machine (docs/MEASUREMENTS.md).
 
     Sessions open on the first call (or ``activate()``); ``close()`` or a ``with`` block frees them.
     One call at a time per instance: the scheduler keeps per-generation state (step counter,
     multistep history); a server holds one Txt2Img per worker.
     """
 
-    def __init__(self, bundle: Any, scheduler: str | Scheduler | None = None, backend: str = "ort",
+    def __init__(self, bundle: Any, scheduler: str | Scheduler | None = None, backend: str | Mapping[str, str] = "ort",
                  precision: str = "fp32", threads: int | None = None, cfg: str = "auto", progress_bar: bool = True,
                  session_config: dict[str, str] | None = None):
         from vkt.bundle import PRECISION_ROLES, Bundle
-        from vkt.runtime import make_runner
+        from vkt.runtime.choose import open_runner, parse_backends
 
+        backends = parse_backends(backend, COMPONENTS)
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         b = self.bundle
-        missing = [c for c in ("text_encoder", "unet", "vae_decoder") if c not in b.components]
+        missing = [c for c in COMPONENTS if c not in b.components]
         if b.family != "sd" or missing:
             raise BundleError(f"bundle {b.name!r} is not a Stable Diffusion bundle (family {b.family!r}, "
                               f"components {b.components}; needs text_encoder, unet, vae_decoder)")
         if cfg not in CFG_MODES:
             raise InputError(f"cfg must be one of {CFG_MODES}, got {cfg!r}")
         self.cfg_mode = cfg
-        self.backend = backend
         self._cfg_times: dict[tuple[int, ...], dict[str, list[float]]] = {}  # (B, h, w) -> mode -> step seconds
         self.progress_bar = progress_bar
         tok_files = b.files("tokenizer", "text_encoder")
@@ -108,7 +107,7 @@ class Txt2Img:
         comps = b.manifest["components"]
         self.vae_scale_factor = int(comps["vae_decoder"].get("vae_scale_factor", 8))
         self.latent_multiple = int(comps["unet"].get("latent_multiple", 1))
-        self.specs = {c: b.spec(c) for c in ("text_encoder", "unet", "vae_decoder")}
+        self.specs = {c: b.spec(c) for c in COMPONENTS}
         unet_in = self.specs["unet"].input(UNET_SAMPLE)
         self.latent_channels = int(unet_in.shape[1])
         self.default_size = int(comps["unet"].get("default_size", 512))
@@ -117,13 +116,28 @@ class Txt2Img:
                               + ("int8=True (calibrated Q/DQ)" if precision == "int8" else f"{precision}=True"))
         # INT8 is for the UNet (the text encoder and VAE run once per image): other components fall back to fp32.
         self.precisions = {c: precision if precision not in PRECISION_ROLES or b.has(PRECISION_ROLES[precision], c) else "fp32"
-                           for c in ("text_encoder", "unet", "vae_decoder")}
-        self.runners = {c: make_runner(b, backend=backend, precision=self.precisions[c], component=c, threads=threads,
-                                       session_config=session_config)
-                        for c in ("text_encoder", "unet", "vae_decoder")}
+                           for c in COMPONENTS}
+        self._runner_args = {c: dict(precision=self.precisions[c], component=c, threads=threads,
+                                     session_config=session_config) for c in COMPONENTS}
+        # "auto" components get their runner in activate(), where the timing runs (invalid inputs are refused first)
+        self.runners = {c: open_runner(b, backends[c], **self._runner_args[c]) for c in COMPONENTS if backends[c] != "auto"}
+        self.backends = backends  # per component; "auto" until activate() resolves it
+        self.backend = backends["unet"]  # the UNet's backend decides how guidance is batched
+
+    @property
+    def backend_choice(self) -> dict[str, Any]:
+        """Per component chosen by backend "auto": the backend taken and each candidate's best call in ms."""
+        return {c: r.selection for c, r in self.runners.items() if r.selection is not None}
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def activate(self) -> Txt2Img:
+        from vkt.runtime.choose import open_runner
+
+        for c in COMPONENTS:
+            if c not in self.runners:
+                self.runners[c] = open_runner(self.bundle, "auto", **self._runner_args[c])
+                self.backends[c] = self.runners[c].selection["chosen"]
+        self.backend = self.backends["unet"]
         for r in self.runners.values():
             r.activate()
         return self
@@ -369,6 +383,7 @@ class Txt2Img:
                              + (", or use cfg='sequential'" if do_cfg and B <= mx else ""))
 
 
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 CFG_MODES = ("auto", "batched", "sequential")
 AUTO_SAMPLES = 2  # timed steps per mode (after a first, warm-up one) before cfg="auto" settles on CPU
 AUTO_REFRESH = 16  # then every 16th step of a shape re-times the other mode (at most ~1/16 of a few % spent)

@@ -173,3 +173,22 @@ def test_export_rejects_bad_spec_and_shapes(imported, tmp_path):
     with pytest.raises(InputError, match="torch.nn.Module"):
         tx.prob_map_module("not a model")
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_server_detector_builds_with_paddles_neck_layout(torch1):
+    """transformers' bare PPOCRV5ServerDetConfig() cannot build the model (the neck layout is None): the builder
+    fills PP-OCRv5 server det's, and the module maps an image to a probability map of its size."""
+    from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
+
+    from vkt.models.textdet.loader import build_ppocrv5_server_det
+
+    with pytest.raises(TypeError):
+        PPOCRV5ServerDetForObjectDetection(PPOCRV5ServerDetConfig())
+    model = build_ppocrv5_server_det()
+    blocks = model.model.neck.intraclass_blocks
+    assert len(blocks) == 4
+    assert tuple(blocks[0].vertical_long_to_small_conv_longratio.weight.shape[-2:]) == (7, 1)
+    assert tuple(blocks[0].symmetric_conv_long_shortratio.weight.shape[-2:]) == (3, 3)
+    with torch1.no_grad():
+        prob = model(torch1.rand(1, 3, 64, 96)).last_hidden_state
+    assert tuple(prob.shape) == (1, 1, 64, 96) and 0.0 <= float(prob.min()) <= float(prob.max()) <= 1.0

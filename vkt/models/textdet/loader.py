@@ -56,6 +56,32 @@ def build_ppocrv5_mobile_det() -> Any:
     return PPOCRV5MobileDetForObjectDetection(PPOCRV5MobileDetConfig()).eval()
 
 
+# transformers' PPOCRV5ServerDetConfig() leaves the neck's intra-class block layout, its scale list and the head's
+# kernels unset (None: the model cannot be built from the bare config); these are PP-OCRv5 server det's values
+# (Paddle's PP-OCRv5_server_det.yml: IntraCLBlock 7/5/3 long and square kernels, four blocks, PFHeadLocal k=3,2,2).
+SERVER_INTRACLASS_BLOCK = {
+    "reduce_channel": [1, 1, 0], "return_channel": [1, 1, 0],
+    "vertical_long_to_small_conv_longratio": [[7, 1], 1, [3, 0]],
+    "vertical_long_to_small_conv_midratio": [[5, 1], 1, [2, 0]],
+    "vertical_long_to_small_conv_shortratio": [[3, 1], 1, [1, 0]],
+    "horizontal_small_to_long_conv_longratio": [[1, 7], 1, [0, 3]],
+    "horizontal_small_to_long_conv_midratio": [[1, 5], 1, [0, 2]],
+    "horizontal_small_to_long_conv_shortratio": [[1, 3], 1, [0, 1]],
+    "symmetric_conv_long_longratio": [7, 1, 3], "symmetric_conv_long_midratio": [5, 1, 2],
+    "symmetric_conv_long_shortratio": [3, 1, 1],
+}
+
+
+def build_ppocrv5_server_det() -> Any:
+    """transformers' ``PPOCRV5ServerDetForObjectDetection`` (HGNetV2-L backbone, 22 M parameters) with PP-OCRv5 server
+    det's neck and head layout (:data:`SERVER_INTRACLASS_BLOCK`), randomly initialised, eval mode."""
+    from transformers import PPOCRV5ServerDetConfig, PPOCRV5ServerDetForObjectDetection
+
+    cfg = PPOCRV5ServerDetConfig(intraclass_block_config=SERVER_INTRACLASS_BLOCK, scale_factor_list=[1, 2, 4, 8],
+                                 kernel_list=[3, 2, 2])
+    return PPOCRV5ServerDetForObjectDetection(cfg).eval()
+
+
 def load_ppocrv5_mobile_det(onnx_path: str | os.PathLike | None = None, model: Any = None) -> Any:
     """The PP-OCRv5 mobile detector in PyTorch with the weights of a Paddle ONNX export.
 

@@ -1,0 +1,290 @@
+"""DETR and Stable Diffusion on OpenVINO beside onnxruntime, on CPU: FP32 per component, and DETR INT8 gated on AP.
+
+    .venv/bin/python benchmarks/bench_ov_families.py detr [--size 480x640] [--threads 1,2] [--iters 6] [--work DIR]
+    .venv/bin/python benchmarks/bench_ov_families.py sd --bundle DIR [--threads 1,2] [--iters 3]
+        [--json benchmarks/results/ov_families.jsonl]
+
+detr: transformers' DetrForObjectDetection with DETR-R50's architecture and random weights (benchmarks/bench_detr.py's
+  model, seed 0), exported with raw heads. One calibration (percentile 99.99, round-to-nearest weights) on --calib
+  scikit-image photos stretched to --size feeds every placement: onnxruntime's ("ort") and, for OpenVINO, vkt's
+  OpenVINO placement when this vkt writes one, else the TensorRT placement ("trt": symmetric int8 Q/DQ on the
+  inputs of every Conv/MatMul/Gemm) run on OpenVINO, labelled so. Each INT8 graph is gated like the DETR recipe:
+  COCO AP of its detections against FP32's top-10 per photo (8 photos, resized to --size's sides), and if it
+  loses more than 2 points, the DETR keep-list (vkt.models.detr.int8.KEEP_GROUPS) keeps node groups in float step
+  by step until AP vs FP32 >= 0.98. Then FP32, each backend's full INT8 placement and its gated graph (when the gate
+  kept groups in float) are timed, interleaved (vkt.bench.run_bench), on one 1x3xHxW feed, per thread count.
+  transformers' random init makes all 100 queries give one box, label and score (AP vs FP32's top-10 is then 0.60
+  for anything, OpenVINO FP32 included), so the transformer's Linear weights and the query embeddings are re-drawn
+  as vkt.models.detr.tiny_detr does (--transformers-init: not); each gate records FP32 on its backend vs onnxruntime
+  FP32 (the floor of the metric). A gate that no step passes says "passes": false and times its last step.
+sd: an SD bundle made by benchmarks/bench_sd.py (--size sd15: SD 1.5's text encoder, UNet and VAE with random
+  weights); each component on onnxruntime (the graph vkt runs there: the fused "ort" one where the bundle has it)
+  and OpenVINO (the plain graph, f32), at the profile's opt shapes (with bench_sd.py --height 256: UNet 2x4x32x32
+  = one guided step at 256 px, VAE 1x4x32x32, text encoder 2x77), interleaved, per thread count; rows carry the
+  max |OpenVINO - onnxruntime| on that feed.
+Rows (benchmarks/schema.py) carry speedup_vs_ort_fp32 and the load average before and after each timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.schema import RowWriter, from_bench_row, row  # noqa: E402
+
+R50 = "DETR-R50 (random weights)"
+AP_FLOOR = 0.98  # issue #18: INT8 AP vs FP32 >= 0.98
+
+
+def loads() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed_rows(bench: str, model: str, runners: dict, feed: dict, threads: int, iters: int, warmup: int,
+               extra: dict | None = None) -> list[dict]:
+    """Time ``{target: (runner, includes)}`` interleaved on ``feed``; schema rows with speed-up vs ort-fp32."""
+    from vkt.bench import BenchConfig, Case, Target, print_table, run_bench
+
+    shape = "x".join(str(d) for d in next(iter(feed.values())).shape)
+    before = loads()
+    rows = run_bench([Target(n, r.infer, what, setup=r.activate) for n, (r, what) in runners.items()],
+                     [Case(shape, feed, 1)], BenchConfig(warmup=warmup, iters=iters))
+    load = [before, loads()]
+    print_table(rows, f"{model}, {threads} thread(s), load {load}")
+    base = next(r.p50_ms for r in rows if r.target.startswith("ort-fp32"))
+    out = []
+    for r in rows:
+        runner = runners[r.target][0]
+        info = dict((extra or {}).get(r.target, {}))
+        if runner.backend == "ov":
+            info["executed"] = runner.executed_precisions()
+        out.append(from_bench_row(bench, r, model=model, backend=f"{runner.backend}-cpu",
+                                  precision="int8" if "int8" in r.target else "fp32", threads=threads, load_avg=load,
+                                  speedup_vs_ort_fp32=round(base / r.p50_ms, 3), **info))
+    for runner, _ in runners.values():
+        runner.deactivate()
+    return out
+
+
+# ---- DETR ------------------------------------------------------------------------------------------
+def distinct_queries(model) -> None:  # noqa: ANN001
+    """vkt.models.detr.tiny_detr's re-draw of the transformer's and heads' Linear weights (fan-in scaled, q/k x 2) and
+    of the query embeddings (N(0, 1)): with transformers' std-0.02 init all 100 queries of a random DETR-R50 give the
+    same box, label and score, so AP against FP32's top-10 is a tie-break lottery (0.60 even OpenVINO FP32 vs
+    onnxruntime FP32). Same shapes, same compute."""
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and not name.startswith("model.backbone"):
+                gain = 2.0 if name.endswith(("q_proj", "k_proj")) else 1.0
+                mod.weight.normal_(0.0, gain / mod.weight.shape[1] ** 0.5)
+                mod.bias.normal_(0.0, 0.1 * gain)
+        model.model.query_position_embeddings.weight.normal_(0.0, 1.0)
+
+
+def detr_bundle(work: Path, size: tuple[int, int], n_calib: int, distinct: bool = True) -> tuple[Path, str, float]:
+    """DETR-R50 (random weights) exported and calibrated once per --work folder; returns (bundle, the OpenVINO
+    placement written, calibration seconds)."""
+    from benchmarks.bench_detr import detr_r50, fixed_size_feed, photo_paths
+    from vkt.bundle import Bundle
+    from vkt.calibration import Int8Config, quantize_bundle
+    from vkt.calibration.config import TARGETS
+    from vkt.models.detr.export import export_bundle
+    from vkt.models.detr.int8 import PERCENTILE
+    from vkt.runtime.image import Preprocessor
+
+    placement = "openvino" if "openvino" in TARGETS else "trt"
+    dest = work / "r50.vkt"
+    if not (dest / "manifest.json").is_file():
+        model = detr_r50()
+        if distinct:
+            distinct_queries(model)
+        export_bundle(model, dest, overwrite=True)
+    b = Bundle.load(dest)
+    if b.has("int8 qdq onnx") and {e.meta.get("placement") for e in b.files("int8 qdq onnx")} >= {"ort", placement}:
+        return dest, placement, float("nan")
+    pre = Preprocessor(b.preprocess)
+    feeds = [fixed_size_feed(pre, p, size) for p in photo_paths()[1:1 + n_calib]]
+    t0 = time.perf_counter()
+    quantize_bundle(dest, feeds, Int8Config(method="percentile", percentile=PERCENTILE, targets=("ort", placement)),
+                    eval_samples=0, show_progress=False)
+    return dest, placement, time.perf_counter() - t0
+
+
+def detr_gate(bundle: Path, placement: str, backend: str, size: tuple[int, int], threads: int,
+              max_steps: int | None = None) -> tuple[bytes, dict]:
+    """The ``placement`` graph on ``backend`` with the fewest keep-list groups in float that keeps AP vs FP32 >=
+    AP_FLOOR (or all of them): (graph bytes, {steps: [...], chosen: ...})."""
+    from benchmarks.bench_detr import photo_paths
+    from vkt.bundle import Bundle
+    from vkt.calibration.qdq import place_ort, place_trt
+    from vkt.calibration.ranges import CalibrationTable
+    from vkt.models.detr.int8 import agreement_ap, keep_list
+    from vkt.onnxgraph import prepare_model
+    from vkt.onnxio import load_onnx
+    from vkt.runtime import make_runner
+    from vkt.runtime.detection import Detector
+    from vkt.runtime.image import read_image
+
+    b = Bundle.load(bundle)
+    resize = {"shortest_edge": min(size), "longest_edge": max(size)}
+    imgs = [read_image(p) for p in photo_paths()]
+    sizes = [im.shape[:2] for im in imgs]
+    with Detector(make_runner(b, "ort", threads=threads), score_threshold=0.0, top_k=100, **resize) as det:
+        ref = [det(im)[0] for im in imgs]
+    with Detector(make_runner(b, backend, threads=threads), score_threshold=0.0, top_k=100, **resize) as det:
+        control = agreement_ap(ref, [det(im)[0] for im in imgs], sizes, gt_top=10)["AP"]  # FP32 on `backend`: the floor
+    graph = prepare_model(load_onnx(b.path("fp32 onnx")))
+    table = CalibrationTable.load(b.root / b.files("calibration table")[-1].path)
+    rows, steps = keep_list(graph)
+    place = place_ort if placement == "ort" else place_trt
+    if placement == "openvino":  # vkt's OpenVINO placement as the bundle holds it (no keep-list steps here)
+        steps = [0]
+    steps = steps[:max_steps]
+    tried = []
+    blob = b""
+    for k in steps:
+        if placement == "openvino":
+            blob = (b.root / b.entry("int8 qdq onnx", placement="openvino").path).read_bytes()
+        else:
+            blob = place(graph, table, [r["node"] for r in rows[:k]]).SerializeToString()
+        runner = graph_runner(blob_path(bundle, blob, f"{placement}-{k}"), backend, b.spec(), threads)
+        with Detector(runner, score_threshold=0.0, top_k=100, **resize) as det:
+            ap = agreement_ap(ref, [det(im)[0] for im in imgs], sizes, gt_top=10)
+        tried.append({"layers_kept_float": k, "group": rows[k - 1]["group"] if k else None, "AP": round(ap["AP"], 4)})
+        print(f"  {backend} {placement} keep {k}: AP vs FP32 {ap['AP']:.4f}", file=sys.stderr, flush=True)
+        if ap["AP"] >= AP_FLOOR:
+            break
+    return blob, {"steps": tried, "chosen": tried[-1], "passes": tried[-1]["AP"] >= AP_FLOOR, "images": len(imgs),
+                  "fp32_on_this_backend_AP": round(control, 4)}
+
+
+def graph_runner(path: Path, backend: str, spec, threads: int):  # noqa: ANN001
+    """A runner of a bare graph file with the bundle's spec (its profile bounds OpenVINO's dynamic axes)."""
+    from vkt.runtime.openvino import OvRunner
+    from vkt.runtime.ort import OrtRunner
+
+    if backend == "ov":
+        return OvRunner(path, spec=spec, threads=threads, name=f"ov-{path.stem}", precision="int8")
+    return OrtRunner(path, threads=threads, spec=spec, name=f"ort-{path.stem}")
+
+
+def blob_path(bundle: Path, blob: bytes, tag: str) -> Path:
+    path = bundle.parent / f"int8-{tag}.onnx"
+    path.write_bytes(blob)
+    return path
+
+
+def run_detr(args: argparse.Namespace, writer: RowWriter) -> None:
+    from benchmarks.bench_detr import fixed_size_feed, photo_paths
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+    from vkt.runtime.image import Preprocessor
+
+    try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        assert len(size) == 2
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--size must be HxW, e.g. 480x640; got {args.size!r}") from None
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ov-detr-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bundle, placement, calib_s = detr_bundle(work, size, args.calib, distinct=not args.transformers_init)
+    b = Bundle.load(bundle)
+    feed = fixed_size_feed(Preprocessor(b.preprocess), photo_paths()[0], size)
+    gates = {}
+    graphs = {}
+    for backend, plc in (("ort", "ort"), ("ov", placement)):
+        blob, gates[backend] = detr_gate(bundle, plc, backend, size, max(args.threads), args.gate_steps)
+        graphs[backend] = {0: bundle.parent / f"int8-{plc}-0.onnx"}  # the full placement, written by detr_gate
+        k = gates[backend]["chosen"]["layers_kept_float"]
+        if k:
+            graphs[backend][k] = blob_path(bundle, blob, f"{plc}-gated")
+    label = {"ort": "onnxruntime placement", "openvino": "vkt OpenVINO placement",
+             "trt": "TensorRT placement (vkt has no OpenVINO placement yet)"}
+    for t in args.threads:
+        runners = {
+            "ort-fp32": (make_runner(b, "ort", threads=t), "vkt OrtRunner.infer, FP32"),
+            "ov-fp32": (make_runner(b, "ov", threads=t), "vkt OvRunner.infer, FP32 (f32 hint)"),
+        }
+        extra = {}
+        for backend in ("ort", "ov"):
+            plc = "ort" if backend == "ort" else placement
+            for k, path in graphs[backend].items():
+                r = graph_runner(path, backend, b.spec(), t)
+                step = next(s for s in gates[backend]["steps"] if s["layers_kept_float"] == k)
+                name = f"{backend}-int8-{plc}-placement" + (f"-keep{k}" if k else "")
+                runners[name] = (r, f"vkt {type(r).__name__}.infer, INT8 Q/DQ: the {label[plc]}, "
+                                    f"{k} keep-list nodes in float (AP vs FP32 {step['AP']})")
+                extra[name] = {"AP_vs_fp32": step["AP"], "layers_kept_float": k, "gate": gates[backend]}
+        writer.write_all(timed_rows("ov_families", R50, runners, feed, t, args.iters, args.warmup, extra))
+    writer.write(row("ov_families", "detr-run", includes="how the DETR INT8 graphs were made", model=R50,
+                     shape=f"1x3x{size[0]}x{size[1]}", calibration_s=None if calib_s != calib_s else round(calib_s, 1),
+                     calib_images=args.calib, ov_placement=placement, gate_floor=AP_FLOOR))
+
+
+# ---- SD -------------------------------------------------------------------------------------------
+def run_sd(args: argparse.Namespace, writer: RowWriter) -> None:
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+
+    if args.bundle is None or not (args.bundle / "manifest.json").is_file():
+        raise SystemExit("sd needs --bundle: an SD bundle folder (benchmarks/bench_sd.py --size sd15 makes one)")
+    b = Bundle.load(args.bundle)
+    model = args.model
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        feed = b.spec(comp).opt_feed(rng=np.random.default_rng(0))
+        for t in args.threads:
+            ort_r = make_runner(b, "ort", component=comp, threads=t)
+            ov_r = make_runner(b, "ov", component=comp, threads=t)
+            t0 = time.perf_counter()
+            ort_r.activate(), ov_r.activate()
+            load_s = time.perf_counter() - t0
+            a, o = ort_r.infer(feed), ov_r.infer(feed)
+            diff = {k: float(np.abs(o[k] - a[k]).max()) for k in a}
+            runners = {"ort-fp32": (ort_r, f"vkt OrtRunner.infer on {Path(ort_r.model).name}, FP32"),
+                       "ov-fp32": (ov_r, f"vkt OvRunner.infer on {Path(ov_r.model).name}, FP32 (f32 hint)")}
+            extra = {"ov-fp32": {"component": comp, "max_abs_vs_ort": diff, "open_s_both": round(load_s, 1)},
+                     "ort-fp32": {"component": comp}}
+            writer.write_all(timed_rows("ov_families", f"{model} {comp}", runners, feed, t, args.iters, args.warmup, extra))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("family", choices=("detr", "sd"))
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--size", default="480x640", help="detr: HxW of the timed feed, calibration and AP resize")
+    ap.add_argument("--calib", type=int, default=4, help="detr: calibration photos")
+    ap.add_argument("--work", type=Path, default=None, help="detr: cache folder (bundle, INT8 graphs)")
+    ap.add_argument("--gate-steps", type=int, default=None,
+                    help="detr: try at most this many keep-list steps per backend (1: the full placement only)")
+    ap.add_argument("--transformers-init", action="store_true",
+                    help="detr: keep transformers' random init (all queries alike: AP vs FP32 is meaningless)")
+    ap.add_argument("--bundle", type=Path, default=None, help="sd: the SD bundle")
+    ap.add_argument("--model", default="SD 1.5 shapes (random weights)", help="sd: the rows' model name")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
+    args = ap.parse_args()
+    try:
+        args.threads = [int(t) for t in args.threads.split(",")]
+        assert args.threads and all(t >= 1 for t in args.threads)
+    except (ValueError, AssertionError):
+        ap.error(f"--threads must be positive integers separated by commas, got {args.threads!r}")
+    writer = RowWriter(args.json)
+    (run_detr if args.family == "detr" else run_sd)(args, writer)
+    writer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
