@@ -258,8 +258,12 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx", component)))
     ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking)
     cands = [ptq, *candidates]
+    from vkt.runtime import make_runner
+
+    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` builds: the speed-up a user re-times.
+    fp32_runner = lambda: make_runner(bundle, "ort", "fp32", component=component, threads=config.threads)  # noqa: E731
     result = accuracy_gate(cands, metric, bundle.spec(component), config, sensitivity_feeds=sensitivity_feeds,
-                           latency_feed=latency_feed, reference=fp32, show_progress=show_progress)
+                           latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, show_progress=show_progress)
     gate = result.to_dict()
     gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
     gate["holdout"] = dict(holdout or {})
