@@ -79,6 +79,7 @@ def test_gate_times_what_vkt_bench_times(toy_bundle, tmp_path, monkeypatch, thre
     t = gate["steps"][gate["chosen"]["step"]]["timing"]
     assert tuple(t["shape"]) == (1, 3, 64, 64) and t["threads"] == threads
     assert t["runner"]["threads"] == threads
+    assert set(gate["seconds"]) == {"ranking", "placements", "metric", "timing"}  # where the gate's time went
 
 
 def test_too_slow_int8_ships_fp32_and_says_why(toy_bundle, monkeypatch, caplog, capsys):

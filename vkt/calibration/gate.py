@@ -189,6 +189,7 @@ class GateResult:
     rankings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     reason: str | None = None  # why FP32 ships although a step met the budget (too slow)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase: ranking, placements, metric, timing
 
     @property
     def chosen_step(self) -> GateStep | None:
@@ -206,6 +207,7 @@ class GateResult:
                                                "drop": round(ch.drop, 5), "drop_points": round(100 * ch.drop, 3),
                                                "speedup": _num(ch.speedup)},
             "steps": [s.to_dict() for s in self.steps],
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "ranking": {k: [{"node": r["node"], "op": r.get("op"), "output_sqnr_db": _num(r["output_sqnr_db"]),
                              **({"jump_db": _num(r["jump_db"])} if "jump_db" in r else {}),
                              **({"tensor": r["tensor"]} if "tensor" in r else {}), **({"nodes": list(r["nodes"])} if "nodes" in r else {})} for r in v[:64]]
@@ -261,6 +263,10 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         raise CalibrationError(f"metric must be a callable runner_factory -> float, got {type(metric).__name__}")
     max_drop, placement, ort_ops, threads = config.max_drop, config.placement, config.ort_ops, config.threads
     steps = list(config.walk)
+    clock: dict[str, float] = {}  # where the gate's time goes, recorded in the manifest
+    score_graph, place, time_pair = (_clocked(clock, k, f) for k, f in (("metric", score_graph), ("placements", place),
+                                                                          ("timing", time_pair)))
+    ranker = _clocked(clock, "ranking", rank_layers)
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from (bundles written by vkt export since session 5 have
@@ -282,7 +288,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
 
     for cand in candidates:
         # 2. Rank layers once per candidate (its node names are its own)
-        ranking = rank_layers(cand, config, sensitivity_feeds, show_progress)
+        ranking = ranker(cand, config, sensitivity_feeds, show_progress)
         result.rankings[cand.name] = ranking
         order = [r["node"] for r in ranking]
         todo = [k for k in steps if k <= len(order)]
@@ -336,7 +342,23 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                          f"{'x'.join(map(str, t.shape))}, {_threads(t.threads)}), below the minimum {config.min_speedup:g}x")
         log.warning("%s: shipping FP32 only (--min-speedup sets the minimum)", result.reason)
         result.chosen, result.model = None, None
+    result.seconds = dict(clock)
+    log.info("gate: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.items()))
     return result
+
+
+def _clocked(clock: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` adding its wall time to ``clock[key]``."""
+    import time
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clock[key] = clock.get(key, 0.0) + time.perf_counter() - t0
+
+    return run
 
 
 def _threads(threads: int | None) -> str:
