@@ -154,6 +154,8 @@ def _images(folder, n, value=None, size=24):
     (["--holdout", "{calib}"], "held-out images must not be calibration images"),
     (["--num-images", "0"], "--num-images must be >= 1"),
     (["--method", "mse"], "calibration method must be one of"),
+    (["--holdout", "{hold}", "--min-speedup", "-1"], "--min-speedup is a speed-up over FP32 >= 0"),
+    (["--min-speedup", "1.2"], "--min-speedup is only used with --holdout"),
 ])
 def test_cli_gate_errors_are_one_line(toy_bundle, tmp_path, capsys, args, match):
     from vkt.cli.main import main
