@@ -10,7 +10,7 @@ graph under test (FP32 first: its score is the baseline). The gate knows no fami
 (vkt.models.*) brings its metric (text detection: hmean vs FP32 boxes; DETR: AP vs FP32 detections).
 
 Speed: a step within budget is timed against FP32 (:func:`vkt.calibration.gate_timing.time_pair`: interleaved
-turns, the fastest turn of each, a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
+turns, the median of paired turns' ratios, a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
 the result's ``reason`` says why. Steps over budget are not timed (they cannot ship).
 
 When no step meets the budget, nothing INT8 ships: a warning names the best step, the result's
@@ -63,7 +63,7 @@ class GateConfig:
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
     ort_ops: what an "ort" placement quantizes: "all" (default) or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     threads: onnxruntime intra-op threads (None: onnxruntime's default).
-    iters: timed calls per model (default 10), in turns of 2 after one untimed call; the fastest turn is reported.
+    iters: timed calls per model (default 10), in turns of 2 after one untimed call (more turns on a busy machine).
     min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
         is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.
