@@ -40,13 +40,17 @@ def calibrated(toy_bundle):
 def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
     sens = feeds(((1, 3, 16, 16),), seed=3)
     section = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.035, steps=(0, 2, 4, 8), iters=2,
-                          ranking="sensitivity"), sensitivity_feeds=sens, latency_feed=sens[0], show_progress=False)
+                          ranking="sensitivity", min_speedup=0.0), sensitivity_feeds=sens, latency_feed=sens[0],
+                          show_progress=False)
     gate = section["gate"]
     # 6 convs: k=0 -> 0.94, k=2 -> 0.96 (over 0.035), k=4 -> 0.98 within; k=8 > 6 layers is dropped
     assert [s["layers_kept_float"] for s in gate["steps"]] == [0, 2, 4]
     assert [round(s["metric"], 3) for s in gate["steps"]] == [0.94, 0.96, 0.98]
     assert gate["passed"] and gate["chosen"]["step"] == 2 and gate["baseline"] == 1.0
-    assert all(s["p50_ms"] > 0 and s["fp32_p50_ms"] > 0 for s in gate["steps"])
+    # only the step that can ship is timed (over-budget steps cannot)
+    assert [s["timing"] is not None for s in gate["steps"]] == [False, False, True]
+    t = gate["steps"][2]["timing"]
+    assert t["int8_ms"] > 0 and t["fp32_ms"] > 0 and t["noise_band"][0] <= t["speedup"] <= t["noise_band"][1]
     b = Bundle.load(calibrated)  # checksums hold after the rewrite
     assert b.manifest["calibration"]["gate"] == gate
     ort = next(e for e in b.files("int8 qdq onnx") if e.meta["placement"] == "ort")
@@ -150,6 +154,8 @@ def _images(folder, n, value=None, size=24):
     (["--holdout", "{calib}"], "held-out images must not be calibration images"),
     (["--num-images", "0"], "--num-images must be >= 1"),
     (["--method", "mse"], "calibration method must be one of"),
+    (["--holdout", "{hold}", "--min-speedup", "-1"], "--min-speedup is a speed-up over FP32 >= 0"),
+    (["--min-speedup", "1.2"], "--min-speedup is only used with --holdout"),
 ])
 def test_cli_gate_errors_are_one_line(toy_bundle, tmp_path, capsys, args, match):
     from vkt.cli.main import main

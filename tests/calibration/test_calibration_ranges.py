@@ -137,3 +137,30 @@ def test_excluded_nodes_are_not_judged_degenerate():
     data = [{"X": -np.abs(np.random.default_rng(i).standard_normal((1, 2, 4, 4))).astype(np.float32) - 0.1} for i in range(2)]
     table = compute_ranges(mul_relu_conv(), data, exclude=["conv"], show_progress=False)
     assert table["r"] == (0.0, 0.0)
+
+
+def test_percentile_histograms_match_onnxruntimes_collector():
+    """vkt's |x| histogram collector (numpy's uniform-bin path) against onnxruntime's own HistogramCollector, fed the
+    same samples, whose growing scale widens the bins twice: same edges, the same counts and the same percentile ranges."""
+    from types import SimpleNamespace
+
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from vkt.calibration.ranges import _abs_histogram_collector
+
+    opts = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=128, percentile=99.9, scenario="same")
+    ours, peer = _abs_histogram_collector(SimpleNamespace(**opts)), HistogramCollector(**opts)
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 3.0, 2.0, 7.5):
+        sample = {"a": [(rng.standard_normal((1, 4, 64, 64)) * scale).astype(np.float32)],
+                  "b": [rng.exponential(scale, (1, 8, 32, 32)).astype(np.float32) - 0.1]}
+        ours.collect({k: list(v) for k, v in sample.items()})
+        peer.collect(sample)
+    for name in ("a", "b"):
+        h, e, lo, hi = ours.histogram_dict[name]
+        ph, pe, plo, phi = peer.histogram_dict[name]
+        assert len(e) > 2049 and np.array_equal(e, pe) and (lo, hi) == (plo, phi)
+        assert np.array_equal(h, ph)
+    got, want = ours.compute_collection_result(), peer.compute_collection_result()
+    for name in ("a", "b"):
+        assert got[name][:2] == want[name][:2]

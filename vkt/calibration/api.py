@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +127,10 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
         data_for_ranges: Iterable[Mapping[str, np.ndarray]] = feeds
     else:
         data_for_ranges = kept
+    t0 = time.perf_counter()
     table = compute_ranges(prepared, data_for_ranges, method, num_samples=num_samples, percentile=percentile, exclude=exclude,
                            show_progress=show_progress)
+    seconds = {"ranges": time.perf_counter() - t0}  # where an export's time goes (with the gate's own record)
     table_name = f"{component}.calib.json"
     bundle.add_file(table.to_json().encode(), table_name, TABLE_ROLE, component,
                     meta={"method": table.method, "samples": table.num_samples, "table_sha256": table.sha256})
@@ -159,6 +162,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
                 "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute}
         bundle.add_file(blob, info["path"], QDQ_ROLE, component, meta=meta)
         placements[target] = info
+    seconds["placements"] = time.perf_counter() - t0 - seconds["ranges"]
 
     # 5. The manifest's record
     describe = getattr(data, "describe", None)
@@ -168,7 +172,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
         "samples": table.num_samples, "table": {"path": table_name, "sha256": table.sha256},
         "model_sha256": model_sha256(prepared), "excluded": sorted(exclude), "eval_samples": len(kept.kept),
         "weights": weights_info,
-        "placements": placements, "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")},
+        "placements": placements, "seconds": {k: round(v, 2) for k, v in seconds.items()}, "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")},
     }
     bundle.update(calibration=section)
     return Calibrated(section, prepared)
@@ -258,8 +262,12 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx", component)))
     ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking)
     cands = [ptq, *candidates]
+    from vkt.runtime import make_runner
+
+    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` builds: the speed-up a user re-times.
+    fp32_runner = lambda: make_runner(bundle, "ort", "fp32", component=component, threads=config.threads)  # noqa: E731
     result = accuracy_gate(cands, metric, bundle.spec(component), config, sensitivity_feeds=sensitivity_feeds,
-                           latency_feed=latency_feed, reference=fp32, show_progress=show_progress)
+                           latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, show_progress=show_progress)
     gate = result.to_dict()
     gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
     gate["holdout"] = dict(holdout or {})

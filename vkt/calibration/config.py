@@ -32,6 +32,8 @@ class Int8Config:
         max_drop (--max-drop): allowed drop of the recipe's metric vs FP32, in points (1.0 = 0.01); None: the
             recipe's budget.
         on_fail (--on-fail): when no gate step fits: "fp32" (default: ship no INT8 graph) or "best".
+        min_speedup (--min-speedup): the least speed-up over FP32, as the gate times it, that ships INT8 (below it FP32
+            ships, and the manifest and log say why); None: 1.1; 0: any.
         targets (--target): placements written: "ort" (onnxruntime CPU) and "trt" (TensorRT); default both.
         method (--calib-method): "minmax", "percentile" or "entropy"; None: the recipe's.
         num_images (--num-images): calibrate on at most this many images (prompts); None: all.
@@ -58,6 +60,7 @@ class Int8Config:
     holdout: Path | str | None = None
     max_drop: float | None = None
     on_fail: str = "fp32"
+    min_speedup: float | None = None
     targets: tuple[str, ...] = TARGETS
     method: str | None = None
     num_images: int | None = None
@@ -117,6 +120,9 @@ class Int8Config:
         d = self.max_drop
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d) or not 0 <= d < 100):
             raise InputError(f"--max-drop is in points of the metric (1.0 = 0.01), in [0, 100); got {d!r}")
+        m = self.min_speedup
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0):
+            raise InputError(f"--min-speedup is a speed-up over FP32 >= 0 (1.1 = 10% faster, 0: any), got {m!r}")
         p = self.percentile
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100):
             raise InputError(f"--percentile must be in (0, 100], got {p!r}")
@@ -130,6 +136,7 @@ class Int8Config:
                 raise CalibrationError("--qat needs --holdout DIR (or auto): the accuracy gate decides whether the QAT "
                                        "or the PTQ model ships")
             given = [f for f, v in (("--max-drop", self.max_drop), ("--steps", self.steps), ("--ranking", self.ranking),
+                                    ("--min-speedup", self.min_speedup),
                                     ("--holdout-labels", self.holdout_labels or None)) if v is not None]
             if given:
                 raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used with --holdout "

@@ -9,6 +9,10 @@
 graph under test (FP32 first: its score is the baseline). The gate knows no family: each recipe
 (vkt.models.*) brings its metric (text detection: hmean vs FP32 boxes; DETR: AP vs FP32 detections).
 
+Speed: a step within budget is timed against FP32 (:func:`vkt.calibration.gate_timing.time_pair`: interleaved
+turns, the median of paired turns' ratios, a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
+the result's ``reason`` says why. Steps over budget are not timed (they cannot ship).
+
 When no step meets the budget, nothing INT8 ships: a warning names the best step, the result's
 ``model`` is None and :func:`vkt.calibration.api.gate_bundle` removes the placement's Q/DQ graph,
 so ``--precision int8`` fails loudly instead of running a model known to be out of budget
@@ -35,6 +39,7 @@ log = get_logger(__name__)
 DEFAULT_STEPS = (0, 4, 8, 16, 24, 32, 48)  # tensors (or layers) kept in float
 PREFIX_STEPS = tuple(range(0, 65, 4))  # compute layers kept in float from the input, with the prefix ranking
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of the metric
+DEFAULT_MIN_SPEEDUP = 1.1  # INT8 slower than this over FP32 is not worth its accuracy loss: FP32 ships
 ON_FAIL = ("fp32", "best")
 PLACEMENTS = ("ort", "trt")
 
@@ -58,7 +63,9 @@ class GateConfig:
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
     ort_ops: what an "ort" placement quantizes: "all" (default) or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     threads: onnxruntime intra-op threads (None: onnxruntime's default).
-    iters: timed calls per model, median reported (default 10).
+    iters: timed calls per model (default 10), in turns of 2 after one untimed call (more turns on a busy machine).
+    min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
+        is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.
     """
 
@@ -72,6 +79,7 @@ class GateConfig:
     threads: int | None = None
     iters: int = 10
     exhaustive: bool = False
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
 
     def __post_init__(self) -> None:
         from vkt.calibration.qdq import ORT_OPS
@@ -98,6 +106,9 @@ class GateConfig:
             raise CalibrationError(f"threads must be a positive integer, got {self.threads!r}")
         if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
             raise CalibrationError(f"iters must be a positive integer, got {self.iters!r}")
+        m = self.min_speedup
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+            raise CalibrationError(f"min_speedup must be a speed-up over FP32 >= 0 (1.1 = 10% faster; 0: any), got {m!r}")
 
     @property
     def walk(self) -> tuple[int, ...]:
@@ -126,21 +137,29 @@ class GateCandidate:
 class GateStep:
     """One measured model: its step ``k`` (the first k entries of the ranking in float: the unit of ``steps`` and
     ``--steps``, reported as "layers in float"), the nodes that keeps in float (``float_layers``: node names), its
-    metric, drop vs FP32 (a fraction; ``drop_points`` = 100x, the unit of ``--max-drop``) and ORT CPU latency."""
+    metric, drop vs FP32 (a fraction; ``drop_points`` = 100x, the unit of ``--max-drop``) and, for a step within
+    budget, its latency against FP32 (``timing``: :class:`vkt.calibration.gate_timing.PairTiming`; None: not timed)."""
 
     candidate: str
     k: int
     float_layers: tuple[str, ...]
     metric: float
     drop: float
-    p50_ms: float
-    fp32_p50_ms: float
     within: bool
     parts: Mapping[str, float] = field(default_factory=dict)  # the metric's components, when it reports them
+    timing: Any = None
+
+    @property
+    def int8_ms(self) -> float:
+        return float("nan") if self.timing is None else self.timing.int8_ms
+
+    @property
+    def fp32_ms(self) -> float:
+        return float("nan") if self.timing is None else self.timing.fp32_ms
 
     @property
     def speedup(self) -> float:
-        return self.fp32_p50_ms / self.p50_ms if self.p50_ms > 0 else float("nan")
+        return float("nan") if self.timing is None else self.timing.speedup
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -148,12 +167,11 @@ class GateStep:
         d["layers_kept_float"] = d.pop("k")  # the step, as in --steps, the log and the table
         d["nodes_kept_float"] = len(self.float_layers)
         d["drop_points"] = round(100 * self.drop, 3)
-        d["speedup"] = round(self.speedup, 3)
         d["parts"] = {k: round(float(v), 5) for k, v in self.parts.items()}
         for k in ("metric", "drop"):
             d[k] = round(d[k], 5)
-        for k in ("p50_ms", "fp32_p50_ms"):
-            d[k] = round(d[k], 3)
+        d["timing"] = None if self.timing is None else self.timing.to_dict()
+        d["speedup"] = _num(self.speedup)  # JSON has no NaN: an untimed step records "nan"
         return d
 
 
@@ -169,6 +187,9 @@ class GateResult:
     passed: bool
     model: Any = None
     rankings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
+    reason: str | None = None  # why FP32 ships although a step met the budget (too slow)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase: ranking, placements, metric, timing
 
     @property
     def chosen_step(self) -> GateStep | None:
@@ -178,13 +199,15 @@ class GateResult:
         ch = self.chosen_step
         return {
             "baseline": round(self.baseline, 5), "max_drop": self.max_drop, "max_drop_points": round(100 * self.max_drop, 3),
-            "placement": self.placement, "passed": self.passed,
+            "placement": self.placement, "passed": self.passed, "min_speedup": self.min_speedup,
+            "shipped": "fp32" if self.model is None else "int8", "reason": self.reason,
             "chosen": None if ch is None else {"step": self.chosen, "candidate": ch.candidate, "layers_kept_float": ch.k,
                                                "nodes_kept_float": len(ch.float_layers),
                                                "float_layers": list(ch.float_layers), "metric": round(ch.metric, 5),
                                                "drop": round(ch.drop, 5), "drop_points": round(100 * ch.drop, 3),
-                                               "speedup": round(ch.speedup, 3)},
+                                               "speedup": _num(ch.speedup)},
             "steps": [s.to_dict() for s in self.steps],
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "ranking": {k: [{"node": r["node"], "op": r.get("op"), "output_sqnr_db": _num(r["output_sqnr_db"]),
                              **({"jump_db": _num(r["jump_db"])} if "jump_db" in r else {}),
                              **({"tensor": r["tensor"]} if "tensor" in r else {}), **({"nodes": list(r["nodes"])} if "nodes" in r else {})} for r in v[:64]]
@@ -204,14 +227,16 @@ def check_steps(steps: Sequence[int]) -> list[int]:
 
 def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any, config: GateConfig = GateConfig(), *,
                   sensitivity_feeds: Sequence[Mapping] = (), latency_feed: Mapping[str, np.ndarray] | None = None,
-                  reference: Any = None, show_progress: bool = True) -> GateResult:
+                  reference: Any = None, fp32_runner: Callable[[], Any] | None = None,
+                  show_progress: bool = True) -> GateResult:
     """Walk each candidate's steps (layers kept in float), measure metric and latency, choose the fastest within budget.
 
     For each candidate: rank layers (its own ``ranking`` rows, else ``config.ranking`` on
     ``sensitivity_feeds``, worst first), then for ``k`` in the config's steps keep the first ``k``
-    in float, write the ``config.placement``, score it with ``metric`` and time it against FP32
-    (ORT CPU, calls interleaved so the ratio holds on a shared machine). A candidate stops at its
-    first step within budget unless ``config.exhaustive``.
+    in float, write the ``config.placement``, score it with ``metric`` and, within budget, time it against
+    FP32 (ORT CPU, turns interleaved so the ratio holds on a shared machine). A candidate stops at its
+    first step within budget unless ``config.exhaustive``. The choice ships only when it is at least
+    ``config.min_speedup`` times faster than FP32.
 
     Args:
         candidates: models to gate (PTQ first; QAT or others next).
@@ -220,11 +245,14 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         config: budget, steps, ranking, placement, on_fail (:class:`GateConfig`).
         sensitivity_feeds: 1-4 small feeds for the ranking (needed unless every candidate has its ranking or the
             ranking is "prefix").
-        latency_feed: the feed timed (None: latency not measured, recorded as NaN, ties go to fewer float layers).
-        reference: the FP32 graph scored and timed as the baseline (default: the first candidate's ``fp32``;
-            pass the bundle's graph when candidates carry pre-rounded weights).
+        latency_feed: the feed timed (None: latency not measured, recorded as NaN, ties go to fewer float layers,
+            no speed check); to agree with ``vkt bench``, a feed at the shape it times.
+        reference: the FP32 graph scored (and timed, without ``fp32_runner``) as the baseline (default: the first
+            candidate's ``fp32``; pass the bundle's graph when candidates carry pre-rounded weights).
+        fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on ORT CPU); pass the one
+            ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
     """
-    from vkt.calibration.gate_timing import score_graph, time_pair
+    from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
     from vkt.calibration.qdq import placement as place
 
     if not candidates:
@@ -235,20 +263,32 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         raise CalibrationError(f"metric must be a callable runner_factory -> float, got {type(metric).__name__}")
     max_drop, placement, ort_ops, threads = config.max_drop, config.placement, config.ort_ops, config.threads
     steps = list(config.walk)
+    clock: dict[str, float] = {}  # where the gate's time goes, recorded in the manifest
+    score_graph, place, time_pair = (_clocked(clock, k, f) for k, f in (("metric", score_graph), ("placements", place),
+                                                                          ("timing", time_pair)))
+    ranker = _clocked(clock, "ranking", rank_layers)
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
-    # With the exact float rewrites the INT8 placements start from, so a speed-up is INT8's own (bundles written by
-    # vkt export since session 5 have them already; older ones would otherwise count the rewrites' gain too).
+    # With the exact float rewrites the INT8 placements start from (bundles written by vkt export since session 5 have
+    # them already). Timed against: fp32_runner when given (gate_bundle: the bundle's file, as `vkt bench` runs it).
     from vkt.onnxgraph import rewrite_fp32
 
     fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = score_graph(metric, fp32_blob, spec, threads, "FP32")
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
-    result = GateResult(baseline, float(max_drop), placement, [], None, False)
+    result = GateResult(baseline, float(max_drop), placement, [], None, False, min_speedup=float(config.min_speedup))
+    fp32_timed = fp32_runner or runner_factory(fp32_blob, spec, threads)
+
+    def timing(blob: bytes) -> Any:
+        if latency_feed is None:
+            return None
+        return time_pair(fp32_timed, runner_factory(blob, spec, threads), latency_feed,
+                         turns=max(1, math.ceil(config.iters / 2)), block=2, threads=threads)
+
     for cand in candidates:
         # 2. Rank layers once per candidate (its node names are its own)
-        ranking = rank_layers(cand, config, sensitivity_feeds, show_progress)
+        ranking = ranker(cand, config, sensitivity_feeds, show_progress)
         result.rankings[cand.name] = ranking
         order = [r["node"] for r in ranking]
         todo = [k for k in steps if k <= len(order)]
@@ -262,14 +302,12 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops)
             blob = q.SerializeToString()
             score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}")
-            fp_ms, q_ms = (np.nan, np.nan) if latency_feed is None else time_pair(fp32_blob, blob, latency_feed, threads,
-                                                                                   config.iters)
-            step = GateStep(cand.name, k, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
-                            baseline - score <= max_drop + 1e-12, dict(getattr(metric, "last", None) or {}))
+            within = baseline - score <= max_drop + 1e-12
+            step = GateStep(cand.name, k, kept, float(score), float(baseline - score), within,
+                            dict(getattr(metric, "last", None) or {}), timing(blob) if within else None)  # only what can ship is timed
             result.steps.append(step)
-            log.info("gate %s: %d layer(s) in float (%d nodes): metric %.4f (drop %.2f points), %.1f ms vs FP32 %.1f ms%s",
-                     cand.name, k, len(kept), round(score, 5), round(100 * step.drop, 3), q_ms, fp_ms,  # as to_dict() rounds
-                     " within budget" if step.within else "")
+            log.info("gate %s: %d layer(s) in float (%d nodes): metric %.4f (drop %.2f points)%s", cand.name, k, len(kept),
+                     round(score, 5), round(100 * step.drop, 3), _timing_note(step))  # as to_dict() rounds
             if step.within:
                 if result.model is None or _faster(step, result.chosen_step):
                     result.chosen, result.model = len(result.steps) - 1, q
@@ -284,14 +322,55 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         msg = (f"no INT8 model met the budget (drop <= {100 * max_drop:.2f} point(s)); best: {b.candidate} with {b.k} "
                f"layer(s) in float, metric {b.metric:.4f} vs FP32 {baseline:.4f} (drop {100 * b.drop:.2f} points)")
         if config.on_fail == "best":
-            result.chosen = best
             result.model = place(next(c for c in candidates if c.name == b.candidate).fp32,
                                  next(c for c in candidates if c.name == b.candidate).table, placement, b.float_layers,
                                  ort_ops=ort_ops)
+            if b.timing is None:
+                result.steps[best] = b = GateStep(b.candidate, b.k, b.float_layers, b.metric, b.drop, b.within, b.parts,
+                                                  timing(result.model.SerializeToString()))
+            result.chosen = best
             log.warning("%s; shipping it anyway (on_fail='best')", msg)
         else:
             log.warning("%s; shipping FP32 only (raise --max-drop, add more steps, or try --qat)", msg)
+
+    # 5. Never INT8 slower than FP32: below min_speedup, FP32 ships and the reason is recorded
+    ch = result.chosen_step
+    if ch is not None and ch.timing is not None and not ch.speedup >= config.min_speedup:
+        t = ch.timing
+        result.reason = (f"INT8 ({ch.candidate}, {ch.k} layer(s) in float) measured {ch.speedup:.2f}x FP32 (noise band "
+                         f"{t.band[0]:.2f}-{t.band[1]:.2f}x; {t.fp32_ms:.1f} vs {t.int8_ms:.1f} ms at "
+                         f"{'x'.join(map(str, t.shape))}, {_threads(t.threads)}), below the minimum {config.min_speedup:g}x")
+        log.warning("%s: shipping FP32 only (--min-speedup sets the minimum)", result.reason)
+        result.chosen, result.model = None, None
+    result.seconds = dict(clock)
+    log.info("gate: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.items()))
     return result
+
+
+def _clocked(clock: dict[str, float], key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` adding its wall time to ``clock[key]``."""
+    import time
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clock[key] = clock.get(key, 0.0) + time.perf_counter() - t0
+
+    return run
+
+
+def _threads(threads: int | None) -> str:
+    return "the runtime's default threads" if threads is None else f"{threads} thread(s)"
+
+
+def _timing_note(step: GateStep) -> str:
+    t = step.timing
+    if t is None:
+        return "" if not step.within else " within budget (not timed)"
+    return (f", {t.int8_ms:.1f} ms vs FP32 {t.fp32_ms:.1f} ms: {t.speedup:.2f}x (noise band {t.band[0]:.2f}-{t.band[1]:.2f}x)"
+            " within budget")
 
 
 def rank_layers(cand: GateCandidate, config: GateConfig, feeds: Sequence[Mapping[str, np.ndarray]],
@@ -317,12 +396,13 @@ def rank_layers(cand: GateCandidate, config: GateConfig, feeds: Sequence[Mapping
 def _faster(a: GateStep, b: GateStep | None) -> bool:
     if b is None:
         return True
-    if np.isnan(a.p50_ms) or np.isnan(b.p50_ms):
+    if np.isnan(a.speedup) or np.isnan(b.speedup):
         return len(a.float_layers) < len(b.float_layers)
-    # Latencies within 3% are a tie on a shared machine: prefer the better metric.
-    if abs(a.p50_ms - b.p50_ms) <= 0.03 * min(a.p50_ms, b.p50_ms):
+    # Speed-ups within 3% are a tie on a shared machine: prefer the better metric. (Each step is timed against its
+    # own interleaved FP32 turns, so its speed-up, not its raw latency, is what compares across steps.)
+    if abs(a.speedup - b.speedup) <= 0.03 * min(a.speedup, b.speedup):
         return a.metric > b.metric
-    return a.p50_ms < b.p50_ms
+    return a.speedup > b.speedup
 
 
 def _num(x: float) -> float | str:

@@ -1,13 +1,25 @@
-"""The gate's measurements of one graph: its metric through a fresh ORT runner, and its latency against FP32."""
+"""The gate's measurements of one graph: its metric through a fresh runner, and its speed-up over FP32.
+
+    t = time_pair(fp32_factory, int8_factory, feed, turns=5, block=2)
+    t.speedup, t.band                      # e.g. 1.31, (1.22, 1.38): the figure and its noise band
+
+Runner-agnostic: the two factories return fresh, not yet activated runners (onnxruntime, OpenVINO, ...), the same
+ones ``vkt bench`` would build for the bundle, so the gate and ``vkt bench`` time the same thing.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vkt.errors import CalibrationError
+
+TURNS, BLOCK = 5, 2  # default: 5 turns of (1 untimed + 2 timed) calls per model
+WIDE, MAX_ROUNDS = 1.25, 3  # a band wider than highest/lowest 1.25 (a busy machine) takes more turns, up to 3x
 
 
 def runner_factory(blob: bytes, spec: Any, threads: int | None) -> Callable[[], Any]:
@@ -29,22 +41,96 @@ def score_graph(metric: Callable[[Callable[[], Any]], float], blob: bytes, spec:
     return value
 
 
-def time_pair(a: bytes, b: bytes, feed: Mapping[str, np.ndarray], threads: int | None, iters: int) -> tuple[float, float]:
-    """Median ms of two graphs on ORT CPU after two warm-up calls each, timed in alternating turns of one
-    untimed and up to five timed calls (:func:`vkt.bench.time_turns`: at more than one thread, a call made
-    right after the other session's would share the cores with that session's still-spinning workers)."""
-    from vkt.bench import time_turns
-    from vkt.runtime.ort import OrtRunner
+@dataclass(frozen=True)
+class PairTiming:
+    """FP32 vs INT8 latency from interleaved turns (each turn: one untimed call, then ``block`` timed ones per model).
 
-    runners = [OrtRunner(x, threads=threads, name="time") for x in (a, b)]
-    for r in runners:
-        r.activate()
+    fp32_ms, int8_ms: the fastest turn's mean per call (load from other processes only adds time, so the least
+        disturbed turn is the closest to the model's own cost; on a quiet machine it is within a few % of the p50).
+    ratios: each turn's speed-up (its FP32 block's mean over the INT8 block's right after it: both see the same load).
+    speedup: the median of ``ratios``. Paired turns cancel load that drifts between turns, and the median drops a
+        disturbed turn; the fastest-over-fastest ratio would not do: under load the shorter INT8 blocks vary more,
+        so their minimum is luckier and the ratio comes out too high. On a quiet machine all of these agree.
+    band: (lowest, highest) of ``ratios``: the noise band of ``speedup`` on this machine at this time.
+    shape: the timed input's shape; threads: intra-op threads (None: the runtime's default); runner: the INT8
+        runner's ``describe()`` (backend, threads, session options).
+    """
+
+    fp32_ms: float
+    int8_ms: float
+    ratios: tuple[float, ...]
+    turns: int
+    block: int
+    shape: tuple[int, ...]
+    threads: int | None
+    runner: Mapping[str, Any]
+
+    @property
+    def speedup(self) -> float:
+        return float(np.median(self.ratios))
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return (min(self.ratios), max(self.ratios))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fp32_ms": round(self.fp32_ms, 3), "int8_ms": round(self.int8_ms, 3), "speedup": round(self.speedup, 3),
+                "noise_band": [round(self.band[0], 3), round(self.band[1], 3)], "turns": self.turns, "block": self.block,
+                "turn_speedups": [round(r, 3) for r in self.ratios],
+                "statistic": "speedup: median of paired turns' ratios; ms: fastest turn's mean per call",
+                "shape": list(self.shape),
+                "threads": self.threads, "runner": dict(self.runner)}
+
+
+def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[str, np.ndarray], *, turns: int = TURNS,
+              block: int = BLOCK, warmup: int = 2, threads: int | None = None) -> PairTiming:
+    """Time two runners side by side (:func:`vkt.bench.time_turns`, the turns ``vkt bench`` takes).
+
+    ``fp32`` / ``int8``: factories of fresh, not yet activated runners; each is warmed up ``warmup`` calls, then the
+    two take ``turns`` turns of one untimed call (at more than one thread it absorbs the other runner's still-spinning
+    workers) and ``block`` timed calls; while the band is wider than 1.25x (a busy machine), ``turns`` more, up to
+    3 rounds. ``threads`` is recorded (the factories already apply it).
+    """
+    from vkt.bench import time_turns
+
+    if turns < 1 or block < 1 or warmup < 0:
+        raise CalibrationError(f"expected turns >= 1, block >= 1 and warmup >= 0, got {turns}, {block}, {warmup}")
+    runners = [fp32(), int8()]
+    active: list[Any] = []
     try:
         for r in runners:
-            for _ in range(2):
-                r.infer(feed, check=False)
-        times = time_turns([(lambda r=r: r.infer(feed, check=False)) for r in runners], iters, block=5, settle=1)
-        return float(np.median(times[0]) * 1e3), float(np.median(times[1]) * 1e3)
-    finally:
+            r.activate()
+            active.append(r)
         for r in runners:
+            for _ in range(warmup):
+                r.infer(feed, check=False)
+        calls = [(lambda r=r: r.infer(feed, check=False)) for r in runners]
+        fp, q = np.empty(0), np.empty(0)
+        for _ in range(MAX_ROUNDS):
+            times = time_turns(calls, turns * block, block=block, settle=1)
+            # [turns] mean seconds per call of each turn, FP32 and INT8
+            fp, q = (np.concatenate([acc, np.asarray(t[: turns * block], np.float64).reshape(turns, block).mean(axis=1)])
+                     for acc, t in ((fp, times[0]), (q, times[1])))
+            ratios = fp / q
+            if ratios.max() <= WIDE * ratios.min():
+                break
+        info = runners[1].describe() if hasattr(runners[1], "describe") else {}
+    finally:
+        for r in active:
             r.deactivate()
+    shape = tuple(int(d) for d in np.shape(next(iter(feed.values())))) if feed else ()
+    return PairTiming(float(fp.min() * 1e3), float(q.min() * 1e3), tuple(float(r) for r in ratios), len(ratios),
+                      block, shape, threads, {k: v for k, v in dict(info).items() if _plain(v)})
+
+
+def _plain(v: Any) -> bool:
+    """JSON-ready values only (describe() may hold paths or objects)."""
+    if isinstance(v, (str, int, bool)) or v is None:
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    if isinstance(v, Mapping):
+        return all(isinstance(k, str) and _plain(x) for k, x in v.items())
+    return False

@@ -209,6 +209,8 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
         with quiet():
             calibrator = create_calibrator(path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                            calibrate_method=ort_method, extra_options=extra)
+        if method == "percentile":
+            calibrator.collector = _abs_histogram_collector(calibrator)
         n = 0
         observed: dict[str, tuple[float, float]] = {}
         for feed in progress(_take(data, num_samples), "calibrating", total=num_samples, enabled=show_progress):
@@ -244,6 +246,64 @@ def compute_ranges(model: Any, data: Iterable[Mapping[str, np.ndarray]], method:
         raise CalibrationError(f"calibration produced non-finite ranges (NaN/inf in the data or the model) for tensors {bad[:8]}")
     _check_degenerate(prepared, ranges, observed, exclude)
     return CalibrationTable(ranges, method, n, sha, options)
+
+
+def _abs_histogram_collector(calibrator: Any) -> Any:
+    """onnxruntime's HistogramCollector for |x| histograms, binning a sample without sorting it.
+
+    onnxruntime bins every sample after the first on its edges passed as an array, which numpy bins by sorting the
+    sample: 61 of 72 s of calibrating PP-OCRv5 mobile on 8 images went there. The edges are nearly uniform (the first
+    sample's 2048 bins, widened by whole float32 bins as larger values come), so :func:`_bin_counts` finds each
+    value's bin arithmetically and corrects it against the true edges: the same counts, a fraction of the cost."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class AbsHistogram(HistogramCollector):
+        def collect_absolute_value(self, name_to_arr: Mapping[str, Any]) -> None:
+            first = {k: v for k, v in name_to_arr.items() if k not in self.histogram_dict}
+            if first:  # the first sample of a tensor: onnxruntime's own binning, already on the uniform path
+                super().collect_absolute_value(first)
+            for tensor, arrs in name_to_arr.items():
+                if tensor in first:
+                    continue
+                a = np.asarray(arrs).ravel()
+                lo, hi = (np.nanmin(a), np.nanmax(a)) if a.size else (np.zeros((), a.dtype), np.zeros((), a.dtype))
+                a = np.absolute(a)
+                hist, edges, old_lo, old_hi = self.histogram_dict[tensor]
+                amax = np.nanmax(a) if a.size else edges[-1]
+                if amax > edges[-1]:  # widen by whole bins of the same width, as onnxruntime does
+                    width = edges[1] - edges[0]
+                    edges = np.hstack((edges, np.arange(edges[-1] + width, amax + width, width))).astype(a.dtype)
+                counts = _bin_counts(a, edges)
+                counts[: len(hist)] += hist
+                self.histogram_dict[tensor] = (counts, edges, min(old_lo, lo), max(old_hi, hi))
+
+    c = calibrator
+    return AbsHistogram(method=c.method, symmetric=c.symmetric, num_bins=c.num_bins,
+                        num_quantized_bins=c.num_quantized_bins, percentile=c.percentile, scenario=c.scenario)
+
+
+def _bin_counts(x: np.ndarray, edges: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+    """``np.histogram(x, bins=edges)[0]`` for sorted, nearly uniform ``edges`` (bins [e_i, e_i+1), the last one closed),
+    in O(len(x)): per block of ``block`` values (cache-sized temporaries), a guess from the mean bin width, moved bin
+    by bin until it is the bin the edges say. 2.5-3x faster than numpy's sort on 2M values and 6800 edges."""
+    n = len(edges) - 1
+    lo, hi = edges[0], edges[-1]
+    scale = np.float64(n) / (np.float64(hi) - np.float64(lo))
+    counts = np.zeros(n, np.int64)
+    for start in range(0, len(x), block):
+        v = x[start:start + block]
+        v = v[(v >= lo) & (v <= hi)]  # NaN and values outside the edges are not counted, as numpy does
+        idx = ((v - lo) * scale).astype(np.intp)
+        np.clip(idx, 0, n - 1, out=idx)
+        while True:  # the guess is off by < 1 bin on these edges: a step or two
+            down = v < edges[idx]
+            up = (v >= edges[idx + 1]) & (idx < n - 1)
+            if not (down.any() or up.any()):
+                break
+            idx -= down
+            idx += up
+        counts += np.bincount(idx, minlength=n)
+    return counts
 
 
 def _take(data: Iterable[Mapping[str, np.ndarray]], n: int | None) -> Iterable[Mapping[str, np.ndarray]]:

@@ -33,6 +33,10 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         "textdet 1.0, detr 2.0."))], None),
     "on_fail": (Annotated[str, _opt("--on-fail", help=(
         "With --holdout, when no gate step fits: fp32 (ship no INT8 graph) | best (ship the best-scoring one)."))], "fp32"),
+    "min_speedup": (Annotated[Optional[float], _opt("--min-speedup", help=(
+        "With --holdout: the least speed-up over FP32 that ships INT8, timed by the gate as `vkt bench` times it (the "
+        "profile's opt shape, --threads); below it FP32 ships and the log and manifest say why. Default: 1.1; 0: any."))],
+        None),
     "target": (Annotated[Optional[list[str]], _opt("--target", "-t", metavar="ort|trt", help=(
         "Placement to write, repeatable: ort (onnxruntime CPU, fused integer kernels) and/or trt (TensorRT, Q/DQ on "
         "Conv/MatMul/Gemm inputs). Default: both; the gate scores ort and rewrites trt with the same float layers."))],

@@ -52,6 +52,7 @@ def quantize(
 
 def print_calibration(b: Any, section: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from vkt.tables import print_table
 
@@ -78,14 +79,41 @@ def print_calibration(b: Any, section: dict) -> None:
         print_table(render_gate_table(gate), c)
         ch = gate.get("chosen")
         budget = f"{gate['max_drop'] * 100:g} point(s)"
-        if ch is None:
+        if ch is None and gate.get("reason"):
+            c.print(f"[yellow]shipped FP32 only: {escape(gate['reason'])} (placement {gate['placement']!r} removed)[/]",
+                    highlight=False)
+        elif ch is None:
             c.print(f"[yellow]no INT8 model within {budget} of FP32: shipped FP32 only "
                     f"(placement {gate['placement']!r} removed)[/]", highlight=False)
         else:
             layers = ch.get("layers_kept_float", len(ch["float_layers"]))
+            step = gate["steps"][ch["step"]]
             c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float: {gate.get('metric_name', 'metric')} "
-                    f"{ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} points, budget {budget}), {ch['speedup']:.2f}x FP32 "
-                    "on ORT CPU", highlight=False)
+                    f"{ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} points, budget {budget})"
+                    f"{_speed(step.get('timing'))}", highlight=False)
+            if step.get("timing"):
+                c.print(f"  re-time it: {escape(_bench_command(b, step['timing']))}", highlight=False)
+
+
+def _speed(t: dict[str, Any] | None) -> str:
+    """", 1.31x FP32 (noise band 1.22-1.38x) on ORT CPU at 1x3x736x736, 2 thread(s)" for a timed step."""
+    if not t:
+        return " (not timed)"
+    threads = "onnxruntime's default threads" if t.get("threads") is None else f"{t['threads']} thread(s)"
+    lo, hi = t["noise_band"]
+    return (f", {t['speedup']:.2f}x FP32 (noise band {lo:.2f}-{hi:.2f}x) on ORT CPU at "
+            f"{'x'.join(map(str, t['shape']))}, {threads}")
+
+
+def _bench_command(b: Any, t: dict[str, Any]) -> str:
+    """The `vkt bench` command that times what the gate timed: same graphs, input shape and threads."""
+    import shlex
+
+    # Batch: bench's default (1), as the gate timed; the other named axes at the sizes timed.
+    dims = [f"{n}={v}" for n, v in zip(b.spec().inputs[0].shape[1:], t["shape"][1:]) if isinstance(n, str)]
+    threads = [] if t.get("threads") is None else ["--threads", str(t["threads"])]
+    return " ".join(["vkt bench", shlex.quote(str(b.root)), "-t ort:fp32 -t ort:int8", *(["--shape", ",".join(dims)] if dims else []),
+                     *threads])
 
 
 def _db(v: Any) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from vkt.calibration.config import Int8Config
-from vkt.calibration.gate import CandidateFactory, GateConfig, Metric
+from vkt.calibration.gate import DEFAULT_MIN_SPEEDUP, CandidateFactory, GateConfig, Metric
 from vkt.errors import CalibrationError, InputError
 from vkt.log import get_logger
 
@@ -96,7 +96,8 @@ class ImageRecipe(Recipe):
         return GateConfig(max_drop=config.max_drop / 100.0, steps=config.steps or (tuple(steps) if steps else None),
                           ranking=config.ranking or "tensor", placement=placement,
                           follow=tuple(t for t in config.targets if t != placement), on_fail=config.on_fail,
-                          ort_ops=config.ort_ops or "all", threads=config.threads)
+                          ort_ops=config.ort_ops or "all", threads=config.threads,
+                          min_speedup=DEFAULT_MIN_SPEEDUP if config.min_speedup is None else float(config.min_speedup))
 
     def quantize(self, bundle: Any, config: Int8Config, *, extra_candidates: Sequence[CandidateFactory] = (),
                  component: str | None = None, show_progress: bool = True) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""The gate's speed check: it times what `vkt bench` times, and a too-slow INT8 model never ships."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from calib_helpers import feeds
+
+from vkt.bundle import Bundle
+from vkt.calibration import Int8Config, quantize_bundle
+from vkt.calibration.gate import GateConfig
+from vkt.calibration.gate_timing import PairTiming
+
+
+def conv_count_metric(factory) -> float:
+    """1 - 0.01 per Conv reading a DequantizeLinear output: FP32 scores 1.0."""
+    import onnx
+
+    m = onnx.load_from_string(bytes(factory().model))
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return 1.0 - 0.01 * sum(1 for n in m.graph.node if n.op_type == "Conv" and n.input[0] in dq)
+
+
+def _images(folder, n, size=24):
+    import cv2
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (size + 8 * i, size, 3), dtype=np.uint8))
+    return folder
+
+
+def _session(runner) -> dict:
+    """What decides a runner's speed, read from the runner: its graph, threads and onnxruntime session options."""
+    model = runner.model
+    graph = bytes(model) if isinstance(model, (bytes, bytearray)) else open(model, "rb").read()
+    return {"graph": graph, "threads": runner.threads, "providers": tuple(runner.providers),
+            "graph_optimization": runner.graph_optimization, "session_config": dict(runner.session_config)}
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_gate_times_what_vkt_bench_times(toy_bundle, tmp_path, monkeypatch, threads):
+    """The gate's FP32 and INT8 timings use the runners `vkt bench -t ort:fp32 -t ort:int8` builds for the shipped
+    bundle (same graph bytes, threads, providers, session options) on a feed of the shape bench times by default."""
+    import vkt.calibration.gate_timing as gt
+    from vkt.calibration.holdout import resolve_holdout
+    from vkt.calibration.images import gate_images
+    from vkt.calibration.api import Calibrated
+    from vkt.cli.bench import build_targets, make_cases
+
+    timed = []
+    real = gt.time_pair
+
+    def spy(fp32, int8, feed, **kw):
+        a, b = fp32(), int8()
+        timed.append((a, b, {k: v.shape for k, v in feed.items()}))
+        return real(lambda: a, lambda: b, feed, **kw)
+
+    monkeypatch.setattr(gt, "time_pair", spy)
+    section = quantize_bundle(toy_bundle, feeds(), Int8Config(targets=("ort",)), eval_samples=0, show_progress=False)
+    split = resolve_holdout(_images(tmp_path / "calib", 2), _images(tmp_path / "held", 2))
+    cfg = GateConfig(max_drop=0.035, steps=(0, 4), ranking="prefix", threads=threads, iters=2, min_speedup=0.0)
+    gate = gate_images(Bundle.load(toy_bundle), Calibrated(section, None), conv_count_metric, split, cfg,
+                       show_progress=False)["gate"]
+    assert gate["shipped"] == "int8" and len(timed) == 1  # one step within budget, the only one timed
+    gate_fp32, gate_int8, gate_shapes = timed[0]
+
+    targets, spec = build_targets(toy_bundle, [("ort", "fp32"), ("ort", "int8")], threads, None, False)
+    bench_fp32, bench_int8 = (t.run.__self__ for t in targets)
+    try:
+        assert _session(gate_fp32) == _session(bench_fp32)
+        assert _session(gate_int8) == _session(bench_int8)  # the graph timed is the graph shipped
+    finally:
+        for t in targets:
+            t.teardown()
+    (case,) = make_cases(spec, [1], [])
+    assert gate_shapes == {k: v.shape for k, v in case.feed.items()} == {"image": (1, 3, 64, 64)}  # the profile's opt
+    t = gate["steps"][gate["chosen"]["step"]]["timing"]
+    assert tuple(t["shape"]) == (1, 3, 64, 64) and t["threads"] == threads
+    assert t["runner"]["threads"] == threads
+    assert set(gate["seconds"]) == {"ranking", "placements", "metric", "timing"}  # where the gate's time went
+
+
+def test_too_slow_int8_ships_fp32_and_says_why(toy_bundle, monkeypatch, caplog, capsys):
+    """Within budget but below --min-speedup: FP32 ships, the Q/DQ graph is removed, the manifest and the log say why."""
+    import vkt.calibration.gate_timing as gt
+    from vkt.calibration.api import gate_bundle
+    from vkt.cli.quantize import print_calibration
+
+    slow = PairTiming(100.0, 95.0, (0.98, 1.05, 1.07), 3, 2, (1, 3, 64, 64), None, {})
+    monkeypatch.setattr(gt, "time_pair", lambda *a, **k: slow)
+    quantize_bundle(toy_bundle, feeds(), Int8Config(targets=("ort", "trt")), eval_samples=0, show_progress=False)
+    sens = feeds(((1, 3, 64, 64),), seed=3)
+    cfg = GateConfig(max_drop=0.035, steps=(0, 4), ranking="prefix", follow=("trt",))
+    gate = gate_bundle(toy_bundle, conv_count_metric, cfg, latency_feed=sens[0], show_progress=False)["gate"]
+    assert gate["passed"] and gate["shipped"] == "fp32" and gate["chosen"] is None and gate["min_speedup"] == 1.1
+    assert "1.05x FP32" in gate["reason"] and "0.98-1.07x" in gate["reason"] and "below the minimum 1.1x" in gate["reason"]
+    assert "shipping FP32 only" in caplog.text
+    b = Bundle.load(toy_bundle)
+    assert b.files("int8 qdq onnx") == [] and not (toy_bundle / "model.int8.ort.onnx").exists()
+    print_calibration(b, b.manifest["calibration"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "shipped FP32 only" in out and "too slow" in out
+
+    # the same step at 1.2x ships, and the printed line gives the figure, its band and the command that re-times it
+    monkeypatch.setattr(gt, "time_pair", lambda *a, **k: PairTiming(120.0, 100.0, (1.1, 1.2, 1.3), 3, 2, (1, 3, 64, 64), 2, {}))
+    quantize_bundle(toy_bundle, feeds(), Int8Config(targets=("ort",)), eval_samples=0, show_progress=False)
+    section = gate_bundle(toy_bundle, conv_count_metric, cfg, latency_feed=sens[0], show_progress=False)
+    assert section["gate"]["shipped"] == "int8" and section["gate"]["reason"] is None
+    print_calibration(Bundle.load(toy_bundle), section)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1.20x FP32 (noise band 1.10-1.30x) on ORT CPU at 1x3x64x64, 2 thread(s)" in out
+    assert "-t ort:fp32 -t ort:int8 --shape height=64,width=64 --threads 2" in out
+
+
+def test_pair_timing_records_its_turns():
+    """Real runners, a few turns: the speed-up is the median of the paired turns' ratios, the band their extremes, and
+    a wide band (a busy machine) only ever adds whole rounds of turns."""
+    from vkt.calibration.gate_timing import runner_factory, time_pair
+    from vkt.export.toy import toy_convnet
+
+    model, spec = toy_convnet()
+    blob = model.SerializeToString()
+    feed = {spec.inputs[0].name: np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    t = time_pair(runner_factory(blob, spec, 1), runner_factory(blob, spec, 1), feed, turns=3, block=2, warmup=1,
+                  threads=1)
+    lo, hi = t.band
+    assert t.turns in (3, 6, 9) and len(t.ratios) == t.turns and t.shape == (1, 3, 32, 32)
+    assert t.fp32_ms > 0 and t.int8_ms > 0 and t.speedup == float(np.median(t.ratios))
+    assert (lo, hi) == (min(t.ratios), max(t.ratios)) and (hi <= 1.25 * lo or t.turns == 9)  # stops once narrow, or at 3 rounds
+    d = t.to_dict()
+    assert d["noise_band"] == [round(lo, 3), round(hi, 3)] and len(d["turn_speedups"]) == t.turns
+    assert d["runner"]["threads"] == 1
