@@ -62,7 +62,7 @@ def image_info(data: bytes) -> ImageInfo:
               else _tiff if head[:4] in (b"II*\x00", b"MM\x00*") else _webp if head[:4] == b"RIFF" and head[8:12] == b"WEBP"
               else _pnm if re.match(rb"P[1-6]\s", head) else None)
     if reader is None:
-        raise UnsupportedMediaError(f"the body ({len(data)} bytes, starting {head[:8]!r}) is not an image in an accepted "
+        raise UnsupportedMediaError(f"the body ({len(data)} bytes, starting with bytes {head[:8].hex(' ')}) is not an image in an accepted "
                                     f"format; send {ACCEPTED}")
     try:
         info = reader(data)
