@@ -36,7 +36,7 @@ DEFAULT_STEPS = (0, 4, 8, 16, 24, 32, 48)  # tensors (or layers) kept in float
 PREFIX_STEPS = tuple(range(0, 65, 4))  # compute layers kept in float from the input, with the prefix ranking
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of the metric
 ON_FAIL = ("fp32", "best")
-PLACEMENTS = ("ort", "trt")
+PLACEMENTS = ("ort", "trt", "openvino")
 
 Metric = Callable[[Callable[[], Any]], float]
 # Builds an extra gate candidate (e.g. QAT) from (bundle, calibration image paths, preprocess, resolved Int8Config).
@@ -52,7 +52,8 @@ class GateConfig:
         ranking, else 0, 4, 8, 16, 24, 32, 48; counts beyond the number of layers are dropped).
     ranking: what is kept in float first, for candidates without their own ranking rows: "tensor" (default),
         "jump", "sensitivity" or "prefix" (:mod:`vkt.calibration.rankings`).
-    placement: the placement scored and timed, "ort" (onnxruntime CPU, default) or "trt".
+    placement: the placement scored and timed, "ort" (onnxruntime CPU, default), "trt" (scored on onnxruntime CPU)
+        or "openvino" (scored and timed on OpenVINO CPU, against the FP32 graph on OpenVINO).
     follow: other placements rewritten with the chosen step's float nodes (not measured themselves), or
         removed with it when nothing ships (default none).
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
@@ -84,7 +85,7 @@ class GateConfig:
         if self.ranking not in RANKING_METHODS:
             raise CalibrationError(f"ranking must be one of {list(RANKING_METHODS)}, got {self.ranking!r}")
         if self.placement not in PLACEMENTS:
-            raise CalibrationError(f"gate placement must be 'ort' or 'trt', got {self.placement!r}")
+            raise CalibrationError(f"gate placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         follow = (self.follow,) if isinstance(self.follow, str) else tuple(self.follow)
         if any(p not in PLACEMENTS for p in follow):
             raise CalibrationError(f"follow must name placements among {list(PLACEMENTS)}, got {list(follow)}")
@@ -210,7 +211,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     For each candidate: rank layers (its own ``ranking`` rows, else ``config.ranking`` on
     ``sensitivity_feeds``, worst first), then for ``k`` in the config's steps keep the first ``k``
     in float, write the ``config.placement``, score it with ``metric`` and time it against FP32
-    (ORT CPU, calls interleaved so the ratio holds on a shared machine). A candidate stops at its
+    (ORT CPU; OpenVINO CPU for the "openvino" placement; calls interleaved so the ratio holds on a shared machine). A candidate stops at its
     first step within budget unless ``config.exhaustive``.
 
     Args:
@@ -235,14 +236,20 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         raise CalibrationError(f"metric must be a callable runner_factory -> float, got {type(metric).__name__}")
     max_drop, placement, ort_ops, threads = config.max_drop, config.placement, config.ort_ops, config.threads
     steps = list(config.walk)
+    backend = "ov" if placement == "openvino" else "ort"  # the runner of the target that ships
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from, so a speed-up is INT8's own (bundles written by
     # vkt export since session 5 have them already; older ones would otherwise count the rewrites' gain too).
     from vkt.onnxgraph import rewrite_fp32
 
-    fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
-    baseline = score_graph(metric, fp32_blob, spec, threads, "FP32")
+    fp32 = rewrite_fp32(reference if reference is not None else candidates[0].fp32)
+    if backend == "ov":  # OpenVINO runs HardSigmoid * x as a reference kernel: FP32 at its best there too
+        from vkt.calibration.place_ov import fuse_hardswish
+
+        fp32 = fuse_hardswish(fp32)[0]
+    fp32_blob = fp32.SerializeToString()
+    baseline = score_graph(metric, fp32_blob, spec, threads, "FP32", backend=backend)
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
     result = GateResult(baseline, float(max_drop), placement, [], None, False)
@@ -261,9 +268,9 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             kept = tuple(dict.fromkeys(x for nodes in nodes_of[:k] for x in nodes))
             q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops)
             blob = q.SerializeToString()
-            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}")
+            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}", backend=backend)
             fp_ms, q_ms = (np.nan, np.nan) if latency_feed is None else time_pair(fp32_blob, blob, latency_feed, threads,
-                                                                                   config.iters)
+                                                                                   config.iters, backend=backend)
             step = GateStep(cand.name, k, kept, float(score), float(baseline - score), float(q_ms), float(fp_ms),
                             baseline - score <= max_drop + 1e-12, dict(getattr(metric, "last", None) or {}))
             result.steps.append(step)
