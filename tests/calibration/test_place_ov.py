@@ -64,7 +64,13 @@ def test_excluded_conv_stays_float_on_openvino(toy):
 
     fp32, table, _ = toy
     q = place_ov(fp32, table, exclude=["block0.conv1"])
-    assert _dq_readers(q)["block0.conv1"] == set()
+    reads = _dq_readers(q)
+    assert reads["block0.conv1"] == set()
+    # its input is also the residual branch of block0.add: quantized for all readers or none, so the Add reads it
+    # float too (its other input, block0.conv2's output, keeps its quantizer)
+    x = next(n.input[0] for n in q.graph.node if n.name == "block0.conv1")
+    add = next(n for n in q.graph.node if n.name == "block0.add")
+    assert x in add.input and reads["block0.add"] == {1 - list(add.input).index(x)}
     with OvRunner(q.SerializeToString(), threads=1) as r:
         assert r.executed_precisions() == {"Convolution": {"u8": 5, "f32": 1}}
 
