@@ -77,7 +77,6 @@ def test_excluded_conv_stays_float_on_openvino(toy):
 
 def _hardswish_graph(alpha: float = 1 / 6):
     """X -> Conv -> c -> HardSigmoid(alpha, 0.5) -> h; Mul(c, h) -> Y (HardSwish as onnxruntime's pre-processing splits it)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
