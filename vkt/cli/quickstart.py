@@ -313,8 +313,10 @@ def report(plan: Plan, summary: dict[str, Any], c: Any) -> None:
     c.print(f"wrote {plan.out}/: holdout/, {', '.join(f'{label(*t)}/' for t in plan.targets)} annotated images + JSON, "
             f"bench.png, summary.json ({summary['seconds']:.0f} s)", highlight=False)
     if plan.int8:
+        ov = det.get("vs_fp32_hmean", {}).get("ov-int8")
+        also = f" (OpenVINO's INT8 at {ov:.3f})" if ov is not None else ""
         c.print(f"[yellow]note:[/] this INT8 is post-training quantization of every conv, no accuracy gate: it agrees "
-                f"with FP32 at hmean {det['int8_vs_fp32_hmean']:.3f} on the held-out images. The accuracy gate keeps the "
+                f"with FP32 at hmean {det['int8_vs_fp32_hmean']:.3f}{also} on the held-out images. The accuracy gate keeps the "
                 "first layers in float until the drop on the held-out images is within --max-drop (default 1 point), "
                 "at some of the speed-up:", highlight=False)
 
