@@ -67,8 +67,9 @@ def data_sets(work: Path) -> tuple[Path, Path, list[Path]]:
     return calib, gate, sorted(p for p in evals.iterdir() if p.suffix == ".png")
 
 
-def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str, max_drop: float) -> tuple[object, float]:
-    """The zoo bundle with vkt's ort and openvino placements (one calibration); returns (bundle, export seconds)."""
+def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str, max_drop: float) -> tuple[object, float | None]:
+    """The zoo bundle with vkt's ort and openvino placements (one calibration); returns (bundle, seconds of import,
+    calibration and gates; None when an earlier run left the bundle)."""
     from vkt.bundle import Bundle
     from vkt.calibration.config import Int8Config
     from vkt.models import recipe_for
@@ -76,11 +77,14 @@ def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str
 
     path = work / ("ppocrv5_gated.vkt" if use_gate else "ppocrv5.vkt")
     t0 = time.perf_counter()
-    if not (path / "model.int8.openvino.onnx").is_file():
-        ppocrv5_det_mobile_bundle(path, overwrite=True)
-        recipe_for("textdet").quantize(path, Int8Config(calib=calib, holdout=gate if use_gate else None, method=method,
-                                                        max_drop=max_drop if use_gate else None,
-                                                        targets=("ort", "openvino")), show_progress=False)
+    if (path / "model.int8.openvino.onnx").is_file():  # complete when its gate (if asked) has run
+        b = Bundle.load(path)
+        if not use_gate or "openvino_gate" in b.manifest.get("calibration", {}):
+            return b, None
+    ppocrv5_det_mobile_bundle(path, overwrite=True)
+    recipe_for("textdet").quantize(path, Int8Config(calib=calib, holdout=gate if use_gate else None, method=method,
+                                                    max_drop=max_drop if use_gate else None,
+                                                    targets=("ort", "openvino")), show_progress=False)
     return Bundle.load(path), time.perf_counter() - t0
 
 
@@ -123,7 +127,10 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
                       subset_size=len(feeds))
     out["ov-nncf-ptq"] = (work / "nncf_ptq.xml", time.perf_counter() - t0)
     ov.save_model(q, str(out["ov-nncf-ptq"][0]), compress_to_fp16=False)
-    if anchor:
+    qac = work / "nncf_qac.xml"
+    if anchor and qac.is_file():  # built by an earlier run (--anchor-only): minutes of NNCF's ranking saved
+        out["ov-nncf-qac"] = (qac, float("nan"))
+    elif anchor:
         from vkt.runtime.image import read_image
 
         spec = bundle.spec()
@@ -136,8 +143,10 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
         q = nncf.quantize_with_accuracy_control(core.read_model(str(fp32_hs)), nncf.Dataset(feeds), nncf.Dataset(images),
                                                 validate, max_drop=0.005, drop_type=nncf.DropType.ABSOLUTE,
                                                 preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
-        out["ov-nncf-qac"] = (work / "nncf_qac.xml", time.perf_counter() - t0)
-        ov.save_model(q, str(out["ov-nncf-qac"][0]), compress_to_fp16=False)
+        ov.save_model(q, str(work / "nncf_qac.tmp.xml"), compress_to_fp16=False)
+        for ext in (".bin", ".xml"):  # the .xml last: its presence marks a complete model
+            (work / f"nncf_qac.tmp{ext}").replace(work / f"nncf_qac{ext}")
+        out["ov-nncf-qac"] = (qac, time.perf_counter() - t0)
     return {k: v[0] for k, v in out.items()} | {"_seconds": {k: v[1] for k, v in out.items()}}
 
 
@@ -190,6 +199,8 @@ def main() -> None:
     ap.add_argument("--gate", action="store_true", help="gate vkt's placements on their own held-out set (8 synthetic pages)")
     ap.add_argument("--max-drop", type=float, default=0.5, help="with --gate: the budget in points of hmean (the issue's 0.5)")
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
+    ap.add_argument("--anchor-only", action="store_true", help="build NNCF's accuracy-control model into --work and stop "
+                    "(a later run times it; its ranking takes tens of minutes on 2 busy cores)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import onnx
@@ -207,6 +218,9 @@ def main() -> None:
     metric = textdet_agreement(bundle, evals, threads=1, show_progress=False)
     nn = nncf_models(bundle, calib, evals, hs, args.work, not args.no_anchor, metric)
     nncf_s = nn.pop("_seconds")
+    if args.anchor_only:
+        print(f"NNCF accuracy control: {nncf_s.get('ov-nncf-qac', float('nan')):.0f} s -> {nn.get('ov-nncf-qac')}")
+        return
     graphs = {"ov-fp32-hardswish": hs, **nn, **({"ov-int8-ungated": ungated} if args.gate and ungated.is_file() else {})}
     rows: list[dict] = []
 
@@ -217,7 +231,7 @@ def main() -> None:
         rows.append(row("textdet_ov", name, includes="hmean of the boxes vs ORT FP32's (IoU 0.5), TextDetector on the 11 "
                         "evaluation images", model=MODEL, precision="fp32" if name in FP32 else "int8", threads=1,
                         n=len(evals), kind="accuracy", hmean_vs_fp32=acc[name], regions_fp32=metric.regions,
-                        calibration_s=round(nncf_s.get(name, export_s), 1) if name in nncf_s or name == "ov-int8" else None))
+                        quantize_s=_round(nncf_s[name] if name in nncf_s else export_s if name == "ov-int8" else None)))
         print(f"{name:20s} hmean vs FP32 {acc[name]:.4f}", flush=True)
 
     # 2. Model only and end to end, each thread count, targets in turns
@@ -245,6 +259,10 @@ def main() -> None:
         for r in rows:
             out.write(r)
     print_table(rows)
+
+
+def _round(s: float | None) -> float | None:
+    return None if s is None or s != s else round(s, 1)
 
 
 def _overrides(bundle) -> dict:
