@@ -39,7 +39,7 @@ def test_quantize_bundle_one_target_and_bad_inputs(toy_bundle):
     assert not (toy_bundle / "model.int8.ort.onnx").exists()  # the earlier calibration's graph is gone
     with pytest.raises(CalibrationError, match="no 'ort' Q/DQ graph"):
         qdq_path(Bundle.load(toy_bundle), "ort")
-    with pytest.raises(CalibrationError, match=r"targets must be a non-empty subset of \['ort', 'trt'\], got \['gpu'\]"):
+    with pytest.raises(CalibrationError, match=r"targets must be a non-empty subset of \['ort', 'trt', 'openvino'\], got \['gpu'\]"):
         quantize_bundle(toy_bundle, feeds(), Int8Config(targets=["gpu"]))
     with pytest.raises(CalibrationError, match="degenerate"):
         quantize_bundle(toy_bundle, [{"image": np.zeros((1, 3, 16, 16), np.float32)}] * 2, show_progress=False)

@@ -48,14 +48,15 @@ def test_printed_commands_parse_and_hold_no_placeholders(tmp_path):
             else:
                 assert argv[0] in ("cp", "mkdir")
         runs = [parse(a)[1] for a in steps["4. detect"]]
-        # `vkt run` gets exactly the held-out images, which step 2 puts in the held-out folder, once per precision
-        assert [r["precision"] for r in runs] == plan.precisions
+        # `vkt run` gets exactly the held-out images, which step 2 puts in the held-out folder, once per target
+        assert [(r["backend"], r["precision"]) for r in runs] == plan.targets
+        assert [p for b, p in plan.targets if b == "ort"] == plan.precisions
         assert all([Path(p) for p in r["images"]] == plan.held_out_images() for r in runs)
         assert all(p.parent == plan.holdout for p in plan.held_out_images())
         assert {p.name for p in plan.held_out_images()} >= set(HELD_OUT_PHOTOS)
         assert steps["2. held-out text images"][-1][-1] == str(plan.holdout)
         bench = parse(steps["5. bench"][0])[1]
-        assert bench["target"] == [f"ort:{p}" for p in plan.precisions] and bench["threads"] == plan.threads
+        assert bench["target"] == [f"{b}:{p}" for b, p in plan.targets] and bench["threads"] == plan.threads
         assert bench["shape"] == ["height=736,width=1472"] and bench["iters"] == plan.iters
         assert ("6. engines" in steps) == plan.build
         if plan.int8:
@@ -112,9 +113,13 @@ def test_quickstart_runs_and_its_printed_commands_rerun_as_printed(tmp_path):
     held = summary["held_out"]["images"]
     assert [row["image"] for row in summary["steps"]["detect"]["images"]] == held
     assert not set(held) & set(os.listdir(out / "calib")) and {"page.png", "text.png"} <= set(held)
-    assert [(b["backend"], b["precision"]) for b in summary["bench"]] == [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert [(b["backend"], b["precision"]) for b in summary["bench"]] == [
+        ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
     assert summary["bench"][0]["hmean_vs_fp32"] == 1.0
     assert summary["bench"][1]["hmean_vs_fp32"] == pytest.approx(summary["steps"]["detect"]["int8_vs_fp32_hmean"], abs=1e-4)
+    assert summary["bench"][2]["hmean_vs_fp32"] > 0.99  # OpenVINO FP32's boxes are onnxruntime FP32's
+    fastest = min(b["p50_ms"] for b in summary["bench"] if b["precision"] == "fp32")
+    assert [b["speedup_vs_fp32"] for b in summary["bench"]] == [round(fastest / b["p50_ms"], 3) for b in summary["bench"]]
     for b in summary["bench"]:
         assert f"{b['p50_ms']:.1f}" in r.stdout.split()
     for line in printed:

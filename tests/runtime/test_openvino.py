@@ -124,17 +124,18 @@ def test_int8_qdq_graph_runs_integer_convolutions(int8_toy):
 
 
 def test_int8_needs_a_graph_placed_for_openvino(int8_toy):
-    """Old bundles hold ort/trt placements only: a clear error; a bundle with an "openvino" one runs it."""
-    from vkt.bundle import Bundle
+    """Old bundles hold ort/trt placements only: a clear error naming the fix; with the openvino placement it runs."""
+    from vkt.calibration import Int8Config, quantize_bundle
 
-    with pytest.raises(BackendError, match=r"placed for ort, trt.*does not write an OpenVINO placement yet"):
+    with pytest.raises(BackendError, match=r"placed for ort, trt\): add one with `vkt quantize .*--target openvino`"):
         make_runner(int8_toy, "ov", "int8")
-    b = Bundle.load(int8_toy)  # what calibration writes for OpenVINO; here the onnxruntime graph stands in
-    b.add_file(b.root / b.entry("int8 qdq onnx", placement="ort").path, "model.int8.openvino.onnx",
-               role="int8 qdq onnx", meta={"placement": "openvino"})
+    section = quantize_bundle(int8_toy, rand_feeds(4, seed=3), Int8Config(targets=("openvino",)), eval_samples=0,
+                              show_progress=False)
+    assert section["placements"]["openvino"]["openvino_compute"] == {"Convolution": {"u8": 6}}  # the manifest's record
     with make_runner(int8_toy, "ov", "int8") as r:
         assert Path(r.model).name == "model.int8.openvino.onnx"
-        assert set(runtime_precisions(r.compiled)) <= {"u8", "i8"}
+        assert runtime_precisions(r.compiled) == ["u8"] * 6  # every conv on integers, read from OpenVINO's runtime graph
+        assert r.executed_precisions() == {"Convolution": {"u8": 6}}
         assert r.describe()["precision"] == "int8"
 
 

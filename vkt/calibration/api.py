@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vkt.calibration.config import TARGETS, WEIGHT_ROUNDING, Int8Config
+from vkt.calibration.config import DEFAULT_TARGETS, TARGETS, WEIGHT_ROUNDING, Int8Config
 from vkt.calibration.gate import GateCandidate, GateConfig
 from vkt.calibration.ranges import QUANTIZED_OPS
 from vkt.errors import CalibrationError
@@ -61,7 +61,7 @@ def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], confi
 
     1. compute activation ranges of the component's ``fp32 onnx`` over ``data`` (once);
     2. store the table (role ``calibration table``);
-    3. write each placement (role ``int8 qdq onnx``, meta ``{"placement": "ort"|"trt", ...}``);
+    3. write each placement (role ``int8 qdq onnx``, meta ``{"placement": "ort"|"trt"|"openvino", ...}``);
     4. count fused/float ops in onnxruntime CPU's optimized graph of each placement and measure its
        output error vs FP32 on the first ``eval_samples`` calibration feeds;
     5. fill the manifest's ``calibration`` section and return it.
@@ -75,7 +75,8 @@ def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], confi
             with GPTQ on the calibration feeds, :mod:`vkt.calibration.weights`, feeds held in memory),
             ``ort_ops`` ("all"; "compute": Conv/MatMul/Gemm only, :func:`vkt.calibration.qdq.place_ort`),
             ``targets`` ("ort": onnxruntime CPU, uint8 activations, fused kernels; "trt": TensorRT, int8
-            symmetric Q/DQ on Conv/MatMul/Gemm inputs), ``exclude`` (node names kept in float everywhere)
+            symmetric Q/DQ on Conv/MatMul/Gemm inputs; "openvino": OpenVINO CPU, :mod:`vkt.calibration.place_ov`;
+            None: "ort" and "trt"), ``exclude`` (node names kept in float everywhere)
             and ``num_images`` (use at most this many feeds).
         component: which bundle component to quantize (default "model").
         eval_samples: feeds kept to measure error vs FP32 (0: skip the measurement).
@@ -105,7 +106,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
         raise CalibrationError(f"eval_samples must be a non-negative integer, got {eval_samples!r}")
     method, percentile = cfg.method or "minmax", 99.999 if cfg.percentile is None else cfg.percentile
     weight_rounding, ort_ops = cfg.weight_rounding or "nearest", cfg.ort_ops or "all"
-    targets, exclude, num_samples = list(cfg.targets), list(cfg.exclude), cfg.num_images
+    targets, exclude, num_samples = list(cfg.targets or DEFAULT_TARGETS), list(cfg.exclude), cfg.num_images
     fp32_path = bundle.path("fp32 onnx", component)
     if os.path.getsize(fp32_path) >= TWO_GB or bundle.files("onnx external data", component):
         raise CalibrationError(f"{fp32_path.name!r} keeps its weights in external data (> 2 GB); vkt's Q/DQ writer handles "
@@ -150,6 +151,10 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
                                 "quantized_nodes": _quantized_nodes(prepared, qdq)}
         if target == "ort":
             info["ort_ops"] = ort_ops
+        if target == "openvino":
+            from vkt.calibration.place_ov import openvino_precisions
+
+            info["openvino_compute"] = openvino_precisions(blob)
         if kept.kept:
             rows = layer_errors(original, qdq, kept.kept)
             outs = [r for r in rows if r["op"] not in QUANTIZED_OPS] or rows[-1:]
@@ -172,7 +177,9 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
         "samples": table.num_samples, "table": {"path": table_name, "sha256": table.sha256},
         "model_sha256": model_sha256(prepared), "excluded": sorted(exclude), "eval_samples": len(kept.kept),
         "weights": weights_info,
-        "placements": placements, "seconds": {k: round(v, 2) for k, v in seconds.items()}, "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx")},
+        "placements": placements, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx"),
+                  **({"openvino": _version("openvino")} if "openvino" in targets else {})},
     }
     bundle.update(calibration=section)
     return Calibrated(section, prepared)
@@ -191,7 +198,7 @@ def _drop_stale(bundle: Any, component: str, keep: set[str]) -> None:
 
 
 def qdq_path(bundle: Any, placement: str, component: str = "model") -> Path:
-    """Path of the ``int8 qdq onnx`` file written for ``placement`` ("ort" or "trt")."""
+    """Path of the ``int8 qdq onnx`` file written for ``placement`` ("ort", "trt" or "openvino")."""
     for e in reversed(bundle.files(QDQ_ROLE, component)):
         if e.meta.get("placement") == placement:
             return bundle.root / e.path
@@ -231,7 +238,8 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     model replaces the ``config.placement``'s ``int8 qdq onnx`` (meta: placement, candidate, layers
     kept in float, metric) and each placement in ``config.follow`` is rewritten with the same nodes
     in float (not measured itself); when nothing fits and ``on_fail="fp32"``, those Q/DQ graphs are
-    removed. ``manifest["calibration"]["gate"]`` records baseline, budget, every step and the choice.
+    removed. ``manifest["calibration"]["gate"]`` records baseline, budget, every step and the choice
+    (``["openvino_gate"]`` for the "openvino" placement, which is gated on its own).
 
     Args:
         metric: ``metric(runner_factory) -> float``, higher is better (the family's, on held-out data).
@@ -292,7 +300,8 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
             note = {"candidate": cand.name, "gate": f"same nodes in float as the {config.placement} placement's gate "
                     "choice (not measured on this placement)"}
             _ship(bundle, component, p, q, cand, step.float_layers, config.ort_ops, note, placements)
-    section = {**section, "placements": placements, "gate": gate}
+    # The openvino placement has a gate of its own (scored and timed on OpenVINO): recorded beside the ort/trt one.
+    section = {**section, "placements": placements, ("openvino_gate" if config.placement == "openvino" else "gate"): gate}
     bundle.update(calibration=section)
     return section
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from vkt.errors import CalibrationError, InputError
 
-TARGETS = ("ort", "trt")
+TARGETS = ("ort", "trt", "openvino")
+DEFAULT_TARGETS = ("ort", "trt")  # what a recipe without its own default writes
 WEIGHT_ROUNDING = ("gptq", "nearest")
 DATA_KINDS = ("images", "prompts")
 
@@ -34,7 +35,8 @@ class Int8Config:
         on_fail (--on-fail): when no gate step fits: "fp32" (default: ship no INT8 graph) or "best".
         min_speedup (--min-speedup): the least speed-up over FP32, as the gate times it, that ships INT8 (below it FP32
             ships, and the manifest and log say why); None: 1.1; 0: any.
-        targets (--target): placements written: "ort" (onnxruntime CPU) and "trt" (TensorRT); default both.
+        targets (--target): placements written: "ort" (onnxruntime CPU), "trt" (TensorRT), "openvino" (OpenVINO CPU);
+            None: the recipe's (textdet all three, others ort and trt).
         method (--calib-method): "minmax", "percentile" or "entropy"; None: the recipe's.
         num_images (--num-images): calibrate on at most this many images (prompts); None: all.
         threads (--threads): onnxruntime intra-op threads for the gate (and prompt captures); None: onnxruntime's.
@@ -61,7 +63,7 @@ class Int8Config:
     max_drop: float | None = None
     on_fail: str = "fp32"
     min_speedup: float | None = None
-    targets: tuple[str, ...] = TARGETS
+    targets: tuple[str, ...] | None = None
     method: str | None = None
     num_images: int | None = None
     threads: int | None = None
@@ -102,10 +104,11 @@ class Int8Config:
             s(self, "holdout", AUTO if str(self.holdout) == AUTO else Path(self.holdout))
         if self.qat_checkpoint is not None:
             s(self, "qat_checkpoint", Path(self.qat_checkpoint))
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets or ())
-        if not targets or any(t not in TARGETS for t in targets):
-            raise CalibrationError(f"targets must be a non-empty subset of {list(TARGETS)}, got {list(targets)}")
-        s(self, "targets", tuple(dict.fromkeys(targets)))
+        if self.targets is not None:
+            targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+            if not targets or any(t not in TARGETS for t in targets):
+                raise CalibrationError(f"targets must be a non-empty subset of {list(TARGETS)}, got {list(targets)}")
+            s(self, "targets", tuple(dict.fromkeys(targets)))
         s(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
         one_of("calibration method", self.method, METHODS)
         one_of("--on-fail", self.on_fail, ON_FAIL)

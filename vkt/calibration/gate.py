@@ -41,7 +41,7 @@ PREFIX_STEPS = tuple(range(0, 65, 4))  # compute layers kept in float from the i
 DEFAULT_MAX_DROP = 0.01  # 1.0 point of the metric
 DEFAULT_MIN_SPEEDUP = 1.1  # INT8 slower than this over FP32 is not worth its accuracy loss: FP32 ships
 ON_FAIL = ("fp32", "best")
-PLACEMENTS = ("ort", "trt")
+PLACEMENTS = ("ort", "trt", "openvino")
 
 Metric = Callable[[Callable[[], Any]], float]
 # Builds an extra gate candidate (e.g. QAT) from (bundle, calibration image paths, preprocess, resolved Int8Config).
@@ -57,7 +57,8 @@ class GateConfig:
         ranking, else 0, 4, 8, 16, 24, 32, 48; counts beyond the number of layers are dropped).
     ranking: what is kept in float first, for candidates without their own ranking rows: "tensor" (default),
         "jump", "sensitivity" or "prefix" (:mod:`vkt.calibration.rankings`).
-    placement: the placement scored and timed, "ort" (onnxruntime CPU, default) or "trt".
+    placement: the placement scored and timed, "ort" (onnxruntime CPU, default), "trt" (scored on onnxruntime CPU)
+        or "openvino" (scored and timed on OpenVINO CPU, against the FP32 graph on OpenVINO).
     follow: other placements rewritten with the chosen step's float nodes (not measured themselves), or
         removed with it when nothing ships (default none).
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
@@ -92,7 +93,7 @@ class GateConfig:
         if self.ranking not in RANKING_METHODS:
             raise CalibrationError(f"ranking must be one of {list(RANKING_METHODS)}, got {self.ranking!r}")
         if self.placement not in PLACEMENTS:
-            raise CalibrationError(f"gate placement must be 'ort' or 'trt', got {self.placement!r}")
+            raise CalibrationError(f"gate placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         follow = (self.follow,) if isinstance(self.follow, str) else tuple(self.follow)
         if any(p not in PLACEMENTS for p in follow):
             raise CalibrationError(f"follow must name placements among {list(PLACEMENTS)}, got {list(follow)}")
@@ -234,9 +235,9 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     For each candidate: rank layers (its own ``ranking`` rows, else ``config.ranking`` on
     ``sensitivity_feeds``, worst first), then for ``k`` in the config's steps keep the first ``k``
     in float, write the ``config.placement``, score it with ``metric`` and, within budget, time it against
-    FP32 (ORT CPU, turns interleaved so the ratio holds on a shared machine). A candidate stops at its
-    first step within budget unless ``config.exhaustive``. The choice ships only when it is at least
-    ``config.min_speedup`` times faster than FP32.
+    FP32 (ORT CPU; OpenVINO CPU for the "openvino" placement; turns interleaved so the ratio holds on a shared
+    machine). A candidate stops at its first step within budget unless ``config.exhaustive``. The choice ships
+    only when it is at least ``config.min_speedup`` times faster than FP32.
 
     Args:
         candidates: models to gate (PTQ first; QAT or others next).
@@ -267,23 +268,32 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     score_graph, place, time_pair = (_clocked(clock, k, f) for k, f in (("metric", score_graph), ("placements", place),
                                                                           ("timing", time_pair)))
     ranker = _clocked(clock, "ranking", rank_layers)
+    backend = "ov" if placement == "openvino" else "ort"  # the runner of the target that ships
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from (bundles written by vkt export since session 5 have
     # them already). Timed against: fp32_runner when given (gate_bundle: the bundle's file, as `vkt bench` runs it).
     from vkt.onnxgraph import rewrite_fp32
 
-    fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
-    baseline = score_graph(metric, fp32_blob, spec, threads, "FP32")
+    fp32 = rewrite_fp32(reference if reference is not None else candidates[0].fp32)
+    if backend == "ov":  # OpenVINO runs HardSigmoid * x as a reference kernel: FP32 at its best there too
+        from vkt.calibration.place_ov import fuse_hardswish
+
+        fp32 = fuse_hardswish(fp32)[0]
+    fp32_blob = fp32.SerializeToString()
+    baseline = score_graph(metric, fp32_blob, spec, threads, "FP32", backend=backend)
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
     result = GateResult(baseline, float(max_drop), placement, [], None, False, min_speedup=float(config.min_speedup))
-    fp32_timed = fp32_runner or runner_factory(fp32_blob, spec, threads)
+    # OpenVINO INT8 is timed against FP32 on OpenVINO at its best (HardSwish fused, as the placement has it), the
+    # others against the bundle's FP32 file as `vkt bench` runs it (fp32_runner, when given)
+    fp32_timed = (runner_factory(fp32_blob, spec, threads, backend) if backend == "ov"
+                  else fp32_runner or runner_factory(fp32_blob, spec, threads))
 
     def timing(blob: bytes) -> Any:
         if latency_feed is None:
             return None
-        return time_pair(fp32_timed, runner_factory(blob, spec, threads), latency_feed,
+        return time_pair(fp32_timed, runner_factory(blob, spec, threads, backend), latency_feed,
                          turns=max(1, math.ceil(config.iters / 2)), block=2, threads=threads)
 
     for cand in candidates:
@@ -301,7 +311,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             kept = tuple(dict.fromkeys(x for nodes in nodes_of[:k] for x in nodes))
             q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops)
             blob = q.SerializeToString()
-            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}")
+            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}", backend=backend)
             within = baseline - score <= max_drop + 1e-12
             step = GateStep(cand.name, k, kept, float(score), float(baseline - score), within,
                             dict(getattr(metric, "last", None) or {}), timing(blob) if within else None)  # only what can ship is timed

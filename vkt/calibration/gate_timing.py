@@ -22,16 +22,21 @@ TURNS, BLOCK = 5, 2  # default: 5 turns of (1 untimed + 2 timed) calls per model
 WIDE, MAX_ROUNDS = 1.25, 3  # a band wider than highest/lowest 1.25 (a busy machine) takes more turns, up to 3x
 
 
-def runner_factory(blob: bytes, spec: Any, threads: int | None) -> Callable[[], Any]:
-    """``factory()`` -> a fresh, not yet activated onnxruntime CPU runner of the serialized graph ``blob``."""
+def runner_factory(blob: bytes, spec: Any, threads: int | None, backend: str = "ort") -> Callable[[], Any]:
+    """``factory()`` -> a fresh, not yet activated CPU runner ("ort" or "ov") of the serialized graph ``blob``."""
+    if backend == "ov":
+        from vkt.runtime.openvino import OvRunner
+
+        return lambda: OvRunner(blob, threads=threads, spec=spec, name="gate")
     from vkt.runtime.ort import OrtRunner
 
     return lambda: OrtRunner(blob, threads=threads, spec=spec, name="gate")
 
 
-def score_graph(metric: Callable[[Callable[[], Any]], float], blob: bytes, spec: Any, threads: int | None, what: str) -> float:
+def score_graph(metric: Callable[[Callable[[], Any]], float], blob: bytes, spec: Any, threads: int | None, what: str,
+                backend: str = "ort") -> float:
     """``metric`` of the graph ``blob``; CalibrationError naming ``what`` when it is not a finite number."""
-    value = metric(runner_factory(blob, spec, threads))
+    value = metric(runner_factory(blob, spec, threads, backend))
     try:
         value = float(value)
     except (TypeError, ValueError):

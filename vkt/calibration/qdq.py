@@ -1,4 +1,5 @@
-"""Q/DQ placements written from one CalibrationTable: TensorRT's (inputs of Conv/MatMul/Gemm) and onnxruntime CPU's.
+"""Q/DQ placements written from one CalibrationTable: TensorRT's (inputs of Conv/MatMul/Gemm) and onnxruntime CPU's
+(OpenVINO's: :mod:`vkt.calibration.place_ov`).
 
 No placement runs calibration data: both read the ranges of :func:`vkt.calibration.ranges.compute_ranges`.
 """
@@ -30,7 +31,7 @@ ORT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 INT8_MAX = 127
 
 
-def _prepared(model: Any, table: CalibrationTable) -> Any:
+def prepared_for_table(model: Any, table: CalibrationTable) -> Any:
     """Prepare the model and check that the table was computed on this graph."""
     if not isinstance(table, CalibrationTable):
         raise CalibrationError(f"expected a CalibrationTable, got {type(table).__name__}")
@@ -43,7 +44,7 @@ def _prepared(model: Any, table: CalibrationTable) -> Any:
     return prepared
 
 
-def _check_exclude(model: Any, exclude: Iterable[str]) -> set[str]:
+def check_exclude(model: Any, exclude: Iterable[str]) -> set[str]:
     if isinstance(exclude, str):
         exclude = [exclude]
     exclude = set(exclude)
@@ -132,8 +133,8 @@ def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     bad_ops = sorted(set(op_types) - set(QUANTIZED_OPS))
     if bad_ops:
         raise CalibrationError(f"place_trt quantizes only {list(QUANTIZED_OPS)}, got op types {bad_ops}")
-    prepared = _prepared(model, table)
-    excluded = _check_exclude(prepared, exclude)
+    prepared = prepared_for_table(model, table)
+    excluded = check_exclude(prepared, exclude)
     g = prepared.graph
     inits = {i.name: i for i in g.initializer}
     consumers: dict[str, int] = {}
@@ -225,7 +226,7 @@ def place_trt(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    _set_meta(prepared, "trt", table, excluded)
+    set_placement_meta(prepared, "trt", table, excluded)
     try:
         onnx.checker.check_model(prepared)
     except Exception as e:  # a bug here, but say what broke
@@ -253,7 +254,7 @@ def _trt_inputs(node: Any, inits: dict, attrs: dict) -> list[tuple[int, int | No
     return []
 
 
-def _set_meta(model: Any, placement: str, table: CalibrationTable, excluded: set[str]) -> None:
+def set_placement_meta(model: Any, placement: str, table: CalibrationTable, excluded: set[str]) -> None:
     for k, v in (("vkt.qdq.placement", placement), ("vkt.qdq.table_sha256", table.sha256),
                  ("vkt.qdq.method", table.method), ("vkt.qdq.excluded", ",".join(sorted(excluded)))):
         model.metadata_props.add(key=k, value=v)
@@ -291,8 +292,8 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
 
     if ops not in ORT_OPS:
         raise CalibrationError(f"ops must be one of {list(ORT_OPS)}, got {ops!r}")
-    prepared = _prepared(model, table)
-    excluded = _check_exclude(prepared, exclude)
+    prepared = prepared_for_table(model, table)
+    excluded = check_exclude(prepared, exclude)
     keep = set(keep_float_ops)
     prepared, folded = fold_conv_affine(prepared)  # exact; bundles from vkt export are folded already
     excluded -= set(folded)
@@ -325,7 +326,7 @@ def place_ort(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), 
     _float_inputs(out, excluded | set(float_nodes))
     if ops == "compute":
         _quantize_outputs(out, table, excluded)
-    _set_meta(out, "ort", table, excluded)
+    set_placement_meta(out, "ort", table, excluded)
     out.metadata_props.add(key="vkt.qdq.ops", value=ops)
     return out
 
@@ -383,9 +384,14 @@ def _float_inputs(model: Any, nodes: set[str]) -> None:
 
 
 def placement(model: Any, table: CalibrationTable, target: str, exclude: Iterable[str] = (), *, ort_ops: str = "all") -> Any:
-    """Dispatch on ``target`` ("ort" or "trt"); ``ort_ops`` is :func:`place_ort`'s ``ops``."""
+    """Dispatch on ``target`` ("ort", "trt" or "openvino": :func:`vkt.calibration.place_ov.place_ov`); ``ort_ops`` is
+    :func:`place_ort`'s ``ops``."""
     if target == "trt":
         return place_trt(model, table, exclude)
     if target == "ort":
         return place_ort(model, table, exclude, ops=ort_ops)
-    raise CalibrationError(f"placement target must be 'ort' or 'trt', got {target!r}")
+    if target == "openvino":
+        from vkt.calibration.place_ov import place_ov
+
+        return place_ov(model, table, exclude)
+    raise CalibrationError(f"placement target must be 'ort', 'trt' or 'openvino', got {target!r}")

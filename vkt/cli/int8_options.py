@@ -37,9 +37,11 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         "With --holdout: the least speed-up over FP32 that ships INT8, timed by the gate as `vkt bench` times it (the "
         "profile's opt shape, --threads); below it FP32 ships and the log and manifest say why. Default: 1.1; 0: any."))],
         None),
-    "target": (Annotated[Optional[list[str]], _opt("--target", "-t", metavar="ort|trt", help=(
-        "Placement to write, repeatable: ort (onnxruntime CPU, fused integer kernels) and/or trt (TensorRT, Q/DQ on "
-        "Conv/MatMul/Gemm inputs). Default: both; the gate scores ort and rewrites trt with the same float layers."))],
+    "target": (Annotated[Optional[list[str]], _opt("--target", "-t", metavar="ort|trt|openvino", help=(
+        "Placement to write, repeatable: ort (onnxruntime CPU, fused integer kernels), trt (TensorRT, Q/DQ on "
+        "Conv/MatMul/Gemm inputs), openvino (OpenVINO CPU integer kernels; run with --backend ov). Default: textdet "
+        "all three, others ort and trt. The gate scores ort and rewrites trt with the same float layers; it scores "
+        "and times openvino on OpenVINO, separately."))],
         None),
     "method": (Annotated[Optional[str], _opt("--calib-method", "--method", help=(
         "Range method: minmax | percentile | entropy. Default: the family's, percentile (sd: minmax)."))], None),
@@ -128,7 +130,7 @@ def int8_config(int8: bool, **values: Any) -> Any:
             raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used with --int8")
         return None
     v = dict(values)
-    return Int8Config(calib=v.pop("calib"), holdout=v.pop("holdout"), targets=tuple(v.pop("target") or ("ort", "trt")),
+    return Int8Config(calib=v.pop("calib"), holdout=v.pop("holdout"), targets=tuple(v.pop("target") or ()) or None,
                       exclude=tuple(v.pop("exclude") or ()), shapes=_shapes(v.pop("shape")), steps=_steps(v.pop("steps")),
                       **v)
 

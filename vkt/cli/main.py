@@ -89,7 +89,7 @@ def _run(args: list[str], verbose: bool, signals: _Interrupts) -> int:
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except SystemExit as e:  # a library's sys.exit, e.g. Lightning's after it catches a KeyboardInterrupt
+    except SystemExit:  # a library's sys.exit, e.g. Lightning's after it catches a KeyboardInterrupt
         if signals.received is not None:
             return 130
         raise

@@ -66,8 +66,11 @@ def print_calibration(b: Any, section: dict) -> None:
         sq = ", ".join(f"{k} {_db(v)}" for k, v in sqnr.items())
         where = f" on the first {section['eval_samples']} calibration image(s)" if section.get("eval_samples") else ""
         scope = f" (quantizes: {p['ort_ops']} ops)" if p.get("ort_ops") else ""
-        c.print(f"  {name}{scope}: {p['path']}  fused int8 ops {p['fused_int8_ops']}, float compute ops {p['float_compute_ops']} "
-                f"on onnxruntime CPU; output SQNR vs FP32{where}: {sq or 'not measured'}", highlight=False)
+        ov = p.get("openvino_compute")
+        runs = (("OpenVINO CPU runs " + ", ".join(f"{k} {'/'.join(f'{n} {pr}' for pr, n in v.items())}" for k, v in ov.items()))
+                if isinstance(ov, dict) else f"fused int8 ops {p['fused_int8_ops']}, float compute ops "
+                f"{p['float_compute_ops']} on onnxruntime CPU")
+        c.print(f"  {name}{scope}: {p['path']}  {runs}; output SQNR vs FP32{where}: {sq or 'not measured'}", highlight=False)
     if low:
         c.print("  [yellow]note:[/] an output SQNR near 0 dB means INT8's error there is as large as the output itself "
                 "(e.g. a detector's map that INT8 flattens to zero on those images); judge accuracy on held-out images "

@@ -64,10 +64,27 @@ class Plan:
     def precisions(self) -> list[str]:
         return ["fp32", "int8"] if self.int8 else ["fp32"]
 
+    @property
+    def backends(self) -> list[str]:
+        """The CPU backends benched: onnxruntime, and OpenVINO when it is installed (pip install 'vkt[openvino]')."""
+        from importlib.util import find_spec
+
+        return ["ort", "ov"] if find_spec("openvino") is not None else ["ort"]
+
+    @property
+    def targets(self) -> list[tuple[str, str]]:
+        """(backend, precision) pairs benched, onnxruntime's first."""
+        return [(b, p) for b in self.backends for p in self.precisions]
+
     def held_out_images(self) -> list[Path]:
         """The held-out images, in the order ``vkt run`` lists them (sorted file names)."""
         names = [*HELD_OUT_PHOTOS, *(f"synth_{i:06d}.png" for i in range(SYNTH["count"] if self.synth else 0))]
         return [self.holdout / n for n in sorted(names)]
+
+
+def label(backend: str, precision: str) -> str:
+    """The output folder of one target's detections: "fp32", "int8" (onnxruntime), "ov-fp32", "ov-int8"."""
+    return precision if backend == "ort" else f"{backend}-{precision}"
 
 
 def commands(plan: Plan, bench_hw: tuple[int, int]) -> dict[str, list[list[str]]]:
@@ -92,9 +109,9 @@ def commands(plan: Plan, bench_hw: tuple[int, int]) -> dict[str, list[list[str]]
                                         ["cp", *(str(skimage_photo(n)) for n in CALIB_PHOTOS), str(plan.calib)],
                                         ["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method]]
     images = [str(p) for p in plan.held_out_images()]
-    steps["4. detect"] = [["vkt", "run", b, *images, "-o", str(plan.out / p), *(["--precision", p] if p != "fp32" else []),
-                           *threads] for p in plan.precisions]
-    steps["5. bench"] = [["vkt", "bench", b, *(x for p in plan.precisions for x in ("-t", f"ort:{p}")),
+    steps["4. detect"] = [["vkt", "run", b, *images, "-o", str(plan.out / label(be, p)), *(["--backend", be] if be != "ort" else []),
+                           *(["--precision", p] if p != "fp32" else []), *threads] for be, p in plan.targets]
+    steps["5. bench"] = [["vkt", "bench", b, *(x for be, p in plan.targets for x in ("-t", f"{be}:{p}")),
                           "--shape", f"height={bench_hw[0]},width={bench_hw[1]}", "--iters", str(plan.iters),
                           "--warmup", str(BENCH_WARMUP), *threads, "--plot", str(plan.out / "bench.png")]]
     if plan.build:

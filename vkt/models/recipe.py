@@ -89,15 +89,26 @@ class ImageRecipe(Recipe):
         """(ranking rows, steps) the gate walks for this family, or None: ranked by ``config.ranking``."""
         return None
 
-    def gate_config(self, config: Int8Config, steps: Sequence[int] | None = None) -> GateConfig:
-        """The gate's settings from a resolved config: it measures the ort placement (trt when that is the only
-        target, scored on onnxruntime CPU all the same) and rewrites the other targets with the same float nodes."""
-        placement = "ort" if "ort" in config.targets else "trt"
-        return GateConfig(max_drop=config.max_drop / 100.0, steps=config.steps or (tuple(steps) if steps else None),
+    def gate_configs(self, config: Int8Config, steps: Sequence[int] | None = None) -> list[GateConfig]:
+        """The gate's settings from a resolved config, one per gate run: the ort placement is measured (trt when it is
+        the only onnxruntime/TensorRT target, scored on onnxruntime CPU all the same) and trt rewritten with the same
+        float nodes; the openvino placement has a gate of its own, scored and timed on OpenVINO."""
+        from dataclasses import replace
+
+        from vkt.calibration.config import DEFAULT_TARGETS
+
+        targets = config.targets or DEFAULT_TARGETS
+        ort_trt = [t for t in targets if t != "openvino"]
+        placement = "ort" if "ort" in ort_trt else "trt"
+        base = GateConfig(max_drop=config.max_drop / 100.0, steps=config.steps or (tuple(steps) if steps else None),
                           ranking=config.ranking or "tensor", placement=placement,
-                          follow=tuple(t for t in config.targets if t != placement), on_fail=config.on_fail,
+                          follow=tuple(t for t in ort_trt if t != placement), on_fail=config.on_fail,
                           ort_ops=config.ort_ops or "all", threads=config.threads,
                           min_speedup=DEFAULT_MIN_SPEEDUP if config.min_speedup is None else float(config.min_speedup))
+        runs = [base] if ort_trt else []
+        if "openvino" in targets:
+            runs.append(replace(base, placement="openvino", follow=()))
+        return runs
 
     def quantize(self, bundle: Any, config: Int8Config, *, extra_candidates: Sequence[CandidateFactory] = (),
                  component: str | None = None, show_progress: bool = True) -> dict[str, Any]:
@@ -128,5 +139,8 @@ class ImageRecipe(Recipe):
         ranking, steps = self.ranking(cal.graph, cfg) or (None, None)
         pre = image_preprocess(b, comp)
         candidates = [make(b, list(split.calib), pre, cfg) for make in extra_candidates]
-        return gate_images(b, cal, metric, split, self.gate_config(cfg, steps), ranking=ranking, candidates=candidates,
-                           component=comp, show_progress=show_progress)
+        section = cal.section
+        for gate in self.gate_configs(cfg, steps):
+            section = gate_images(b, cal, metric, split, gate, ranking=ranking, candidates=candidates, component=comp,
+                                  show_progress=show_progress)
+        return section

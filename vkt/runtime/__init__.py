@@ -87,5 +87,5 @@ def _ov_entry(bundle: Any, role: str, component: str) -> Any:
         return entry
     placed = sorted({e.meta.get("placement", "?") for e in bundle.files(role, component)})
     raise BackendError(f"bundle {bundle.name!r} component {component!r} has no {role!r} graph for OpenVINO (its "
-                       f"{role} graphs are placed for {', '.join(placed)}, and `vkt quantize` does not write an OpenVINO "
-                       "placement yet): run OpenVINO in fp32 (--precision fp32), or INT8 on onnxruntime (--backend ort)")
+                       f"{role} graphs are placed for {', '.join(placed)}): add one with `vkt quantize BUNDLE --calib DIR "
+                       "--target openvino`, or run OpenVINO in fp32 (--precision fp32), or INT8 on onnxruntime (--backend ort)")

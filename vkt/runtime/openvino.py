@@ -25,7 +25,7 @@ class OvRunner(Runner):
     """An OpenVINO compiled model and one reused InferRequest behind the Runner interface.
 
     Args:
-        model: path to an .onnx file (or an OpenVINO IR .xml).
+        model: path to an .onnx file (or an OpenVINO IR .xml), or a serialized ONNX graph (bytes).
         spec: ExportSpec to validate feeds against and whose profiles bound the dynamic axes (each
             named axis gets [min of the profiles' mins, max of their maxes]); default: read from the graph,
             axes left unbounded.
@@ -39,13 +39,13 @@ class OvRunner(Runner):
 
     backend = "ov"
 
-    def __init__(self, model: str | os.PathLike, spec: ExportSpec | None = None, threads: int | None = None,
+    def __init__(self, model: str | os.PathLike | bytes, spec: ExportSpec | None = None, threads: int | None = None,
                  device: str = "CPU", name: str | None = None, precision: str | None = None,
                  inference_precision: str = "f32"):
         super().__init__(spec, name or f"ov-{device.lower()}")
-        self.model = Path(model)
-        if not self.model.is_file():
-            raise ModelError(f"model file not found: {str(self.model)!r}")
+        self.model: Path | bytes = model if isinstance(model, bytes) else Path(model)
+        if isinstance(self.model, Path) and not self.model.is_file():
+            raise ModelError(f"model file not found: {self._what}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise BackendError(f"threads must be a positive integer (or unset: OpenVINO's default), got {threads!r}")
         if not isinstance(device, str) or not device:
@@ -73,11 +73,12 @@ class OvRunner(Runner):
         if self.device.split(".")[0] not in devices and self.device.split(":")[0] not in ("AUTO", "MULTI", "HETERO"):
             raise BackendError(f"OpenVINO {self._version} here has no device {self.device!r} (available: {', '.join(devices)})")
         try:
-            model = core.read_model(str(self.model))
+            model = core.read_model(self.model if isinstance(self.model, bytes) else str(self.model))
         except Exception as e:
-            raise ModelError(f"OpenVINO cannot read {str(self.model)!r}: {_message(e)}") from None
+            raise ModelError(f"OpenVINO cannot read {self._what}: {_message(e)}") from None
         if self._spec is None:
-            self._spec = (ExportSpec.from_onnx(self.model) if self.model.suffix == ".onnx" else _spec_from_model(model))
+            onnx_file = isinstance(self.model, Path) and self.model.suffix == ".onnx"
+            self._spec = ExportSpec.from_onnx(self.model) if onnx_file else _spec_from_model(model)
         spec = self._spec
         # 1. dynamic axes bounded by the profiles (OpenVINO sizes its buffers for the range and refuses sizes past it)
         bounds = _bounds(spec)
@@ -90,7 +91,7 @@ class OvRunner(Runner):
             try:
                 model.reshape(shapes)
             except Exception as e:
-                raise ModelError(f"OpenVINO cannot give {str(self.model)!r} the profile's shapes "
+                raise ModelError(f"OpenVINO cannot give {self._what} the profile's shapes "
                                  f"{ {k: str(v) for k, v in shapes.items()} }: {_message(e)}") from None
         # 2. compile: latency hint (one request at a time), threads, float precision as asked
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
@@ -101,16 +102,20 @@ class OvRunner(Runner):
         try:
             compiled = core.compile_model(model, self.device, config)
         except Exception as e:
-            raise ModelError(f"OpenVINO cannot compile {str(self.model)!r} for {self.device}: {_message(e)}") from None
+            raise ModelError(f"OpenVINO cannot compile {self._what} for {self.device}: {_message(e)}") from None
         outs = []
         for t in spec.outputs:
             try:
                 outs.append((t.name, compiled.output(t.name)))
             except Exception:
                 names = sorted(n for o in compiled.outputs for n in o.get_names())
-                raise ModelError(f"{str(self.model)!r} has no output {t.name!r} (OpenVINO sees {names})") from None
+                raise ModelError(f"{self._what} has no output {t.name!r} (OpenVINO sees {names})") from None
         self.compiled, self._outs = compiled, outs
         self._request = compiled.create_infer_request()
+
+    @property
+    def _what(self) -> str:
+        return "the in-memory ONNX graph" if isinstance(self.model, bytes) else repr(str(self.model))
 
     def _deactivate(self) -> None:
         self._request = None
