@@ -123,11 +123,14 @@ def test_gate_scores_and_times_the_openvino_placement_on_openvino(toy_bundle):
             return 1.0 if isinstance(r, OvRunner) else 0.0  # FP32 and INT8 alike: any non-OpenVINO runner fails
 
     sens = feeds(((1, 3, 16, 16),), seed=3)
-    section = gate_bundle(toy_bundle, metric, GateConfig(placement="openvino", steps=(0,), iters=2, ranking="prefix"),
+    section = gate_bundle(toy_bundle, metric, GateConfig(placement="openvino", steps=(0,), iters=2, ranking="prefix",
+                                                           min_speedup=0),
                           latency_feed=sens[0], show_progress=False)
     assert seen == ["OvRunner", "OvRunner"]  # FP32 baseline, then step 0
     gate = section["openvino_gate"]
-    assert gate["placement"] == "openvino" and gate["passed"] and gate["steps"][0]["p50_ms"] > 0
+    timing = gate["steps"][0]["timing"]
+    assert gate["placement"] == "openvino" and gate["passed"] and timing["int8_ms"] > 0 and timing["fp32_ms"] > 0
+    assert timing["runner"]["backend"] == "ov"  # timed on OpenVINO too, not only scored there
     b = Bundle.load(toy_bundle)
     assert b.manifest["calibration"]["openvino_gate"] == gate and "gate" not in b.manifest["calibration"]
     assert {e.meta["placement"] for e in b.files("int8 qdq onnx")} == {"ort", "openvino"}
