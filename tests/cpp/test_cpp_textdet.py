@@ -138,3 +138,30 @@ def test_int8_takes_the_graph_placed_for_openvino(vkt_cpp, ppocr_bundle, skimage
         assert_same_boxes(got, det([page])[0], "int8")
     m = json.loads((bundle / "manifest.json").read_text())
     assert sorted(e["meta"].get("placement", "-") for e in m["files"]) == ["-", "openvino", "ort"]
+
+
+def test_int8_openvino_placement_matches_python(vkt_cpp, ppocr_bundle, skimage_data, tmp_path):
+    """A real openvino placement, written by `vkt quantize --target openvino` (2 calibration photos, ungated): the
+    C++ runtime runs the same Q/DQ graph as TextDetector(backend="ov", precision="int8") and finds the same boxes."""
+    import subprocess
+    import sys
+
+    from vkt.runtime.textdet import TextDetector
+
+    bundle, calib = tmp_path / "b.vkt", tmp_path / "calib"
+    shutil.copytree(ppocr_bundle, bundle)
+    calib.mkdir()
+    for n in ("coffee.png", "chelsea.png"):
+        shutil.copy(skimage_data / n, calib / n)
+    q = subprocess.run([sys.executable, "-m", "vkt", "quantize", str(bundle), "--calib", str(calib), "--target",
+                        "openvino", "--calib-method", "minmax"], capture_output=True, text=True, timeout=600)
+    assert q.returncode == 0, q.stderr[-2000:]
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert [e["meta"]["placement"] for e in m["files"] if e["role"] == "int8 qdq onnx"] == ["openvino"]
+    pages = [skimage_data / "page.png", skimage_data / "text.png"]
+    got = run_json(vkt_cpp, "--bundle", bundle, "--precision", "int8", "--threads", "2", *pages)
+    with TextDetector(bundle, backend="ov", precision="int8", threads=2) as det:
+        convs = det.runner.executed_precisions()["Convolution"]
+        assert convs.get("u8", 0) + convs.get("i8", 0) > convs.get("f32", 0), convs  # integer kernels really run
+        for g, page in zip(got, pages):
+            assert_same_boxes(g, det([page])[0], f"int8 {page.name}")

@@ -24,11 +24,13 @@ def quantize(
     """Calibrate once, then write an INT8 Q/DQ graph per target into the bundle: the `--int8` path of `vkt export` on
     an existing bundle, with the recipe of the bundle's family (textdet, detr, sd, generic) and its defaults.
 
-    onnxruntime CPU and TensorRT fuse different Q/DQ patterns, so each target gets its own placement
-    from the same ranges (docs/ARCHITECTURE.md, sections "Precision" and "INT8").
+    onnxruntime CPU, TensorRT and OpenVINO CPU fuse different Q/DQ patterns, so each target gets its own
+    placement from the same ranges (docs/ARCHITECTURE.md, sections "Precision" and "INT8").
 
     With --holdout the accuracy gate keeps the most sensitive layers in float step by step until the
-    metric drop is within --max-drop, prints metric and ORT CPU latency per step and ships the fastest.
+    metric drop is within --max-drop, prints the metric and the speed-up over FP32 per step (on onnxruntime
+    CPU; the openvino placement on OpenVINO CPU, gated on its own) and ships the fastest, never one below
+    --min-speedup.
     """
     from vkt.bundle import Bundle, edit_bundle
     from vkt.cli.int8_options import check_int8, quantize_with
