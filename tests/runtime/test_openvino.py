@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -318,3 +319,34 @@ def test_tiny_detr_raw_heads_and_the_detector_pipeline_match_onnxruntime(tmp_pat
                 np.testing.assert_array_equal(d.labels, r.labels)
                 np.testing.assert_allclose(d.scores, r.scores, atol=1e-4, rtol=0)
                 np.testing.assert_allclose(d.boxes, r.boxes, atol=1e-2, rtol=1e-5)
+
+
+def test_ctrl_c_after_openvino_runners_exits_cleanly(tmp_path):
+    """OpenVINO's CPU plugin sets the thread's alternate signal stack inside its own library: with a Core per runner,
+    the plugin was unloaded after two runners and the next SIGINT crashed the process (SIGSEGV, rc -11). In a fresh
+    interpreter: two runners side by side (as the gate times them), then a Ctrl-C must reach Python's handler."""
+    code = (
+        "import os, signal, sys, time\n"
+        "import numpy as np\n"
+        "from onnx import TensorProto, helper\n"
+        "from vkt.runtime.openvino import OvRunner\n"
+        "x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 3, 8, 8])\n"
+        "y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 3, 8, 8])\n"
+        "g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', [x], [y])\n"
+        "blob = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]).SerializeToString()\n"
+        "runners = [OvRunner(blob, threads=1), OvRunner(blob, threads=1)]\n"
+        "for r in runners:\n"
+        "    r.activate()\n"
+        "for r in runners:\n"
+        "    r.infer({'x': np.ones((1, 3, 8, 8), np.float32)})\n"
+        "    r.deactivate()\n"
+        "del runners, r\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.returncode == 0 and r.stdout.strip() == "interrupted", (r.returncode, r.stderr[-1500:])

@@ -90,7 +90,9 @@ def openvino_report() -> dict[str, Any]:
     try:
         import openvino as ov
 
-        devices = list(ov.Core().available_devices)
+        from vkt.runtime.openvino import shared_core
+
+        devices = list(shared_core().available_devices)
     except Exception as e:  # a broken install: say what it raised
         return {"backend": "ov", "ok": False, "why": f"openvino does not load: {str(e).strip().splitlines()[0][:200]}"}
     ok = "CPU" in devices

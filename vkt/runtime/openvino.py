@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -19,6 +20,16 @@ MISSING = "the OpenVINO backend needs the openvino package: pip install 'vkt[ope
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 # Layers whose runtime precision says what a graph really runs in (the rest are data movement and activations).
 COMPUTE_LAYERS = ("Convolution", "Deconvolution", "FullyConnected", "MatMul")
+
+
+@functools.lru_cache(maxsize=1)
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``. Its CPU plugin sets the calling thread's alternate signal stack in memory
+    of its own library; a Core dropped after use unloads that library and leaves the stack dangling, and the next
+    signal (Ctrl-C) crashed the process (SIGSEGV) instead of exiting 130. One Core kept for the process keeps it loaded."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 class OvRunner(Runner):
@@ -68,7 +79,7 @@ class OvRunner(Runner):
         except ImportError:
             raise BackendError(MISSING) from None
         self._version = ov.__version__.split("-")[0]
-        core = ov.Core()
+        core = shared_core()
         devices = core.available_devices
         if self.device.split(".")[0] not in devices and self.device.split(":")[0] not in ("AUTO", "MULTI", "HETERO"):
             raise BackendError(f"OpenVINO {self._version} here has no device {self.device!r} (available: {', '.join(devices)})")
