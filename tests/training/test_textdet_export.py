@@ -87,7 +87,7 @@ def test_export_cli_int8_with_the_text_recipe(run, tmp_path, capsys):
     cal = b.manifest["calibration"]
     assert cal["method"] == "percentile" and cal["samples"] == 3 and "gate" not in cal
     meta = {e.meta["placement"]: e.meta for e in b.files("int8 qdq onnx")}
-    assert set(meta) == {"ort", "trt"} and meta["ort"]["ort_ops"] == "compute"
+    assert set(meta) == {"ort", "trt", "openvino"} and meta["ort"]["ort_ops"] == "compute"
 
 
 def test_tensorrt_rtx_builds_the_exported_graph(run):
