@@ -25,16 +25,11 @@ from vkt.runtime.server.protocol import encode_infer_request, parse_infer_reques
 
 th = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'vkt[test]')")
 
-PROFILE = {"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)}
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, toy_onnx):
-    from vkt.export.onnx_import import import_onnx
-
-    dest = tmp_path_factory.mktemp("serve") / "toy"
-    import_onnx(toy_onnx, dest, profile=PROFILE)
-    return dest
+def bundle(served_toy_bundle):
+    return served_toy_bundle
 
 
 @pytest.fixture(scope="module")

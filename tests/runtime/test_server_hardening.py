@@ -24,17 +24,12 @@ from vkt.runtime.server import image_body
 from vkt.runtime.server.admission import MemoryBudget
 from vkt.runtime.server.errors import PayloadTooLargeError, UnavailableError, UnsupportedMediaError
 
-PROFILE = {"batch": (1, 1, 8), "height": (16, 64, 256), "width": (16, 64, 256)}
 GOOD = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.5] * 768}]}).encode()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, toy_onnx):
-    from vkt.export.onnx_import import import_onnx
-
-    dest = tmp_path_factory.mktemp("hard") / "toy"
-    import_onnx(toy_onnx, dest, profile=PROFILE)
-    return dest
+def bundle(served_toy_bundle):
+    return served_toy_bundle
 
 
 @pytest.fixture(scope="module")
