@@ -134,3 +134,26 @@ def test_gate_scores_and_times_the_openvino_placement_on_openvino(toy_bundle):
     b = Bundle.load(toy_bundle)
     assert b.manifest["calibration"]["openvino_gate"] == gate and "gate" not in b.manifest["calibration"]
     assert {e.meta["placement"] for e in b.files("int8 qdq onnx")} == {"ort", "openvino"}
+
+
+def test_quantize_prints_the_openvino_gate_and_its_bench_command(toy_bundle, capsys):
+    """`vkt quantize` printed only the ort gate: the openvino placement's own gate (what it shipped, its speed-up on
+    OpenVINO and the `vkt bench` command with ov targets) was in the manifest alone."""
+    from vkt.bundle import Bundle
+    from vkt.calibration import Int8Config, quantize_bundle
+    from vkt.calibration.api import gate_bundle
+    from vkt.calibration.gate import GateConfig
+    from vkt.cli.quantize import print_calibration
+
+    quantize_bundle(toy_bundle, feeds(), Int8Config(targets=("ort", "openvino")), eval_samples=0, show_progress=False)
+    sens = feeds(((1, 3, 16, 16),), seed=3)
+    for placement in ("ort", "openvino"):
+        gate_bundle(toy_bundle, lambda factory: 1.0, GateConfig(placement=placement, steps=(0,), iters=2,
+                                                                ranking="prefix", min_speedup=0),
+                    latency_feed=sens[0], show_progress=False)
+    b = Bundle.load(toy_bundle)
+    print_calibration(b, b.manifest["calibration"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "in float (ort placement)" in out and "in float (openvino placement)" in out
+    assert "on OpenVINO CPU at 1x3x" in out and "-t ort:fp32 -t ov:fp32 -t ov:int8" in out
+    assert "-t ort:fp32 -t ort:int8" in out  # the ort gate's own command is still there

@@ -54,9 +54,6 @@ def quantize(
 
 def print_calibration(b: Any, section: dict) -> None:
     from rich.console import Console
-    from rich.markup import escape
-
-    from vkt.tables import print_table
 
     c = Console()
     c.print(f"[bold]{b.name}[/]: {section['method']} ranges from {section['samples']} image(s), table "
@@ -77,47 +74,62 @@ def print_calibration(b: Any, section: dict) -> None:
         c.print("  [yellow]note:[/] an output SQNR near 0 dB means INT8's error there is as large as the output itself "
                 "(e.g. a detector's map that INT8 flattens to zero on those images); judge accuracy on held-out images "
                 "with --holdout", highlight=False)
-    gate = section.get("gate")
-    if gate:
-        from vkt.calibration.gate_report import render_gate_table
-
-        print_table(render_gate_table(gate), c)
-        ch = gate.get("chosen")
-        budget = f"{gate['max_drop'] * 100:g} point(s)"
-        if ch is None and gate.get("reason"):
-            c.print(f"[yellow]shipped FP32 only: {escape(gate['reason'])} (placement {gate['placement']!r} removed)[/]",
-                    highlight=False)
-        elif ch is None:
-            c.print(f"[yellow]no INT8 model within {budget} of FP32: shipped FP32 only "
-                    f"(placement {gate['placement']!r} removed)[/]", highlight=False)
-        else:
-            layers = ch.get("layers_kept_float", len(ch["float_layers"]))
-            step = gate["steps"][ch["step"]]
-            c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float: {gate.get('metric_name', 'metric')} "
-                    f"{ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} points, budget {budget})"
-                    f"{_speed(step.get('timing'))}", highlight=False)
-            if step.get("timing"):
-                c.print(f"  re-time it: {escape(_bench_command(b, step['timing']))}", highlight=False)
+    for key in ("gate", "openvino_gate"):  # the ort/trt gate, and the openvino placement's own
+        if section.get(key):
+            _print_gate(b, section[key], c)
 
 
-def _speed(t: dict[str, Any] | None) -> str:
+def _print_gate(b: Any, gate: dict[str, Any], c: Any) -> None:
+    """One gate's table, what it shipped, and the `vkt bench` command that re-times it."""
+    from rich.markup import escape
+
+    from vkt.calibration.gate_report import render_gate_table
+    from vkt.tables import print_table
+
+    where = _RUNTIME.get(gate["placement"], _RUNTIME["ort"])[0]
+    print_table(render_gate_table(gate, title=f"accuracy gate, {gate['placement']} placement (metric vs FP32, budget: "
+                                              f"drop <= {100 * gate['max_drop']:g} point(s); {where} latency)"), c)
+    ch = gate.get("chosen")
+    budget = f"{gate['max_drop'] * 100:g} point(s)"
+    if ch is None and gate.get("reason"):
+        c.print(f"[yellow]shipped FP32 only: {escape(gate['reason'])} (placement {gate['placement']!r} removed)[/]",
+                highlight=False)
+    elif ch is None:
+        c.print(f"[yellow]no INT8 model within {budget} of FP32: shipped FP32 only "
+                f"(placement {gate['placement']!r} removed)[/]", highlight=False)
+    else:
+        layers = ch.get("layers_kept_float", len(ch["float_layers"]))
+        step = gate["steps"][ch["step"]]
+        c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float ({gate['placement']} placement): "
+                f"{gate.get('metric_name', 'metric')} {ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} "
+                f"points, budget {budget}){_speed(step.get('timing'), where)}", highlight=False)
+        if step.get("timing"):
+            c.print(f"  re-time it: {escape(_bench_command(b, step['timing'], gate['placement']))}", highlight=False)
+
+
+# placement -> (the runtime its gate times on, the `vkt bench` targets that re-time it)
+_RUNTIME = {"ort": ("ORT CPU", "-t ort:fp32 -t ort:int8"), "trt": ("ORT CPU", "-t ort:fp32 -t ort:int8"),
+            "openvino": ("OpenVINO CPU", "-t ort:fp32 -t ov:fp32 -t ov:int8")}
+
+
+def _speed(t: dict[str, Any] | None, where: str = "ORT CPU") -> str:
     """", 1.31x FP32 (noise band 1.22-1.38x) on ORT CPU at 1x3x736x736, 2 thread(s)" for a timed step."""
     if not t:
         return " (not timed)"
-    threads = "onnxruntime's default threads" if t.get("threads") is None else f"{t['threads']} thread(s)"
+    threads = "the runtime's default threads" if t.get("threads") is None else f"{t['threads']} thread(s)"
     lo, hi = t["noise_band"]
-    return (f", {t['speedup']:.2f}x FP32 (noise band {lo:.2f}-{hi:.2f}x) on ORT CPU at "
+    return (f", {t['speedup']:.2f}x FP32 (noise band {lo:.2f}-{hi:.2f}x) on {where} at "
             f"{'x'.join(map(str, t['shape']))}, {threads}")
 
 
-def _bench_command(b: Any, t: dict[str, Any]) -> str:
+def _bench_command(b: Any, t: dict[str, Any], placement: str = "ort") -> str:
     """The `vkt bench` command that times what the gate timed: same graphs, input shape and threads."""
     import shlex
 
     # Batch: bench's default (1), as the gate timed; the other named axes at the sizes timed.
     dims = [f"{n}={v}" for n, v in zip(b.spec().inputs[0].shape[1:], t["shape"][1:]) if isinstance(n, str)]
     threads = [] if t.get("threads") is None else ["--threads", str(t["threads"])]
-    return " ".join(["vkt bench", shlex.quote(str(b.root)), "-t ort:fp32 -t ort:int8", *(["--shape", ",".join(dims)] if dims else []),
+    return " ".join(["vkt bench", shlex.quote(str(b.root)), _RUNTIME.get(placement, _RUNTIME["ort"])[1], *(["--shape", ",".join(dims)] if dims else []),
                      *threads])
 
 
