@@ -129,7 +129,7 @@ def test_interrupted_int8_export_leaves_no_bundle(tmp_path, toy_onnx, sig):
 def test_interrupted_int8_export_keeps_the_bundle_it_was_to_replace(tmp_path, toy_onnx, toy_bundle, sig):
     calib = _calib(tmp_path / "calib")
     before = _snapshot(toy_bundle)
-    r = _interrupt(tmp_path, "vkt.calibration.qdq:placement",
+    r = _interrupt(tmp_path, "vkt.calibration.placements:placement",
                    ["export", "onnx", str(toy_onnx), "--profile", PROFILE, "--int8", "--calib", str(calib),
                     "-o", str(toy_bundle), "--force"], sig)
     _check_line(r, sig, "vkt export onnx")
@@ -143,7 +143,7 @@ def test_interrupted_quantize_leaves_the_bundle_as_it_was(tmp_path, toy_bundle, 
     calib = _calib(tmp_path / "calib")
     # the toy bundle's profile reaches 256 px: calibrate at one shape inside it
     before = _snapshot(toy_bundle)
-    r = _interrupt(tmp_path, "vkt.calibration.qdq:placement",
+    r = _interrupt(tmp_path, "vkt.calibration.placements:placement",
                    ["quantize", str(toy_bundle), "--calib", str(calib), "--shape", "64x64"], sig)
     _check_line(r, sig, "vkt quantize")
     assert _snapshot(toy_bundle) == before

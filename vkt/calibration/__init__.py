@@ -15,7 +15,8 @@ from vkt.calibration.api import gate_bundle, qdq_path, quantize_bundle
 from vkt.calibration.config import Int8Config
 from vkt.calibration.data import ImageFolderReader, array_feeds, calibration_shapes, simple_image_preprocess
 from vkt.calibration.gate import GateConfig
-from vkt.calibration.qdq import place_ort, place_trt, placement
+from vkt.calibration.placements import placement
+from vkt.calibration.qdq import place_ort, place_trt
 from vkt.calibration.ranges import CalibrationTable, compute_ranges
 from vkt.calibration.report import (count_ops, layer_errors, layer_sensitivity, render_counts_table, render_layer_table,
                                    sqnr_db)

@@ -90,7 +90,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     """:func:`quantize_bundle`, also returning the prepared graph the placements were written from."""
     from vkt import __version__
     from vkt.bundle import Bundle
-    from vkt.calibration.qdq import placement
+    from vkt.calibration.placements import placement
     from vkt.calibration.ranges import compute_ranges, model_sha256
     from vkt.calibration.report import count_ops, layer_errors
     from vkt.onnxgraph import prepare_model
@@ -294,7 +294,7 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
         extra = {"candidate": cand.name, "metric": round(step.metric, 5), "metric_drop": round(step.drop, 5)}
         _ship(bundle, component, config.placement, result.model, cand, step.float_layers, config.ort_ops, extra, placements)
         for p in config.follow:
-            from vkt.calibration.qdq import placement as place
+            from vkt.calibration.placements import placement as place
 
             q = place(cand.fp32, cand.table, p, sorted(step.float_layers), ort_ops=config.ort_ops)
             note = {"candidate": cand.name, "gate": f"same nodes in float as the {config.placement} placement's gate "

@@ -254,7 +254,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
     """
     from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
-    from vkt.calibration.qdq import placement as place
+    from vkt.calibration.placements import placement as place
 
     if not candidates:
         raise CalibrationError("accuracy_gate needs at least one candidate model")

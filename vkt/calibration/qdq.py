@@ -1,5 +1,5 @@
 """Q/DQ placements written from one CalibrationTable: TensorRT's (inputs of Conv/MatMul/Gemm) and onnxruntime CPU's
-(OpenVINO's: :mod:`vkt.calibration.place_ov`).
+(OpenVINO's: :mod:`vkt.calibration.place_ov`; one call for any target: :mod:`vkt.calibration.placements`).
 
 No placement runs calibration data: both read the ranges of :func:`vkt.calibration.ranges.compute_ranges`.
 """
@@ -382,16 +382,3 @@ def _float_inputs(model: Any, nodes: set[str]) -> None:
         for n in dead:
             g.node.remove(n)
 
-
-def placement(model: Any, table: CalibrationTable, target: str, exclude: Iterable[str] = (), *, ort_ops: str = "all") -> Any:
-    """Dispatch on ``target`` ("ort", "trt" or "openvino": :func:`vkt.calibration.place_ov.place_ov`); ``ort_ops`` is
-    :func:`place_ort`'s ``ops``."""
-    if target == "trt":
-        return place_trt(model, table, exclude)
-    if target == "ort":
-        return place_ort(model, table, exclude, ops=ort_ops)
-    if target == "openvino":
-        from vkt.calibration.place_ov import place_ov
-
-        return place_ov(model, table, exclude)
-    raise CalibrationError(f"placement target must be 'ort', 'trt' or 'openvino', got {target!r}")

@@ -101,7 +101,7 @@ def error_jumps(fp32: Any, table: Any, feeds: Sequence[Mapping[str, np.ndarray]]
 
     Returns ``[{"node", "op", "output_sqnr_db", "jump_db"}]`` sorted by ``jump_db`` descending.
     """
-    from vkt.calibration.qdq import placement as place
+    from vkt.calibration.placements import placement as place
     from vkt.calibration.report import layer_errors
 
     ops = sorted({n.op_type for n in fp32.graph.node})
