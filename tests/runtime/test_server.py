@@ -11,17 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
 
 from vkt.errors import BackendError
 from vkt.runtime import OrtRunner, make_runner
-from vkt.runtime.base import Runner
 from vkt.runtime.server import InferenceServer, ServedModel, ServerConfig, models_from_bundles
 from vkt.runtime.server.errors import RequestError
 from vkt.runtime.server.protocol import encode_infer_request, parse_infer_request
+from server_tools import CountingRunner
 
 th = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'vkt[test]')")
 
@@ -44,28 +43,6 @@ def server(bundle):
 def reference(toy_onnx):
     with OrtRunner(toy_onnx) as r:
         yield r
-
-
-class CountingRunner(Runner):
-    """Wraps a runner: records the batch size of every call and can be slowed down."""
-
-    backend = "counting"
-
-    def __init__(self, inner: Runner, delay_s: float = 0.0):
-        super().__init__(None, "counting")
-        self.inner, self.delay_s, self.batches = inner, delay_s, []
-
-    def _activate(self) -> None:
-        self.inner.activate()
-        self._spec = self.inner.spec
-
-    def _deactivate(self) -> None:
-        self.inner.deactivate()
-
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.batches.append(next(iter(feed.values())).shape[0])
-        time.sleep(self.delay_s)
-        return self.inner.infer(feed, check=False)
 
 
 def _server(bundle, delay_s: float = 0.0, **cfg) -> tuple[InferenceServer, CountingRunner]:

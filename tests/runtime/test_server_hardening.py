@@ -9,7 +9,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -18,10 +17,10 @@ import pytest
 from vkt import __version__
 from vkt.errors import BundleError, VktError
 from vkt.runtime import make_runner
-from vkt.runtime.base import Runner
 from vkt.runtime.server import InferenceServer, ServedModel, ServerConfig, models_from_bundles
 from vkt.runtime.server import image_body
 from vkt.runtime.server.admission import MemoryBudget
+from server_tools import CountingRunner
 from vkt.runtime.server.errors import PayloadTooLargeError, UnavailableError, UnsupportedMediaError
 
 GOOD = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.5] * 768}]}).encode()
@@ -231,29 +230,10 @@ def test_json_infer_bodies_are_checked_before_they_cost(server, body, code, word
 
 
 # ---- honest overload ---------------------------------------------------------------------------------
-class SlowRunner(Runner):
-    backend = "slow"
-
-    def __init__(self, inner: Runner, delay_s: float):
-        super().__init__(None, "slow")
-        self.inner, self.delay_s = inner, delay_s
-
-    def _activate(self) -> None:
-        self.inner.activate()
-        self._spec = self.inner.spec
-
-    def _deactivate(self) -> None:
-        self.inner.deactivate()
-
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(self.delay_s)
-        return self.inner.infer(feed, check=False)
-
-
 def test_overload_is_503_with_retry_after_not_a_late_504(bundle):
     """0.3 s per call, one at a time, 1.2 s deadline, a 64-deep queue: 8 at once cannot all finish in time."""
     cfg = ServerConfig(port=0, warmup=False, max_batch_size=1, queue_size=64, timeout_s=1.2)
-    srv = InferenceServer([ServedModel("toy", SlowRunner(make_runner(bundle), 0.3))], cfg)
+    srv = InferenceServer([ServedModel("toy", CountingRunner(make_runner(bundle), 0.3))], cfg)
     with srv:
         assert status_of(exchange(srv.port, post("/v2/models/toy/infer", GOOD, f"Content-Length: {len(GOOD)}\r\n"))) == 200
         answers: list[bytes] = []
