@@ -106,7 +106,6 @@ def test_unknown_backend_and_precision(toy_bundle):
 def test_run_error_is_raised_once_not_printed_raw_by_onnxruntime(capfd):
     """A shape clash inside the graph: the BackendError carries onnxruntime's message; onnxruntime itself prints
     nothing (it used to log the same error first, in raw terminal colours)."""
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "clash",
