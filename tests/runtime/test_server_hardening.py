@@ -202,6 +202,33 @@ def test_a_slow_upload_holds_only_what_it_sent_of_the_budget(bundle):
             assert status_of(exchange(srv.port, post("/v2/models/toy/infer", small, f"Content-Length: {len(small)}\r\n"))) == 200
 
 
+def test_a_gzip_body_takes_its_decompressed_size_from_the_budget(bundle):
+    """800 kB of JSON gzipped to ~1 kB, beside an upload holding 800 kB of a 1 MiB budget: the decompressed copy does not
+    fit, so 503 (it used to count only the 1 kB on the wire); alone, the same request is served and gives it all back."""
+    import gzip
+
+    body = GOOD + b" " * (800_000 - len(GOOD))
+    packed = gzip.compress(body)
+    assert len(packed) < 10_000
+    zipped = post("/v2/models/toy/infer", packed, f"Content-Length: {len(packed)}\r\nContent-Encoding: gzip\r\n")
+    cfg = ServerConfig(port=0, warmup=False, max_body_bytes=16 << 20, body_budget_bytes=1 << 20)
+    with InferenceServer(models_from_bundles([bundle]), cfg) as srv:
+        srv.body_budget.wait_s = 0.2
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as first:
+            first.sendall(f"POST /v2/models/toy/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                          + body[:1000])
+            end = time.monotonic() + 10
+            while srv.body_budget.used == 0 and time.monotonic() < end:
+                time.sleep(0.01)
+            answer = exchange(srv.port, zipped)
+            assert status_of(answer) == 503 and b"request bodies hold" in answer
+        end = time.monotonic() + 10
+        while srv.body_budget.used and time.monotonic() < end:  # the first connection's hold goes when it closes
+            time.sleep(0.01)
+        assert status_of(exchange(srv.port, zipped)) == 200
+        assert srv.body_budget.used == 0
+
+
 # ---- JSON bodies -----------------------------------------------------------------------------------
 def test_json_at_the_model_limit_nested_like_its_shape_is_accepted():
     """The pre-parse bound counts values, not arrays: the toy's largest input, nested 4 deep, still parses."""

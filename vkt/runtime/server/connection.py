@@ -23,6 +23,7 @@ from vkt.runtime.server.http11 import Headers, RequestHead, parse_chunk_size
 
 RECV = 1 << 16
 RECV_BODY = 1 << 20
+DECODE_STEP = 1 << 20  # a gzip/deflate body is decompressed (and its budget taken) this much at a time
 
 
 class Connection:
@@ -231,12 +232,23 @@ class Request:
         if enc not in ("gzip", "deflate"):
             raise UnsupportedMediaError(f"Content-Encoding {enc!r} is not supported; expected gzip, deflate or identity")
         d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)  # deflate here means zlib-wrapped, as HTTP defines it
+        # In steps, each taken from the body budget before it is kept (the decompressed copy is memory too), and bounded:
+        # a small bomb cannot expand past the limit.
+        parts: list[bytes] = []
+        size, data = 0, body
         try:
-            out = d.decompress(body, limit + 1)  # bounded: a small bomb cannot expand past the limit
+            while not d.eof and size <= limit:
+                part = d.decompress(data, min(DECODE_STEP, limit + 1 - size))
+                data = d.unconsumed_tail
+                if not part:
+                    break
+                self._reserve(len(part))
+                parts.append(part)
+                size += len(part)
         except zlib.error as e:
             raise RequestError(f"the {enc} body does not decompress: {e}") from None
-        if len(out) > limit:
+        if size > limit:
             raise PayloadTooLargeError(f"the {enc} body decompresses to more than {limit} bytes, this server's limit")
         if not d.eof:
             raise RequestError(f"the {enc} body is truncated")
-        return out
+        return b"".join(parts)
