@@ -12,9 +12,13 @@
 
 namespace vkt {
 
-struct Tensor {  // an output, copied out of the runtime; integer outputs (DETR labels) are converted to float
+// An output as float32 values: a view of the runtime's own output memory where that is float32 (no copy; valid
+// until the Session's next infer() call), else `owned` (integer outputs, e.g. DETR labels, converted to float).
+struct Tensor {
     std::vector<int64_t> shape;
-    std::vector<float> data;
+    const float* view = nullptr;
+    std::vector<float> owned;
+    const float* data() const { return view ? view : owned.data(); }
 };
 
 struct Feed {  // an input, borrowed: `data` must stay alive during infer()
@@ -26,7 +30,8 @@ struct Feed {  // an input, borrowed: `data` must stay alive during infer()
 class Session {
 public:
     virtual ~Session() = default;
-    // Runs the graph. Each feed's shape is checked against the spec first (ShapeError, before the runtime).
+    // Runs the graph. Each feed's shape is checked against the spec first (ShapeError, before the runtime). The
+    // outputs stay valid until the next infer() on this Session.
     virtual std::map<std::string, Tensor> infer(const std::vector<Feed>& feeds) = 0;
 };
 

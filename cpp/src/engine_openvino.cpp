@@ -35,17 +35,15 @@ public:
                 const ov::Shape& s = r.get_shape();
                 o.shape.assign(s.begin(), s.end());
                 const size_t n = r.get_size();
-                o.data.resize(n);
                 const auto type = r.get_element_type();
                 if (type == ov::element::f32) {
-                    const float* p = r.data<const float>();
-                    std::copy(p, p + n, o.data.begin());
+                    o.view = r.data<const float>();  // the request's memory: read before its next infer()
                 } else if (type == ov::element::i64) {
                     const int64_t* p = r.data<const int64_t>();
-                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                    o.owned.assign(p, p + n);
                 } else if (type == ov::element::i32) {
                     const int32_t* p = r.data<const int32_t>();
-                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                    o.owned.assign(p, p + n);
                 } else {
                     throw BackendError("output '" + t.name + "' has element type " + type.get_type_name() +
                                        "; expected f32, i64 or i32");
