@@ -9,10 +9,11 @@ taken within a fraction of a second of each other, so a load swing that hits one
 other too; a row reports the median of those paired ratios with a distribution-free 95% confidence interval of
 the median (order statistics) as its noise band, and the verdict that band gives ("C++ faster", "C++ slower",
 "within noise"). The pre / infer / post split: C++ from the same calls (its stopwatch in process); Python from a
-third, unpaired call per pair with TextDetector's stages called one by one. Load average before and after each
+third call per pair with TextDetector's stages called one by one (its inference time against C++'s of the same
+pair gives the inference-alone ratio and band). Load average before and after each
 photo in every row. Needs a built vkt_cpp (see cpp/README.md):
 
-    python benchmarks/bench_cpp.py --binary build/cpp/vkt_cpp --threads 2 --pairs 20 --json results/cpp_textdet.jsonl
+    python benchmarks/bench_cpp.py --binary build/cpp/vkt_cpp --threads 2 --pairs 20 --json benchmarks/results/cpp_textdet.jsonl
 """
 
 from __future__ import annotations
@@ -158,9 +159,12 @@ def main() -> None:
                     load.append(round(os.getloadavg()[0], 2))
                     ratios = [p["total_ms"] / c["total_ms"] for c, p in zip(runs[CPP], runs[PY])]
                     r50, lo, hi = median_ci95(ratios)
+                    # inference alone: C++'s call vs the Python split call right after it in the same turn
+                    i50, ilo, ihi = median_ci95([s["infer_ms"] / c["infer_ms"] for c, s in zip(runs[CPP], py_split)])
                     band = {"py_over_cpp_median": round(r50, 4), "py_over_cpp_ci95": [round(lo, 4), round(hi, 4)],
                             "py_over_cpp_iqr": [round(x, 4) for x in statistics.quantiles(ratios, n=4)[::2]],
-                            "verdict": verdict(lo, hi)}
+                            "verdict": verdict(lo, hi), "infer_py_over_cpp_median": round(i50, 4),
+                            "infer_py_over_cpp_ci95": [round(ilo, 4), round(ihi, 4)]}
                     figures = {CPP: runs[CPP], PY: [{**t, **s} for t, s in zip(runs[PY], py_split)]}
                     med = {}
                     for target, calls in figures.items():
@@ -176,7 +180,7 @@ def main() -> None:
                           f"{c['pre_ms']:.1f}, infer {c['infer_ms']:.1f}, post {c['post_ms']:.1f}) | Python {p['total_ms']:.1f} ms "
                           f"(decode {p['decode_ms']:.1f}, pre {p['pre_ms']:.1f}, infer {p['infer_ms']:.1f}, post "
                           f"{p['post_ms']:.1f}) | Python/C++ paired median {r50:.3f} [95% CI {lo:.3f}, {hi:.3f}]: "
-                          f"{band['verdict']} | load {load}", flush=True)
+                          f"{band['verdict']}; infer alone {i50:.3f} [{ilo:.3f}, {ihi:.3f}] | load {load}", flush=True)
         finally:
             cpp.close()
 

@@ -111,9 +111,15 @@ public:
             Tensor t;
             t.shape.assign(d.d, d.d + d.nbDims);
             const auto type = engine_.getTensorDataType(name.c_str());
-            if (type == nvinfer1::DataType::kFLOAT) t.view = reinterpret_cast<const float*>(p);  // until the next infer()
-            else if (type == nvinfer1::DataType::kINT32) t.owned.assign(reinterpret_cast<const int32_t*>(p), reinterpret_cast<const int32_t*>(p) + n);
-            else t.owned.assign(reinterpret_cast<const int64_t*>(p), reinterpret_cast<const int64_t*>(p) + n);
+            if (type == nvinfer1::DataType::kFLOAT) {
+                t.view = reinterpret_cast<const float*>(p);  // valid until the next infer()
+            } else if (type == nvinfer1::DataType::kINT32) {
+                const int32_t* v = reinterpret_cast<const int32_t*>(p);
+                t.owned.assign(v, v + n);
+            } else {
+                const int64_t* v = reinterpret_cast<const int64_t*>(p);
+                t.owned.assign(v, v + n);
+            }
             result.emplace(name, std::move(t));
         }
         return result;
