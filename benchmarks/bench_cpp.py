@@ -1,6 +1,7 @@
 """cpp/'s vkt_cpp (C++, OpenVINO C++ API) vs vkt.runtime.TextDetector (Python, OpenVINO backend), end to end on photos.
 
-Same bundle (PP-OCRv5 mobile det, FP32), same backend, inference threads and compiled-model settings, one image
+Same bundle (PP-OCRv5 mobile det, FP32), same backend, inference threads and compiled-model settings (both sides'
+properties read back from the compiled models, written in every row, a warning when they differ), one image
 per call: decode the file, pre-process, infer, DB post-process. Both sides stay loaded for the whole run (vkt_cpp
 as one `--bench-stdin` process: one compiled model, timed in process) and take turns call by call on the same
 photo, the order flipping every pair (C++ then Python, Python then C++), with a short pause before each turn so
@@ -41,13 +42,43 @@ SPLIT = ("decode_ms", "pre_ms", "infer_ms", "post_ms")
 CPP, PY = "vkt_cpp", "vkt-python TextDetector"
 
 
+# The compiled-model properties that decide CPU speed: the keys vkt_cpp prints (cpp/src/engine_openvino.cpp).
+SETTINGS = ("PERFORMANCE_HINT", "EXECUTION_MODE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT",
+            "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE", "TBB_PARTITIONER",
+            "CPU_DENORMALS_OPTIMIZATION")
+
+
+def ov_settings(compiled: Any) -> dict[str, str]:
+    """A Python openvino CompiledModel's SETTINGS written as OpenVINO's C++ API writes them (ov::Any as text)."""
+    out = {}
+    for key in SETTINGS:
+        try:
+            v = compiled.get_property(key)
+        except Exception:  # a device without that property
+            continue
+        if isinstance(v, bool):
+            out[key] = "YES" if v else "NO"
+        elif hasattr(v, "get_type_name"):  # an element type: f32
+            out[key] = v.get_type_name()
+        elif hasattr(v, "name") and not isinstance(v, (int, str)):  # an enum: PerformanceMode.LATENCY -> LATENCY
+            out[key] = v.name
+        else:
+            out[key] = str(v)
+    return out
+
+
 class CppSide:
-    """vkt_cpp --bench-stdin: one process, one compiled model; each call is one timed run in it (ms split)."""
+    """vkt_cpp --bench-stdin: one process, one compiled model (its settings read first); each call is one timed
+    run in it (ms split)."""
 
     def __init__(self, binary: Path, bundle: Path, threads: int, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen([str(binary), "--bundle", str(bundle), "--threads", str(threads), "--bench-stdin"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      bufsize=1, env={**os.environ, **(env or {})})
+        first = self.proc.stdout.readline()
+        if not first:
+            raise RuntimeError(f"vkt_cpp stopped: {self.proc.stderr.read()[-2000:]}")
+        self.settings: dict[str, str] = json.loads(first)["settings"]
 
     def __call__(self, path: Path) -> dict[str, float]:
         self.proc.stdin.write(f"{path}\n")
@@ -142,6 +173,9 @@ def main() -> None:
         try:
             with TextDetector(bundle, backend="ov", threads=args.threads) as det, RowWriter(args.json) as out:
                 py = PySide(det)
+                settings = {CPP: cpp.settings, PY: ov_settings(det.runner.compiled)}
+                if settings[CPP] != settings[PY]:
+                    print(f"warning: the two compiled models differ: {settings}", file=sys.stderr)
                 for name in args.photos:
                     path = data / name
                     for _ in range(args.warmup):
@@ -174,7 +208,8 @@ def main() -> None:
                                       threads=args.threads, shape=shape, batch=1, n=len(calls), p50_ms=med[target]["total_ms"],
                                       p90_ms=round(statistics.quantiles(totals, n=10)[-1], 3), load_avg=load, image=name,
                                       pairs=args.pairs, order="alternating, pause %.2f s before each call" % args.gap,
-                                      **{k: med[target][k] for k in SPLIT}, **band))
+                                      **{k: med[target][k] for k in SPLIT}, **band, ov_settings=settings[target],
+                                      same_settings=settings[CPP] == settings[PY]))
                     c, p = med[CPP], med[PY]
                     print(f"{name} {'x'.join(map(str, shape))}: C++ {c['total_ms']:.1f} ms (decode {c['decode_ms']:.1f}, pre "
                           f"{c['pre_ms']:.1f}, infer {c['infer_ms']:.1f}, post {c['post_ms']:.1f}) | Python {p['total_ms']:.1f} ms "

@@ -41,6 +41,9 @@ public:
     virtual ~Engine() = default;
     // Thread-safe. Use each Session from one thread at a time, and let none outlive its Engine.
     virtual std::unique_ptr<Session> session() = 0;
+    // The runtime's own account of how the model was compiled (OpenVINO: the compiled model's properties that
+    // decide speed, e.g. PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS), as text; empty where none.
+    virtual std::map<std::string, std::string> settings() const { return {}; }
     const ModelSpec& spec() const { return spec_; }
 
 protected:

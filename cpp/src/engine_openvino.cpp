@@ -16,6 +16,11 @@ std::string first_line(const std::exception& e) {
     return (nl == std::string::npos ? s : s.substr(nl + 1)).substr(0, 500);
 }
 
+// The compiled-model properties that decide CPU speed (benchmarks/bench_cpp.py compares them with Python's).
+const char* const SETTINGS[] = {"PERFORMANCE_HINT", "EXECUTION_MODE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                                "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING",
+                                "SCHEDULING_CORE_TYPE", "TBB_PARTITIONER", "CPU_DENORMALS_OPTIMIZATION"};
+
 class OvSession : public Session {
 public:
     OvSession(const ModelSpec& spec, ov::InferRequest req) : spec_(spec), req_(std::move(req)) {}
@@ -101,6 +106,17 @@ public:
         } catch (const ov::Exception& e) {
             throw BackendError("OpenVINO cannot create an infer request: " + first_line(e));
         }
+    }
+
+    std::map<std::string, std::string> settings() const override {
+        std::map<std::string, std::string> out;
+        for (const char* key : SETTINGS) {
+            try {
+                out[key] = compiled_.get_property(key).as<std::string>();
+            } catch (const std::exception&) {  // a device without that property
+            }
+        }
+        return out;
     }
 
 private:

@@ -3,8 +3,9 @@
 //
 //   vkt_cpp --bundle DIR [--precision fp32|int8] [--threads N] IMAGE...      one JSON line per image
 //   vkt_cpp --bundle DIR --bench R IMAGE...        R timed runs per image: pre / infer / post split (JSON)
-//   vkt_cpp --bundle DIR --bench-stdin             one timed run per image path read from stdin, one JSON line
-//       each, flushed: another process (benchmarks/bench_cpp.py) takes turns with it on one compiled model
+//   vkt_cpp --bundle DIR --bench-stdin             the compiled model's settings (a JSON line), then one timed
+//       run per image path read from stdin, one JSON line each, flushed: another process (benchmarks/bench_cpp.py)
+//       takes turns with it on one compiled model
 //   vkt_cpp --bundle DIR --workers N --repeat R IMAGE...
 //       one compiled model, N threads with one request each, R images per thread; every result is compared
 //       with a serial run of the same image; RSS is sampled throughout (JSON).
@@ -45,8 +46,9 @@ const char* USAGE =
     "  --threads    inference threads (default: the runtime's)\n"
     "  --each       one model call per image (default: images that resize to one shape share a call)\n"
     "  --bench R    time R runs of each image (after one warm-up): pre / infer / post split\n"
-    "  --bench-stdin  read image paths from stdin, one a line; time one run of each (decode + pipeline) and\n"
-    "               print its split as a JSON line at once (for taking turns with another process)\n"
+    "  --bench-stdin  print the runtime's settings (a JSON line), then read image paths from stdin, one a line;\n"
+    "               time one run of each (decode + pipeline) and print its split as a JSON line at once\n"
+    "               (for taking turns with another process)\n"
     "  --workers N --repeat R  N threads sharing one compiled model, R images each, checked against a serial run\n";
 
 int positive_int(const std::string& flag, const char* v) {
@@ -139,7 +141,9 @@ int run(const Args& a, const Bundle& bundle, const std::vector<cv::Mat>& images)
     const Pipe pipe(bundle, engine);
     auto session = engine->session();
     if (a.bench_stdin) {
-        // One timed call per line: decode the file, then the pipeline (pre / infer / post), as --bench does.
+        // First line: the runtime's settings. Then one timed call per line: decode the file, then the pipeline
+        // (pre / infer / post), as --bench does.
+        std::cout << json{{"settings", engine->settings()}}.dump() << std::endl;
         for (std::string path; std::getline(std::cin, path);) {
             if (path.empty()) continue;
             Stopwatch sw;
