@@ -223,16 +223,16 @@ std::vector<DetrResult> Detector::operator()(Session& session, const std::vector
                 if (lg.shape.size() != 3 || pb.shape.size() != 3 || lg.shape[2] < 2 || pb.shape[1] != lg.shape[1] || pb.shape[2] != 4)
                     throw BackendError("expected logits [N, Q, C + 1] and pred_boxes [N, Q, 4] from the graph");
                 const size_t q = static_cast<size_t>(lg.shape[1]), k = static_cast<size_t>(lg.shape[2]);
-                c = decode_raw(lg.data.data() + s * q * k, pb.data.data() + s * q * 4, q, k);
+                c = decode_raw(lg.data() + s * q * k, pb.data() + s * q * 4, q, k);
             } else {
                 const Tensor& sc = out.at("scores");
                 const Tensor& lb = out.at("labels");
                 const Tensor& bx = out.at("boxes");
                 const size_t k = static_cast<size_t>(sc.shape.at(1));
                 for (size_t j = 0; j < k; ++j) {
-                    c.scores.push_back(sc.data[s * k + j]);
-                    c.labels.push_back(static_cast<int64_t>(lb.data[s * k + j]));
-                    const float* b = bx.data.data() + (s * k + j) * 4;
+                    c.scores.push_back(sc.data()[s * k + j]);
+                    c.labels.push_back(static_cast<int64_t>(lb.data()[s * k + j]));
+                    const float* b = bx.data() + (s * k + j) * 4;
                     c.boxes.push_back({b[0], b[1], b[2], b[3]});
                 }
             }

@@ -12,9 +12,13 @@
 
 namespace vkt {
 
-struct Tensor {  // an output, copied out of the runtime; integer outputs (DETR labels) are converted to float
+// An output as float32 values: a view of the runtime's own output memory where that is float32 (no copy; valid
+// until the Session's next infer() call), else `owned` (integer outputs, e.g. DETR labels, converted to float).
+struct Tensor {
     std::vector<int64_t> shape;
-    std::vector<float> data;
+    const float* view = nullptr;
+    std::vector<float> owned;
+    const float* data() const { return view ? view : owned.data(); }
 };
 
 struct Feed {  // an input, borrowed: `data` must stay alive during infer()
@@ -26,7 +30,8 @@ struct Feed {  // an input, borrowed: `data` must stay alive during infer()
 class Session {
 public:
     virtual ~Session() = default;
-    // Runs the graph. Each feed's shape is checked against the spec first (ShapeError, before the runtime).
+    // Runs the graph. Each feed's shape is checked against the spec first (ShapeError, before the runtime). The
+    // outputs stay valid until the next infer() on this Session.
     virtual std::map<std::string, Tensor> infer(const std::vector<Feed>& feeds) = 0;
 };
 
@@ -36,6 +41,9 @@ public:
     virtual ~Engine() = default;
     // Thread-safe. Use each Session from one thread at a time, and let none outlive its Engine.
     virtual std::unique_ptr<Session> session() = 0;
+    // The runtime's own account of how the model was compiled (OpenVINO: the compiled model's properties that
+    // decide speed, e.g. PERFORMANCE_HINT, NUM_STREAMS, INFERENCE_NUM_THREADS), as text; empty where none.
+    virtual std::map<std::string, std::string> settings() const { return {}; }
     const ModelSpec& spec() const { return spec_; }
 
 protected:

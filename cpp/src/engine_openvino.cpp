@@ -16,6 +16,11 @@ std::string first_line(const std::exception& e) {
     return (nl == std::string::npos ? s : s.substr(nl + 1)).substr(0, 500);
 }
 
+// The compiled-model properties that decide CPU speed (benchmarks/bench_cpp.py compares them with Python's).
+const char* const SETTINGS[] = {"PERFORMANCE_HINT", "EXECUTION_MODE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS",
+                                "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING",
+                                "SCHEDULING_CORE_TYPE", "TBB_PARTITIONER", "CPU_DENORMALS_OPTIMIZATION"};
+
 class OvSession : public Session {
 public:
     OvSession(const ModelSpec& spec, ov::InferRequest req) : spec_(spec), req_(std::move(req)) {}
@@ -35,17 +40,15 @@ public:
                 const ov::Shape& s = r.get_shape();
                 o.shape.assign(s.begin(), s.end());
                 const size_t n = r.get_size();
-                o.data.resize(n);
                 const auto type = r.get_element_type();
                 if (type == ov::element::f32) {
-                    const float* p = r.data<const float>();
-                    std::copy(p, p + n, o.data.begin());
+                    o.view = r.data<const float>();  // the request's memory: read before its next infer()
                 } else if (type == ov::element::i64) {
                     const int64_t* p = r.data<const int64_t>();
-                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                    o.owned.assign(p, p + n);
                 } else if (type == ov::element::i32) {
                     const int32_t* p = r.data<const int32_t>();
-                    for (size_t i = 0; i < n; ++i) o.data[i] = static_cast<float>(p[i]);
+                    o.owned.assign(p, p + n);
                 } else {
                     throw BackendError("output '" + t.name + "' has element type " + type.get_type_name() +
                                        "; expected f32, i64 or i32");
@@ -103,6 +106,17 @@ public:
         } catch (const ov::Exception& e) {
             throw BackendError("OpenVINO cannot create an infer request: " + first_line(e));
         }
+    }
+
+    std::map<std::string, std::string> settings() const override {
+        std::map<std::string, std::string> out;
+        for (const char* key : SETTINGS) {
+            try {
+                out[key] = compiled_.get_property(key).as<std::string>();
+            } catch (const std::exception&) {  // a device without that property
+            }
+        }
+        return out;
     }
 
 private:

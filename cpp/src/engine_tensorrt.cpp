@@ -94,27 +94,31 @@ public:
             outs.emplace_back(&t, n);
         }
         if (!context_->enqueueV3(stream_)) throw BackendError("TensorRT failed to enqueue the plan");
+        // Device -> this session's host buffers (kept between calls); float32 outputs are returned as views of them.
         std::map<std::string, Tensor> result;
-        std::vector<std::vector<unsigned char>> host(outs.size());
         for (size_t k = 0; k < outs.size(); ++k) {
             const std::string& name = outs[k].first->name;
-            host[k].resize(outs[k].second * element_size(engine_.getTensorDataType(name.c_str())));
-            cuda_check(cudaMemcpyAsync(host[k].data(), buffers_[name].ptr, host[k].size(), cudaMemcpyDeviceToHost, stream_),
-                       "copy to host");
+            std::vector<unsigned char>& h = host_[name];
+            h.resize(outs[k].second * element_size(engine_.getTensorDataType(name.c_str())));
+            cuda_check(cudaMemcpyAsync(h.data(), buffers_[name].ptr, h.size(), cudaMemcpyDeviceToHost, stream_), "copy to host");
         }
         cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
         for (size_t k = 0; k < outs.size(); ++k) {
             const std::string& name = outs[k].first->name;
             const nvinfer1::Dims d = context_->getTensorShape(name.c_str());
+            const unsigned char* p = host_[name].data();
+            const size_t n = outs[k].second;
             Tensor t;
             t.shape.assign(d.d, d.d + d.nbDims);
-            t.data.resize(outs[k].second);
             const auto type = engine_.getTensorDataType(name.c_str());
-            for (size_t i = 0; i < outs[k].second; ++i) {
-                const unsigned char* p = host[k].data();
-                if (type == nvinfer1::DataType::kFLOAT) t.data[i] = reinterpret_cast<const float*>(p)[i];
-                else if (type == nvinfer1::DataType::kINT32) t.data[i] = static_cast<float>(reinterpret_cast<const int32_t*>(p)[i]);
-                else t.data[i] = static_cast<float>(reinterpret_cast<const int64_t*>(p)[i]);
+            if (type == nvinfer1::DataType::kFLOAT) {
+                t.view = reinterpret_cast<const float*>(p);  // valid until the next infer()
+            } else if (type == nvinfer1::DataType::kINT32) {
+                const int32_t* v = reinterpret_cast<const int32_t*>(p);
+                t.owned.assign(v, v + n);
+            } else {
+                const int64_t* v = reinterpret_cast<const int64_t*>(p);
+                t.owned.assign(v, v + n);
             }
             result.emplace(name, std::move(t));
         }
@@ -127,6 +131,7 @@ private:
     std::unique_ptr<nvinfer1::IExecutionContext> context_;
     cudaStream_t stream_ = nullptr;
     std::map<std::string, DeviceBuffer> buffers_;
+    std::map<std::string, std::vector<unsigned char>> host_;  // outputs copied back, reused by the next call
 };
 
 class TrtEngine : public Engine {

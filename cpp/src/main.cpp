@@ -3,6 +3,9 @@
 //
 //   vkt_cpp --bundle DIR [--precision fp32|int8] [--threads N] IMAGE...      one JSON line per image
 //   vkt_cpp --bundle DIR --bench R IMAGE...        R timed runs per image: pre / infer / post split (JSON)
+//   vkt_cpp --bundle DIR --bench-stdin             the compiled model's settings (a JSON line), then one timed
+//       run per image path read from stdin, one JSON line each, flushed: another process (benchmarks/bench_cpp.py)
+//       takes turns with it on one compiled model
 //   vkt_cpp --bundle DIR --workers N --repeat R IMAGE...
 //       one compiled model, N threads with one request each, R images per thread; every result is compared
 //       with a serial run of the same image; RSS is sampled throughout (JSON).
@@ -31,17 +34,21 @@ struct Args {
     EngineOptions engine;
     int bench = 0, workers = 0, repeat = 0;
     bool each = false;  // one model call per image (default: same-size images batched)
+    bool bench_stdin = false;
     std::vector<std::string> images;
 };
 
 const char* USAGE =
     "usage: vkt_cpp --bundle DIR [--precision fp32|fp16|int8] [--backend openvino|tensorrt] [--threads N]\n"
-    "               [--device CPU] [--each] [--bench R | --workers N --repeat R] IMAGE...\n"
+    "               [--device CPU] [--each] [--bench R | --bench-stdin | --workers N --repeat R] IMAGE...\n"
     "Runs a vkt text-detection or DETR bundle on the images; prints JSON lines.\n"
     "  --precision  which graph of the bundle (default fp32; int8 takes the Q/DQ graph placed for OpenVINO)\n"
     "  --threads    inference threads (default: the runtime's)\n"
     "  --each       one model call per image (default: images that resize to one shape share a call)\n"
     "  --bench R    time R runs of each image (after one warm-up): pre / infer / post split\n"
+    "  --bench-stdin  print the runtime's settings (a JSON line), then read image paths from stdin, one a line;\n"
+    "               time one run of each (decode + pipeline) and print its split as a JSON line at once\n"
+    "               (for taking turns with another process)\n"
     "  --workers N --repeat R  N threads sharing one compiled model, R images each, checked against a serial run\n";
 
 int positive_int(const std::string& flag, const char* v) {
@@ -69,11 +76,14 @@ Args parse(int argc, char** argv) {
         else if (f == "--workers") a.workers = positive_int(f, value());
         else if (f == "--repeat") a.repeat = positive_int(f, value());
         else if (f == "--each") a.each = true;
+        else if (f == "--bench-stdin") a.bench_stdin = true;
         else if (f.size() > 1 && f[0] == '-') throw InputError("unknown option '" + f + "'; see --help");
         else a.images.push_back(f);
     }
     if (a.bundle.empty()) throw InputError("--bundle DIR is required; see --help");
-    if (a.images.empty()) throw InputError("no input images given; expected image files");
+    if (a.images.empty() && !a.bench_stdin) throw InputError("no input images given; expected image files");
+    if (a.bench_stdin && (a.bench || a.workers || !a.images.empty()))
+        throw InputError("--bench-stdin reads its image paths from stdin: no IMAGE arguments, --bench or --workers with it");
     if ((a.workers > 0) != (a.repeat > 0)) throw InputError("--workers and --repeat go together");
     if (a.workers) a.engine.streams = a.workers;
     return a;
@@ -130,6 +140,23 @@ int run(const Args& a, const Bundle& bundle, const std::vector<cv::Mat>& images)
     auto engine = open_engine(bundle, a.engine);
     const Pipe pipe(bundle, engine);
     auto session = engine->session();
+    if (a.bench_stdin) {
+        // First line: the runtime's settings. Then one timed call per line: decode the file, then the pipeline
+        // (pre / infer / post), as --bench does.
+        std::cout << json{{"settings", engine->settings()}}.dump() << std::endl;
+        for (std::string path; std::getline(std::cin, path);) {
+            if (path.empty()) continue;
+            Stopwatch sw;
+            cv::Mat img = read_image(path);
+            const double d = sw.lap();
+            Timing t;
+            pipe(*session, {img}, &t);
+            const double all = d + sw.lap();
+            std::cout << json{{"image", path}, {"decode_ms", 1e3 * d}, {"pre_ms", 1e3 * t.pre}, {"infer_ms", 1e3 * t.infer},
+                              {"post_ms", 1e3 * t.post}, {"total_ms", 1e3 * all}}.dump() << std::endl;
+        }
+        return 0;
+    }
     if (a.bench) {
         // Per image: decode + pre-process, inference, post-processing, each the median of R runs after a warm-up.
         json rows = json::array();

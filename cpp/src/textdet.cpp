@@ -239,7 +239,7 @@ std::vector<TextResult> TextDetector::operator()(Session& session, const std::ve
                 throw BackendError("output '" + output_ + "' came back with an unexpected shape");
             const int mh = static_cast<int>(prob.shape[2]), mw = static_cast<int>(prob.shape[3]);
             for (size_t s = 0; s < idx.size(); ++s) {
-                const float* plane = prob.data.data() + (s * prob.shape[1] + params_.channel) * static_cast<size_t>(mh) * mw;
+                const float* plane = prob.data() + (s * prob.shape[1] + params_.channel) * static_cast<size_t>(mh) * mw;
                 cv::Mat map(mh, mw, CV_32F, const_cast<float*>(plane));
                 const Plan& pl = plans[idx[s]];
                 TextResult& r = results[idx[s]];

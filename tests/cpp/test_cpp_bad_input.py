@@ -79,8 +79,9 @@ def test_bad_images_and_options(vkt_cpp, ppocr_bundle, skimage_data, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "cut.png").write_bytes(page.read_bytes()[:300])
+    (tmp_path / "folder.png").mkdir()  # a folder is no image file (it was read as an empty one)
     for name, needle in (("notes.png", "cannot decode image"), ("empty.jpg", "is empty"), ("cut.png", "cannot decode image"),
-                         ("absent.png", "not found")):
+                         ("absent.png", "not found"), ("folder.png", "not found or unreadable")):
         assert_error(run_cpp(vkt_cpp, "--bundle", ppocr_bundle, page, tmp_path / name), needle, name)
     assert_error(run_cpp(vkt_cpp, "--bundle", ppocr_bundle, "--precision", "int4", page), "'int4'")
     assert_error(run_cpp(vkt_cpp, "--bundle", ppocr_bundle, "--threads", "two", page), "--threads", "'two'")
