@@ -63,3 +63,14 @@ def test_unquantized_graph_is_left_as_it_is():
     fp32 = prepare_model(_conv(True))
     fixed, report = correct_biases(fp32, fp32, _feeds(), threads=1)
     assert report == {} and fixed.SerializeToString() == fp32.SerializeToString()
+
+
+def test_place_ov_corrects_biases_when_given_feeds():
+    fp32 = prepare_model(_conv(True))
+    feeds = _feeds()
+    table = compute_ranges(fp32, feeds, "minmax", show_progress=False)
+    want = _channel_means(fp32, feeds)
+    plain, fixed = place_ov(fp32, table), place_ov(fp32, table, bias_feeds=feeds)
+    assert np.abs(_channel_means(plain, feeds) - want).max() > 1e-2
+    assert np.abs(_channel_means(fixed, feeds) - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert {n.op_type for n in fixed.graph.node} == {n.op_type for n in plain.graph.node}  # the same Q/DQ, bias moved
