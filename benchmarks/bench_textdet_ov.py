@@ -1,7 +1,7 @@
 """CPU INT8 text detection: vkt's OpenVINO placement vs onnxruntime and OpenVINO FP32, NNCF's PTQ and its accuracy-control anchor.
 
 Run: .venv/bin/python benchmarks/bench_textdet_ov.py [--work DIR] [--sizes 736,960] [--threads 1,2] [--iters 15]
-         [--e2e-reps 3] [--no-anchor] [--gate] [--json rows.jsonl]
+         [--e2e-reps 3] [--no-anchor] [--gate] [--bias-correction] [--noise-floor] [--json rows.jsonl]
 
 PP-OCRv5 mobile det (vkt's zoo bundle, FP32 = the bundle's model.onnx). One calibration: the quickstart's 8
 scikit-image photos, pre-processed as the manifest says, through ``recipe.quantize`` (targets ort + openvino; with
@@ -16,9 +16,13 @@ Targets, timed in turns in this one process (vkt.bench.time_turns), at each size
   ov-int8             vkt's openvino placement (`vkt run --backend ov --precision int8`): the product (with --gate: gated
                       on its own held-out set with --max-drop, default 0.5 point)
   ov-int8-ungated     with --gate, when an earlier run without it left its bundle: the same placement ungated
+  ov-int8-bc          with --bias-correction: ov-int8 with each quantized conv's bias corrected on the calibration feeds
+                      (vkt.calibration.bias.correct_biases); ov-int8-ungated-bc the same for ov-int8-ungated
   ov-nncf-ptq         NNCF 3.4 nncf.quantize (MIXED) on the HardSwish graph, fed vkt's calibration feeds
   ov-nncf-qac         NNCF 3.4 quantize_with_accuracy_control on the same graph, feeds and the 11 images' hmean
                       vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound)
+With --noise-floor, accuracy rows (not timed) for the FP32 graph with its weights rounded to bf16 / fp16 and run
+in float on onnxruntime: how many boxes a perturbation far smaller than int8's already moves on these images.
 Rows: model-only latency (batch 1, SIZExSIZE random input), end to end (TextDetector over the 11 images, pre + model
 + DB post), hmean vs FP32 boxes on the 11 images; speed-ups against the fastest FP32 row of the same case.
 """
@@ -160,7 +164,7 @@ def runners(bundle, graphs: dict[str, Path], threads: int) -> dict[str, object]:
          "ov-fp32-hardswish": OvRunner(graphs["ov-fp32-hardswish"], spec=spec, threads=threads),
          "ort-int8": make_runner(bundle, "ort", "int8", threads=threads),
          "ov-int8": make_runner(bundle, "ov", "int8", threads=threads)}
-    for k in ("ov-int8-ungated", "ov-nncf-ptq", "ov-nncf-qac"):
+    for k in ("ov-int8-ungated", "ov-int8-bc", "ov-int8-ungated-bc", "ov-nncf-ptq", "ov-nncf-qac"):
         if k in graphs:
             r[k] = OvRunner(graphs[k], spec=spec, threads=threads, precision="int8")
     return r
@@ -201,6 +205,11 @@ def main() -> None:
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
     ap.add_argument("--anchor-only", action="store_true", help="build NNCF's accuracy-control model into --work and stop "
                     "(a later run times it; its ranking takes tens of minutes on 2 busy cores)")
+    ap.add_argument("--bias-correction", action="store_true", help="add ov-int8-bc: the ov-int8 graph with its convs' biases "
+                    "corrected on the calibration feeds (vkt.calibration.bias)")
+    ap.add_argument("--noise-floor", action="store_true", help="add accuracy rows for FP32 with bf16- and fp16-rounded weights")
+    ap.add_argument("--extra-eval", type=int, default=0, metavar="N", help="also score hmean on N more synthetic pages (3/4 "
+                    "640x640, 1/4 736x1024 with more words; seeds 5000/6000): one box moves hmean less than on the 11")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     import onnx
@@ -222,17 +231,36 @@ def main() -> None:
         print(f"NNCF accuracy control: {nncf_s.get('ov-nncf-qac', float('nan')):.0f} s -> {nn.get('ov-nncf-qac')}")
         return
     graphs = {"ov-fp32-hardswish": hs, **nn, **({"ov-int8-ungated": ungated} if args.gate and ungated.is_file() else {})}
+    if args.bias_correction:
+        from vkt.calibration.api import qdq_path
+
+        for name, src in (("ov-int8-bc", qdq_path(bundle, "openvino")), ("ov-int8-ungated-bc", graphs.get("ov-int8-ungated"))):
+            if src is not None:
+                graphs[name], nncf_s[name] = bias_corrected(bundle, Path(src), calib, args.work / f"{name}.onnx")
+                print(f"{name}: bias correction {nncf_s[name]:.1f} s", flush=True)
     rows: list[dict] = []
 
-    # 1. Accuracy: hmean of each target's boxes vs ORT FP32's on the 11 evaluation images
+    # 1. Accuracy: hmean of each target's boxes vs ORT FP32's on the 11 evaluation images (and the extra pages)
     acc = {}
-    for name, r in runners(bundle, graphs, 1).items():
-        acc[name] = round(metric(lambda r=r: r), 4)
-        rows.append(row("textdet_ov", name, includes="hmean of the boxes vs ORT FP32's (IoU 0.5), TextDetector on the 11 "
-                        "evaluation images", model=MODEL, precision="fp32" if name in FP32 else "int8", threads=1,
-                        n=len(evals), kind="accuracy", hmean_vs_fp32=acc[name], regions_fp32=metric.regions,
-                        quantize_s=_round(nncf_s[name] if name in nncf_s else export_s if name == "ov-int8" else None)))
-        print(f"{name:20s} hmean vs FP32 {acc[name]:.4f}", flush=True)
+    sets = [("11 evaluation images", evals, metric)]
+    if args.extra_eval:
+        pages = extra_pages(args.work, args.extra_eval)
+        sets.append((f"{len(pages)} extra synthetic pages", pages, textdet_agreement(bundle, pages, threads=1, show_progress=False)))
+    floor = noise_floor(bundle, args.work) if args.noise_floor else {}
+    for label, images, m in sets:
+        from vkt.runtime.ort import OrtRunner
+
+        factories = {n: (lambda r=r: r) for n, r in runners(bundle, graphs, 1).items()}
+        factories.update({n: (lambda p=p: OrtRunner(p, spec=bundle.spec(), threads=1)) for n, p in floor.items()})
+        for name, factory in factories.items():
+            h = round(m(factory), 4)
+            acc.setdefault(name, h)
+            rows.append(row("textdet_ov", name, includes=f"hmean of the boxes vs ORT FP32's (IoU 0.5), TextDetector on the {label}"
+                            + ("; FP32 graph, weights rounded, run in float on onnxruntime" if name in floor else ""),
+                            model=MODEL, precision="fp32" if name in FP32 or name in floor else "int8", threads=1,
+                            n=len(images), kind="accuracy", hmean_vs_fp32=h, regions_fp32=m.regions,
+                            quantize_s=_round(nncf_s[name] if name in nncf_s else export_s if name == "ov-int8" else None)))
+            print(f"{label:28s} {name:20s} hmean vs FP32 {h:.4f} ({m.regions} FP32 regions)", flush=True)
 
     # 2. Model only and end to end, each thread count, targets in turns
     for threads in (int(t) for t in args.threads.split(",")):
@@ -259,6 +287,65 @@ def main() -> None:
         for r in rows:
             out.write(r)
     print_table(rows)
+
+
+def bias_corrected(bundle, src: Path, calib: Path, out: Path) -> tuple[Path, float]:
+    """An openvino Q/DQ graph of the bundle with its convs' biases corrected on the calibration feeds; (out, seconds)."""
+    import onnx
+
+    from vkt.calibration.bias import correct_biases
+    from vkt.calibration.data import calibration_images
+    from vkt.calibration.images import image_preprocess
+    from vkt.onnxgraph import prepare_model
+
+    t0 = time.perf_counter()
+    pre = image_preprocess(bundle)
+    fp32 = prepare_model(onnx.load(str(bundle.path("fp32 onnx"))))
+    qdq = onnx.load(str(src))
+    fixed, _ = correct_biases(qdq, fp32, (pre(p) for p in calibration_images(calib)), threads=1)
+    onnx.save(fixed, str(out))
+    return out, time.perf_counter() - t0
+
+
+def extra_pages(work: Path, n: int) -> list[Path]:
+    """``n`` synthetic pages written once under ``work`` (none calibrated or gated on)."""
+    from vkt.training.synth_text import SynthConfig, write_synth_dataset
+
+    folder = work / f"extra{n}"
+    if not folder.is_dir():
+        big = n // 4
+        write_synth_dataset(work / "extra.tmp" / "a", n - big, seed=5000, overwrite=True,
+                            config=SynthConfig(size=(640, 640), words=(4, 10), scripts=("latin",)))
+        write_synth_dataset(work / "extra.tmp" / "b", big, seed=6000, overwrite=True,
+                            config=SynthConfig(size=(736, 1024), words=(8, 20), scripts=("latin",)))
+        for sub in ("a", "b"):
+            for p in (work / "extra.tmp" / sub).glob("*.png"):
+                p.rename(work / "extra.tmp" / f"{sub}_{p.name}")
+            shutil.rmtree(work / "extra.tmp" / sub)
+        (work / "extra.tmp").rename(folder)
+    return sorted(folder.glob("*.png"))
+
+
+def noise_floor(bundle, work: Path) -> dict[str, Path]:
+    """The FP32 graph with every float initializer rounded to bf16 (round to nearest even) and to fp16, kept float32."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    out = {}
+    for name, rnd in (("fp32-bf16-weights", _bf16), ("fp32-fp16-weights", lambda a: a.astype(np.float16).astype(np.float32))):
+        m = onnx.load(str(bundle.path("fp32 onnx")))
+        for i in m.graph.initializer:
+            if i.data_type == TensorProto.FLOAT:
+                i.CopyFrom(numpy_helper.from_array(rnd(numpy_helper.to_array(i).astype(np.float32)), i.name))
+        out[name] = work / f"{name}.onnx"
+        onnx.save(m, str(out[name]))
+    return out
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000  # round to nearest even on the 16 bits dropped
+    return u.astype(np.uint32).view(np.float32).reshape(a.shape)
 
 
 def _round(s: float | None) -> float | None:
