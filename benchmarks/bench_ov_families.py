@@ -232,6 +232,133 @@ def run_detr(args: argparse.Namespace, writer: RowWriter) -> None:
                      calib_images=args.calib, ov_placement=placement, gate_floor=AP_FLOOR))
 
 
+# ---- DETR trained (the gate on OpenVINO needs a model that detects something) ------------------------
+TRAINED = "DETR reduced (trained by vkt train detr --synth 512)"
+
+
+def trained_run(run: Path, train: bool) -> Path:
+    """RUN/model of a `vkt train detr --synth 512 -o RUN` run; trains it (the reduced recipe, ~15-20 min on 2 busy
+    cores) when --train is given and the folder holds no model yet."""
+    import subprocess
+
+    model_dir = run / "model"
+    if (model_dir / "vkt_train.json").is_file():
+        return model_dir
+    if not train:
+        raise SystemExit(f"{model_dir} holds no trained model; run `vkt train detr --synth 512 -o {run}` or add --train")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vkt", "train", "detr", "--synth", "512", "-o", str(run)], check=True)
+    print(f"# trained {run} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return model_dir
+
+
+def trained_bundle(model_dir: Path, work: Path, threads: int) -> tuple[Path, dict, dict]:
+    """The trained model exported and quantized for onnxruntime and OpenVINO as `vkt quantize -t ort -t openvino
+    --holdout DIR --max-drop 2` does (once per --work folder); returns (bundle, calibration section, run config).
+
+    Calibration: 24 synthetic images (seed 7) and 8 scikit-image pictures (bench_detr.CALIB_PHOTOS); the gate's
+    held-out set: 32 other synthetic images (seed 2) and 6 other pictures (bench_detr.HOLDOUT_PHOTOS)."""
+    import json
+    import shutil
+
+    import cv2
+
+    from benchmarks.bench_detr import CALIB_PHOTOS, HOLDOUT_PHOTOS, photo_paths
+    from vkt.bundle import Bundle
+    from vkt.calibration import Int8Config
+    from vkt.models.detr.checkpoints import load_checkpoint
+    from vkt.models.detr.export import export_bundle
+    from vkt.models.detr.int8 import DetrRecipe
+    from vkt.training.detr_data import synthetic_shapes
+
+    cfg = json.loads((model_dir / "vkt_train.json").read_text())
+    dest = work / "reduced.vkt"
+    if (dest / "manifest.json").is_file():
+        b = Bundle.load(dest)
+        if b.manifest.get("calibration", {}).get("openvino_gate") is not None:
+            return dest, b.manifest["calibration"], cfg
+    se, le = cfg["resize"]["shortest_edge"], cfg["resize"]["longest_edge"]
+    export_bundle(load_checkpoint(model_dir), dest, overwrite=True, shortest_edge=se, longest_edge=le,
+                  profile={"batch": (1, 1, 4), "height": (32, se, le), "width": (32, min(le, se * 4 // 3), le)})
+    synth = dict(cfg.get("data", {}).get("synth_options", {}))
+    folders = {}
+    for name, n, seed, pics in (("calib", 24, 7, CALIB_PHOTOS), ("holdout", 32, 2, HOLDOUT_PHOTOS)):
+        folders[name] = work / name
+        folders[name].mkdir(exist_ok=True)
+        for i, smp in enumerate(synthetic_shapes(n, size=tuple(cfg["image_size"]), seed=seed, **synth)):
+            cv2.imwrite(str(folders[name] / f"{i:03d}.png"), smp.image)
+        for p in photo_paths(pics):
+            shutil.copy(p, folders[name] / f"photo_{p.name}")
+    t0 = time.perf_counter()
+    section = DetrRecipe().quantize(dest, Int8Config(calib=folders["calib"], holdout=folders["holdout"],
+                                                     targets=("ort", "openvino"), threads=threads, max_drop=100 * (1 - AP_FLOOR)))
+    print(f"# quantized {dest} (ort + openvino, gated) in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return dest, section, cfg
+
+
+def run_detr_trained(args: argparse.Namespace, writer: RowWriter) -> None:
+    from benchmarks.bench_detr import photo_paths
+    from vkt.bundle import Bundle
+    from vkt.models.detr.int8 import agreement_ap
+    from vkt.runtime import make_runner
+    from vkt.runtime.detection import Detector
+    from vkt.runtime.image import read_image
+    from vkt.training.detr_data import synthetic_shapes
+
+    if args.run is None:
+        raise SystemExit("detr-trained needs --run RUN: a `vkt train detr --synth 512 -o RUN` folder (--train makes it)")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ov-detr-trained-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bundle, section, cfg = trained_bundle(trained_run(args.run, args.train), work, max(args.threads))
+    b = Bundle.load(bundle)
+    shipped = {e.meta.get("placement") for e in b.files("int8 qdq onnx")}
+    # AP vs FP32 on images neither calibrated on nor gated on: the training run's validation draw (seed 1) and photos
+    synth = dict(cfg.get("data", {}).get("synth_options", {}))
+    sets = {"synthetic_val": [s.image for s in synthetic_shapes(64, size=tuple(cfg["image_size"]), seed=1, **synth)],
+            "photos": [read_image(p) for p in photo_paths()]}
+    resize = {k: v for k, v in b.preprocess["resize"].items() if k in ("shortest_edge", "longest_edge")}
+
+    def detect(runner, imgs):  # noqa: ANN001, ANN202
+        with Detector(runner, score_threshold=0.0, top_k=100, **resize) as det:
+            return [det(im)[0] for im in imgs]
+
+    t = max(args.threads)
+    ref = {k: detect(make_runner(b, "ort", threads=t), v) for k, v in sets.items()}
+    ap = {}
+    for backend, precision, placement in (("ov", "fp32", None), ("ort", "int8", "ort"), ("ov", "int8", "openvino")):
+        if placement is not None and placement not in shipped:
+            continue
+        ap[f"{backend}-{precision}"] = {k: round(agreement_ap(ref[k], detect(make_runner(b, backend, precision, threads=t), v),
+                                                              [im.shape[:2] for im in v], 0.5)["AP"], 4)
+                                        for k, v in sets.items()}
+        print(f"  {backend}-{precision}: AP vs onnxruntime FP32 {ap[f'{backend}-{precision}']}", file=sys.stderr, flush=True)
+    feed = b.spec().opt_feed(rng=np.random.default_rng(0))
+    gates = {"ort": section.get("gate"), "openvino": section.get("openvino_gate")}
+    for t in args.threads:
+        runners = {"ort-fp32": (make_runner(b, "ort", threads=t), "vkt OrtRunner.infer, FP32"),
+                   "ov-fp32": (make_runner(b, "ov", threads=t), "vkt OvRunner.infer, FP32 (f32 hint)")}
+        extra = {"ov-fp32": {"AP_vs_ort_fp32": ap["ov-fp32"]}}
+        for backend, placement in (("ort", "ort"), ("ov", "openvino")):
+            if placement in shipped:
+                name = f"{backend}-int8-{placement}-placement-gated"
+                gate = gates[placement] or {}
+                runners[name] = (make_runner(b, backend, "int8", threads=t),
+                                 f"vkt {backend} runner, the INT8 graph `vkt quantize -t {placement}` shipped (gated)")
+                extra[name] = {"AP_vs_ort_fp32": ap[f"{backend}-int8"], "gate": {
+                    "baseline": gate.get("baseline"), "shipped": gate.get("shipped"), "reason": gate.get("reason"),
+                    "chosen": {k: v for k, v in (gate.get("chosen") or {}).items() if k != "float_layers"},
+                    "steps": [{k: s.get(k) for k in ("layers_kept_float", "metric", "speedup")} for s in gate.get("steps", [])]}}
+        rows = timed_rows("ov_families", TRAINED, runners, feed, t, args.iters, args.warmup, extra)
+        best = min(r["p50_ms"] for r in rows if r["precision"] == "fp32")
+        for r in rows:
+            r["speedup_vs_best_fp32"] = round(best / r["p50_ms"], 3)
+        writer.write_all(rows)
+    writer.write(row("ov_families", "detr-trained-run", includes="how the trained DETR's INT8 graphs were made",
+                     model=TRAINED, shape="x".join(str(d) for d in next(iter(feed.values())).shape),
+                     shipped=sorted(p for p in shipped if p), gate_floor=AP_FLOOR, ap_images={k: len(v) for k, v in sets.items()},
+                     not_shipped={p: (gates[p] or {}).get("reason") for p in ("ort", "openvino") if p not in shipped}))
+
+
 # ---- SD -------------------------------------------------------------------------------------------
 def run_sd(args: argparse.Namespace, writer: RowWriter) -> None:
     from vkt.bundle import Bundle
@@ -260,7 +387,7 @@ def run_sd(args: argparse.Namespace, writer: RowWriter) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("family", choices=("detr", "sd"))
+    ap.add_argument("family", choices=("detr", "detr-trained", "sd"))
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=1)
@@ -271,6 +398,8 @@ def main() -> int:
                     help="detr: try at most this many keep-list steps per backend (1: the full placement only)")
     ap.add_argument("--transformers-init", action="store_true",
                     help="detr: keep transformers' random init (all queries alike: AP vs FP32 is meaningless)")
+    ap.add_argument("--run", type=Path, default=None, help="detr-trained: a `vkt train detr --synth 512 -o RUN` folder")
+    ap.add_argument("--train", action="store_true", help="detr-trained: train RUN first when it holds no model")
     ap.add_argument("--bundle", type=Path, default=None, help="sd: the SD bundle")
     ap.add_argument("--model", default="SD 1.5 shapes (random weights)", help="sd: the rows' model name")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
@@ -281,7 +410,7 @@ def main() -> int:
     except (ValueError, AssertionError):
         ap.error(f"--threads must be positive integers separated by commas, got {args.threads!r}")
     writer = RowWriter(args.json)
-    (run_detr if args.family == "detr" else run_sd)(args, writer)
+    {"detr": run_detr, "detr-trained": run_detr_trained, "sd": run_sd}[args.family](args, writer)
     writer.close()
     return 0
 

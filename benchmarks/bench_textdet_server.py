@@ -4,7 +4,7 @@ Issue #18 point 6 asks OpenVINO INT8 to run >= 3x faster than the best FP32 at 2
 detector. This script lets that be re-timed after each change:
 
     .venv/bin/python benchmarks/bench_textdet_server.py [--threads 2,1] [--iters 6] [--calib 8] [--work DIR]
-        [--json benchmarks/results/textdet_server_ov.jsonl]
+        [--json benchmarks/results/textdet_server_ov.jsonl] [--extra NAME=GRAPH ...]
 
 1. transformers' PPOCRV5ServerDetForObjectDetection (HGNetV2-L backbone, intra-class-block neck, 22 M
    parameters), random weights, seed 0 (vkt.models.textdet.loader.build_ppocrv5_server_det), exported to a
@@ -126,7 +126,15 @@ def main() -> int:
     ap.add_argument("--calib", type=int, default=8, help="calibration pictures")
     ap.add_argument("--work", type=Path, default=None, help="cache folder (bundle, INT8 graphs); default: a temporary one")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON lines)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=GRAPH",
+                    help="also time this INT8 graph (.onnx Q/DQ or OpenVINO .xml) on OpenVINO as target NAME (repeatable)")
     args = ap.parse_args()
+    extra = {}
+    for item in args.extra:
+        name, _, path = item.partition("=")
+        if not name or not Path(path).is_file():
+            ap.error(f"--extra must be NAME=GRAPH with GRAPH an existing file, got {item!r}")
+        extra[f"ov-int8-{name}"] = (Path(path), f"an extra graph given with --extra: {path}")
     try:
         threads = [int(t) for t in args.threads.split(",")]
         assert threads and all(t >= 1 for t in threads)
@@ -145,7 +153,7 @@ def main() -> int:
     bundle = server_bundle(work)
     b = Bundle.load(bundle)
     feeds = calibration_feeds(bundle, args.calib)
-    graphs = int8_graphs(bundle, feeds, work)
+    graphs = {**int8_graphs(bundle, feeds, work), **extra}
     feed = timed_feed(bundle, args.size)
     out_name = b.spec().output_names[0]
     writer = RowWriter(args.json)
