@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_ov_families.py detr [--size 480x640] [--threads 1,2] [--iters 6] [--work DIR]
     .venv/bin/python benchmarks/bench_ov_families.py detr-trained --run RUN [--train] [--threads 1,2] [--work DIR]
-        [--holdout-synth 32] [--time-size 480x640]
+        [--holdout-synth 96] [--time-size 480x640]
     .venv/bin/python benchmarks/bench_ov_families.py sd [--bundle DIR | --sd-size sd15] [--threads 1,2] [--iters 3]
         [--json benchmarks/results/ov_families.jsonl]
 
@@ -263,7 +263,7 @@ def trained_run(run: Path, train: bool) -> Path:
 
 
 def trained_bundle(model_dir: Path, work: Path, threads: int, time_size: tuple[int, int],
-                   holdout_synth: int = 32) -> tuple[Path, dict, dict]:
+                   holdout_synth: int = 96) -> tuple[Path, dict, dict]:
     """The trained model exported and quantized for onnxruntime and OpenVINO as `vkt quantize -t ort -t openvino
     --holdout DIR --max-drop 2` does (once per --work folder); returns (bundle, calibration section, run config).
 
@@ -428,8 +428,9 @@ def main() -> int:
                     help="detr: keep transformers' random init (all queries alike: AP vs FP32 is meaningless)")
     ap.add_argument("--run", type=Path, default=None, help="detr-trained: a `vkt train detr --synth 512 -o RUN` folder")
     ap.add_argument("--train", action="store_true", help="detr-trained: train RUN first when it holds no model")
-    ap.add_argument("--holdout-synth", type=int, default=32,
-                    help="detr-trained: synthetic images in the gate's held-out set (beside 6 pictures; a new --work)")
+    ap.add_argument("--holdout-synth", type=int, default=96,
+                    help="detr-trained: synthetic images in the gate's held-out set (beside 6 pictures; a new --work). "
+                         "With 32 the openvino gate passed at AP 0.981 on them and 0.978 on unseen images: too few")
     ap.add_argument("--time-size", default="480x640",
                     help="detr-trained: HxW of the second timed feed (the first: the profile's opt shape, 128x160)")
     ap.add_argument("--bundle", type=Path, default=None,
