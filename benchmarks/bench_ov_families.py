@@ -379,6 +379,7 @@ def run_detr_trained(args: argparse.Namespace, writer: RowWriter) -> None:
     writer.write(row("ov_families", "detr-trained-run", includes="how the trained DETR's INT8 graphs were made",
                      model=TRAINED, shapes=["x".join(str(d) for d in f[input_name].shape) for f in feeds],
                      shipped=sorted(p for p in shipped if p), gate_floor=AP_FLOOR, ap_images={k: len(v) for k, v in sets.items()},
+                     gate_holdout_images=(gates["openvino"] or gates["ort"] or {}).get("holdout", {}).get("images"),
                      not_shipped={p: (gates[p] or {}).get("reason") for p in ("ort", "openvino") if p not in shipped}))
 
 
