@@ -272,8 +272,10 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     cands = [ptq, *candidates]
     from vkt.runtime import make_runner
 
-    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` builds: the speed-up a user re-times.
-    fp32_runner = lambda: make_runner(bundle, "ort", "fp32", component=component, threads=config.threads)  # noqa: E731
+    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` (`-t ov:fp32` for the openvino
+    # placement) builds: the speed-up a user re-times.
+    backend = "ov" if config.placement == "openvino" else "ort"
+    fp32_runner = lambda: make_runner(bundle, backend, "fp32", component=component, threads=config.threads)  # noqa: E731
     result = accuracy_gate(cands, metric, bundle.spec(component), config, sensitivity_feeds=sensitivity_feeds,
                            latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, show_progress=show_progress)
     gate = result.to_dict()

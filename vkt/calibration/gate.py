@@ -250,8 +250,8 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             no speed check); to agree with ``vkt bench``, a feed at the shape it times.
         reference: the FP32 graph scored (and timed, without ``fp32_runner``) as the baseline (default: the first
             candidate's ``fp32``; pass the bundle's graph when candidates carry pre-rounded weights).
-        fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on ORT CPU); pass the one
-            ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
+        fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on the placement's runtime, ORT
+            or OpenVINO CPU); pass the one ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
     """
     from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
     from vkt.calibration.placements import placement as place
@@ -275,20 +275,14 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # them already). Timed against: fp32_runner when given (gate_bundle: the bundle's file, as `vkt bench` runs it).
     from vkt.onnxgraph import rewrite_fp32
 
-    fp32 = rewrite_fp32(reference if reference is not None else candidates[0].fp32)
-    if backend == "ov":  # OpenVINO runs HardSigmoid * x as a reference kernel: FP32 at its best there too
-        from vkt.calibration.place_ov import fuse_hardswish
-
-        fp32 = fuse_hardswish(fp32)[0]
-    fp32_blob = fp32.SerializeToString()
+    fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = score_graph(metric, fp32_blob, spec, threads, "FP32", backend=backend)
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
     result = GateResult(baseline, float(max_drop), placement, [], None, False, min_speedup=float(config.min_speedup))
-    # OpenVINO INT8 is timed against FP32 on OpenVINO at its best (HardSwish fused, as the placement has it), the
-    # others against the bundle's FP32 file as `vkt bench` runs it (fp32_runner, when given)
-    fp32_timed = (runner_factory(fp32_blob, spec, threads, backend) if backend == "ov"
-                  else fp32_runner or runner_factory(fp32_blob, spec, threads))
+    # Timed against the bundle's FP32 file as `vkt bench` runs it on the target's runtime (fp32_runner, when given): the
+    # speed-up a user re-times. (vkt export ships HardSwish fused, so OpenVINO's FP32 is at its best there.)
+    fp32_timed = fp32_runner or runner_factory(fp32_blob, spec, threads, backend)
 
     def timing(blob: bytes) -> Any:
         if latency_feed is None:

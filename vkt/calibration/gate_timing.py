@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ class PairTiming:
         so their minimum is luckier and the ratio comes out too high. On a quiet machine all of these agree.
     band: (lowest, highest) of ``ratios``: the noise band of ``speedup`` on this machine at this time.
     shape: the timed input's shape; threads: intra-op threads (None: the runtime's default); runner: the INT8
-        runner's ``describe()`` (backend, threads, session options).
+        runner's ``describe()`` (backend, threads, session options); fp32_runner: the FP32 runner's.
     """
 
     fp32_ms: float
@@ -69,6 +69,7 @@ class PairTiming:
     shape: tuple[int, ...]
     threads: int | None
     runner: Mapping[str, Any]
+    fp32_runner: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -84,7 +85,7 @@ class PairTiming:
                 "turn_speedups": [round(r, 3) for r in self.ratios],
                 "statistic": "speedup: median of paired turns' ratios; ms: fastest turn's mean per call",
                 "shape": list(self.shape),
-                "threads": self.threads, "runner": dict(self.runner)}
+                "threads": self.threads, "runner": dict(self.runner), "fp32_runner": dict(self.fp32_runner)}
 
 
 def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[str, np.ndarray], *, turns: int = TURNS,
@@ -119,13 +120,13 @@ def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[st
             ratios = fp / q
             if ratios.max() <= WIDE * ratios.min():
                 break
-        info = runners[1].describe() if hasattr(runners[1], "describe") else {}
+        info = [r.describe() if hasattr(r, "describe") else {} for r in runners]
     finally:
         for r in active:
             r.deactivate()
     shape = tuple(int(d) for d in np.shape(next(iter(feed.values())))) if feed else ()
     return PairTiming(float(fp.min() * 1e3), float(q.min() * 1e3), tuple(float(r) for r in ratios), len(ratios),
-                      block, shape, threads, {k: v for k, v in dict(info).items() if _plain(v)})
+                      block, shape, threads, *({k: v for k, v in dict(d).items() if _plain(v)} for d in info[::-1]))
 
 
 def _plain(v: Any) -> bool:
