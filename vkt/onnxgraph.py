@@ -4,6 +4,7 @@
     prepare_model(model)              that, opset >= 13, onnxruntime's quant_pre_process, every node named
     fold_conv_affine(model)           constant Mul/Add/BatchNormalization after a Conv folded into it
     fuse_hardswish(model)             HardSigmoid(x) * x back to HardSwish(x), as the exporter wrote it
+    split_hardswish(model)            the reverse: the graph calibration ranges and places Q/DQ on
     rewrite_fp32(model)               prepare_model, fold_conv_affine, fuse_hardswish: the float graph vkt
                                       ships and every Q/DQ placement starts from
 
@@ -301,3 +302,28 @@ def _affine_of(op: Any, y: str, inits: Mapping[str, Any], cout: int, spatial: in
         scale = gamma / np.sqrt(var + eps)
         return scale, beta - mean * scale
     return None
+
+
+def split_hardswish(model: Any) -> tuple[Any, list[str]]:
+    """``HardSwish(x)`` -> ``Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5))`` in place, as onnxruntime's
+    ``quant_pre_process`` writes it (the same function); returns (model, names of the HardSwish nodes split).
+
+    The graph calibration works on: the ort and trt placements quantize the two halves, so the table needs the
+    HardSigmoid's range (the openvino placement fuses them again). The Mul takes the HardSwish's name and output.
+    """
+    from onnx import helper
+
+    g = model.graph
+    nodes, split = [], []
+    for n in g.node:
+        if n.op_type != "HardSwish" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        h = f"{n.output[0]}_vkt_hsig"
+        nodes += [helper.make_node("HardSigmoid", [n.input[0]], [h], name=f"{n.name}_vkt_hsig", alpha=1 / 6, beta=0.5),
+                  helper.make_node("Mul", [n.input[0], h], [n.output[0]], name=n.name)]
+        split.append(n.name)
+    if split:
+        del g.node[:]
+        g.node.extend(nodes)
+    return model, split
