@@ -148,7 +148,7 @@ def test_every_benchmarks_row_builder_writes_the_schema(load, schema):
 def test_every_benchmark_script_has_json_and_uses_the_schema():
     scripts = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("diagnostics/*.py")]
                      if p.name not in ("__init__.py", "__main__.py", "schema.py", "run.py", "tritonserver.py"))
-    assert len(scripts) == 18
+    assert len(scripts) == 19
     for p in scripts:
         tree = ast.parse(p.read_text())
         options = {a.value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"
