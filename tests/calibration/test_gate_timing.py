@@ -116,7 +116,7 @@ def test_too_slow_int8_ships_fp32_and_says_why(toy_bundle, monkeypatch, caplog, 
 
 def test_pair_timing_records_its_turns():
     """Real runners, a few turns: the speed-up is the median of the paired turns' ratios, the band their extremes, and
-    a wide band (a busy machine) only ever adds whole rounds of turns."""
+    a wide interval (a busy machine) only ever adds whole rounds of turns."""
     from vkt.calibration.gate_timing import runner_factory, time_pair
     from vkt.export.toy import toy_convnet
 
@@ -126,9 +126,77 @@ def test_pair_timing_records_its_turns():
     t = time_pair(runner_factory(blob, spec, 1), runner_factory(blob, spec, 1), feed, turns=3, block=2, warmup=1,
                   threads=1)
     lo, hi = t.band
-    assert t.turns in (3, 6, 9) and len(t.ratios) == t.turns and t.shape == (1, 3, 32, 32)
+    assert t.turns in (3, 6, 9, 12) and len(t.ratios) == t.turns and t.shape == (1, 3, 32, 32)
     assert t.fp32_ms > 0 and t.int8_ms > 0 and t.speedup == float(np.median(t.ratios))
-    assert (lo, hi) == (min(t.ratios), max(t.ratios)) and (hi <= 1.25 * lo or t.turns == 9)  # stops once narrow, or at 3 rounds
+    assert (lo, hi) == (min(t.ratios), max(t.ratios)) and (t.ci95 <= 0.05 or t.turns == 12)  # stops once narrow, or at 4 rounds
     d = t.to_dict()
     assert d["noise_band"] == [round(lo, 3), round(hi, 3)] and len(d["turn_speedups"]) == t.turns
     assert d["runner"]["threads"] == 1
+
+
+class _Clocked:
+    """A runner whose call advances a fake clock by its next cost: deterministic timings, no real time measured."""
+
+    def __init__(self, name, costs, clock, calls):
+        self.name, self.costs, self.clock, self.calls, self.n = name, costs, clock, calls, 0
+
+    def activate(self):
+        pass
+
+    def deactivate(self):
+        pass
+
+    def infer(self, feed, check=True):
+        self.clock[0] += self.costs(self.n)
+        self.n += 1
+        self.calls.append(self.name)
+        return {}
+
+    run = infer
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    import types
+
+    import vkt.bench
+
+    clock = [0.0]
+    monkeypatch.setattr(vkt.bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
+def test_gate_takes_the_turns_vkt_bench_takes(fake_clock):
+    """After warm-up, the gate's FP32/INT8 calls come in the order `vkt bench -t fp32 -t int8` makes them (per turn and
+    model: BenchConfig's untimed settle call, then its block of timed calls). The gate took turns of 2 timed calls
+    while bench takes 5: two different measurements of the same pair."""
+    from vkt.bench import BenchConfig, Case, Target, run_bench
+    from vkt.calibration.gate_timing import TURNS, time_pair
+
+    gate, bench = [], []
+    one = lambda n: 0.01  # noqa: E731
+    time_pair(lambda: _Clocked("fp32", one, fake_clock, gate), lambda: _Clocked("int8", one, fake_clock, gate), {})
+    cfg = BenchConfig()
+    targets = [Target(n, _Clocked(n, one, fake_clock, bench).infer, "") for n in ("fp32", "int8")]
+    run_bench(targets, [Case("x", {}, 1)], BenchConfig(iters=TURNS * cfg.block), show_progress=False)
+    timed = 2 * TURNS * (cfg.settle + cfg.block)  # one round on a quiet machine (equal turns)
+    assert gate[-timed:] == bench[-timed:] and len(gate) >= timed and gate[-1] == "int8"
+
+
+def test_gate_takes_more_turns_until_the_speedup_is_known(fake_clock):
+    """Turns that agree stop after one round; turns that disagree (a busy machine) add rounds until the median's 95%
+    interval is within +-5%, or the rounds run out. The speed-up is the median of the turns' ratios."""
+    from vkt.calibration.gate_timing import MAX_ROUNDS, TURNS, time_pair
+
+    def pair(int8_cost):
+        calls: list[str] = []
+        return time_pair(lambda: _Clocked("fp32", lambda n: 0.02, fake_clock, calls),
+                         lambda: _Clocked("int8", int8_cost, fake_clock, calls), {})
+
+    steady = pair(lambda n: 0.01)
+    assert steady.turns == TURNS and steady.speedup == pytest.approx(2.0) and steady.ci95 == pytest.approx(0.0)
+    # INT8 turns alternate between 10 and 16 ms (warm-up 2 calls, then 6 calls per turn): ratios 2.0 and 1.25
+    noisy = pair(lambda n: 0.01 if ((n - 2) // 6) % 2 == 0 else 0.016)
+    assert noisy.turns == MAX_ROUNDS * TURNS and noisy.ci95 > 0.05
+    assert sorted(set(round(r, 3) for r in noisy.ratios)) == [1.25, 2.0]
+    assert noisy.speedup == pytest.approx(float(np.median(noisy.ratios)))

@@ -64,7 +64,8 @@ class GateConfig:
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
     ort_ops: what an "ort" placement quantizes: "all" (default) or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     threads: onnxruntime intra-op threads (None: onnxruntime's default).
-    iters: timed calls per model (default 10), in turns of 2 after one untimed call (more turns on a busy machine).
+    iters: timed calls per model in the first round (default 15), in turns of one untimed and 5 timed calls as `vkt bench`
+        takes them; more rounds while the speed-up's 95% interval is wider than +-5% (a busy machine), up to 4.
     min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
         is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.
@@ -78,7 +79,7 @@ class GateConfig:
     on_fail: str = "fp32"
     ort_ops: str = "all"
     threads: int | None = None
-    iters: int = 10
+    iters: int = 15
     exhaustive: bool = False
     min_speedup: float = DEFAULT_MIN_SPEEDUP
 
@@ -253,6 +254,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on the placement's runtime, ORT
             or OpenVINO CPU); pass the one ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
     """
+    from vkt.bench import BenchConfig
     from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
     from vkt.calibration.placements import placement as place
 
@@ -288,7 +290,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         if latency_feed is None:
             return None
         return time_pair(fp32_timed, runner_factory(blob, spec, threads, backend), latency_feed,
-                         turns=max(1, math.ceil(config.iters / 2)), block=2, threads=threads)
+                         turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
 
     for cand in candidates:
         # 2. Rank layers once per candidate (its node names are its own)

@@ -1,7 +1,7 @@
 """The gate's measurements of one graph: its metric through a fresh runner, and its speed-up over FP32.
 
-    t = time_pair(fp32_factory, int8_factory, feed, turns=5, block=2)
-    t.speedup, t.band                      # e.g. 1.31, (1.22, 1.38): the figure and its noise band
+    t = time_pair(fp32_factory, int8_factory, feed)  # turns of 1 untimed + 5 timed calls, as `vkt bench` takes
+    t.speedup, t.band, t.ci95              # e.g. 1.31, (1.22, 1.38), 0.03: the figure, its noise band and uncertainty
 
 Runner-agnostic: the two factories return fresh, not yet activated runners (onnxruntime, OpenVINO, ...), the same
 ones ``vkt bench`` would build for the bundle, so the gate and ``vkt bench`` time the same thing.
@@ -18,8 +18,9 @@ import numpy as np
 
 from vkt.errors import CalibrationError
 
-TURNS, BLOCK = 5, 2  # default: 5 turns of (1 untimed + 2 timed) calls per model
-WIDE, MAX_ROUNDS = 1.25, 3  # a band wider than highest/lowest 1.25 (a busy machine) takes more turns, up to 3x
+TURNS = 3  # turns per round; each turn: BenchConfig's settle (1) untimed + block (5) timed calls per model, as vkt bench
+MAX_ROUNDS = 4  # rounds of TURNS turns at most (a busy machine)
+CI = 0.05  # more rounds until the median's 95% interval is within +-5% of it
 
 
 def runner_factory(blob: bytes, spec: Any, threads: int | None, backend: str = "ort") -> Callable[[], Any]:
@@ -57,6 +58,7 @@ class PairTiming:
         disturbed turn; the fastest-over-fastest ratio would not do: under load the shorter INT8 blocks vary more,
         so their minimum is luckier and the ratio comes out too high. On a quiet machine all of these agree.
     band: (lowest, highest) of ``ratios``: the noise band of ``speedup`` on this machine at this time.
+    ci95: half-width of the median's 95% interval (1.57 IQR / sqrt(turns), McGill's notch), as a fraction of it.
     shape: the timed input's shape; threads: intra-op threads (None: the runtime's default); runner: the INT8
         runner's ``describe()`` (backend, threads, session options); fp32_runner: the FP32 runner's.
     """
@@ -79,9 +81,13 @@ class PairTiming:
     def band(self) -> tuple[float, float]:
         return (min(self.ratios), max(self.ratios))
 
+    @property
+    def ci95(self) -> float:
+        return ci95(self.ratios)
+
     def to_dict(self) -> dict[str, Any]:
         return {"fp32_ms": round(self.fp32_ms, 3), "int8_ms": round(self.int8_ms, 3), "speedup": round(self.speedup, 3),
-                "noise_band": [round(self.band[0], 3), round(self.band[1], 3)], "turns": self.turns, "block": self.block,
+                "noise_band": [round(self.band[0], 3), round(self.band[1], 3)], "ci95": round(self.ci95, 3), "turns": self.turns, "block": self.block,
                 "turn_speedups": [round(r, 3) for r in self.ratios],
                 "statistic": "speedup: median of paired turns' ratios; ms: fastest turn's mean per call",
                 "shape": list(self.shape),
@@ -89,18 +95,25 @@ class PairTiming:
 
 
 def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[str, np.ndarray], *, turns: int = TURNS,
-              block: int = BLOCK, warmup: int = 2, threads: int | None = None) -> PairTiming:
-    """Time two runners side by side (:func:`vkt.bench.time_turns`, the turns ``vkt bench`` takes).
+              block: int | None = None, warmup: int = 2, max_rounds: int = MAX_ROUNDS,
+              threads: int | None = None) -> PairTiming:
+    """Time two runners side by side in the turns ``vkt bench`` takes (:func:`vkt.bench.time_turns` with
+    :class:`vkt.bench.BenchConfig`'s ``block`` and ``settle``: per turn and model, one untimed call that absorbs the
+    other runner's still-spinning workers, then 5 timed calls), so the gate and a re-timing by ``vkt bench`` measure
+    the same thing.
 
     ``fp32`` / ``int8``: factories of fresh, not yet activated runners; each is warmed up ``warmup`` calls, then the
-    two take ``turns`` turns of one untimed call (at more than one thread it absorbs the other runner's still-spinning
-    workers) and ``block`` timed calls; while the band is wider than 1.25x (a busy machine), ``turns`` more, up to
-    3 rounds. ``threads`` is recorded (the factories already apply it).
+    two take rounds of ``turns`` turns until the median of the turns' ratios is known to +-5% (95% interval; a quiet
+    machine: one round) or after ``max_rounds`` rounds (a busy one). ``block``: timed calls per turn (None: vkt
+    bench's). ``threads`` is recorded (the factories already apply it).
     """
-    from vkt.bench import time_turns
+    from vkt.bench import BenchConfig, time_turns
 
-    if turns < 1 or block < 1 or warmup < 0:
-        raise CalibrationError(f"expected turns >= 1, block >= 1 and warmup >= 0, got {turns}, {block}, {warmup}")
+    bench = BenchConfig()
+    block = bench.block if block is None else block
+    if turns < 1 or block < 1 or warmup < 0 or max_rounds < 1:
+        raise CalibrationError(f"expected turns >= 1, block >= 1, warmup >= 0 and max_rounds >= 1, got {turns}, {block}, "
+                               f"{warmup}, {max_rounds}")
     runners = [fp32(), int8()]
     active: list[Any] = []
     try:
@@ -112,13 +125,13 @@ def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[st
                 r.infer(feed, check=False)
         calls = [(lambda r=r: r.infer(feed, check=False)) for r in runners]
         fp, q = np.empty(0), np.empty(0)
-        for _ in range(MAX_ROUNDS):
-            times = time_turns(calls, turns * block, block=block, settle=1)
+        for _ in range(max_rounds):
+            times = time_turns(calls, turns * block, block=block, settle=bench.settle)
             # [turns] mean seconds per call of each turn, FP32 and INT8
             fp, q = (np.concatenate([acc, np.asarray(t[: turns * block], np.float64).reshape(turns, block).mean(axis=1)])
                      for acc, t in ((fp, times[0]), (q, times[1])))
             ratios = fp / q
-            if ratios.max() <= WIDE * ratios.min():
+            if ci95(ratios) <= CI:
                 break
         info = [r.describe() if hasattr(r, "describe") else {} for r in runners]
     finally:
@@ -127,6 +140,16 @@ def time_pair(fp32: Callable[[], Any], int8: Callable[[], Any], feed: Mapping[st
     shape = tuple(int(d) for d in np.shape(next(iter(feed.values())))) if feed else ()
     return PairTiming(float(fp.min() * 1e3), float(q.min() * 1e3), tuple(float(r) for r in ratios), len(ratios),
                       block, shape, threads, *({k: v for k, v in dict(d).items() if _plain(v)} for d in info[::-1]))
+
+
+def ci95(ratios: Any) -> float:
+    """Half-width of the 95% interval of the median of ``ratios`` (1.57 IQR / sqrt(n)), as a fraction of the median;
+    inf for fewer than 3 values (no spread to judge from)."""
+    r = np.asarray(ratios, np.float64)
+    if r.size < 3:
+        return float("inf")
+    q1, med, q3 = np.percentile(r, [25, 50, 75])
+    return float(1.57 * (q3 - q1) / np.sqrt(r.size) / med)
 
 
 def _plain(v: Any) -> bool:
