@@ -200,3 +200,29 @@ def test_gate_takes_more_turns_until_the_speedup_is_known(fake_clock):
     assert noisy.turns == MAX_ROUNDS * TURNS and noisy.ci95 > 0.05
     assert sorted(set(round(r, 3) for r in noisy.ratios)) == [1.25, 2.0]
     assert noisy.speedup == pytest.approx(float(np.median(noisy.ratios)))
+
+
+def test_gated_export_skips_the_ungated_placements_error(toy_bundle, tmp_path, monkeypatch):
+    """With a held-out folder a gate follows: calibration does not run every placement over calibration feeds to
+    report an error that describes ungated graphs (it was ~15% of a gated export), and the shipped placement's record
+    keeps no error of the ungated graph. Without held-out images the error is still measured."""
+    from vkt.calibration.api import gate_bundle
+    from vkt.calibration.holdout import resolve_holdout
+    from vkt.calibration.images import calibrate_images
+
+    measured = []
+    import vkt.calibration.report as report
+
+    real = report.layer_errors
+    monkeypatch.setattr(report, "layer_errors", lambda *a, **k: measured.append(1) or real(*a, **k))
+    calib, held = _images(tmp_path / "calib", 3), _images(tmp_path / "held", 2)
+    cfg = Int8Config(calib=calib, targets=("ort",), method="minmax")
+    section = calibrate_images(Bundle.load(toy_bundle), resolve_holdout(calib, None, None), cfg, show_progress=False).section
+    assert measured and section["eval_samples"] == 2 and "output_sqnr_db" in section["placements"]["ort"]
+    gate = GateConfig(max_drop=0.035, steps=(4,), ranking="prefix", min_speedup=0.0)
+    shipped = gate_bundle(toy_bundle, conv_count_metric, gate, show_progress=False)["placements"]["ort"]
+    assert shipped["gate_excluded"] and "output_sqnr_db" not in shipped  # the ungated graph's error is not the shipped one's
+
+    measured.clear()
+    section = calibrate_images(Bundle.load(toy_bundle), resolve_holdout(calib, held, None), cfg, show_progress=False).section
+    assert not measured and section["eval_samples"] == 0 and "output_sqnr_db" not in section["placements"]["ort"]

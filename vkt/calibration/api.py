@@ -33,6 +33,9 @@ __all__ = ["QDQ_ROLE", "TABLE_ROLE", "TARGETS", "WEIGHT_ROUNDING", "Calibrated",
            "qdq_path", "quantize_bundle"]
 
 
+UNGATED_ERRORS = ("output_sqnr_db", "output_max_abs_diff", "worst_layers")  # a placement's error vs FP32, as written
+
+
 class _Keep:
     """Pass feeds through while keeping the first ``n`` (to measure the placements' error afterwards)."""
 
@@ -329,8 +332,9 @@ def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandid
                     meta={"placement": target, "method": cand.table.method, "table_sha256": cand.table.sha256,
                           "excluded": kept, **meta, "fused_int8_ops": counts.fused,
                           "float_compute_ops": counts.float_compute, **scope})
-    placements[target] = {**placements.get(target, {}), "path": name, **counts.to_dict(), "candidate": cand.name,
-                          "gate_excluded": kept, **scope}
+    # The ungated placement's error vs FP32 does not describe a graph with nodes kept in float: dropped then.
+    before = {k: v for k, v in placements.get(target, {}).items() if not kept or k not in UNGATED_ERRORS}
+    placements[target] = {**before, "path": name, **counts.to_dict(), "candidate": cand.name, "gate_excluded": kept, **scope}
 
 
 def _remove_placement(bundle: Any, component: str, target: str, placements: dict[str, Any]) -> None:
