@@ -65,7 +65,7 @@ class GateConfig:
     ort_ops: what an "ort" placement quantizes: "all" (default) or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     threads: onnxruntime intra-op threads (None: onnxruntime's default).
     iters: timed calls per model in the first round (default 15), in turns of one untimed and 5 timed calls as `vkt bench`
-        takes them; more rounds while the speed-up's 95% interval is wider than +-5% (a busy machine), up to 4.
+        takes them; more rounds while the turns' ratios leave it uncertain by more than +-5% (a busy machine), up to 3.
     min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
         is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.

@@ -23,7 +23,7 @@ from vkt.log import get_logger
 log = get_logger(__name__)
 
 TURNS = 3  # turns per round; each turn: BenchConfig's settle (1) untimed + block (5) timed calls per model, as vkt bench
-MAX_ROUNDS = 4  # rounds of TURNS turns at most (a busy machine)
+MAX_ROUNDS = 3  # rounds of TURNS turns at most (a busy machine: at load ~11 on 2 cores 4 rounds still left +-11-14%)
 CI = 0.05  # more rounds until the median's 95% interval is within +-5% of it
 
 
