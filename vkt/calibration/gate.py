@@ -10,7 +10,7 @@ graph under test (FP32 first: its score is the baseline). The gate knows no fami
 (vkt.models.*) brings its metric (text detection: hmean vs FP32 boxes; DETR: AP vs FP32 detections).
 
 Speed: a step within budget is timed against FP32 (:func:`vkt.calibration.gate_timing.time_pair`: interleaved
-turns, the median of paired turns' ratios, a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
+turns as `vkt bench` takes them, bench's p50 ratio, the turns' ratios as a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
 the result's ``reason`` says why. Steps over budget are not timed (they cannot ship).
 
 When no step meets the budget, nothing INT8 ships: a warning names the best step, the result's
