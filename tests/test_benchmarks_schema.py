@@ -103,7 +103,8 @@ def _builders(load):
                                                         "bench_int8_shipped.py"))
     detr, sd, sd_int8, serve = (load(f) for f in ("bench_detr.py", "bench_sd.py", "bench_sd_int8.py", "bench_serve.py"))
     diag = {n: load(f"diagnostics/{n}.py") for n in ("diag_textdet_int8_channels", "profile_sd_ort", "bench_sd_attention",
-                                                     "bench_sd_calls", "bench_sd_session")}
+                                                     "bench_sd_calls", "bench_sd_session", "diag_gate_vs_bench")}
+    from vkt.calibration.gate_timing import PairTiming
     times = [0.010, 0.012, 0.011]
     return {
         "spine import": spine.import_row(times, [0.2, 0.3, 0.25]),
@@ -127,6 +128,9 @@ def _builders(load):
                                                       ms=2000.0, share=0.41),
         "attention": diag["bench_sd_attention"].attention_row("ort-mha", "unet64", (2, 4096, 8, 40), 2, times, [1.0, 1.0]),
         "sd calls": diag["bench_sd_calls"].call_row("unet", "vkt-ort-graph", 512, 1, times, times, (1, 1, 1), (1, 1, 1)),
+        "gate vs bench": diag["diag_gate_vs_bench"].round_rows(
+            PairTiming(120.0, 80.0, (1.4, 1.5, 1.6), 3, 5, (1, 3, 736, 736), None, {}), bench_row(p50_ms=120.0),
+            bench_row(p50_ms=96.0), "ov", "toy", "1x3x736x736", [1.0, 1.1])[1],
         "sd session": diag["bench_sd_session"].session_row("unet", "spin", 512, 2, {"graph": "unet.ort.onnx", "threads": 2,
                                                            "calls": 1, "session_config": {}}, times, times, (1, 1, 1), (1, 1, 1)),
     }
@@ -142,13 +146,14 @@ def test_every_benchmarks_row_builder_writes_the_schema(load, schema):
     assert rows["sd calls"]["p50_ms"] == 11.0 and rows["attention"]["p90_ms"] == pytest.approx(11.8)
     assert rows["int8_shipped blocks"]["p50_ms"] == 8.5 and rows["int8_shipped blocks"]["speedup"] == round(0.011 / 0.0085, 3)
     assert rows["detr latency"]["speedup_vs_ort_fp32"] == pytest.approx(2.0)
+    assert rows["gate vs bench"]["speedup"] == 1.25 and rows["gate vs bench"]["gate_over_bench"] == 1.2  # 1.5 / 1.25
     assert {r["bench"] for r in rows.values()} >= {"spine", "textdet", "int8", "int8_shipped", "detr", "sd", "sd_int8", "serve"}
 
 
 def test_every_benchmark_script_has_json_and_uses_the_schema():
     scripts = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("diagnostics/*.py")]
                      if p.name not in ("__init__.py", "__main__.py", "schema.py", "run.py", "tritonserver.py"))
-    assert len(scripts) == 18
+    assert len(scripts) == 20
     for p in scripts:
         tree = ast.parse(p.read_text())
         options = {a.value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"

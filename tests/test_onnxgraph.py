@@ -64,3 +64,39 @@ def test_import_lifts_scalar_constants_too(tmp_path):
     shipped = onnx.load(str(b.path("fp32 onnx")))
     assert "Constant" not in [n.op_type for n in shipped.graph.node]
     assert numpy_helper.to_array(next(i for i in shipped.graph.initializer if i.name == "scale")) == SCALE
+
+
+def split_hardswish_graph(alpha: float = 1 / 6, opset: int = 14):
+    """x -> Conv -> c -> HardSigmoid(alpha, 0.5) -> h; Mul(c, h) -> Conv -> y: HardSwish as onnxruntime's
+    pre-processing splits it (and as bundles written before session 8 hold it)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSigmoid", ["c"], ["h"], name="hsig", alpha=alpha, beta=0.5),
+             helper.make_node("Mul", ["c", "h"], ["m"], name="mul"),
+             helper.make_node("Conv", ["m", "w2"], ["y"], name="conv2")]
+    g = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "h", "w"])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def test_rewrite_fp32_fuses_hardswish_exactly_also_in_an_already_prepared_graph():
+    from vkt.onnxgraph import is_prepared, prepare_model, rewrite_fp32
+
+    x = np.random.default_rng(1).standard_normal((1, 3, 10, 12)).astype(np.float32) * 4
+    old = prepare_model(split_hardswish_graph())  # an old bundle's FP32: prepared, HardSwish split
+    assert is_prepared(old) and "HardSigmoid" in [n.op_type for n in old.graph.node]
+    new = rewrite_fp32(old)
+    assert [n.op_type for n in new.graph.node] == ["Conv", "HardSwish", "Conv"]
+    assert new.graph.node[1].name == "mul" and new.graph.node[1].output[0] == "m"  # a table's tensor names hold
+    np.testing.assert_allclose(run(new, x)[0], run(old, x)[0], atol=1e-5, rtol=0)
+    assert [n.op_type for n in rewrite_fp32(new).graph.node] == ["Conv", "HardSwish", "Conv"]  # idempotent
+
+
+def test_fuse_hardswish_leaves_other_hardsigmoids_and_old_opsets():
+    from vkt.onnxgraph import fuse_hardswish
+
+    for m in (split_hardswish_graph(alpha=0.2), split_hardswish_graph(opset=13)):  # not HardSwish; no HardSwish op
+        m, fused = fuse_hardswish(m)
+        assert fused == [] and [n.op_type for n in m.graph.node] == ["Conv", "HardSigmoid", "Mul", "Conv"]

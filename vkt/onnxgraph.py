@@ -3,8 +3,10 @@
     constants_to_initializers(model)  Constant-node tensors become initializers (in place)
     prepare_model(model)              that, opset >= 13, onnxruntime's quant_pre_process, every node named
     fold_conv_affine(model)           constant Mul/Add/BatchNormalization after a Conv folded into it
-    rewrite_fp32(model)               prepare_model then fold_conv_affine: the float graph vkt ships and
-                                      every Q/DQ placement starts from
+    fuse_hardswish(model)             HardSigmoid(x) * x back to HardSwish(x), as the exporter wrote it
+    split_hardswish(model)            the reverse: the graph calibration ranges and places Q/DQ on
+    rewrite_fp32(model)               prepare_model, fold_conv_affine, fuse_hardswish: the float graph vkt
+                                      ships and every Q/DQ placement starts from
 
 Torch-free: onnx and onnxruntime's quantization tools are imported inside the functions.
 """
@@ -170,9 +172,47 @@ def _copy(model: Any) -> Any:
 
 # ---- folding -------------------------------------------------------------------------------------
 def rewrite_fp32(model: Any) -> Any:
-    """The float graph every placement starts from: :func:`prepare_model` then :func:`fold_conv_affine` (exact).
-    Idempotent; ``vkt export`` ships it as the FP32 graph, so INT8 is timed against the same float graph."""
-    return fold_conv_affine(prepare_model(model))[0]
+    """The float graph every placement starts from: :func:`prepare_model`, :func:`fold_conv_affine` and
+    :func:`fuse_hardswish` (all exact). Idempotent; ``vkt export`` ships it as the FP32 graph, so INT8 is timed
+    against the same float graph. A bundle written before HardSwish was fused gets it here too."""
+    return fuse_hardswish(fold_conv_affine(prepare_model(model))[0])[0]
+
+
+def fuse_hardswish(model: Any) -> tuple[Any, list[str]]:
+    """``Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5))`` -> ``HardSwish(x)`` in place; returns (model, names of the
+    Mul nodes rewritten).
+
+    The same function (ONNX defines HardSwish as that product). onnxruntime's ``quant_pre_process`` splits
+    HardSwish so, and OpenVINO's CPU plugin then runs the split pair as reference kernels between layout reorders
+    instead of fusing HardSwish into the convolution before it (PP-OCRv5 mobile det's FP32 at 0.6-0.9x the speed).
+    The HardSwish node takes the Mul's name and output, so a calibration table of the split graph still has its
+    range. Graphs below opset 14 (no HardSwish) are left as they are.
+    """
+    from onnx import helper
+
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 14 for o in model.opset_import):
+        return model, []
+    g = model.graph
+    read_by = readers(g)
+    graph_outputs = {o.name for o in g.output}
+    dropped, fused = set(), []
+    for i, n in enumerate(g.node):
+        if n.op_type != "HardSigmoid" or n.domain not in ("", "ai.onnx") or n.output[0] in graph_outputs:
+            continue
+        attrs = {a.name: a.f for a in n.attribute}
+        rd = read_by.get(n.output[0], [])
+        if (abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6 or len(rd) != 1
+                or rd[0].op_type != "Mul" or sorted(rd[0].input) != sorted([n.input[0], n.output[0]])):
+            continue
+        mul = rd[0]
+        mul.CopyFrom(helper.make_node("HardSwish", [n.input[0]], [mul.output[0]], name=mul.name))
+        dropped.add(i)
+        fused.append(mul.name)
+    if dropped:
+        nodes = [n for i, n in enumerate(g.node) if i not in dropped]
+        del g.node[:]
+        g.node.extend(nodes)
+    return model, fused
 
 
 def fold_conv_affine(model: Any) -> tuple[Any, list[str]]:
@@ -262,3 +302,28 @@ def _affine_of(op: Any, y: str, inits: Mapping[str, Any], cout: int, spatial: in
         scale = gamma / np.sqrt(var + eps)
         return scale, beta - mean * scale
     return None
+
+
+def split_hardswish(model: Any) -> tuple[Any, list[str]]:
+    """``HardSwish(x)`` -> ``Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5))`` in place, as onnxruntime's
+    ``quant_pre_process`` writes it (the same function); returns (model, names of the HardSwish nodes split).
+
+    The graph calibration works on: the ort and trt placements quantize the two halves, so the table needs the
+    HardSigmoid's range (the openvino placement fuses them again). The Mul takes the HardSwish's name and output.
+    """
+    from onnx import helper
+
+    g = model.graph
+    nodes, split = [], []
+    for n in g.node:
+        if n.op_type != "HardSwish" or n.domain not in ("", "ai.onnx"):
+            nodes.append(n)
+            continue
+        h = f"{n.output[0]}_vkt_hsig"
+        nodes += [helper.make_node("HardSigmoid", [n.input[0]], [h], name=f"{n.name}_vkt_hsig", alpha=1 / 6, beta=0.5),
+                  helper.make_node("Mul", [n.input[0], h], [n.output[0]], name=n.name)]
+        split.append(n.name)
+    if split:
+        del g.node[:]
+        g.node.extend(nodes)
+    return model, split

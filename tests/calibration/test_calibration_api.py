@@ -84,3 +84,46 @@ def test_cli_quantize_errors_are_one_line(toy_bundle, tmp_path, capsys, args, ma
     assert main(["quantize", str(toy_bundle), *args]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and match.split(".*")[0] in err.replace("\n", " ")
+
+
+def _hardswish_net():
+    """x -> Conv -> HardSwish -> Conv -> y (opset 14), as exporters write PP-OCRv5's blocks."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["hs"], name="hswish"),
+             helper.make_node("Conv", ["hs", "w2"], ["y"], name="conv2")]
+    g = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "height", "width"])], inits)
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+
+
+def test_a_bundle_shipping_hardswish_fused_calibrates_the_graph_quant_pre_process_writes(tmp_path):
+    """vkt export ships HardSwish fused (OpenVINO's FP32 needs it); the ort/trt placements are written from the graph
+    onnxruntime's pre-processing gives the original (HardSwish split into HardSigmoid * x, both quantized), as before."""
+    import onnx
+
+    from vkt.calibration import compute_ranges
+    from vkt.calibration.placements import placement
+    from vkt.export.onnx_import import import_onnx
+    from vkt.onnxgraph import prepare_model
+
+    src = tmp_path / "hs.onnx"
+    onnx.save(_hardswish_net(), str(src))
+    b = import_onnx(src, tmp_path / "hs.vkt", profile={"batch": (1, 1, 1), "height": (8, 16, 32), "width": (8, 16, 32)})
+    assert "HardSwish" in [n.op_type for n in onnx.load(str(b.path("fp32 onnx"))).graph.node]
+    data = feeds(name="x")
+    quantize_bundle(b, data, Int8Config(targets=("ort", "openvino"), ort_ops="all"), eval_samples=0, show_progress=False)
+    ref = prepare_model(_hardswish_net())  # what calibrating the original graph places
+    want = placement(ref, compute_ranges(ref, data, show_progress=False), "ort", ())
+    got = onnx.load(str(qdq_path(Bundle.load(b.root), "ort")))
+
+    def ops(m):
+        return sorted(n.op_type for n in m.graph.node)
+
+    assert "HardSigmoid" in ops(got) and ops(got) == ops(want)
+    assert "HardSwish" in ops(onnx.load(str(qdq_path(Bundle.load(b.root), "openvino"))))

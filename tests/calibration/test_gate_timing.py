@@ -116,7 +116,7 @@ def test_too_slow_int8_ships_fp32_and_says_why(toy_bundle, monkeypatch, caplog, 
 
 def test_pair_timing_records_its_turns():
     """Real runners, a few turns: the speed-up is the median of the paired turns' ratios, the band their extremes, and
-    a wide band (a busy machine) only ever adds whole rounds of turns."""
+    a wide interval (a busy machine) only ever adds whole rounds of turns."""
     from vkt.calibration.gate_timing import runner_factory, time_pair
     from vkt.export.toy import toy_convnet
 
@@ -127,8 +127,109 @@ def test_pair_timing_records_its_turns():
                   threads=1)
     lo, hi = t.band
     assert t.turns in (3, 6, 9) and len(t.ratios) == t.turns and t.shape == (1, 3, 32, 32)
-    assert t.fp32_ms > 0 and t.int8_ms > 0 and t.speedup == float(np.median(t.ratios))
-    assert (lo, hi) == (min(t.ratios), max(t.ratios)) and (hi <= 1.25 * lo or t.turns == 9)  # stops once narrow, or at 3 rounds
+    assert t.fp32_ms > 0 and t.int8_ms > 0 and t.speedup == t.fp32_ms / t.int8_ms
+    assert (lo, hi) == (min(t.ratios), max(t.ratios)) and (t.ci95 <= 0.05 or t.turns == 9)  # stops once narrow, or at 3 rounds
     d = t.to_dict()
     assert d["noise_band"] == [round(lo, 3), round(hi, 3)] and len(d["turn_speedups"]) == t.turns
     assert d["runner"]["threads"] == 1
+
+
+class _Clocked:
+    """A runner whose call advances a fake clock by its next cost: deterministic timings, no real time measured."""
+
+    def __init__(self, name, costs, clock, calls):
+        self.name, self.costs, self.clock, self.calls, self.n = name, costs, clock, calls, 0
+
+    def activate(self):
+        pass
+
+    def deactivate(self):
+        pass
+
+    def infer(self, feed, check=True):
+        self.clock[0] += self.costs(self.n)
+        self.n += 1
+        self.calls.append(self.name)
+        return {}
+
+    run = infer
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    import types
+
+    import vkt.bench
+
+    clock = [0.0]
+    monkeypatch.setattr(vkt.bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
+def test_gate_takes_the_turns_vkt_bench_takes(fake_clock):
+    """After warm-up, the gate's FP32/INT8 calls come in the order `vkt bench -t fp32 -t int8` makes them (per turn and
+    model: BenchConfig's untimed settle call, then its block of timed calls). The gate took turns of 2 timed calls
+    while bench takes 5: two different measurements of the same pair."""
+    from vkt.bench import BenchConfig, Case, Target, run_bench
+    from vkt.calibration.gate_timing import TURNS, time_pair
+
+    gate, bench = [], []
+    one = lambda n: 0.01  # noqa: E731
+    time_pair(lambda: _Clocked("fp32", one, fake_clock, gate), lambda: _Clocked("int8", one, fake_clock, gate), {})
+    cfg = BenchConfig()
+    targets = [Target(n, _Clocked(n, one, fake_clock, bench).infer, "") for n in ("fp32", "int8")]
+    run_bench(targets, [Case("x", {}, 1)], BenchConfig(iters=TURNS * cfg.block), show_progress=False)
+    assert gate == bench and len(gate) == 2 * (cfg.warmup + TURNS * (cfg.settle + cfg.block))  # warm-up, then one round
+
+
+def test_gate_takes_more_turns_until_the_speedup_is_known(fake_clock, caplog):
+    """Turns that agree stop after one round; turns that disagree (a busy machine) add rounds until the turns' median
+    ratio is known to +-5% (95%), or the rounds run out, and then a warning says the figure is uncertain. The speed-up
+    is vkt bench's statistic: p50 FP32 over p50 INT8."""
+    from vkt.bench import BenchConfig
+    from vkt.calibration.gate_timing import MAX_ROUNDS, TURNS, time_pair
+
+    warm, per_turn = BenchConfig().warmup, BenchConfig().settle + BenchConfig().block
+
+    def pair(int8_cost):
+        calls: list[str] = []
+        return time_pair(lambda: _Clocked("fp32", lambda n: 0.02, fake_clock, calls),
+                         lambda: _Clocked("int8", int8_cost, fake_clock, calls), {})
+
+    steady = pair(lambda n: 0.01)
+    assert steady.turns == TURNS and steady.speedup == pytest.approx(2.0) and steady.ci95 == pytest.approx(0.0)
+    assert "busy" not in caplog.text
+    # INT8 turns alternate between 10 and 16 ms: ratios 2.0 and 1.25, half the INT8 calls at each cost
+    noisy = pair(lambda n: 0.01 if ((n - warm) // per_turn) % 2 == 0 else 0.016)
+    assert noisy.turns == MAX_ROUNDS * TURNS and noisy.ci95 > 0.05
+    assert sorted(set(round(r, 3) for r in noisy.ratios)) == [1.25, 2.0]
+    int8_calls = [10.0 if turn % 2 == 0 else 16.0 for turn in range(noisy.turns) for _ in range(BenchConfig().block)]
+    assert (noisy.fp32_ms, noisy.int8_ms) == pytest.approx((20.0, float(np.median(int8_calls))))  # p50s, as bench's
+    assert noisy.speedup == pytest.approx(noisy.fp32_ms / noisy.int8_ms)
+    assert "busy" in caplog.text and "re-time it with vkt bench" in caplog.text
+
+
+def test_gated_export_skips_the_ungated_placements_error(toy_bundle, tmp_path, monkeypatch):
+    """With a held-out folder a gate follows: calibration does not run every placement over calibration feeds to
+    report an error that describes ungated graphs (it was ~15% of a gated export), and the shipped placement's record
+    keeps no error of the ungated graph. Without held-out images the error is still measured."""
+    from vkt.calibration.api import gate_bundle
+    from vkt.calibration.holdout import resolve_holdout
+    from vkt.calibration.images import calibrate_images
+
+    measured = []
+    import vkt.calibration.report as report
+
+    real = report.layer_errors
+    monkeypatch.setattr(report, "layer_errors", lambda *a, **k: measured.append(1) or real(*a, **k))
+    calib, held = _images(tmp_path / "calib", 3), _images(tmp_path / "held", 2)
+    cfg = Int8Config(calib=calib, targets=("ort",), method="minmax")
+    section = calibrate_images(Bundle.load(toy_bundle), resolve_holdout(calib, None, None), cfg, show_progress=False).section
+    assert measured and section["eval_samples"] == 2 and "output_sqnr_db" in section["placements"]["ort"]
+    gate = GateConfig(max_drop=0.035, steps=(4,), ranking="prefix", min_speedup=0.0)
+    shipped = gate_bundle(toy_bundle, conv_count_metric, gate, show_progress=False)["placements"]["ort"]
+    assert shipped["gate_excluded"] and "output_sqnr_db" not in shipped  # the ungated graph's error is not the shipped one's
+
+    measured.clear()
+    section = calibrate_images(Bundle.load(toy_bundle), resolve_holdout(calib, held, None), cfg, show_progress=False).section
+    assert not measured and section["eval_samples"] == 0 and "output_sqnr_db" not in section["placements"]["ort"]

@@ -43,6 +43,8 @@ def test_folds_the_affine_into_the_conv_and_matches_the_original():
     assert "kept_original" not in report and report["folded_into_conv"] == 2  # Mul and Add into conv1
     ops = [n.op_type for n in new.graph.node]
     assert "Mul" not in ops[:2] and "Identity" not in ops and ops.count("Conv") == 2
+    # HardSwish stays one op (quant_pre_process splits it into HardSigmoid * x; OpenVINO fuses only the op)
+    assert ops == ["Conv", "HardSwish", "Conv"] and report["hardswish_fused"] == 1
     assert report["nodes_before"] == 6 and report["nodes_after"] == len(ops) < 6
     ref, got = run(m, x), run(new, x)  # a shape the check did not see
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -33,6 +33,9 @@ __all__ = ["QDQ_ROLE", "TABLE_ROLE", "TARGETS", "WEIGHT_ROUNDING", "Calibrated",
            "qdq_path", "quantize_bundle"]
 
 
+UNGATED_ERRORS = ("output_sqnr_db", "output_max_abs_diff", "worst_layers")  # a placement's error vs FP32, as written
+
+
 class _Keep:
     """Pass feeds through while keeping the first ``n`` (to measure the placements' error afterwards)."""
 
@@ -93,7 +96,6 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     from vkt.calibration.placements import placement
     from vkt.calibration.ranges import compute_ranges, model_sha256
     from vkt.calibration.report import count_ops, layer_errors
-    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import TWO_GB, load_onnx
 
     # 1. Check inputs before any heavy work
@@ -111,7 +113,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     if os.path.getsize(fp32_path) >= TWO_GB or bundle.files("onnx external data", component):
         raise CalibrationError(f"{fp32_path.name!r} keeps its weights in external data (> 2 GB); vkt's Q/DQ writer handles "
                                "single-file graphs only so far")
-    prepared = prepare_model(load_onnx(fp32_path))
+    prepared = calibration_graph(load_onnx(fp32_path))
 
     # 2. Weights rounded with GPTQ (needs the feeds twice: held in memory), then ranges, once
     kept = _Keep(data, eval_samples)
@@ -185,6 +187,16 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     return Calibrated(section, prepared)
 
 
+def calibration_graph(model: Any) -> Any:
+    """The graph ranges are computed and Q/DQ placed on: the bundle's FP32 prepared
+    (:func:`vkt.onnxgraph.prepare_model`, a no-op for graphs vkt wrote) with HardSwish split into HardSigmoid * x
+    again, as onnxruntime's pre-processing writes it: vkt ships HardSwish fused (OpenVINO's FP32 runs it fused), while
+    the ort and trt placements quantize the two halves, so bundles old and new calibrate the same graph."""
+    from vkt.onnxgraph import prepare_model, split_hardswish
+
+    return split_hardswish(prepare_model(model))[0]
+
+
 def _drop_stale(bundle: Any, component: str, keep: set[str]) -> None:
     stale = [e for e in bundle.files(QDQ_ROLE, component) if e.path not in keep]
     if not stale:
@@ -256,7 +268,6 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     from vkt.bundle import Bundle
     from vkt.calibration.gate import accuracy_gate
     from vkt.calibration.ranges import CalibrationTable
-    from vkt.onnxgraph import prepare_model
     from vkt.onnxio import load_onnx
 
     if not isinstance(bundle, Bundle):
@@ -267,13 +278,15 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
         raise CalibrationError(f"bundle {bundle.name!r} has no calibration table for {component!r}; run `vkt quantize "
                                "--calib DIR` (or quantize_bundle) before the accuracy gate")
     table = CalibrationTable.load(bundle.root / tables[-1].path)
-    fp32 = prepare_model(load_onnx(bundle.path("fp32 onnx", component)))
+    fp32 = calibration_graph(load_onnx(bundle.path("fp32 onnx", component)))
     ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking)
     cands = [ptq, *candidates]
     from vkt.runtime import make_runner
 
-    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` builds: the speed-up a user re-times.
-    fp32_runner = lambda: make_runner(bundle, "ort", "fp32", component=component, threads=config.threads)  # noqa: E731
+    # Timed against the bundle's FP32 file on the runner `vkt bench -t ort:fp32` (`-t ov:fp32` for the openvino
+    # placement) builds: the speed-up a user re-times.
+    backend = "ov" if config.placement == "openvino" else "ort"
+    fp32_runner = lambda: make_runner(bundle, backend, "fp32", component=component, threads=config.threads)  # noqa: E731
     result = accuracy_gate(cands, metric, bundle.spec(component), config, sensitivity_feeds=sensitivity_feeds,
                            latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, show_progress=show_progress)
     gate = result.to_dict()
@@ -319,8 +332,9 @@ def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandid
                     meta={"placement": target, "method": cand.table.method, "table_sha256": cand.table.sha256,
                           "excluded": kept, **meta, "fused_int8_ops": counts.fused,
                           "float_compute_ops": counts.float_compute, **scope})
-    placements[target] = {**placements.get(target, {}), "path": name, **counts.to_dict(), "candidate": cand.name,
-                          "gate_excluded": kept, **scope}
+    # The ungated placement's error vs FP32 does not describe a graph with nodes kept in float: dropped then.
+    before = {k: v for k, v in placements.get(target, {}).items() if not kept or k not in UNGATED_ERRORS}
+    placements[target] = {**before, "path": name, **counts.to_dict(), "candidate": cand.name, "gate_excluded": kept, **scope}
 
 
 def _remove_placement(bundle: Any, component: str, target: str, placements: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ graph under test (FP32 first: its score is the baseline). The gate knows no fami
 (vkt.models.*) brings its metric (text detection: hmean vs FP32 boxes; DETR: AP vs FP32 detections).
 
 Speed: a step within budget is timed against FP32 (:func:`vkt.calibration.gate_timing.time_pair`: interleaved
-turns, the median of paired turns' ratios, a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
+turns as `vkt bench` takes them, bench's p50 ratio, the turns' ratios as a noise band); below ``min_speedup`` (default 1.1x) nothing INT8 ships either, and
 the result's ``reason`` says why. Steps over budget are not timed (they cannot ship).
 
 When no step meets the budget, nothing INT8 ships: a warning names the best step, the result's
@@ -64,7 +64,8 @@ class GateConfig:
     on_fail: "fp32" (default: ship no INT8 graph) or "best" (ship the best-scoring step) when no step fits.
     ort_ops: what an "ort" placement quantizes: "all" (default) or "compute" (:func:`vkt.calibration.qdq.place_ort`).
     threads: onnxruntime intra-op threads (None: onnxruntime's default).
-    iters: timed calls per model (default 10), in turns of 2 after one untimed call (more turns on a busy machine).
+    iters: timed calls per model in the first round (default 15), in turns of one untimed and 5 timed calls as `vkt bench`
+        takes them; more rounds while the turns' ratios leave it uncertain by more than +-5% (a busy machine), up to 3.
     min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
         is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.
@@ -78,7 +79,7 @@ class GateConfig:
     on_fail: str = "fp32"
     ort_ops: str = "all"
     threads: int | None = None
-    iters: int = 10
+    iters: int = 15
     exhaustive: bool = False
     min_speedup: float = DEFAULT_MIN_SPEEDUP
 
@@ -250,9 +251,10 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             no speed check); to agree with ``vkt bench``, a feed at the shape it times.
         reference: the FP32 graph scored (and timed, without ``fp32_runner``) as the baseline (default: the first
             candidate's ``fp32``; pass the bundle's graph when candidates carry pre-rounded weights).
-        fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on ORT CPU); pass the one
-            ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
+        fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on the placement's runtime, ORT
+            or OpenVINO CPU); pass the one ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
     """
+    from vkt.bench import BenchConfig
     from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
     from vkt.calibration.placements import placement as place
 
@@ -275,26 +277,20 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # them already). Timed against: fp32_runner when given (gate_bundle: the bundle's file, as `vkt bench` runs it).
     from vkt.onnxgraph import rewrite_fp32
 
-    fp32 = rewrite_fp32(reference if reference is not None else candidates[0].fp32)
-    if backend == "ov":  # OpenVINO runs HardSigmoid * x as a reference kernel: FP32 at its best there too
-        from vkt.calibration.place_ov import fuse_hardswish
-
-        fp32 = fuse_hardswish(fp32)[0]
-    fp32_blob = fp32.SerializeToString()
+    fp32_blob = rewrite_fp32(reference if reference is not None else candidates[0].fp32).SerializeToString()
     baseline = score_graph(metric, fp32_blob, spec, threads, "FP32", backend=backend)
     log.info("gate baseline (FP32) metric %.4f; budget: drop <= %.2f point(s)", baseline, 100 * max_drop)
 
     result = GateResult(baseline, float(max_drop), placement, [], None, False, min_speedup=float(config.min_speedup))
-    # OpenVINO INT8 is timed against FP32 on OpenVINO at its best (HardSwish fused, as the placement has it), the
-    # others against the bundle's FP32 file as `vkt bench` runs it (fp32_runner, when given)
-    fp32_timed = (runner_factory(fp32_blob, spec, threads, backend) if backend == "ov"
-                  else fp32_runner or runner_factory(fp32_blob, spec, threads))
+    # Timed against the bundle's FP32 file as `vkt bench` runs it on the target's runtime (fp32_runner, when given): the
+    # speed-up a user re-times. (vkt export ships HardSwish fused, so OpenVINO's FP32 is at its best there.)
+    fp32_timed = fp32_runner or runner_factory(fp32_blob, spec, threads, backend)
 
     def timing(blob: bytes) -> Any:
         if latency_feed is None:
             return None
         return time_pair(fp32_timed, runner_factory(blob, spec, threads, backend), latency_feed,
-                         turns=max(1, math.ceil(config.iters / 2)), block=2, threads=threads)
+                         turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
 
     for cand in candidates:
         # 2. Rank layers once per candidate (its node names are its own)

@@ -74,7 +74,12 @@ def print_calibration(b: Any, section: dict) -> None:
         c.print("  [yellow]note:[/] an output SQNR near 0 dB means INT8's error there is as large as the output itself "
                 "(e.g. a detector's map that INT8 flattens to zero on those images); judge accuracy on held-out images "
                 "with --holdout", highlight=False)
-    for key in ("gate", "openvino_gate"):  # the ort/trt gate, and the openvino placement's own
+    print_gates(b, section, c)
+
+
+def print_gates(b: Any, section: dict, c: Any) -> None:
+    """Each accuracy gate in a calibration section: the ort/trt gate, and the openvino placement's own."""
+    for key in ("gate", "openvino_gate"):
         if section.get(key):
             _print_gate(b, section[key], c)
 

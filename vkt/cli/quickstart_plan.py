@@ -15,6 +15,7 @@ HELD_OUT_PHOTOS = ("page.png", "text.png")
 LEGACY_CALIB = ("text.png",)  # calibrated on by quickstarts before held-out agreement: removed from an old calib/
 SYNTH = {"count": 6, "size": 640, "words": (4, 10), "langs": "latin", "seed": 0}  # the held-out synthetic pages
 BENCH_WARMUP = 2
+INT8_STEP = "3. INT8 calibration and accuracy gate"
 
 
 def skimage_photo(name: str) -> Path:
@@ -87,11 +88,14 @@ def label(backend: str, precision: str) -> str:
     return precision if backend == "ort" else f"{backend}-{precision}"
 
 
-def commands(plan: Plan, bench_hw: tuple[int, int]) -> dict[str, list[list[str]]]:
+def commands(plan: Plan, bench_hw: tuple[int, int], targets: list[tuple[str, str]] | None = None) -> dict[str, list[list[str]]]:
     """Step title -> shell commands (argv lists) that redo what the quickstart does in that step.
 
     ``bench_hw``: the (height, width) page.png is resized to, the input shape timed in the benchmark.
+    ``targets``: the (backend, precision) pairs run and benched (default ``plan.targets``; after the accuracy gate,
+    the INT8 targets it shipped).
     """
+    targets = plan.targets if targets is None else targets
     b, threads = str(plan.bundle), (["--threads", str(plan.threads)] if plan.threads else [])
     photos = [str(skimage_photo(n)) for n in HELD_OUT_PHOTOS]
     held: list[list[str]] = [["mkdir", "-p", str(plan.holdout)]]
@@ -105,19 +109,17 @@ def commands(plan: Plan, bench_hw: tuple[int, int]) -> dict[str, list[list[str]]
         "2. held-out text images": [*held, ["cp", *photos, str(plan.holdout)]],
     }
     if plan.int8:
-        steps["3. INT8 calibration"] = [["mkdir", "-p", str(plan.calib)],
-                                        ["cp", *(str(skimage_photo(n)) for n in CALIB_PHOTOS), str(plan.calib)],
-                                        ["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method]]
+        steps[INT8_STEP] = [["mkdir", "-p", str(plan.calib)],
+                            ["cp", *(str(skimage_photo(n)) for n in CALIB_PHOTOS), str(plan.calib)],
+                            ["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method,
+                             "--holdout", str(plan.holdout)]]
     images = [str(p) for p in plan.held_out_images()]
     steps["4. detect"] = [["vkt", "run", b, *images, "-o", str(plan.out / label(be, p)), *(["--backend", be] if be != "ort" else []),
-                           *(["--precision", p] if p != "fp32" else []), *threads] for be, p in plan.targets]
-    steps["5. bench"] = [["vkt", "bench", b, *(x for be, p in plan.targets for x in ("-t", f"{be}:{p}")),
+                           *(["--precision", p] if p != "fp32" else []), *threads] for be, p in targets]
+    steps["5. bench"] = [["vkt", "bench", b, *(x for be, p in targets for x in ("-t", f"{be}:{p}")),
                           "--shape", f"height={bench_hw[0]},width={bench_hw[1]}", "--iters", str(plan.iters),
                           "--warmup", str(BENCH_WARMUP), *threads, "--plot", str(plan.out / "bench.png")]]
     if plan.build:
         steps["6. engines"] = [["vkt", "build", b, "--module", "tensorrt_rtx", *(["--precision", p] if p != "fp32" else [])]
-                               for p in plan.precisions]
-    if plan.int8:
-        steps["next: accuracy gate"] = [["vkt", "quantize", b, "--calib", str(plan.calib), "--method", plan.method,
-                                         "--holdout", str(plan.holdout)]]
+                               for p in dict.fromkeys(p for be, p in targets if be == "ort")]
     return steps
