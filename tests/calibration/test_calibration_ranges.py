@@ -164,3 +164,29 @@ def test_percentile_histograms_match_onnxruntimes_collector():
     got, want = ours.compute_collection_result(), peer.compute_collection_result()
     for name in ("a", "b"):
         assert got[name][:2] == want[name][:2]
+
+
+def test_a_first_sample_narrower_than_its_bins_is_binned_from_zero():
+    """|x| spanning 3 float32 steps around 1.0 (numpy: "Too many bins for data range", which stopped a calibration of
+    the randomly initialised PP-OCRv5 server detector): binned over [0, max |x|]; the percentile range stays within
+    the observed one, and a later, wider sample widens the bins as usual."""
+    from types import SimpleNamespace
+
+    from vkt.calibration.ranges import _abs_histogram_collector
+
+    opts = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=128, percentile=99.9, scenario="same")
+    ours = _abs_histogram_collector(SimpleNamespace(**opts))
+    one = np.float32(1.0)
+    narrow = np.array([one, np.nextafter(one, np.float32(2)), -np.nextafter(np.nextafter(one, np.float32(2)), np.float32(2))],
+                      np.float32)
+    with pytest.raises(ValueError, match="Too many bins"):  # the case: numpy's own binning of it fails
+        np.histogram(np.abs(narrow), bins=2048)
+    ours.collect({"t": [narrow.reshape(1, 3)], "z": [np.full((1, 4), 1e-44, np.float32)]})
+    hist, edges, lo, hi = ours.histogram_dict["t"]
+    assert edges[0] == 0 and edges[-1] == np.abs(narrow).max() and hist.sum() == 3
+    assert (lo, hi) == (narrow.min(), narrow.max())
+    assert ours.histogram_dict["z"][0].sum() == 4
+    ours.collect({"t": [np.array([[3.0, -0.5]], np.float32)], "z": [np.zeros((1, 4), np.float32)]})
+    assert ours.histogram_dict["t"][1][-1] >= 3.0 and ours.histogram_dict["t"][0].sum() == 5
+    lo_t, hi_t = ours.compute_collection_result()["t"][:2]
+    assert -3.0 <= float(lo_t) <= 0 <= float(hi_t) <= 3.0

@@ -260,8 +260,13 @@ def _abs_histogram_collector(calibrator: Any) -> Any:
     class AbsHistogram(HistogramCollector):
         def collect_absolute_value(self, name_to_arr: Mapping[str, Any]) -> None:
             first = {k: v for k, v in name_to_arr.items() if k not in self.histogram_dict}
-            if first:  # the first sample of a tensor: onnxruntime's own binning, already on the uniform path
-                super().collect_absolute_value(first)
+            for tensor, arrs in first.items():  # the first sample of a tensor: onnxruntime's own binning (uniform path)
+                try:
+                    super().collect_absolute_value({tensor: arrs})
+                except ValueError as e:
+                    if "Too many bins" not in str(e):
+                        raise
+                    self._narrow_first(tensor, np.asarray(arrs).ravel())
             for tensor, arrs in name_to_arr.items():
                 if tensor in first:
                     continue
@@ -276,6 +281,16 @@ def _abs_histogram_collector(calibrator: Any) -> Any:
                 counts = _bin_counts(a, edges)
                 counts[: len(hist)] += hist
                 self.histogram_dict[tensor] = (counts, edges, min(old_lo, lo), max(old_hi, hi))
+
+        def _narrow_first(self, tensor: str, a: np.ndarray) -> None:
+            """A first sample whose |x| spans fewer than ``num_bins`` steps of its dtype (e.g. a saturated sigmoid,
+            or a near-zero tensor of a randomly initialised model): numpy cannot split [min |x|, max |x|] into that
+            many bins, so they span [0, max |x|] (at least the dtype's smallest normal number) instead."""
+            lo, hi = np.nanmin(a), np.nanmax(a)
+            a = np.absolute(a)
+            top = max(float(np.nanmax(a)), float(np.finfo(a.dtype).tiny))
+            hist, edges = np.histogram(a, bins=self.num_bins, range=(0.0, top))
+            self.histogram_dict[tensor] = (hist, edges.astype(a.dtype), lo, hi)
 
     c = calibrator
     return AbsHistogram(method=c.method, symmetric=c.symmetric, num_bins=c.num_bins,
