@@ -74,3 +74,83 @@ def test_place_ov_corrects_biases_when_given_feeds():
     assert np.abs(_channel_means(plain, feeds) - want).max() > 1e-2
     assert np.abs(_channel_means(fixed, feeds) - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))
     assert {n.op_type for n in fixed.graph.node} == {n.op_type for n in plain.graph.node}  # the same Q/DQ, bias moved
+
+
+def _two_convs():
+    """x -> conv1 -> Relu -> conv2 -> y, both with biases."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 4).astype(np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _biases(model):
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.name: inits[n.input[2]] for n in model.graph.node if n.op_type == "Conv"}
+
+
+def test_shifts_measured_once_serve_a_placement_with_other_layers_float():
+    """The gate re-places the graph at every step: the shifts measured on the every-conv placement, applied to a step
+    keeping conv1 float, equal a correction measured on that step itself (each conv's shift is its own rounding's)."""
+    from vkt.calibration.bias import BiasShifts, apply_bias_shifts, measure_bias_shifts
+
+    fp32 = prepare_model(_two_convs())
+    feeds = _feeds()
+    table = compute_ranges(fp32, feeds, "minmax", show_progress=False)
+    full = place_ov(fp32, table)
+    shifts = measure_bias_shifts(full, fp32, feeds, threads=1)
+    assert set(shifts.deltas) == {"conv1", "conv2"} and shifts.feeds == 3
+    step = place_ov(fp32, table, exclude=["conv1"])
+    reused, report = apply_bias_shifts(step, shifts)
+    measured, _ = correct_biases(step, fp32, feeds, threads=1)
+    assert set(report) == {"conv2"}  # conv1 is float in this step: no shift
+    np.testing.assert_allclose(_biases(reused)["conv2"], _biases(measured)["conv2"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(_biases(reused)["conv1"], _biases(fp32)["conv1"])
+    assert not np.allclose(_biases(reused)["conv2"], _biases(fp32)["conv2"])
+    # a shift measured with the conv reading another kind of input (float there, quantized here) is not applied
+    other = BiasShifts(shifts.deltas, {"conv1": True, "conv2": False}, shifts.feeds)
+    assert set(apply_bias_shifts(full, other)[1]) == {"conv1"}
+
+
+def test_calibration_and_gate_ship_the_corrected_openvino_placement(toy_bundle):
+    """bias_correction: the openvino placement calibration writes and the one the gate ships carry the shifts measured
+    on the calibration feeds (recorded in the manifest); without it, the placement keeps the FP32 biases."""
+    import onnx
+
+    from vkt.bundle import Bundle
+    from vkt.calibration import CalibrationTable, Int8Config, qdq_path
+    from vkt.calibration.api import calibrate_bundle, gate_bundle
+    from vkt.calibration.gate import GateConfig
+    from vkt.calibration.placements import placement
+
+    data = [{"image": np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32)} for i in range(3)]
+    cal = calibrate_bundle(toy_bundle, data, Int8Config(targets=("openvino",), bias_correction=True), eval_samples=0,
+                           show_progress=False)
+    rec = cal.section["placements"]["openvino"]["bias_correction"]
+    assert rec["convs"] > 0 and rec["feeds"] == 3 and cal.bias is not None and "bias_correction" in cal.section["seconds"]
+    b = Bundle.load(toy_bundle)
+    written = onnx.load(str(qdq_path(b, "openvino")))
+    table = CalibrationTable.load(b.path("calibration table"))
+    plain = placement(cal.graph, table, "openvino", ())
+    assert written.SerializeToString() == placement(cal.graph, table, "openvino", (), bias=cal.bias).SerializeToString()
+    assert written.SerializeToString() != plain.SerializeToString()
+
+    def always_one(factory):  # a metric every step passes: the gate ships step 0 (every conv INT8)
+        return 1.0
+
+    gate_bundle(b, always_one, GateConfig(placement="openvino", steps=(0,), ranking="prefix", min_speedup=0), fp32_graph=cal.graph,
+                bias=cal.bias, show_progress=False)
+    shipped = onnx.load(str(qdq_path(Bundle.load(toy_bundle), "openvino")))
+    got, want = _biases(shipped), _biases(written)
+    assert set(got) == set(want) and all(np.array_equal(got[k], v) for k, v in want.items())
+
+    off = calibrate_bundle(toy_bundle, data, Int8Config(targets=("openvino",)), eval_samples=0, show_progress=False)
+    assert off.bias is None and "bias_correction" not in off.section["placements"]["openvino"]
+    assert onnx.load(str(qdq_path(Bundle.load(toy_bundle), "openvino"))).SerializeToString() == plain.SerializeToString()

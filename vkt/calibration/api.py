@@ -34,6 +34,7 @@ __all__ = ["QDQ_ROLE", "TABLE_ROLE", "TARGETS", "WEIGHT_ROUNDING", "Calibrated",
 
 
 UNGATED_ERRORS = ("output_sqnr_db", "output_max_abs_diff", "worst_layers")  # a placement's error vs FP32, as written
+BIAS_FEEDS = 8  # calibration feeds the openvino placement's bias correction is measured on (held in memory)
 
 
 class _Keep:
@@ -56,6 +57,7 @@ class Calibrated:
 
     section: dict[str, Any]
     graph: Any
+    bias: Any = None  # BiasShifts measured for the openvino placement (None: no bias correction); the gate reuses them
 
 
 def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], config: Int8Config | None = None, *,
@@ -116,7 +118,8 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     prepared = calibration_graph(load_onnx(fp32_path))
 
     # 2. Weights rounded with GPTQ (needs the feeds twice: held in memory), then ranges, once
-    kept = _Keep(data, eval_samples)
+    bias_n = BIAS_FEEDS if cfg.bias_correction and "openvino" in targets else 0
+    kept = _Keep(data, max(eval_samples, bias_n))
     weights_info: dict[str, Any] = {"rounding": weight_rounding}
     original = prepared  # errors are measured against the true FP32 graph
     if weight_rounding == "gptq":
@@ -142,9 +145,19 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     # dropped first: a bundle never mixes Q/DQ graphs of two calibrations.
     _drop_stale(bundle, component, {f"{component}.int8.{t}.onnx" for t in targets})
     placements: dict[str, Any] = {}
+    bias = None
     for target in targets:
         with timed(f"writing the {target} Q/DQ placement", log):
             qdq = placement(prepared, table, target, exclude, ort_ops=ort_ops)
+        if target == "openvino" and bias_n:
+            from vkt.calibration.bias import apply_bias_shifts, measure_bias_shifts
+
+            t1 = time.perf_counter()
+            feeds = (feeds if weight_rounding == "gptq" else kept.kept)[:bias_n]
+            with timed(f"bias correction of the openvino placement on {len(feeds)} calibration feeds", log):
+                bias = measure_bias_shifts(qdq, prepared, feeds, threads=cfg.threads)
+                qdq, shifted = apply_bias_shifts(qdq, bias)
+            seconds["bias_correction"] = time.perf_counter() - t1
         blob = qdq.SerializeToString()
         if len(blob) >= TWO_GB:
             raise CalibrationError(f"the {target} Q/DQ graph is over 2 GB; external-data output is not supported yet")
@@ -157,8 +170,11 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
             from vkt.calibration.place_ov import openvino_precisions
 
             info["openvino_compute"] = openvino_precisions(blob)
-        if kept.kept:
-            rows = layer_errors(original, qdq, kept.kept)
+            if bias is not None:
+                info["bias_correction"] = {"convs": len(shifted), "feeds": bias.feeds,
+                                           "max_abs_shift": round(max(shifted.values(), default=0.0), 6)}
+        if kept.kept[:eval_samples]:
+            rows = layer_errors(original, qdq, kept.kept[:eval_samples])
             outs = [r for r in rows if r["op"] not in QUANTIZED_OPS] or rows[-1:]
             info["output_sqnr_db"] = {r["tensor"]: _num(r["sqnr_db"]) for r in outs}
             info["output_max_abs_diff"] = {r["tensor"]: _num(r["max_abs"]) for r in outs}
@@ -169,7 +185,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
                 "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute}
         bundle.add_file(blob, info["path"], QDQ_ROLE, component, meta=meta)
         placements[target] = info
-    seconds["placements"] = time.perf_counter() - t0 - seconds["ranges"]
+    seconds["placements"] = time.perf_counter() - t0 - seconds["ranges"] - seconds.get("bias_correction", 0.0)
 
     # 5. The manifest's record
     describe = getattr(data, "describe", None)
@@ -177,14 +193,14 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
         "component": component, "method": table.method, "options": dict(table.options),
         "data": describe() if callable(describe) else {"source": type(data).__name__},
         "samples": table.num_samples, "table": {"path": table_name, "sha256": table.sha256},
-        "model_sha256": model_sha256(prepared), "excluded": sorted(exclude), "eval_samples": len(kept.kept),
+        "model_sha256": model_sha256(prepared), "excluded": sorted(exclude), "eval_samples": len(kept.kept[:eval_samples]),
         "weights": weights_info,
         "placements": placements, "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "tools": {"vkt": __version__, "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx"),
                   **({"openvino": _version("openvino")} if "openvino" in targets else {})},
     }
     bundle.update(calibration=section)
-    return Calibrated(section, prepared)
+    return Calibrated(section, prepared, bias)
 
 
 def calibration_graph(model: Any) -> Any:
@@ -243,7 +259,8 @@ def _version(pkg: str) -> str:
 def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
                 sensitivity_feeds: Sequence[Mapping[str, np.ndarray]] = (), latency_feed: Mapping[str, np.ndarray] | None = None,
                 component: str = "model", candidates: Sequence[GateCandidate] = (), ranking: Sequence[Mapping[str, Any]] | None = None,
-                fp32_graph: Any = None, holdout: Mapping[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
+                fp32_graph: Any = None, holdout: Mapping[str, Any] | None = None, bias: Any = None,
+                show_progress: bool = True) -> dict[str, Any]:
     """Run :func:`vkt.calibration.gate.accuracy_gate` on a calibrated bundle and ship its choice.
 
     The bundle must hold a ``calibration table`` (run :func:`quantize_bundle` first). The chosen
@@ -263,6 +280,8 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
         fp32_graph: the prepared graph the table was computed on when it is not the bundle's own (GPTQ-rounded
             weights: :attr:`Calibrated.graph`); the baseline is always the bundle's FP32.
         holdout: what the manifest records about the held-out data.
+        bias: the openvino placement's bias shifts (:attr:`Calibrated.bias`): every step the gate places is corrected
+            with them, as the placement written by calibration was.
     Returns the updated calibration section (the gate's record under ``"gate"``).
     """
     from vkt.bundle import Bundle
@@ -279,7 +298,7 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
                                "--calib DIR` (or quantize_bundle) before the accuracy gate")
     table = CalibrationTable.load(bundle.root / tables[-1].path)
     fp32 = calibration_graph(load_onnx(bundle.path("fp32 onnx", component)))
-    ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking)
+    ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking, bias=bias)
     cands = [ptq, *candidates]
     from vkt.runtime import make_runner
 
@@ -309,7 +328,7 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
         for p in config.follow:
             from vkt.calibration.placements import placement as place
 
-            q = place(cand.fp32, cand.table, p, sorted(step.float_layers), ort_ops=config.ort_ops)
+            q = place(cand.fp32, cand.table, p, sorted(step.float_layers), ort_ops=config.ort_ops, bias=cand.bias)
             note = {"candidate": cand.name, "gate": f"same nodes in float as the {config.placement} placement's gate "
                     "choice (not measured on this placement)"}
             _ship(bundle, component, p, q, cand, step.float_layers, config.ort_ops, note, placements)

@@ -16,6 +16,7 @@ with a quantized copy of each conv beside it: ~6 s for 8 feeds on PP-OCRv5 mobil
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,22 @@ from vkt.errors import CalibrationError
 
 CONV_OPS = ("Conv", "ConvTranspose")
 SUFFIX = "_vkt_bc"
+
+
+@dataclass(frozen=True)
+class BiasShifts:
+    """Measured per-channel shifts, ``{conv name: delta}``, and for each conv whether its input was quantized when
+    measured (``quantized_input``): a shift applies to a placement whose conv reads the same kind of input.
+
+    Each conv's shift is its own rounding's (measured on FP32 inputs), so one measurement on the every-conv placement
+    serves every gate step: a step keeping other layers float leaves this conv's shift as it was."""
+
+    deltas: Mapping[str, np.ndarray]
+    quantized_input: Mapping[str, bool]
+    feeds: int
+
+    def __len__(self) -> int:
+        return len(self.deltas)
 
 
 def correct_biases(qdq: Any, fp32: Any, feeds: Iterable[Mapping[str, np.ndarray]], *,
@@ -36,36 +53,59 @@ def correct_biases(qdq: Any, fp32: Any, feeds: Iterable[Mapping[str, np.ndarray]
         feeds: calibration feeds ``{input name: ndarray}``.
         threads: onnxruntime intra-op threads for the pass.
     """
-    import onnx
-    from onnx import numpy_helper
+    return apply_bias_shifts(qdq, measure_bias_shifts(qdq, fp32, feeds, threads=threads))
 
+
+def measure_bias_shifts(qdq: Any, fp32: Any, feeds: Iterable[Mapping[str, np.ndarray]], *,
+                        threads: int | None = None) -> BiasShifts:
+    """The shifts :func:`correct_biases` adds, measured on ``feeds`` (arguments as there), without applying them."""
     from vkt.runtime.ort import OrtRunner
 
-    model = onnx.ModelProto()
-    model.CopyFrom(qdq)
-    local, pairs = _local_graph(model, fp32)
+    local, pairs = _local_graph(qdq, fp32)
     if not pairs:
-        return model, {}
+        return BiasShifts({}, {}, 0)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
+    n = 0
     with OrtRunner(local.SerializeToString(), threads=threads, name="bias correction") as runner:
         for feed in feeds:
             out = runner.infer(dict(feed), check=False)
+            n += 1
             for node, _, name in pairs:  # a sum over the positions of one feed, and their number
                 shape = np.asarray(out[f"{name}_shape"])
                 sums[node.name] = sums.get(node.name, 0.0) + np.asarray(out[name], np.float64)
                 counts[node.name] = counts.get(node.name, 0) + int(np.prod(shape)) // int(shape[1])
     if not counts:
         raise CalibrationError("bias correction needs calibration feeds; none were given")
+    dq = _dq_outputs(qdq)
+    return BiasShifts({nd.name: (sums[nd.name] / counts[nd.name]).astype(np.float32) for nd, _, _ in pairs},
+                      {nd.name: nd.input[0] in dq for nd, _, _ in pairs}, n)
+
+
+def apply_bias_shifts(qdq: Any, shifts: BiasShifts) -> tuple[Any, dict[str, float]]:
+    """Copy of ``qdq`` with ``shifts`` added to the biases of its quantized convs that read the same kind of input as
+    when measured (weights through a DequantizeLinear; the input quantized or not, as then); returns (model,
+    {conv name: max |delta|})."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
     g = model.graph
+    dq = _dq_outputs(model)
     inits = {i.name: i for i in g.initializer}
     report = {}
-    for node, _, _ in pairs:
-        delta = (sums[node.name] / counts[node.name]).astype(np.float32)
+    for node in g.node:
+        delta = shifts.deltas.get(node.name)
+        if (delta is None or node.op_type not in CONV_OPS or len(node.input) < 2 or node.input[1] not in dq
+                or (node.input[0] in dq) != shifts.quantized_input[node.name]):
+            continue
         old = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if old is not None and old not in inits:
             continue  # a bias computed in the graph: left as it is
         bias = numpy_helper.to_array(inits[old]).astype(np.float32) if old else np.zeros_like(delta)
+        if bias.shape != delta.shape:
+            continue
         name = f"{node.name}{SUFFIX}"
         g.initializer.append(numpy_helper.from_array(bias + delta, name))
         if old:
@@ -78,6 +118,10 @@ def correct_biases(qdq: Any, fp32: Any, feeds: Iterable[Mapping[str, np.ndarray]
     del g.initializer[:]
     g.initializer.extend(keep)
     return model, report
+
+
+def _dq_outputs(model: Any) -> set[str]:
+    return {nd.output[0] for nd in model.graph.node if nd.op_type == "DequantizeLinear"}
 
 
 def _local_graph(qdq: Any, fp32: Any) -> tuple[Any, list[tuple[Any, str, str]]]:

@@ -45,6 +45,9 @@ class Int8Config:
             activations); None: the recipe's.
         ort_ops (--ort-ops): what the "ort" placement quantizes: "all" or "compute" (Conv/MatMul/Gemm only);
             None: the recipe's.
+        bias_correction (--bias-correction / --no-bias-correction): the "openvino" placement's quantized convs absorb
+            the mean shift of their own rounding, measured once on the first calibration images
+            (:mod:`vkt.calibration.bias`); None: the recipe's (textdet on, others off).
         exclude (--exclude): node names kept in float in every placement; default none.
         shapes (--shape): calibrate at these (H, W), images cycling through them; None: the manifest's resize
             rule, or shapes inside the profile when it has none.
@@ -70,6 +73,7 @@ class Int8Config:
     percentile: float | None = None
     weight_rounding: str | None = None
     ort_ops: str | None = None
+    bias_correction: bool | None = None
     exclude: tuple[str, ...] = ()
     shapes: tuple[tuple[int, int], ...] | None = None
     steps: tuple[int, ...] | None = None

@@ -125,7 +125,8 @@ class GateCandidate:
     """A quantized model to gate: its prepared FP32 graph (tensor names of ``table``) and its ranges.
 
     name: "ptq", "qat", ...; ranking: precomputed rows ``{"node", "op", "output_sqnr_db"[, "nodes"]}``, e.g. a
-    family's keep-list (None: ranked by the gate config's ``ranking``); meta: recorded in the manifest.
+    family's keep-list (None: ranked by the gate config's ``ranking``); meta: recorded in the manifest; bias: the
+    openvino placement's bias shifts (:class:`vkt.calibration.bias.BiasShifts`), added to each of its steps.
     """
 
     name: str
@@ -133,6 +134,7 @@ class GateCandidate:
     table: Any
     ranking: Sequence[Mapping[str, Any]] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    bias: Any = None
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         for k in progress(todo, f"gate ({cand.name})", enabled=show_progress):
             # A tensor ranking keeps tensors in float: every node that reads one of the first k.
             kept = tuple(dict.fromkeys(x for nodes in nodes_of[:k] for x in nodes))
-            q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops)
+            q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops, bias=cand.bias)
             blob = q.SerializeToString()
             score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}", backend=backend)
             within = baseline - score <= max_drop + 1e-12
@@ -328,9 +330,9 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         msg = (f"no INT8 model met the budget (drop <= {100 * max_drop:.2f} point(s)); best: {b.candidate} with {b.k} "
                f"layer(s) in float, metric {b.metric:.4f} vs FP32 {baseline:.4f} (drop {100 * b.drop:.2f} points)")
         if config.on_fail == "best":
-            result.model = place(next(c for c in candidates if c.name == b.candidate).fp32,
-                                 next(c for c in candidates if c.name == b.candidate).table, placement, b.float_layers,
-                                 ort_ops=ort_ops)
+            best_cand = next(c for c in candidates if c.name == b.candidate)
+            result.model = place(best_cand.fp32, best_cand.table, placement, b.float_layers, ort_ops=ort_ops,
+                                 bias=best_cand.bias)
             if b.timing is None:
                 result.steps[best] = b = GateStep(b.candidate, b.k, b.float_layers, b.metric, b.drop, b.within, b.parts,
                                                   timing(result.model.SerializeToString()))

@@ -108,6 +108,7 @@ def gate_images(bundle: Any, calibrated: Calibrated, metric: Metric, split: Hold
     latency = resize_feed(first, hw) if hw else first
     return gate_bundle(bundle, metric, config, sensitivity_feeds=sens, latency_feed=latency, component=component,
                        candidates=candidates, ranking=ranking, fp32_graph=calibrated.graph, holdout=split.record(),
+                       bias=calibrated.bias if config.placement == "openvino" else None,
                        show_progress=show_progress)
 
 

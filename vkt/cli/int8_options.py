@@ -57,6 +57,10 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "ort_ops": (Annotated[Optional[str], _opt("--ort-ops", help=(
         "What the ort placement quantizes: all (every op with an onnxruntime integer kernel) | compute (Conv/MatMul/"
         "Gemm only). Default: all (textdet without --holdout: compute, more accurate with every conv INT8)."))], None),
+    "bias_correction": (Annotated[Optional[bool], _opt("--bias-correction/--no-bias-correction", help=(
+        "The openvino placement's quantized convs absorb the mean shift of their own rounding, measured once on the "
+        "first 8 calibration images (NNCF's fast bias correction, vkt's own code). Default: textdet on, others off."))],
+        None),
     "exclude": (Annotated[Optional[list[str]], _opt("--exclude", metavar="NODE", help="Node name kept in float, repeatable.")], None),
     "shape": (Annotated[Optional[list[str]], _opt("--shape", "-s", metavar="HxW", help=(
         "Calibrate at HEIGHTxWIDTH, repeatable (images cycle through them). Default: the manifest's resize rule, or "
