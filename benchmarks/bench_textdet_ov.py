@@ -1,7 +1,7 @@
 """CPU INT8 text detection: vkt's OpenVINO placement vs onnxruntime and OpenVINO FP32, NNCF's PTQ and its accuracy-control anchor.
 
 Run: .venv/bin/python benchmarks/bench_textdet_ov.py [--work DIR] [--sizes 736,960] [--threads 1,2] [--iters 15]
-         [--e2e-reps 3] [--no-anchor] [--gate] [--bias-correction] [--noise-floor] [--json rows.jsonl]
+         [--e2e-reps 3] [--no-anchor] [--gate] [--compare-bias] [--noise-floor] [--extra-eval N] [--json rows.jsonl]
 
 PP-OCRv5 mobile det (vkt's zoo bundle, FP32 = the bundle's model.onnx). One calibration: the quickstart's 8
 scikit-image photos, pre-processed as the manifest says, through ``recipe.quantize`` (targets ort + openvino; with
@@ -13,11 +13,12 @@ Targets, timed in turns in this one process (vkt.bench.time_turns), at each size
   ov-fp32             the same graph on OpenVINO CPU (vkt's OvRunner, f32)
   ov-fp32-hardswish   the same graph with HardSigmoid*x re-fused to HardSwish (place_ov.fuse_hardswish): OpenVINO's best FP32
   ort-int8            vkt's ort placement (what `vkt run --precision int8` runs on onnxruntime)
-  ov-int8             vkt's openvino placement (`vkt run --backend ov --precision int8`): the product (with --gate: gated
-                      on its own held-out set with --max-drop, default 0.5 point)
-  ov-int8-ungated     with --gate, when an earlier run without it left its bundle: the same placement ungated
-  ov-int8-bc          with --bias-correction: ov-int8 with each quantized conv's bias corrected on the calibration feeds
-                      (vkt.calibration.bias.correct_biases); ov-int8-ungated-bc the same for ov-int8-ungated
+  ov-int8             vkt's openvino placement (`vkt run --backend ov --precision int8`), bias-corrected as the textdet
+                      recipe does by default: the product (with --gate: gated on its own held-out set with --max-drop,
+                      default 0.5 point)
+  ov-int8-ungated     with --gate: the same placement ungated (every conv INT8), from a bundle of its own
+  ov-int8-no-bc       with --compare-bias: ov-int8 (and ov-int8-ungated-no-bc: ov-int8-ungated) calibrated with
+                      --no-bias-correction, in bundles of their own
   ov-nncf-ptq         NNCF 3.4 nncf.quantize (MIXED) on the HardSwish graph, fed vkt's calibration feeds
   ov-nncf-qac         NNCF 3.4 quantize_with_accuracy_control on the same graph, feeds and the 11 images' hmean
                       vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound)
@@ -71,7 +72,8 @@ def data_sets(work: Path) -> tuple[Path, Path, list[Path]]:
     return calib, gate, sorted(p for p in evals.iterdir() if p.suffix == ".png")
 
 
-def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str, max_drop: float) -> tuple[object, float | None]:
+def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str, max_drop: float,
+                bias_correction: bool = True) -> tuple[object, float | None]:
     """The zoo bundle with vkt's ort and openvino placements (one calibration); returns (bundle, seconds of import,
     calibration and gates; None when an earlier run left the bundle)."""
     from vkt.bundle import Bundle
@@ -79,7 +81,7 @@ def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str
     from vkt.models import recipe_for
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
-    path = work / ("ppocrv5_gated.vkt" if use_gate else "ppocrv5.vkt")
+    path = work / (("ppocrv5_gated" if use_gate else "ppocrv5") + ("" if bias_correction else "_nobc") + ".vkt")
     t0 = time.perf_counter()
     if (path / "model.int8.openvino.onnx").is_file():  # complete when its gate (if asked) has run
         b = Bundle.load(path)
@@ -88,7 +90,8 @@ def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str
     ppocrv5_det_mobile_bundle(path, overwrite=True)
     recipe_for("textdet").quantize(path, Int8Config(calib=calib, holdout=gate if use_gate else None, method=method,
                                                     max_drop=max_drop if use_gate else None,
-                                                    targets=("ort", "openvino")), show_progress=False)
+                                                    targets=("ort", "openvino"), bias_correction=bias_correction),
+                                   show_progress=False)
     return Bundle.load(path), time.perf_counter() - t0
 
 
@@ -164,7 +167,7 @@ def runners(bundle, graphs: dict[str, Path], threads: int) -> dict[str, object]:
          "ov-fp32-hardswish": OvRunner(graphs["ov-fp32-hardswish"], spec=spec, threads=threads),
          "ort-int8": make_runner(bundle, "ort", "int8", threads=threads),
          "ov-int8": make_runner(bundle, "ov", "int8", threads=threads)}
-    for k in ("ov-int8-ungated", "ov-int8-bc", "ov-int8-ungated-bc", "ov-nncf-ptq", "ov-nncf-qac"):
+    for k in ("ov-int8-ungated", "ov-int8-no-bc", "ov-int8-ungated-no-bc", "ov-nncf-ptq", "ov-nncf-qac"):
         if k in graphs:
             r[k] = OvRunner(graphs[k], spec=spec, threads=threads, precision="int8")
     return r
@@ -205,8 +208,8 @@ def main() -> None:
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
     ap.add_argument("--anchor-only", action="store_true", help="build NNCF's accuracy-control model into --work and stop "
                     "(a later run times it; its ranking takes tens of minutes on 2 busy cores)")
-    ap.add_argument("--bias-correction", action="store_true", help="add ov-int8-bc: the ov-int8 graph with its convs' biases "
-                    "corrected on the calibration feeds (vkt.calibration.bias)")
+    ap.add_argument("--compare-bias", action="store_true", help="add ov-int8-no-bc (and with --gate ov-int8-ungated-no-bc): "
+                    "the same calibration with --no-bias-correction")
     ap.add_argument("--noise-floor", action="store_true", help="add accuracy rows for FP32 with bf16- and fp16-rounded weights")
     ap.add_argument("--extra-eval", type=int, default=0, metavar="N", help="also score hmean on N more synthetic pages (3/4 "
                     "640x640, 1/4 736x1024 with more words; seeds 5000/6000): one box moves hmean less than on the 11")
@@ -221,7 +224,16 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     calib, gate, evals = data_sets(args.work)
     bundle, export_s = make_bundle(args.work, calib, gate, args.gate, args.method, args.max_drop)
-    ungated = args.work / "ppocrv5.vkt" / "model.int8.openvino.onnx"  # a run without --gate left it: a row too
+    from vkt.calibration.api import qdq_path
+
+    side = {}  # further bundles, one calibration each: (row name, gated, bias-corrected)
+    for name, gated, bc, wanted in (("ov-int8-ungated", False, True, args.gate),
+                                    ("ov-int8-no-bc", args.gate, False, args.compare_bias),
+                                    ("ov-int8-ungated-no-bc", False, False, args.compare_bias and args.gate)):
+        if wanted:
+            b, s = make_bundle(args.work, calib, gate, gated, args.method, args.max_drop, bias_correction=bc)
+            side[name] = qdq_path(b, "openvino")
+            print(f"{name}: {b.root.name}" + (f" made in {s:.1f} s" if s else " (cached)"), flush=True)
     hs = args.work / "fp32_hardswish.onnx"
     onnx.save(fuse_hardswish(onnx.load(str(bundle.path("fp32 onnx"))))[0], str(hs))
     metric = textdet_agreement(bundle, evals, threads=1, show_progress=False)
@@ -230,14 +242,7 @@ def main() -> None:
     if args.anchor_only:
         print(f"NNCF accuracy control: {nncf_s.get('ov-nncf-qac', float('nan')):.0f} s -> {nn.get('ov-nncf-qac')}")
         return
-    graphs = {"ov-fp32-hardswish": hs, **nn, **({"ov-int8-ungated": ungated} if args.gate and ungated.is_file() else {})}
-    if args.bias_correction:
-        from vkt.calibration.api import qdq_path
-
-        for name, src in (("ov-int8-bc", qdq_path(bundle, "openvino")), ("ov-int8-ungated-bc", graphs.get("ov-int8-ungated"))):
-            if src is not None:
-                graphs[name], nncf_s[name] = bias_corrected(bundle, Path(src), calib, args.work / f"{name}.onnx")
-                print(f"{name}: bias correction {nncf_s[name]:.1f} s", flush=True)
+    graphs = {"ov-fp32-hardswish": hs, **nn, **side}
     rows: list[dict] = []
 
     # 1. Accuracy: hmean of each target's boxes vs ORT FP32's on the 11 evaluation images (and the extra pages)
@@ -287,24 +292,6 @@ def main() -> None:
         for r in rows:
             out.write(r)
     print_table(rows)
-
-
-def bias_corrected(bundle, src: Path, calib: Path, out: Path) -> tuple[Path, float]:
-    """An openvino Q/DQ graph of the bundle with its convs' biases corrected on the calibration feeds; (out, seconds)."""
-    import onnx
-
-    from vkt.calibration.bias import correct_biases
-    from vkt.calibration.data import calibration_images
-    from vkt.calibration.images import image_preprocess
-    from vkt.onnxgraph import prepare_model
-
-    t0 = time.perf_counter()
-    pre = image_preprocess(bundle)
-    fp32 = prepare_model(onnx.load(str(bundle.path("fp32 onnx"))))
-    qdq = onnx.load(str(src))
-    fixed, _ = correct_biases(qdq, fp32, (pre(p) for p in calibration_images(calib)), threads=1)
-    onnx.save(fixed, str(out))
-    return out, time.perf_counter() - t0
 
 
 def extra_pages(work: Path, n: int) -> list[Path]:
