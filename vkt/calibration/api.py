@@ -306,8 +306,11 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     # placement) builds: the speed-up a user re-times.
     backend = "ov" if config.placement == "openvino" else "ort"
     fp32_runner = lambda: make_runner(bundle, backend, "fp32", component=component, threads=config.threads)  # noqa: E731
+    other = (lambda: make_runner(bundle, "ort", "fp32", component=component, threads=config.threads)  # noqa: E731
+             ) if backend == "ov" else None
     result = accuracy_gate(cands, metric, bundle.spec(component), config, sensitivity_feeds=sensitivity_feeds,
-                           latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, show_progress=show_progress)
+                           latency_feed=latency_feed, reference=fp32, fp32_runner=fp32_runner, other_fp32=other,
+                           show_progress=show_progress)
     gate = result.to_dict()
     gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
     gate["holdout"] = dict(holdout or {})

@@ -194,6 +194,10 @@ class GateResult:
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     reason: str | None = None  # why FP32 ships although a step met the budget (too slow)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase: ranking, placements, metric, timing
+    # the shipped INT8 timed against the other CPU runtime's FP32 (openvino placement: onnxruntime FP32), and a note
+    # when that FP32 is the faster choice
+    vs_other_fp32: Any = None
+    other_note: str | None = None
 
     @property
     def chosen_step(self) -> GateStep | None:
@@ -211,6 +215,8 @@ class GateResult:
                                                "drop": round(ch.drop, 5), "drop_points": round(100 * ch.drop, 3),
                                                "speedup": _num(ch.speedup)},
             "steps": [s.to_dict() for s in self.steps],
+            **({"vs_other_fp32": self.vs_other_fp32.to_dict(), "other_fp32_note": self.other_note}
+               if self.vs_other_fp32 is not None else {}),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "ranking": {k: [{"node": r["node"], "op": r.get("op"), "output_sqnr_db": _num(r["output_sqnr_db"]),
                              **({"jump_db": _num(r["jump_db"])} if "jump_db" in r else {}),
@@ -232,7 +238,7 @@ def check_steps(steps: Sequence[int]) -> list[int]:
 def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any, config: GateConfig = GateConfig(), *,
                   sensitivity_feeds: Sequence[Mapping] = (), latency_feed: Mapping[str, np.ndarray] | None = None,
                   reference: Any = None, fp32_runner: Callable[[], Any] | None = None,
-                  show_progress: bool = True) -> GateResult:
+                  other_fp32: Callable[[], Any] | None = None, show_progress: bool = True) -> GateResult:
     """Walk each candidate's steps (layers kept in float), measure metric and latency, choose the fastest within budget.
 
     For each candidate: rank layers (its own ``ranking`` rows, else ``config.ranking`` on
@@ -255,6 +261,9 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             candidate's ``fp32``; pass the bundle's graph when candidates carry pre-rounded weights).
         fp32_runner: factory of the FP32 runner timed against (default: ``reference`` on the placement's runtime, ORT
             or OpenVINO CPU); pass the one ``vkt bench`` builds for the bundle so the speed-up is the one a user re-times.
+        other_fp32: factory of the other CPU runtime's FP32 runner (for the openvino placement: onnxruntime's); the
+            shipped INT8 is timed against it too, recorded, and a warning says when that FP32 is the faster choice
+            (INT8 still ships: it is the fastest on its own runtime).
     """
     from vkt.bench import BenchConfig
     from vkt.calibration.gate_timing import runner_factory, score_graph, time_pair
@@ -350,6 +359,17 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                          f"{'x'.join(map(str, t.shape))}, {_threads(t.threads)}), below the minimum {config.min_speedup:g}x")
         log.warning("%s: shipping FP32 only (--min-speedup sets the minimum)", result.reason)
         result.chosen, result.model = None, None
+    # 6. The other CPU runtime's FP32 may be faster still (OpenVINO's per-call cost on a small input): say so
+    ch = result.chosen_step
+    if other_fp32 is not None and ch is not None and ch.timing is not None and result.model is not None:
+        t = time_pair(other_fp32, runner_factory(result.model.SerializeToString(), spec, threads, backend), latency_feed,
+                      turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
+        result.vs_other_fp32 = t
+        if not t.speedup >= config.min_speedup:
+            result.other_note = (f"the shipped INT8 measured {t.speedup:.2f}x onnxruntime FP32 ({t.int8_ms:.1f} vs "
+                                 f"{t.fp32_ms:.1f} ms at {'x'.join(map(str, t.shape))}, {_threads(t.threads)}), below "
+                                 f"{config.min_speedup:g}x: FP32 on onnxruntime (--backend ort) is the faster choice here")
+            log.warning("%s", result.other_note)
     result.seconds = dict(clock)
     log.info("gate: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.items()))
     return result

@@ -108,6 +108,12 @@ def _print_gate(b: Any, gate: dict[str, Any], c: Any) -> None:
         c.print(f"shipped {ch['candidate']} with {layers} layer(s) in float ({gate['placement']} placement): "
                 f"{gate.get('metric_name', 'metric')} {ch['metric']:.4f} (drop {ch.get('drop_points', ch['drop'] * 100):.2f} "
                 f"points, budget {budget}){_speed(step.get('timing'), where)}", highlight=False)
+        other = gate.get("vs_other_fp32")
+        if other:
+            c.print(f"  vs onnxruntime FP32: {other['speedup']:.2f}x ({other['int8_ms']:.1f} vs {other['fp32_ms']:.1f} ms)",
+                    highlight=False)
+        if gate.get("other_fp32_note"):
+            c.print(f"[yellow]  note: {escape(gate['other_fp32_note'])}[/]", highlight=False)
         if step.get("timing"):
             c.print(f"  re-time it: {escape(_bench_command(b, step['timing'], gate['placement']))}", highlight=False)
 
