@@ -9,7 +9,7 @@ quantizer follows what NNCF 3.4 writes for the CPU device (measured on PP-OCRv5 
 Activations are uint8 with a zero point (onnxruntime's rule, :func:`vkt.calibration.qdq.ort_uint8_params`).
 Activations fused into a convolution by the plugin (HardSwish, Relu, scalar Mul/Add) get no quantizer of
 their own: the next consumer's quantizer is fused into the convolution's output. Before placing, HardSigmoid(x)
-* x is rewritten to HardSwish(x) (:func:`fuse_hardswish`, exact): onnxruntime's pre-processing splits HardSwish
+* x is rewritten to HardSwish(x) (:func:`vkt.onnxgraph.fuse_hardswish`, exact): onnxruntime's pre-processing splits HardSwish
 so, and OpenVINO runs a split HardSwish as a reference kernel between layout reorders (a third of the INT8
 model's time on PP-OCRv5 mobile det) instead of fusing it into the convolution.
 """
@@ -25,7 +25,7 @@ from vkt.calibration.qdq import INT8_MAX, check_exclude, insert_qdq, ort_uint8_p
 from vkt.calibration.ranges import CalibrationTable
 from vkt.errors import ModelError
 from vkt.log import get_logger
-from vkt.onnxgraph import readers
+from vkt.onnxgraph import fuse_hardswish, readers
 
 log = get_logger(__name__)
 
@@ -36,37 +36,6 @@ OV_COMPUTE_OPS = {"Conv": 0, "ConvTranspose": 1, "MatMul": -1, "Gemm": 1}
 OV_BINARY_OPS = ("Add", "Mul")
 # Ops whose (activation) inputs are quantized so that they run in u8 between quantized layers.
 OV_PASS_OPS = ("GlobalAveragePool", "ReduceMean", "Resize", "Concat", "MaxPool", "AveragePool")
-
-
-def fuse_hardswish(model: Any) -> tuple[Any, list[str]]:
-    """``Mul(x, HardSigmoid(x, alpha=1/6, beta=0.5))`` -> ``HardSwish(x)`` in place (the same function: HardSwish
-    is defined as that product); returns (model, names of the Mul nodes rewritten). The HardSwish node takes the
-    Mul's name and output, so a calibration table of the split graph still has its range."""
-    from onnx import helper
-
-    g = model.graph
-    read_by = readers(g)
-    graph_outputs = {o.name for o in g.output}
-    dropped, fused = set(), []
-    for n in g.node:
-        if n.op_type != "HardSigmoid" or n.domain not in ("", "ai.onnx") or n.output[0] in graph_outputs:
-            continue
-        attrs = {a.name: a.f for a in n.attribute}
-        rd = read_by.get(n.output[0], [])
-        if (abs(attrs.get("alpha", 0.2) - 1 / 6) > 1e-6 or abs(attrs.get("beta", 0.5) - 0.5) > 1e-6 or len(rd) != 1
-                or rd[0].op_type != "Mul" or sorted(rd[0].input) != sorted([n.input[0], n.output[0]])):
-            continue
-        mul = rd[0]
-        mul.CopyFrom(helper.make_node("HardSwish", [n.input[0]], [mul.output[0]], name=mul.name))
-        dropped.add(n.name)
-        fused.append(mul.name)
-    if dropped:
-        nodes = [n for n in g.node if n.name not in dropped]
-        del g.node[:]
-        g.node.extend(nodes)
-        if not any(o.domain in ("", "ai.onnx") and o.version >= 14 for o in model.opset_import):
-            raise ModelError("HardSwish needs opset 14; the graph imports an older default opset")
-    return model, fused
 
 
 def place_ov(model: Any, table: CalibrationTable, exclude: Iterable[str] = (), *, per_channel: bool = True,
