@@ -65,12 +65,16 @@ def test_unquantized_graph_is_left_as_it_is():
     assert report == {} and fixed.SerializeToString() == fp32.SerializeToString()
 
 
-def test_place_ov_corrects_biases_when_given_feeds():
+def test_openvino_placement_is_corrected_when_given_shifts():
+    from vkt.calibration.bias import measure_bias_shifts
+    from vkt.calibration.placements import placement
+
     fp32 = prepare_model(_conv(True))
     feeds = _feeds()
     table = compute_ranges(fp32, feeds, "minmax", show_progress=False)
     want = _channel_means(fp32, feeds)
-    plain, fixed = place_ov(fp32, table), place_ov(fp32, table, bias_feeds=feeds)
+    plain = place_ov(fp32, table)
+    fixed = placement(fp32, table, "openvino", bias=measure_bias_shifts(plain, fp32, feeds, threads=1))
     assert np.abs(_channel_means(plain, feeds) - want).max() > 1e-2
     assert np.abs(_channel_means(fixed, feeds) - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))
     assert {n.op_type for n in fixed.graph.node} == {n.op_type for n in plain.graph.node}  # the same Q/DQ, bias moved

@@ -153,9 +153,8 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
             from vkt.calibration.bias import apply_bias_shifts, measure_bias_shifts
 
             t1 = time.perf_counter()
-            feeds = (feeds if weight_rounding == "gptq" else kept.kept)[:bias_n]
-            with timed(f"bias correction of the openvino placement on {len(feeds)} calibration feeds", log):
-                bias = measure_bias_shifts(qdq, prepared, feeds, threads=cfg.threads)
+            with timed(f"bias correction of the openvino placement on {len(kept.kept[:bias_n])} calibration feeds", log):
+                bias = measure_bias_shifts(qdq, prepared, kept.kept[:bias_n], threads=cfg.threads)
                 qdq, shifted = apply_bias_shifts(qdq, bias)
             seconds["bias_correction"] = time.perf_counter() - t1
         blob = qdq.SerializeToString()

@@ -132,7 +132,7 @@ def _local_graph(qdq: Any, fp32: Any) -> tuple[Any, list[tuple[Any, str, str]]]:
     from onnx import TensorProto, helper
 
     producer = {o: nd for nd in qdq.graph.node for o in nd.output}
-    dq_out = {nd.output[0] for nd in qdq.graph.node if nd.op_type == "DequantizeLinear"}
+    dq_out = _dq_outputs(qdq)
     fp32_tensors = {o for nd in fp32.graph.node for o in nd.output} | {i.name for i in fp32.graph.input}
     convs = [nd for nd in qdq.graph.node if nd.op_type in CONV_OPS and nd.domain in ("", "ai.onnx")
              and len(nd.input) >= 2 and nd.input[1] in dq_out and nd.output[0] in fp32_tensors]

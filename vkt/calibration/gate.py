@@ -297,10 +297,11 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # speed-up a user re-times. (vkt export ships HardSwish fused, so OpenVINO's FP32 is at its best there.)
     fp32_timed = fp32_runner or runner_factory(fp32_blob, spec, threads, backend)
 
-    def timing(blob: bytes) -> Any:
+    def timing(blob: bytes, fp32: Callable[[], Any] = fp32_timed) -> Any:
+        """``blob`` on the placement's runtime timed against ``fp32`` (default: the FP32 the gate judges by)."""
         if latency_feed is None:
             return None
-        return time_pair(fp32_timed, runner_factory(blob, spec, threads, backend), latency_feed,
+        return time_pair(fp32, runner_factory(blob, spec, threads, backend), latency_feed,
                          turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
 
     for cand in candidates:
@@ -362,9 +363,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
     # 6. The other CPU runtime's FP32 may be faster still (OpenVINO's per-call cost on a small input): say so
     ch = result.chosen_step
     if other_fp32 is not None and ch is not None and ch.timing is not None and result.model is not None:
-        t = time_pair(other_fp32, runner_factory(result.model.SerializeToString(), spec, threads, backend), latency_feed,
-                      turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
-        result.vs_other_fp32 = t
+        result.vs_other_fp32 = t = timing(result.model.SerializeToString(), other_fp32)
         if not t.speedup >= config.min_speedup:
             result.other_note = (f"the shipped INT8 measured {t.speedup:.2f}x onnxruntime FP32 ({t.int8_ms:.1f} vs "
                                  f"{t.fp32_ms:.1f} ms at {'x'.join(map(str, t.shape))}, {_threads(t.threads)}), below "
