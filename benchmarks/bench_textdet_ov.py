@@ -21,7 +21,10 @@ Targets, timed in turns in this one process (vkt.bench.time_turns), at each size
                       --no-bias-correction, in bundles of their own
   ov-nncf-ptq         NNCF 3.4 nncf.quantize (MIXED) on the HardSwish graph, fed vkt's calibration feeds
   ov-nncf-qac         NNCF 3.4 quantize_with_accuracy_control on the same graph, feeds and the 11 images' hmean
-                      vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound)
+                      vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound;
+                      --anchor-validate gate: on vkt's gate set instead, the same held-out data vkt's gate sees)
+  ov-int8-bf16f       with --bf16: ov-int8 with its float layers in bf16 (OpenVINO's default hint on a CPU with native
+                      bf16; vkt pins f32); ov-bf16: the FP32 graph run in bf16. Neither counts as an FP32 baseline
 With --noise-floor, accuracy rows (not timed) for the FP32 graph with its weights rounded to bf16 / fp16 and run
 in float on onnxruntime: how many boxes a perturbation far smaller than int8's already moves on these images.
 Rows: model-only latency (batch 1, SIZExSIZE random input), end to end (TextDetector over the 11 images, pre + model
@@ -118,8 +121,13 @@ class CompiledRunner:
         return _R(spec, "nncf")
 
 
-def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Path, anchor: bool, metric) -> dict[str, Path]:
-    """NNCF 3.4 PTQ (and the accuracy-control anchor) of the HardSwish FP32 graph with vkt's calibration feeds."""
+def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Path, anchor: bool, metric,
+                validate_on: str = "eval") -> dict[str, Path]:
+    """NNCF 3.4 PTQ (and the accuracy-control anchor) of the HardSwish FP32 graph with vkt's calibration feeds.
+
+    The anchor validates on ``evals`` with ``metric``: the 11 evaluation images ("eval", an upper bound: it is scored
+    on what it was tuned on) or vkt's gate set ("gate": the held-out images vkt's own gate sees, so both are judged on
+    the 11 images neither saw); cached as nncf_qac.xml / nncf_qac_gate.xml."""
     import nncf
     import openvino as ov
 
@@ -135,7 +143,8 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
                       subset_size=len(feeds))
     out["ov-nncf-ptq"] = (work / "nncf_ptq.xml", time.perf_counter() - t0)
     ov.save_model(q, str(out["ov-nncf-ptq"][0]), compress_to_fp16=False)
-    qac = work / "nncf_qac.xml"
+    stem = "nncf_qac" + ("_gate" if validate_on == "gate" else "")
+    qac = work / f"{stem}.xml"
     if anchor and qac.is_file():  # built by an earlier run (--anchor-only): minutes of NNCF's ranking saved
         out["ov-nncf-qac"] = (qac, float("nan"))
     elif anchor:
@@ -151,14 +160,19 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
         q = nncf.quantize_with_accuracy_control(core.read_model(str(fp32_hs)), nncf.Dataset(feeds), nncf.Dataset(images),
                                                 validate, max_drop=0.005, drop_type=nncf.DropType.ABSOLUTE,
                                                 preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds))
-        ov.save_model(q, str(work / "nncf_qac.tmp.xml"), compress_to_fp16=False)
+        ov.save_model(q, str(work / f"{stem}.tmp.xml"), compress_to_fp16=False)
         for ext in (".bin", ".xml"):  # the .xml last: its presence marks a complete model
-            (work / f"nncf_qac.tmp{ext}").replace(work / f"nncf_qac{ext}")
+            (work / f"{stem}.tmp{ext}").replace(work / f"{stem}{ext}")
         out["ov-nncf-qac"] = (qac, time.perf_counter() - t0)
     return {k: v[0] for k, v in out.items()} | {"_seconds": {k: v[1] for k, v in out.items()}}
 
 
-def runners(bundle, graphs: dict[str, Path], threads: int) -> dict[str, object]:
+def _precision(target: str) -> str:
+    """A row's precision: FP32 baselines, ov-bf16 (the FP32 graph in bf16), the INT8 rest (ov-int8-bf16f: bf16 float part)."""
+    return "fp32" if target in FP32 else "bf16" if target == "ov-bf16" else "int8"
+
+
+def runners(bundle, graphs: dict[str, Path], threads: int, bf16: bool = False) -> dict[str, object]:
     from vkt.runtime import make_runner
     from vkt.runtime.openvino import OvRunner
 
@@ -171,6 +185,13 @@ def runners(bundle, graphs: dict[str, Path], threads: int) -> dict[str, object]:
     for k in ("ov-int8-ungated", "ov-int8-no-bc", "ov-int8-ungated-no-bc", "ov-nncf-ptq", "ov-nncf-qac"):
         if k in graphs:
             r[k] = OvRunner(graphs[k], spec=spec, threads=threads, precision="int8")
+    if bf16:  # OpenVINO's own default on a CPU with native bf16: what is left in float runs in bf16
+        from vkt.calibration.api import qdq_path
+
+        r["ov-int8-bf16f"] = OvRunner(qdq_path(bundle, "openvino"), spec=spec, threads=threads, precision="int8",
+                                      inference_precision="bf16")
+        r["ov-bf16"] = OvRunner(bundle.path("fp32 onnx"), spec=spec, threads=threads, precision="fp32",
+                                inference_precision="bf16")
     return r
 
 
@@ -199,7 +220,7 @@ def timed_rows(named: dict[str, object], calls: dict[str, object], iters: int, *
                   "speedup_paired_iqr": [round(float(np.percentile(ratios, q)), 3) for q in (25, 75)],
                   "paired_turns": len(ratios)} if len(ratios) >= 3 else {}
         rows.append(row("textdet_ov", n, includes=includes, model=MODEL, backend="openvino-cpu" if n.startswith("ov") else "ort-cpu",
-                        precision="fp32" if n in FP32 else "int8", threads=threads, shape=shape, batch=1, n=len(s),
+                        precision=_precision(n), threads=threads, shape=shape, batch=1, n=len(s),
                         p50_ms=p50[n], p90_ms=float(np.percentile(s, 90)) * 1e3, load_avg=[before, after], kind=kind,
                         speedup_vs_best_fp32=round(best / p50[n], 3), **paired, **(extra or {})))
     return rows
@@ -218,8 +239,14 @@ def main() -> None:
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
     ap.add_argument("--anchor-only", action="store_true", help="build NNCF's accuracy-control model into --work and stop "
                     "(a later run times it; its ranking takes tens of minutes on 2 busy cores)")
+    ap.add_argument("--anchor-validate", choices=("eval", "gate"), default="eval",
+                    help="what NNCF's accuracy control validates on: the 11 evaluation images (an upper bound) or vkt's "
+                    "gate set (8 synthetic pages: the same held-out data as vkt's gate, judged on the 11 images)")
     ap.add_argument("--compare-bias", action="store_true", help="add ov-int8-no-bc (and with --gate ov-int8-ungated-no-bc): "
                     "the same calibration with --no-bias-correction")
+    ap.add_argument("--bf16", action="store_true", help="add ov-int8-bf16f (the shipped openvino placement with its float "
+                    "layers in bf16, OpenVINO's default where the CPU has native bf16) and ov-bf16 (the FP32 graph in bf16); "
+                    "neither counts as FP32")
     ap.add_argument("--noise-floor", action="store_true", help="add accuracy rows for FP32 with bf16- and fp16-rounded weights")
     ap.add_argument("--extra-eval", type=int, default=0, metavar="N", help="also score hmean on N more synthetic pages (3/4 "
                     "640x640, 1/4 736x1024 with more words; seeds 5000/6000): one box moves hmean less than on the 11")
@@ -247,7 +274,12 @@ def main() -> None:
     hs = args.work / "fp32_hardswish.onnx"
     onnx.save(fuse_hardswish(onnx.load(str(bundle.path("fp32 onnx"))))[0], str(hs))
     metric = textdet_agreement(bundle, evals, threads=1, show_progress=False)
-    nn = nncf_models(bundle, calib, evals, hs, args.work, not args.no_anchor, metric)
+    if args.anchor_validate == "gate":
+        gate_images = sorted(p for p in gate.iterdir() if p.suffix == ".png")
+        nn = nncf_models(bundle, calib, gate_images, hs, args.work, not args.no_anchor,
+                         textdet_agreement(bundle, gate_images, threads=1, show_progress=False), validate_on="gate")
+    else:
+        nn = nncf_models(bundle, calib, evals, hs, args.work, not args.no_anchor, metric)
     nncf_s = nn.pop("_seconds")
     if args.anchor_only:
         print(f"NNCF accuracy control: {nncf_s.get('ov-nncf-qac', float('nan')):.0f} s -> {nn.get('ov-nncf-qac')}")
@@ -265,21 +297,21 @@ def main() -> None:
     for label, images, m in sets:
         from vkt.runtime.ort import OrtRunner
 
-        factories = {n: (lambda r=r: r) for n, r in runners(bundle, graphs, 1).items()}
+        factories = {n: (lambda r=r: r) for n, r in runners(bundle, graphs, 1, args.bf16).items()}
         factories.update({n: (lambda p=p: OrtRunner(p, spec=bundle.spec(), threads=1)) for n, p in floor.items()})
         for name, factory in factories.items():
             h = round(m(factory), 4)
             acc.setdefault(name, h)
             rows.append(row("textdet_ov", name, includes=f"hmean of the boxes vs ORT FP32's (IoU 0.5), TextDetector on the {label}"
                             + ("; FP32 graph, weights rounded, run in float on onnxruntime" if name in floor else ""),
-                            model=MODEL, precision="fp32" if name in FP32 or name in floor else "int8", threads=1,
+                            model=MODEL, precision="fp32" if name in floor else _precision(name), threads=1,
                             n=len(images), kind="accuracy", hmean_vs_fp32=h, regions_fp32=m.regions,
                             quantize_s=_round(nncf_s[name] if name in nncf_s else export_s if name == "ov-int8" else None)))
             print(f"{label:28s} {name:20s} hmean vs FP32 {h:.4f} ({m.regions} FP32 regions)", flush=True)
 
     # 2. Model only and end to end, each thread count, targets in turns
     for threads in (int(t) for t in args.threads.split(",")):
-        rs = runners(bundle, graphs, threads)
+        rs = runners(bundle, graphs, threads, args.bf16)
         for r in rs.values():
             r.activate()
         rng = np.random.default_rng(0)

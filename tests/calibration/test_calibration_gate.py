@@ -50,7 +50,10 @@ def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
     # only the step that can ship is timed (over-budget steps cannot)
     assert [s["timing"] is not None for s in gate["steps"]] == [False, False, True]
     t = gate["steps"][2]["timing"]
-    assert t["int8_ms"] > 0 and t["fp32_ms"] > 0 and t["noise_band"][0] <= t["speedup"] <= t["noise_band"][1]
+    # speedup is the ratio of the p50s (bench's statistic), the band the turns' ratios: under load the p50 ratio can
+    # fall outside the band (seen once with NNCF running beside the suite), so the invariants are the definitions
+    assert t["int8_ms"] > 0 and t["fp32_ms"] > 0 and t["speedup"] == pytest.approx(t["fp32_ms"] / t["int8_ms"], rel=1e-2)  # ms rounded to 3 decimals
+    assert t["noise_band"] == [min(t["turn_speedups"]), max(t["turn_speedups"])] and len(t["turn_speedups"]) == t["turns"]
     b = Bundle.load(calibrated)  # checksums hold after the rewrite
     assert b.manifest["calibration"]["gate"] == gate
     ort = next(e for e in b.files("int8 qdq onnx") if e.meta["placement"] == "ort")
@@ -327,3 +330,31 @@ def test_gate_log_table_and_manifest_count_the_same_layers_in_points(calibrated,
     assert "…" not in out
     assert f"shipped ptq with {gate['chosen']['layers_kept_float']} layer(s) in float" in out
     assert "(drop 2.00 points, budget 3.5 point(s))" in out
+
+
+def test_gate_warns_when_one_held_out_item_moves_the_metric_more_than_the_budget(calibrated, caplog):
+    """A metric that says how coarse it is (``resolution``: the drop one item makes, e.g. one text region of n missed,
+    1/(2n-1)) and a budget below that: the gate warns before the work and records why; a fine one gets no warning."""
+    import logging
+
+    def coarse(factory):
+        return conv_count_metric(factory)
+
+    coarse.resolution, coarse.regions = 1.0 / (2 * 68 - 1), 68  # 68 regions: one region is 0.74 point
+    with caplog.at_level(logging.WARNING, logger="vkt"):
+        gate = gate_bundle(calibrated, coarse, GateConfig(max_drop=0.005, steps=(0, 6), ranking="prefix", min_speedup=0.0),
+                           show_progress=False)["gate"]
+    assert gate["resolution_points"] == pytest.approx(100 / 135, abs=1e-3)
+    msg = gate["resolution_warning"]
+    # 0.5 point needs n with 1/(2n-1) <= 0.005: n >= 100.5, so 101 regions
+    assert "0.5-point budget" in msg and "68 FP32 regions" in msg and "0.74 points" in msg and "at least 101" in msg
+    assert msg in caplog.text
+
+    fine = lambda factory: conv_count_metric(factory)  # noqa: E731
+    fine.resolution, fine.regions = 1.0 / (2 * 139 - 1), 139  # 0.36 point: within a 0.5-point budget
+    gate = gate_bundle(calibrated, fine, GateConfig(max_drop=0.005, steps=(0, 6), ranking="prefix", min_speedup=0.0),
+                       show_progress=False)["gate"]
+    assert "resolution_warning" not in gate and gate["resolution_points"] == pytest.approx(100 / 277, abs=1e-3)
+    plain = gate_bundle(calibrated, conv_count_metric, GateConfig(max_drop=0.005, steps=(0, 6), ranking="prefix",
+                                                                  min_speedup=0.0), show_progress=False)["gate"]
+    assert "resolution_points" not in plain and "resolution_warning" not in plain

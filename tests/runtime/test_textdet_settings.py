@@ -120,6 +120,12 @@ def test_the_int8_gate_detects_with_the_bundles_normalisation(tmp_path):
     (ref,) = metric.reference
     assert len(ref) == 1
     np.testing.assert_allclose(ref[0], own.polygons[0], atol=1e-3)
+    # its resolution is the drop of one FP32 region missed, as the evaluator scores it
+    from vkt.eval.textdet import hmean_between
+
+    assert metric.resolution == pytest.approx(1.0 - hmean_between([[]], metric.reference))
+    five = [np.array([[10 * i, 0], [10 * i + 8, 0], [10 * i + 8, 5], [10 * i, 5]], np.float32) for i in range(5)]
+    assert 1.0 / (2 * 5 - 1) == pytest.approx(1.0 - hmean_between([five[1:]], [five]))  # the formula, at n = 5
 
 
 def test_a_bundle_whose_output_is_no_map_is_refused_by_the_runtime(tmp_path, toy_onnx):

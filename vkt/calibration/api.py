@@ -10,6 +10,7 @@ Both know no family: a family's recipe (vkt.models) chooses the data, the defaul
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -297,6 +298,7 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
                                "--calib DIR` (or quantize_bundle) before the accuracy gate")
     table = CalibrationTable.load(bundle.root / tables[-1].path)
     fp32 = calibration_graph(load_onnx(bundle.path("fp32 onnx", component)))
+    coarse = _coarse_holdout(metric, config.max_drop)
     ptq = GateCandidate("ptq", fp32 if fp32_graph is None else fp32_graph, table, ranking=ranking, bias=bias)
     cands = [ptq, *candidates]
     from vkt.runtime import make_runner
@@ -313,6 +315,10 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     gate = result.to_dict()
     gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
     gate["holdout"] = dict(holdout or {})
+    if getattr(metric, "resolution", None) is not None:
+        gate["resolution_points"] = round(100.0 * float(metric.resolution), 3)
+    if coarse:
+        gate["resolution_warning"] = coarse
     placements = dict(section.get("placements", {}))
     step = result.chosen_step
     if result.model is None:
@@ -338,6 +344,24 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     section = {**section, "placements": placements, ("openvino_gate" if config.placement == "openvino" else "gate"): gate}
     bundle.update(calibration=section)
     return section
+
+
+def _coarse_holdout(metric: Any, max_drop: float) -> str | None:
+    """A warning (logged, and returned for the manifest) when one item of the held-out set moves ``metric`` by more
+    than the budget: the gate can then ship only steps that change nothing on it, a loose bound on the drop elsewhere.
+    ``metric.resolution`` (the smallest drop one item makes, e.g. one missed text region) is optional; None: fine."""
+    res = getattr(metric, "resolution", None)
+    if not isinstance(res, (int, float)) or not max_drop > 0 or res <= max_drop:
+        return None
+    regions = getattr(metric, "regions", None)
+    need = math.ceil((1.0 / max_drop + 1.0) / 2.0)  # n with 1 / (2n - 1) <= max_drop (the textdet hmean's step)
+    what = f"one of its {regions} FP32 regions" if regions else "one item"
+    msg = (f"the held-out set is too small for a {100 * max_drop:g}-point budget: {what} moves the metric by "
+           f"{100 * res:.2f} points, so the gate can ship only a step that changes nothing on it, which bounds the drop "
+           f"on other images loosely" + (f"; held-out images with at least {need} FP32 regions resolve the budget"
+                                         if regions else ""))
+    log.warning(msg)
+    return msg
 
 
 def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandidate, float_layers: Sequence[str],
