@@ -71,8 +71,9 @@ class CppSide:
     """vkt_cpp --bench-stdin: one process, one compiled model (its settings read first); each call is one timed
     run in it (ms split)."""
 
-    def __init__(self, binary: Path, bundle: Path, threads: int, env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen([str(binary), "--bundle", str(bundle), "--threads", str(threads), "--bench-stdin"],
+    def __init__(self, binary: Path, bundle: Path, threads: int, env: dict[str, str] | None = None, precision: str = "fp32"):
+        self.proc = subprocess.Popen([str(binary), "--bundle", str(bundle), "--threads", str(threads), "--precision", precision,
+                                      "--bench-stdin"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      bufsize=1, env={**os.environ, **(env or {})})
         first = self.proc.stdout.readline()

@@ -14,7 +14,10 @@ std::shared_ptr<Engine> open_engine(const Bundle& bundle, const EngineOptions& o
 #endif
     }
 #ifdef VKT_WITH_OPENVINO
-    return open_openvino(path, std::move(spec), opt);
+    EngineOptions o = opt;
+    auto fp = e.meta.find("float_precision");
+    o.float_precision = fp != e.meta.end() && fp->is_string() ? fp->get<std::string>() : "f32";
+    return open_openvino(path, std::move(spec), o);
 #else
     throw BackendError("this build has no OpenVINO runner: configure with -DVKT_WITH_OPENVINO=ON");
 #endif

@@ -56,6 +56,9 @@ struct EngineOptions {
     int threads = 0;                   // OpenVINO INFERENCE_NUM_THREADS (0: its default)
     int streams = 1;                   // OpenVINO NUM_STREAMS (requests that run at once)
     std::string device = "CPU";        // OpenVINO device
+    // What OpenVINO runs the layers an INT8 graph keeps in float in: the graph's meta "float_precision" (what its
+    // gate scored them in; open_engine reads it). "bf16" only where the CPU has it natively, else f32, as Python does.
+    std::string float_precision = "f32";
 };
 
 // The bundle's graph for `opt` (Bundle::graph), verified, compiled. BackendError when the backend is not built in.

@@ -1,7 +1,11 @@
 // The OpenVINO runner: the profile's ranges as dynamic bounds, f32 inference precision (FP32 means FP32 on CPUs
-// with bf16 units too), a LATENCY hint; one ov::CompiledModel shared, one ov::InferRequest per Session.
+// with bf16 units too; an INT8 graph gated with its float layers in bf16 runs them in bf16 where the CPU has it), a
+// LATENCY hint; one ov::CompiledModel shared, one ov::InferRequest per Session.
 // As vkt/runtime/openvino.py (OvRunner).
+#include <algorithm>
+
 #include <openvino/runtime/core.hpp>
+#include <openvino/runtime/properties.hpp>
 
 #include "engine.hpp"
 
@@ -89,7 +93,14 @@ public:
             }
             ov::AnyMap config{{ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY}};
             if (opt.device == "CPU") {
-                config[ov::hint::inference_precision.name()] = ov::element::f32;
+                // f32 (FP32 means FP32), or bf16 for an INT8 graph gated so, where the CPU has bf16 natively
+                ov::element::Type hint = ov::element::f32;
+                if (opt.float_precision == "bf16") {
+                    const auto caps = core.get_property(opt.device, ov::device::capabilities);
+                    if (std::find(caps.begin(), caps.end(), ov::device::capability::BF16) != caps.end())
+                        hint = ov::element::bf16;
+                }
+                config[ov::hint::inference_precision.name()] = hint;
                 if (opt.threads > 0) config[ov::inference_num_threads.name()] = opt.threads;
                 if (opt.streams > 1) config[ov::num_streams.name()] = ov::streams::Num(opt.streams);
             }

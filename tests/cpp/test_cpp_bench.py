@@ -86,3 +86,27 @@ def test_cpp_compiles_the_model_with_the_settings_of_python_ovrunner(vkt_cpp, pp
         cpp.close()
     assert python["PERFORMANCE_HINT"] == "LATENCY" and python["INFERENCE_NUM_THREADS"] == "2"
     assert len(python) >= 8 and cpp.settings == python
+
+
+def test_cpp_runs_an_int8_graph_gated_in_bf16_with_the_settings_of_python(vkt_cpp, ppocr_bundle, tmp_path):
+    """An openvino placement whose meta says its float layers were gated in bf16: both sides compile it with the same
+    settings, read back (bf16 where the CPU has it natively, else f32); one without the meta stays f32 on both."""
+    import shutil
+
+    from vkt.bundle import Bundle
+    from vkt.runtime import make_runner
+    from vkt.runtime.openvino import native_bf16
+
+    for meta, want in (({"placement": "openvino", "float_precision": "bf16"}, "bf16" if native_bf16() else "f32"),
+                       ({"placement": "openvino"}, "f32")):
+        bundle = tmp_path / f"b{len(meta)}.vkt"
+        shutil.copytree(ppocr_bundle, bundle)
+        # a stand-in Q/DQ graph (the FP32 graph under the int8 role): the settings are what is compared
+        Bundle.load(bundle).add_file(bundle / "model.onnx", "model.int8.openvino.onnx", role="int8 qdq onnx", meta=meta)
+        cpp = CppSide(vkt_cpp, bundle, threads=2, precision="int8")
+        try:
+            with make_runner(bundle, "ov", "int8", threads=2) as r:
+                python = ov_settings(r.compiled)
+        finally:
+            cpp.close()
+        assert python["INFERENCE_PRECISION_HINT"] == want and cpp.settings == python

@@ -350,3 +350,62 @@ def test_ctrl_c_after_openvino_runners_exits_cleanly(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert r.returncode == 0 and r.stdout.strip() == "interrupted", (r.returncode, r.stderr[-1500:])
+
+
+# ---- the float layers of an INT8 graph: f32, or bf16 where the CPU has it ---------------------------
+def test_float_precision_resolves_by_what_the_cpu_computes_natively(monkeypatch):
+    import vkt.runtime.openvino as o
+
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # OpenVINO's own account (peer)
+    assert o.native_bf16() is native
+    assert o.resolve_float_precision("auto") == ("bf16" if native else "f32")
+    assert o.resolve_float_precision(None) == o.resolve_float_precision("f32") == "f32"
+    monkeypatch.setattr(o, "native_bf16", lambda device="CPU": False)  # a CPU without bf16
+    assert o.resolve_float_precision("auto") == "f32" and o.float_hint("bf16") == "f32" and o.float_hint(None) == "f32"
+    with pytest.raises(BackendError, match="no native bf16 .* use --float-precision f32"):
+        o.resolve_float_precision("bf16")
+    monkeypatch.setattr(o, "native_bf16", lambda device="CPU": True)
+    assert o.resolve_float_precision("bf16") == o.float_hint("bf16") == "bf16" and o.float_hint("f32") == "f32"
+    with pytest.raises(BackendError, match="must be one of auto, f32, bf16"):
+        o.resolve_float_precision("fp16")
+
+
+def test_an_int8_graph_gated_in_bf16_runs_its_float_layers_in_bf16(toy_bundle):
+    """quantize_bundle records what the openvino placement's float layers run in (auto: bf16 on a CPU with native
+    bf16); make_runner runs them so, read back from OpenVINO's runtime graph: the convs kept float run bf16, the
+    quantized ones u8. The gate scores its steps on such runners and records the precision."""
+    from vkt.bundle import Bundle
+    from vkt.calibration import Int8Config, quantize_bundle
+    from vkt.calibration.api import gate_bundle
+    from vkt.calibration.gate import GateConfig
+    from vkt.runtime.openvino import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16 for OpenVINO")
+    b = Bundle.load(toy_bundle)
+    first = next(n.name for n in __import__("onnx").load(str(b.path("fp32 onnx"))).graph.node if n.op_type == "Conv")
+    section = quantize_bundle(toy_bundle, rand_feeds(4, seed=3), Int8Config(targets=("openvino",), float_precision="auto",
+                                                                            exclude=(first,)),
+                              eval_samples=0, show_progress=False)
+    assert section["placements"]["openvino"]["float_precision"] == "bf16"
+    assert Bundle.load(toy_bundle).entry("int8 qdq onnx", placement="openvino").meta["float_precision"] == "bf16"
+    with make_runner(toy_bundle, "ov", "int8") as r:
+        assert r.describe()["inference_precision"] == "bf16"
+        assert r.executed_precisions() == {"Convolution": {"bf16": 1, "u8": 5}}
+    with make_runner(toy_bundle, "ov", "fp32") as r:  # FP32 stays f32
+        assert r.executed_precisions() == {"Convolution": {"f32": 6}}
+
+    seen = []
+
+    def metric(factory):  # what the gate scores on
+        r = factory()
+        seen.append(r.inference_precision)
+        return 1.0
+
+    gate = gate_bundle(toy_bundle, metric, GateConfig(max_drop=0.01, steps=(0,), ranking="prefix", placement="openvino",
+                                                      min_speedup=0.0, float_precision="bf16"), show_progress=False)
+    assert seen == ["f32", "bf16"]  # the FP32 baseline in f32, the INT8 step with its float layers in bf16
+    assert gate["openvino_gate"]["float_precision"] == "bf16"
+    assert gate["placements"]["openvino"]["float_precision"] == "bf16"
+    with make_runner(toy_bundle, "ov", "int8") as r:
+        assert r.describe()["inference_precision"] == "bf16"

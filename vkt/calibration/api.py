@@ -112,6 +112,15 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
     method, percentile = cfg.method or "minmax", 99.999 if cfg.percentile is None else cfg.percentile
     weight_rounding, ort_ops = cfg.weight_rounding or "nearest", cfg.ort_ops or "all"
     targets, exclude, num_samples = list(cfg.targets or DEFAULT_TARGETS), list(cfg.exclude), cfg.num_images
+    float_precision = "f32"
+    if "openvino" in targets:
+        from vkt.errors import BackendError
+        from vkt.runtime.openvino import resolve_float_precision
+
+        try:
+            float_precision = resolve_float_precision(cfg.float_precision)
+        except BackendError as e:
+            raise CalibrationError(str(e)) from None
     fp32_path = bundle.path("fp32 onnx", component)
     if os.path.getsize(fp32_path) >= TWO_GB or bundle.files("onnx external data", component):
         raise CalibrationError(f"{fp32_path.name!r} keeps its weights in external data (> 2 GB); vkt's Q/DQ writer handles "
@@ -180,8 +189,11 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
             info["output_max_abs_diff"] = {r["tensor"]: _num(r["max_abs"]) for r in outs}
             info["worst_layers"] = [{"node": r["node"], "sqnr_db": _num(r["sqnr_db"])}
                                     for r in sorted(rows, key=lambda r: r["sqnr_db"])[:5]]
+        if target == "openvino":
+            info["float_precision"] = float_precision
         meta = {"placement": target, "method": table.method, "table_sha256": table.sha256, "excluded": sorted(exclude),
                 **({"ort_ops": ort_ops} if target == "ort" else {}),
+                **({"float_precision": float_precision} if target == "openvino" else {}),
                 "fused_int8_ops": counts.fused, "float_compute_ops": counts.float_compute}
         bundle.add_file(blob, info["path"], QDQ_ROLE, component, meta=meta)
         placements[target] = info
@@ -315,6 +327,8 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
     gate = result.to_dict()
     gate["metric_name"] = getattr(metric, "name", getattr(metric, "__name__", "metric"))
     gate["holdout"] = dict(holdout or {})
+    if config.placement == "openvino":
+        gate["float_precision"] = config.float_precision
     if getattr(metric, "resolution", None) is not None:
         gate["resolution_points"] = round(100.0 * float(metric.resolution), 3)
     if coarse:
@@ -332,7 +346,8 @@ def gate_bundle(bundle: Any, metric: Any, config: GateConfig = GateConfig(), *,
                             meta={"source": cand.name, "method": cand.table.method, "table_sha256": cand.table.sha256})
             gate[cand.name] = {"table": {"path": tname, "sha256": cand.table.sha256}, **dict(cand.meta)}
         extra = {"candidate": cand.name, "metric": round(step.metric, 5), "metric_drop": round(step.drop, 5)}
-        _ship(bundle, component, config.placement, result.model, cand, step.float_layers, config.ort_ops, extra, placements)
+        _ship(bundle, component, config.placement, result.model, cand, step.float_layers, config.ort_ops, extra, placements,
+              config.float_precision)
         for p in config.follow:
             from vkt.calibration.placements import placement as place
 
@@ -365,7 +380,7 @@ def _coarse_holdout(metric: Any, max_drop: float) -> str | None:
 
 
 def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandidate, float_layers: Sequence[str],
-          ort_ops: str, meta: Mapping[str, Any], placements: dict[str, Any]) -> None:
+          ort_ops: str, meta: Mapping[str, Any], placements: dict[str, Any], float_precision: str = "f32") -> None:
     """Write ``model`` as the ``target`` placement's Q/DQ graph and record it in ``placements``."""
     from vkt.calibration.report import count_ops
 
@@ -373,6 +388,8 @@ def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandid
     counts = count_ops(model)
     kept = sorted(float_layers)
     scope = {"ort_ops": ort_ops} if target == "ort" else {}
+    if target == "openvino":  # what its float layers ran in when gated: the runtime runs them so (where it can)
+        scope = {"float_precision": float_precision}
     bundle.add_file(model.SerializeToString(), name, QDQ_ROLE, component,
                     meta={"placement": target, "method": cand.table.method, "table_sha256": cand.table.sha256,
                           "excluded": kept, **meta, "fused_int8_ops": counts.fused,

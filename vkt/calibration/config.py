@@ -48,6 +48,9 @@ class Int8Config:
         bias_correction (--bias-correction / --no-bias-correction): the "openvino" placement's quantized convs absorb
             the mean shift of their own rounding, measured once on the first calibration images
             (:mod:`vkt.calibration.bias`); None: the recipe's (textdet on, others off).
+        float_precision (--float-precision): what OpenVINO runs the layers the "openvino" placement keeps in float
+            in, gated and at run time: "auto" (bf16 where the CPU has it natively, else f32), "f32" or "bf16"; None:
+            the recipe's (textdet auto, others f32).
         exclude (--exclude): node names kept in float in every placement; default none.
         shapes (--shape): calibrate at these (H, W), images cycling through them; None: the manifest's resize
             rule, or shapes inside the profile when it has none.
@@ -74,6 +77,7 @@ class Int8Config:
     weight_rounding: str | None = None
     ort_ops: str | None = None
     bias_correction: bool | None = None
+    float_precision: str | None = None
     exclude: tuple[str, ...] = ()
     shapes: tuple[tuple[int, int], ...] | None = None
     steps: tuple[int, ...] | None = None
@@ -119,6 +123,7 @@ class Int8Config:
         one_of("--weight-rounding", self.weight_rounding, WEIGHT_ROUNDING)
         one_of("--ort-ops", self.ort_ops, ORT_OPS)
         one_of("--ranking", self.ranking, RANKING_METHODS)
+        one_of("--float-precision", self.float_precision, ("auto", "f32", "bf16"))
         positive("--num-images", self.num_images)
         positive("--threads", self.threads)
         positive("--calib-steps", self.calib_steps)

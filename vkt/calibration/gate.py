@@ -69,6 +69,9 @@ class GateConfig:
     min_speedup: the least speed-up over FP32 that ships INT8 (default 1.1; 0: any); below it FP32 ships, and why
         is recorded. Checked only when the gate times (a latency feed).
     exhaustive: measure every step of every candidate instead of stopping at the first within budget.
+    float_precision: what OpenVINO runs the layers an "openvino" placement leaves in float in, when scoring and timing
+        it: "f32" (default) or "bf16" (resolved by :func:`vkt.runtime.openvino.resolve_float_precision`); the FP32
+        baseline stays f32.
     """
 
     max_drop: float = DEFAULT_MAX_DROP
@@ -82,6 +85,7 @@ class GateConfig:
     iters: int = 15
     exhaustive: bool = False
     min_speedup: float = DEFAULT_MIN_SPEEDUP
+    float_precision: str = "f32"
 
     def __post_init__(self) -> None:
         from vkt.calibration.qdq import ORT_OPS
@@ -111,6 +115,8 @@ class GateConfig:
         m = self.min_speedup
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
             raise CalibrationError(f"min_speedup must be a speed-up over FP32 >= 0 (1.1 = 10% faster; 0: any), got {m!r}")
+        if self.float_precision not in ("f32", "bf16"):
+            raise CalibrationError(f"float_precision must be 'f32' or 'bf16' (resolved), got {self.float_precision!r}")
 
     @property
     def walk(self) -> tuple[int, ...]:
@@ -282,6 +288,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
                                                                           ("timing", time_pair)))
     ranker = _clocked(clock, "ranking", rank_layers)
     backend = "ov" if placement == "openvino" else "ort"  # the runner of the target that ships
+    fp = config.float_precision if backend == "ov" else "f32"  # what the INT8 graphs' float layers run in
 
     # 1. Baseline: the reference FP32 graph (default: the first candidate's, i.e. the bundle's own graph)
     # With the exact float rewrites the INT8 placements start from (bundles written by vkt export since session 5 have
@@ -301,7 +308,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
         """``blob`` on the placement's runtime timed against ``fp32`` (default: the FP32 the gate judges by)."""
         if latency_feed is None:
             return None
-        return time_pair(fp32, runner_factory(blob, spec, threads, backend), latency_feed,
+        return time_pair(fp32, runner_factory(blob, spec, threads, backend, fp), latency_feed,
                          turns=max(1, math.ceil(config.iters / BenchConfig().block)), threads=threads)
 
     for cand in candidates:
@@ -319,7 +326,7 @@ def accuracy_gate(candidates: Sequence[GateCandidate], metric: Metric, spec: Any
             kept = tuple(dict.fromkeys(x for nodes in nodes_of[:k] for x in nodes))
             q = place(cand.fp32, cand.table, placement, kept, ort_ops=ort_ops, bias=cand.bias)
             blob = q.SerializeToString()
-            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}", backend=backend)
+            score = score_graph(metric, blob, spec, threads, f"{cand.name} k={k}", backend=backend, float_precision=fp)
             within = baseline - score <= max_drop + 1e-12
             step = GateStep(cand.name, k, kept, float(score), float(baseline - score), within,
                             dict(getattr(metric, "last", None) or {}), timing(blob) if within else None)  # only what can ship is timed

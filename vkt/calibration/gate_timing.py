@@ -27,21 +27,23 @@ MAX_ROUNDS = 3  # rounds of TURNS turns at most (a busy machine: at load ~11 on 
 CI = 0.05  # more rounds until the median's 95% interval is within +-5% of it
 
 
-def runner_factory(blob: bytes, spec: Any, threads: int | None, backend: str = "ort") -> Callable[[], Any]:
-    """``factory()`` -> a fresh, not yet activated CPU runner ("ort" or "ov") of the serialized graph ``blob``."""
+def runner_factory(blob: bytes, spec: Any, threads: int | None, backend: str = "ort",
+                   float_precision: str = "f32") -> Callable[[], Any]:
+    """``factory()`` -> a fresh, not yet activated CPU runner ("ort" or "ov") of the serialized graph ``blob``;
+    ``float_precision``: OpenVINO's hint for the layers the graph leaves in float ("f32" or "bf16")."""
     if backend == "ov":
         from vkt.runtime.openvino import OvRunner
 
-        return lambda: OvRunner(blob, threads=threads, spec=spec, name="gate")
+        return lambda: OvRunner(blob, threads=threads, spec=spec, name="gate", inference_precision=float_precision)
     from vkt.runtime.ort import OrtRunner
 
     return lambda: OrtRunner(blob, threads=threads, spec=spec, name="gate")
 
 
 def score_graph(metric: Callable[[Callable[[], Any]], float], blob: bytes, spec: Any, threads: int | None, what: str,
-                backend: str = "ort") -> float:
+                backend: str = "ort", float_precision: str = "f32") -> float:
     """``metric`` of the graph ``blob``; CalibrationError naming ``what`` when it is not a finite number."""
-    value = metric(runner_factory(blob, spec, threads, backend))
+    value = metric(runner_factory(blob, spec, threads, backend, float_precision))
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -61,6 +61,11 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         "The openvino placement's quantized convs absorb the mean shift of their own rounding, measured once on the "
         "first 8 calibration images (NNCF's fast bias correction, vkt's own code). Default: textdet on, others off."))],
         None),
+    "float_precision": (Annotated[Optional[str], _opt("--float-precision", metavar="auto|f32|bf16", help=(
+        "What OpenVINO runs the layers the openvino placement keeps in float in, as its gate scores and times them "
+        "and the runtime runs them: auto (bf16 where the CPU computes it natively, OpenVINO's own default there; "
+        "else f32) | f32 | bf16 (an error where the CPU lacks it). A CPU without native bf16 runs a bf16-gated "
+        "graph in f32. Default: textdet auto, others f32."))], None),
     "exclude": (Annotated[Optional[list[str]], _opt("--exclude", metavar="NODE", help="Node name kept in float, repeatable.")], None),
     "shape": (Annotated[Optional[list[str]], _opt("--shape", "-s", metavar="HxW", help=(
         "Calibrate at HEIGHTxWIDTH, repeatable (images cycle through them). Default: the manifest's resize rule, or "

@@ -107,7 +107,14 @@ class ImageRecipe(Recipe):
                           min_speedup=DEFAULT_MIN_SPEEDUP if config.min_speedup is None else float(config.min_speedup))
         runs = [base] if ort_trt else []
         if "openvino" in targets:
-            runs.append(replace(base, placement="openvino", follow=()))
+            from vkt.errors import BackendError
+            from vkt.runtime.openvino import resolve_float_precision
+
+            try:  # as calibrate_bundle resolved it for the placement it wrote
+                fp = resolve_float_precision(config.float_precision)
+            except BackendError as e:
+                raise CalibrationError(str(e)) from None
+            runs.append(replace(base, placement="openvino", follow=(), float_precision=fp))
         return runs
 
     def quantize(self, bundle: Any, config: Int8Config, *, extra_candidates: Sequence[CandidateFactory] = (),

@@ -38,7 +38,8 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
 
     ``precision`` picks the bundle file: "fp32" (fp32 onnx), "fp16" (fp16 onnx), "int8" (int8 qdq onnx);
     backend "trt" takes the bundle's plan of that precision; backend "ov" (OpenVINO) takes the graph placed for
-    OpenVINO (INT8: only a Q/DQ graph with placement "openvino" or none). ``session_config``: onnxruntime session
+    OpenVINO (INT8: only a Q/DQ graph with placement "openvino" or none; its float layers run in the precision its
+    gate scored, meta "float_precision": bf16 where the CPU has it natively, else f32). ``session_config``: onnxruntime session
     config entries for the onnxruntime backends (see ``OrtRunner``); ignored by "trt" and "ov".
     """
     from pathlib import Path
@@ -51,6 +52,7 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
         raise BackendError(f"unknown precision {precision!r}; expected one of {sorted(PRECISION_ROLES)}")
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         source = Bundle.load(source)
+    float_precision = None
     if isinstance(source, Bundle):
         spec = source.spec(component)
         if backend == "trt":
@@ -59,7 +61,9 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
                 raise BackendError(f"bundle {source.name!r} has no {precision} plan for {component!r}; build one with 'vkt build'")
             path = source.root / plans[-1].path
         elif backend == "ov":
-            path = source.root / _ov_entry(source, PRECISION_ROLES[precision], component).path
+            entry = _ov_entry(source, PRECISION_ROLES[precision], component)
+            path = source.root / entry.path
+            float_precision = entry.meta.get("float_precision")  # what its gate scored the float layers in
         else:
             # An INT8 bundle may hold one Q/DQ graph per placement: take the one written for this backend.
             role = PRECISION_ROLES[precision]
@@ -72,9 +76,10 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
 
         return TrtRunner(path, spec=spec, name=name)
     if backend == "ov":
-        from vkt.runtime.openvino import OvRunner
+        from vkt.runtime.openvino import OvRunner, float_hint
 
-        return OvRunner(path, spec=spec, threads=threads, name=name, precision=precision if spec is not None else None)
+        return OvRunner(path, spec=spec, threads=threads, name=name, precision=precision if spec is not None else None,
+                        inference_precision=float_hint(float_precision) if float_precision else "f32")
     providers = {"ort": ("cpu",), "ort-cuda": ("cuda",), "ort-trt": ("tensorrt", "cuda")}[backend]
     return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name, session_config=session_config)
 

@@ -32,6 +32,41 @@ def shared_core() -> Any:
     return ov.Core()
 
 
+# What the layers an INT8 graph leaves in float may run in, as an openvino placement records it ("float_precision"):
+# f32, or bf16 where the CPU computes bf16 natively (OpenVINO's own default there).
+FLOAT_PRECISIONS = ("auto", "f32", "bf16")
+
+
+def native_bf16(device: str = "CPU") -> bool:
+    """Whether OpenVINO computes bf16 natively on ``device`` (its OPTIMIZATION_CAPABILITIES list BF16: AVX-512 BF16 or
+    AMX); False where openvino is not installed or the device is absent."""
+    try:
+        return "BF16" in shared_core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no openvino, no such device
+        return False
+
+
+def float_hint(recorded: str | None, device: str = "CPU") -> str:
+    """The INFERENCE_PRECISION_HINT for a Q/DQ graph whose float layers were gated in ``recorded`` ("bf16"; "f32" or
+    None: f32): bf16 only where ``device`` runs it natively, else f32 — more exact than what was gated, never less."""
+    return "bf16" if recorded == "bf16" and native_bf16(device) else "f32"
+
+
+def resolve_float_precision(requested: str | None, device: str = "CPU") -> str:
+    """What an openvino placement's float layers run in on this machine, for ``requested`` ("auto": bf16 where the CPU
+    has it natively, else f32; "f32"; "bf16": BackendError where the CPU lacks it, since the gate must measure what
+    ships). None means "f32"."""
+    if requested in (None, "f32"):
+        return "f32"
+    if requested not in FLOAT_PRECISIONS:
+        raise BackendError(f"float precision must be one of {', '.join(FLOAT_PRECISIONS)}, got {requested!r}")
+    native = native_bf16(device)
+    if requested == "bf16" and not native:
+        raise BackendError(f"this {device} has no native bf16 for OpenVINO (its capabilities lack BF16): use "
+                           "--float-precision f32 (or auto)")
+    return "bf16" if native else "f32"
+
+
 class OvRunner(Runner):
     """An OpenVINO compiled model and one reused InferRequest behind the Runner interface.
 

@@ -5,7 +5,8 @@
 Calibrated on: images pre-processed as the manifest says (its resize rule sets the shapes).
 Judged by: hmean of INT8 boxes vs FP32 boxes on held-out images (:func:`textdet_metric`), budget 1.0 point;
 with ``holdout_labels`` also the hmean drop vs ICDAR labels beside them.
-Defaults: placements for onnxruntime, TensorRT and OpenVINO (each CPU one gated on its own runner); percentile ranges
+Defaults: placements for onnxruntime, TensorRT and OpenVINO (each CPU one gated on its own runner; the openvino one's float
+layers in bf16 where the CPU has it natively, as OpenVINO itself defaults there); percentile ranges
 (99.999), nearest weights, the openvino placement bias-corrected (vkt.calibration.bias: PP-OCRv5 mobile, every conv
 INT8, hmean vs FP32 0.979 -> 0.989 on 360 boxes of 40 synthetic pages); without a holdout the "ort" placement quantizes the
 convs only ("compute": the elementwise chains stay float), with one every op ("all") and the gate keeps a float
@@ -39,7 +40,8 @@ class TextdetRecipe(ImageRecipe):
     family: ClassVar[str] = "textdet"
     budget: ClassVar[float | None] = 1.0
     defaults: ClassVar[dict[str, Any]] = {"method": "percentile", "percentile": 99.999, "weight_rounding": "nearest",
-                                          "ranking": "prefix", "targets": ("ort", "trt", "openvino"), "bias_correction": True}
+                                          "ranking": "prefix", "targets": ("ort", "trt", "openvino"), "bias_correction": True,
+                                          "float_precision": "auto"}
     labels: ClassVar[bool] = True
 
     def resolve(self, config: Int8Config) -> Int8Config:
