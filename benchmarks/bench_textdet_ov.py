@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/bench_textdet_ov.py [--work DIR] [--sizes 736,9
 
 PP-OCRv5 mobile det (vkt's zoo bundle, FP32 = the bundle's model.onnx). One calibration: the quickstart's 8
 scikit-image photos, pre-processed as the manifest says, through ``recipe.quantize`` (targets ort + openvino; with
-``--gate`` gated on its own held-out set, 8 synthetic pages, seed 2000). Evaluated on 11 other held-out images
+``--gate`` gated on its own held-out set, --gate-pages synthetic pages, seeds 2000/2100). Evaluated on 11 other held-out images
 (page.png, text.png, 6 synthetic 640x640 pages seed 0, 3 synthetic 736x1024 seed 1000), none calibrated or gated on.
 
 Targets, timed in turns in this one process (vkt.bench.time_turns), at each size and thread count:
@@ -23,8 +23,9 @@ Targets, timed in turns in this one process (vkt.bench.time_turns), at each size
   ov-nncf-qac         NNCF 3.4 quantize_with_accuracy_control on the same graph, feeds and the 11 images' hmean
                       vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound;
                       --anchor-validate gate: on vkt's gate set instead, the same held-out data vkt's gate sees)
-  ov-int8-bf16f       with --bf16: ov-int8 with its float layers in bf16 (OpenVINO's default hint on a CPU with native
-                      bf16; vkt pins f32); ov-bf16: the FP32 graph run in bf16. Neither counts as an FP32 baseline
+  ov-int8-f32f        with --bf16: ov-int8 with its float layers in the precision it did not ship with (f32 where the
+  / ov-int8-bf16f     gate scored bf16, --float-precision auto on a CPU with native bf16; else bf16), not re-gated;
+                      ov-bf16: the FP32 graph run in bf16 (OpenVINO's own default there). None counts as FP32
 With --noise-floor, accuracy rows (not timed) for the FP32 graph with its weights rounded to bf16 / fp16 and run
 in float on onnxruntime: how many boxes a perturbation far smaller than int8's already moves on these images.
 Rows: model-only latency (batch 1, SIZExSIZE random input), end to end (TextDetector over the 11 images, pre + model
@@ -76,8 +77,30 @@ def data_sets(work: Path) -> tuple[Path, Path, list[Path]]:
     return calib, gate, sorted(p for p in evals.iterdir() if p.suffix == ".png")
 
 
+def gate_set(work: Path, gate: Path, pages: int) -> Path:
+    """The gate's held-out folder: the 8 pages of ``gate`` (seed 2000), and for ``pages`` > 8 that many more from seed
+    2100 beside them (24 pages hold 200 FP32 regions: one region is 0.25 point, within a 0.5-point budget; the 8
+    alone hold 68, so one region is 0.74 point and the gate can only pass steps that change nothing on them)."""
+    from vkt.training.synth_text import SynthConfig, write_synth_dataset
+
+    if pages <= 8:
+        return gate
+    folder = work / f"gate{pages}"
+    if not folder.is_dir():
+        tmp = work / f"gate{pages}.tmp"
+        write_synth_dataset(tmp / "more", pages - 8, seed=2100, overwrite=True,
+                            config=SynthConfig(size=(640, 640), words=(4, 10), scripts=("latin",)))
+        for p in gate.glob("*.png"):
+            shutil.copyfile(p, tmp / p.name)
+        for p in (tmp / "more").glob("*.png"):
+            p.rename(tmp / f"more_{p.name}")
+        shutil.rmtree(tmp / "more")
+        tmp.rename(folder)
+    return folder
+
+
 def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str, max_drop: float,
-                bias_correction: bool = True) -> tuple[object, float | None]:
+                bias_correction: bool = True, float_precision: str = "auto") -> tuple[object, float | None]:
     """The zoo bundle with vkt's ort and openvino placements (one calibration); returns (bundle, seconds of import,
     calibration and gates; None when an earlier run left the bundle)."""
     from vkt.bundle import Bundle
@@ -85,7 +108,11 @@ def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str
     from vkt.models import recipe_for
     from vkt.models.zoo import ppocrv5_det_mobile_bundle
 
-    path = work / (("ppocrv5_gated" if use_gate else "ppocrv5") + ("" if bias_correction else "_nobc") + ".vkt")
+    from vkt.runtime.openvino import resolve_float_precision
+
+    fp = resolve_float_precision(float_precision)
+    path = work / (("ppocrv5_gated" if use_gate else "ppocrv5") + ("" if bias_correction else "_nobc")
+                   + (f"_{gate.name}" if use_gate and gate.name != "gate" else "") + ("" if fp == "f32" else f"_{fp}") + ".vkt")
     t0 = time.perf_counter()
     if (path / "model.int8.openvino.onnx").is_file():  # complete when its gate (if asked) has run
         b = Bundle.load(path)
@@ -94,7 +121,8 @@ def make_bundle(work: Path, calib: Path, gate: Path, use_gate: bool, method: str
     ppocrv5_det_mobile_bundle(path, overwrite=True)
     recipe_for("textdet").quantize(path, Int8Config(calib=calib, holdout=gate if use_gate else None, method=method,
                                                     max_drop=max_drop if use_gate else None,
-                                                    targets=("ort", "openvino"), bias_correction=bias_correction),
+                                                    targets=("ort", "openvino"), bias_correction=bias_correction,
+                                                    float_precision=fp),
                                    show_progress=False)
     return Bundle.load(path), time.perf_counter() - t0
 
@@ -143,7 +171,7 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
                       subset_size=len(feeds))
     out["ov-nncf-ptq"] = (work / "nncf_ptq.xml", time.perf_counter() - t0)
     ov.save_model(q, str(out["ov-nncf-ptq"][0]), compress_to_fp16=False)
-    stem = "nncf_qac" + ("_gate" if validate_on == "gate" else "")
+    stem = "nncf_qac" + (f"_{validate_on}" if validate_on != "eval" else "")
     qac = work / f"{stem}.xml"
     if anchor and qac.is_file():  # built by an earlier run (--anchor-only): minutes of NNCF's ranking saved
         out["ov-nncf-qac"] = (qac, float("nan"))
@@ -168,7 +196,7 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
 
 
 def _precision(target: str) -> str:
-    """A row's precision: FP32 baselines, ov-bf16 (the FP32 graph in bf16), the INT8 rest (ov-int8-bf16f: bf16 float part)."""
+    """A row's precision: FP32 baselines, ov-bf16 (the FP32 graph in bf16), the INT8 rest."""
     return "fp32" if target in FP32 else "bf16" if target == "ov-bf16" else "int8"
 
 
@@ -185,11 +213,13 @@ def runners(bundle, graphs: dict[str, Path], threads: int, bf16: bool = False) -
     for k in ("ov-int8-ungated", "ov-int8-no-bc", "ov-int8-ungated-no-bc", "ov-nncf-ptq", "ov-nncf-qac"):
         if k in graphs:
             r[k] = OvRunner(graphs[k], spec=spec, threads=threads, precision="int8")
-    if bf16:  # OpenVINO's own default on a CPU with native bf16: what is left in float runs in bf16
+    if bf16:  # the shipped placement with its float layers in the other precision, and the FP32 graph in bf16
         from vkt.calibration.api import qdq_path
 
-        r["ov-int8-bf16f"] = OvRunner(qdq_path(bundle, "openvino"), spec=spec, threads=threads, precision="int8",
-                                      inference_precision="bf16")
+        shipped = bundle.entry("int8 qdq onnx", placement="openvino").meta.get("float_precision", "f32")
+        other = "f32" if shipped == "bf16" else "bf16"
+        r[f"ov-int8-{other}f"] = OvRunner(qdq_path(bundle, "openvino"), spec=spec, threads=threads, precision="int8",
+                                          inference_precision=other)
         r["ov-bf16"] = OvRunner(bundle.path("fp32 onnx"), spec=spec, threads=threads, precision="fp32",
                                 inference_precision="bf16")
     return r
@@ -222,7 +252,9 @@ def timed_rows(named: dict[str, object], calls: dict[str, object], iters: int, *
         rows.append(row("textdet_ov", n, includes=includes, model=MODEL, backend="openvino-cpu" if n.startswith("ov") else "ort-cpu",
                         precision=_precision(n), threads=threads, shape=shape, batch=1, n=len(s),
                         p50_ms=p50[n], p90_ms=float(np.percentile(s, 90)) * 1e3, load_avg=[before, after], kind=kind,
-                        speedup_vs_best_fp32=round(best / p50[n], 3), **paired, **(extra or {})))
+                        speedup_vs_best_fp32=round(best / p50[n], 3), **paired, **(extra or {}),
+                        **({"inference_precision": named[n].inference_precision} if hasattr(named[n], "inference_precision")
+                           else {})))
     return rows
 
 
@@ -235,6 +267,10 @@ def main() -> None:
     ap.add_argument("--e2e-reps", type=int, default=3, help="timed passes over the 11 images per target")
     ap.add_argument("--method", default="percentile", help="vkt's calibration method (the textdet recipe's default)")
     ap.add_argument("--gate", action="store_true", help="gate vkt's placements on their own held-out set (8 synthetic pages)")
+    ap.add_argument("--gate-pages", type=int, default=24, help="with --gate: synthetic pages in the gate's held-out set "
+                    "(8 from seed 2000, the rest from seed 2100; default 24, 200 FP32 regions: enough to resolve 0.5 point)")
+    ap.add_argument("--float-precision", choices=("auto", "f32", "bf16"), default="auto",
+                    help="the openvino placement's float layers (vkt's textdet default: auto, bf16 where the CPU has it)")
     ap.add_argument("--max-drop", type=float, default=0.5, help="with --gate: the budget in points of hmean (the issue's 0.5)")
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
     ap.add_argument("--anchor-only", action="store_true", help="build NNCF's accuracy-control model into --work and stop "
@@ -244,9 +280,8 @@ def main() -> None:
                     "gate set (8 synthetic pages: the same held-out data as vkt's gate, judged on the 11 images)")
     ap.add_argument("--compare-bias", action="store_true", help="add ov-int8-no-bc (and with --gate ov-int8-ungated-no-bc): "
                     "the same calibration with --no-bias-correction")
-    ap.add_argument("--bf16", action="store_true", help="add ov-int8-bf16f (the shipped openvino placement with its float "
-                    "layers in bf16, OpenVINO's default where the CPU has native bf16) and ov-bf16 (the FP32 graph in bf16); "
-                    "neither counts as FP32")
+    ap.add_argument("--bf16", action="store_true", help="add ov-int8-f32f / ov-int8-bf16f (the shipped openvino placement "
+                    "with its float layers in the other precision) and ov-bf16 (the FP32 graph in bf16); none counts as FP32")
     ap.add_argument("--noise-floor", action="store_true", help="add accuracy rows for FP32 with bf16- and fp16-rounded weights")
     ap.add_argument("--extra-eval", type=int, default=0, metavar="N", help="also score hmean on N more synthetic pages (3/4 "
                     "640x640, 1/4 736x1024 with more words; seeds 5000/6000): one box moves hmean less than on the 11")
@@ -260,7 +295,9 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     calib, gate, evals = data_sets(args.work)
-    bundle, export_s = make_bundle(args.work, calib, gate, args.gate, args.method, args.max_drop)
+    gate = gate_set(args.work, gate, args.gate_pages)
+    bundle, export_s = make_bundle(args.work, calib, gate, args.gate, args.method, args.max_drop,
+                                   float_precision=args.float_precision)
     from vkt.calibration.api import qdq_path
 
     side = {}  # further bundles, one calibration each: (row name, gated, bias-corrected)
@@ -268,7 +305,8 @@ def main() -> None:
                                     ("ov-int8-no-bc", args.gate, False, args.compare_bias),
                                     ("ov-int8-ungated-no-bc", False, False, args.compare_bias and args.gate)):
         if wanted:
-            b, s = make_bundle(args.work, calib, gate, gated, args.method, args.max_drop, bias_correction=bc)
+            b, s = make_bundle(args.work, calib, gate, gated, args.method, args.max_drop, bias_correction=bc,
+                               float_precision=args.float_precision)
             side[name] = qdq_path(b, "openvino")
             print(f"{name}: {b.root.name}" + (f" made in {s:.1f} s" if s else " (cached)"), flush=True)
     hs = args.work / "fp32_hardswish.onnx"
@@ -277,7 +315,7 @@ def main() -> None:
     if args.anchor_validate == "gate":
         gate_images = sorted(p for p in gate.iterdir() if p.suffix == ".png")
         nn = nncf_models(bundle, calib, gate_images, hs, args.work, not args.no_anchor,
-                         textdet_agreement(bundle, gate_images, threads=1, show_progress=False), validate_on="gate")
+                         textdet_agreement(bundle, gate_images, threads=1, show_progress=False), validate_on=gate.name)
     else:
         nn = nncf_models(bundle, calib, evals, hs, args.work, not args.no_anchor, metric)
     nncf_s = nn.pop("_seconds")
