@@ -52,7 +52,8 @@ def test_gate_ships_the_first_step_within_budget_and_records_it(calibrated):
     t = gate["steps"][2]["timing"]
     # speedup is the ratio of the p50s (bench's statistic), the band the turns' ratios: under load the p50 ratio can
     # fall outside the band (seen once with NNCF running beside the suite), so the invariants are the definitions
-    assert t["int8_ms"] > 0 and t["fp32_ms"] > 0 and t["speedup"] == pytest.approx(t["fp32_ms"] / t["int8_ms"], rel=1e-2)  # ms rounded to 3 decimals
+    fp, q, h = t["fp32_ms"], t["int8_ms"], 5e-4  # each rounded to 3 decimals: the ratio of the p50s lies within
+    assert q > h and (fp - h) / (q + h) - 5e-4 <= t["speedup"] <= (fp + h) / (q - h) + 5e-4
     assert t["noise_band"] == [min(t["turn_speedups"]), max(t["turn_speedups"])] and len(t["turn_speedups"]) == t["turns"]
     b = Bundle.load(calibrated)  # checksums hold after the rewrite
     assert b.manifest["calibration"]["gate"] == gate
