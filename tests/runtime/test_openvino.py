@@ -382,8 +382,10 @@ def test_an_int8_graph_gated_in_bf16_runs_its_float_layers_in_bf16(toy_bundle):
 
     if not native_bf16():
         pytest.skip("this CPU has no native bf16 for OpenVINO")
+    import onnx
+
     b = Bundle.load(toy_bundle)
-    first = next(n.name for n in __import__("onnx").load(str(b.path("fp32 onnx"))).graph.node if n.op_type == "Conv")
+    first = next(n.name for n in onnx.load(str(b.path("fp32 onnx"))).graph.node if n.op_type == "Conv")
     section = quantize_bundle(toy_bundle, rand_feeds(4, seed=3), Int8Config(targets=("openvino",), float_precision="auto",
                                                                             exclude=(first,)),
                               eval_samples=0, show_progress=False)
