@@ -61,7 +61,9 @@ class Histogram:
 class ModelStats:
     """Triton's per-model statistics (``GET /v2/models/<m>/stats``): counts and cumulative nanoseconds.
 
-    success/fail: whole infer requests; queue: time from arrival in the batcher to its batch's start;
+    success/fail: whole infer requests, counted when the request's handling ends, after its response is written (a
+    client holding its answer may read these a moment before its own request is in them); queue: time from arrival in
+    the batcher to its batch's start;
     compute_infer: backend calls (per request in ``inference_stats``, per call in ``batch_stats``).
     """
 
