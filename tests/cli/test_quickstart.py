@@ -133,6 +133,11 @@ def test_quickstart_runs_and_its_printed_commands_rerun_as_printed(tmp_path):
     assert summary["bench"][2]["hmean_vs_fp32"] > 0.99  # OpenVINO FP32's boxes are onnxruntime FP32's
     gates = summary["steps"]["gate"]
     assert set(gates) == {"onnxruntime", "openvino"}  # INT8 gated per backend on the held-out images
+    # the openvino gate's float layers: bf16 where OpenVINO reports native bf16 on this CPU (textdet's auto), else f32
+    from vkt.runtime.openvino import native_bf16
+
+    assert gates["openvino"]["float_precision"] == ("bf16" if native_bf16() else "f32")
+    assert gates["onnxruntime"]["float_precision"] is None
     for b in summary["bench"][1::2]:  # the INT8 rows: what each gate shipped, or why not
         g = gates[b["backend"]]
         assert b["gate"] == g and (b["p50_ms"] is None) == (g["shipped"] == "fp32")

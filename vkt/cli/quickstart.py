@@ -303,6 +303,7 @@ def _gate_summary(gate: dict[str, Any]) -> dict[str, Any]:
     return {"placement": gate["placement"], "shipped": gate["shipped"], "reason": gate.get("reason"),
             "max_drop_points": gate["max_drop_points"], "min_speedup": gate["min_speedup"],
             "layers_kept_float": ch.get("layers_kept_float"), "hmean_vs_fp32": ch.get("metric"),
+            "float_precision": gate.get("float_precision"),  # openvino: what those layers run in (bf16 / f32)
             "speedup": t.get("speedup"), "noise_band": t.get("noise_band"), "shape": t.get("shape"),
             "seconds": gate.get("seconds")}
 
@@ -349,7 +350,8 @@ def report(plan: Plan, summary: dict[str, Any], c: Any) -> None:
             f"bench.png, summary.json ({summary['seconds']:.0f} s)", highlight=False)
     for backend, g in summary["steps"].get("gate", {}).items():
         if g["shipped"] == "int8":
-            c.print(f"{backend} INT8: gated on the held-out images, {g['layers_kept_float']} layer(s) kept in float, hmean "
+            fp = f" (run in {g['float_precision']})" if g.get("float_precision") else ""
+            c.print(f"{backend} INT8: gated on the held-out images, {g['layers_kept_float']} layer(s) kept in float{fp}, hmean "
                     f"vs FP32 {g['hmean_vs_fp32']:.3f} (budget {g['max_drop_points']:g} point), {g['speedup']:.2f}x FP32 at "
                     f"{'x'.join(map(str, g['shape']))} (noise band {g['noise_band'][0]:.2f}-{g['noise_band'][1]:.2f}x)",
                     highlight=False)
