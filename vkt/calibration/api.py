@@ -59,6 +59,7 @@ class Calibrated:
     section: dict[str, Any]
     graph: Any
     bias: Any = None  # BiasShifts measured for the openvino placement (None: no bias correction); the gate reuses them
+    float_precision: str = "f32"  # what the openvino placement's float layers run in, resolved once; its gate scores so
 
 
 def quantize_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], config: Int8Config | None = None, *,
@@ -212,7 +213,7 @@ def calibrate_bundle(bundle: Any, data: Iterable[Mapping[str, np.ndarray]], conf
                   **({"openvino": _version("openvino")} if "openvino" in targets else {})},
     }
     bundle.update(calibration=section)
-    return Calibrated(section, prepared, bias)
+    return Calibrated(section, prepared, bias, float_precision)
 
 
 def calibration_graph(model: Any) -> Any:
@@ -387,9 +388,9 @@ def _ship(bundle: Any, component: str, target: str, model: Any, cand: GateCandid
     name = f"{component}.int8.{target}.onnx"
     counts = count_ops(model)
     kept = sorted(float_layers)
-    scope = {"ort_ops": ort_ops} if target == "ort" else {}
-    if target == "openvino":  # what its float layers ran in when gated: the runtime runs them so (where it can)
-        scope = {"float_precision": float_precision}
+    # ort: what it quantizes; openvino: what its float layers ran in when gated (the runtime runs them so, where it can)
+    scope = ({"ort_ops": ort_ops} if target == "ort" else {"float_precision": float_precision} if target == "openvino"
+             else {})
     bundle.add_file(model.SerializeToString(), name, QDQ_ROLE, component,
                     meta={"placement": target, "method": cand.table.method, "table_sha256": cand.table.sha256,
                           "excluded": kept, **meta, "fused_int8_ops": counts.fused,

@@ -123,7 +123,9 @@ class Int8Config:
         one_of("--weight-rounding", self.weight_rounding, WEIGHT_ROUNDING)
         one_of("--ort-ops", self.ort_ops, ORT_OPS)
         one_of("--ranking", self.ranking, RANKING_METHODS)
-        one_of("--float-precision", self.float_precision, ("auto", "f32", "bf16"))
+        from vkt.runtime.openvino import FLOAT_PRECISIONS  # lazily: numpy, which a bare config does not need
+
+        one_of("--float-precision", self.float_precision, FLOAT_PRECISIONS)
         positive("--num-images", self.num_images)
         positive("--threads", self.threads)
         positive("--calib-steps", self.calib_steps)

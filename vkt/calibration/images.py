@@ -9,6 +9,7 @@ held-out images. Family-blind: a recipe (vkt.models) brings the defaults, the me
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ def gate_images(bundle: Any, calibrated: Calibrated, metric: Metric, split: Hold
     first = pre(split.held[0])
     hw = bench_shape(bundle.spec(component))
     latency = resize_feed(first, hw) if hw else first
+    if config.placement == "openvino":  # scored in what calibration resolved and recorded for the placement
+        config = replace(config, float_precision=calibrated.float_precision)
     return gate_bundle(bundle, metric, config, sensitivity_feeds=sens, latency_feed=latency, component=component,
                        candidates=candidates, ranking=ranking, fp32_graph=calibrated.graph, holdout=split.record(),
                        bias=calibrated.bias if config.placement == "openvino" else None,

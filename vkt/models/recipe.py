@@ -106,15 +106,8 @@ class ImageRecipe(Recipe):
                           ort_ops=config.ort_ops or "all", threads=config.threads,
                           min_speedup=DEFAULT_MIN_SPEEDUP if config.min_speedup is None else float(config.min_speedup))
         runs = [base] if ort_trt else []
-        if "openvino" in targets:
-            from vkt.errors import BackendError
-            from vkt.runtime.openvino import resolve_float_precision
-
-            try:  # as calibrate_bundle resolved it for the placement it wrote
-                fp = resolve_float_precision(config.float_precision)
-            except BackendError as e:
-                raise CalibrationError(str(e)) from None
-            runs.append(replace(base, placement="openvino", follow=(), float_precision=fp))
+        if "openvino" in targets:  # its float precision: calibration's (vkt.calibration.images.gate_images)
+            runs.append(replace(base, placement="openvino", follow=()))
         return runs
 
     def quantize(self, bundle: Any, config: Int8Config, *, extra_candidates: Sequence[CandidateFactory] = (),

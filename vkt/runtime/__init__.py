@@ -79,7 +79,7 @@ def make_runner(source: Any, backend: str = "ort", precision: str = "fp32", comp
         from vkt.runtime.openvino import OvRunner, float_hint
 
         return OvRunner(path, spec=spec, threads=threads, name=name, precision=precision if spec is not None else None,
-                        inference_precision=float_hint(float_precision) if float_precision else "f32")
+                        inference_precision=float_hint(float_precision))
     providers = {"ort": ("cpu",), "ort-cuda": ("cuda",), "ort-trt": ("tensorrt", "cuda")}[backend]
     return OrtRunner(path, providers=providers, threads=threads, spec=spec, name=name, session_config=session_config)
 
