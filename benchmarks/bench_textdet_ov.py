@@ -154,8 +154,8 @@ def nncf_models(bundle, calib: Path, evals: list[Path], fp32_hs: Path, work: Pat
     """NNCF 3.4 PTQ (and the accuracy-control anchor) of the HardSwish FP32 graph with vkt's calibration feeds.
 
     The anchor validates on ``evals`` with ``metric``: the 11 evaluation images ("eval", an upper bound: it is scored
-    on what it was tuned on) or vkt's gate set ("gate": the held-out images vkt's own gate sees, so both are judged on
-    the 11 images neither saw); cached as nncf_qac.xml / nncf_qac_gate.xml."""
+    on what it was tuned on) or vkt's gate set (its folder's name, e.g. "gate24": the held-out images vkt's own gate sees, so both are judged on
+    the 11 images neither saw); cached as nncf_qac.xml / nncf_qac_<gate folder>.xml."""
     import nncf
     import openvino as ov
 
@@ -277,7 +277,7 @@ def main() -> None:
                     "(a later run times it; its ranking takes tens of minutes on 2 busy cores)")
     ap.add_argument("--anchor-validate", choices=("eval", "gate"), default="eval",
                     help="what NNCF's accuracy control validates on: the 11 evaluation images (an upper bound) or vkt's "
-                    "gate set (8 synthetic pages: the same held-out data as vkt's gate, judged on the 11 images)")
+                    "gate set (--gate-pages: the same held-out data as vkt's gate, judged on the 11 images)")
     ap.add_argument("--compare-bias", action="store_true", help="add ov-int8-no-bc (and with --gate ov-int8-ungated-no-bc): "
                     "the same calibration with --no-bias-correction")
     ap.add_argument("--bf16", action="store_true", help="add ov-int8-f32f / ov-int8-bf16f (the shipped openvino placement "
@@ -312,12 +312,12 @@ def main() -> None:
     hs = args.work / "fp32_hardswish.onnx"
     onnx.save(fuse_hardswish(onnx.load(str(bundle.path("fp32 onnx"))))[0], str(hs))
     metric = textdet_agreement(bundle, evals, threads=1, show_progress=False)
-    if args.anchor_validate == "gate":
-        gate_images = sorted(p for p in gate.iterdir() if p.suffix == ".png")
-        nn = nncf_models(bundle, calib, gate_images, hs, args.work, not args.no_anchor,
-                         textdet_agreement(bundle, gate_images, threads=1, show_progress=False), validate_on=gate.name)
-    else:
-        nn = nncf_models(bundle, calib, evals, hs, args.work, not args.no_anchor, metric)
+    # What NNCF's accuracy control validates on: the gate's held-out pages or the 11 images (its metric only when it runs)
+    anchor_images = sorted(p for p in gate.iterdir() if p.suffix == ".png") if args.anchor_validate == "gate" else evals
+    anchor_metric = (textdet_agreement(bundle, anchor_images, threads=1, show_progress=False)
+                     if args.anchor_validate == "gate" and not args.no_anchor else metric)
+    nn = nncf_models(bundle, calib, anchor_images, hs, args.work, not args.no_anchor, anchor_metric,
+                     validate_on=gate.name if args.anchor_validate == "gate" else "eval")
     nncf_s = nn.pop("_seconds")
     if args.anchor_only:
         print(f"NNCF accuracy control: {nncf_s.get('ov-nncf-qac', float('nan')):.0f} s -> {nn.get('ov-nncf-qac')}")
