@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=15, help="timed model calls per target and case")
     ap.add_argument("--e2e-reps", type=int, default=3, help="timed passes over the 11 images per target")
     ap.add_argument("--method", default="percentile", help="vkt's calibration method (the textdet recipe's default)")
-    ap.add_argument("--gate", action="store_true", help="gate vkt's placements on their own held-out set (8 synthetic pages)")
+    ap.add_argument("--gate", action="store_true", help="gate vkt's placements on their own held-out set (--gate-pages synthetic pages)")
     ap.add_argument("--gate-pages", type=int, default=24, help="with --gate: synthetic pages in the gate's held-out set "
                     "(8 from seed 2000, the rest from seed 2100; default 24, 200 FP32 regions: enough to resolve 0.5 point)")
     ap.add_argument("--float-precision", choices=("auto", "f32", "bf16"), default="auto",
