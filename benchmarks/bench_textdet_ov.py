@@ -21,11 +21,13 @@ Targets, timed in turns in this one process (vkt.bench.time_turns), at each size
                       --no-bias-correction, in bundles of their own
   ov-nncf-ptq         NNCF 3.4 nncf.quantize (MIXED) on the HardSwish graph, fed vkt's calibration feeds
   ov-nncf-qac         NNCF 3.4 quantize_with_accuracy_control on the same graph, feeds and the 11 images' hmean
-                      vs FP32 (max drop 0.005): the anchor (it validates on the evaluation images: an upper bound;
-                      --anchor-validate gate: on vkt's gate set instead, the same held-out data vkt's gate sees)
+                      vs FP32 (max drop 0.005; NNCF validates with the float layers in f32, and this row runs them
+                      so): the anchor (it validates on the evaluation images: an upper bound; --anchor-validate gate:
+                      on vkt's gate set instead, the same held-out data vkt's gate sees)
   ov-int8-f32f        with --bf16: ov-int8 with its float layers in the precision it did not ship with (f32 where the
   / ov-int8-bf16f     gate scored bf16, --float-precision auto on a CPU with native bf16; else bf16), not re-gated;
-                      ov-bf16: the FP32 graph run in bf16 (OpenVINO's own default there). None counts as FP32
+                      ov-bf16: the FP32 graph run in bf16 (OpenVINO's own default there); ov-nncf-qac-bf16f: the
+                      anchor's reverted float layers in bf16 (NNCF validates in f32). None counts as FP32
 With --noise-floor, accuracy rows (not timed) for the FP32 graph with its weights rounded to bf16 / fp16 and run
 in float on onnxruntime: how many boxes a perturbation far smaller than int8's already moves on these images.
 Rows: model-only latency (batch 1, SIZExSIZE random input), end to end (TextDetector over the 11 images, pre + model
@@ -222,6 +224,9 @@ def runners(bundle, graphs: dict[str, Path], threads: int, bf16: bool = False) -
                                           inference_precision=other)
         r["ov-bf16"] = OvRunner(bundle.path("fp32 onnx"), spec=spec, threads=threads, precision="fp32",
                                 inference_precision="bf16")
+        if "ov-nncf-qac" in graphs:  # NNCF validates in f32 (its row); the float layers it reverted, run in bf16
+            r["ov-nncf-qac-bf16f"] = OvRunner(graphs["ov-nncf-qac"], spec=spec, threads=threads, precision="int8",
+                                              inference_precision="bf16")
     return r
 
 
