@@ -292,6 +292,10 @@ def main() -> None:
                     "640x640, 1/4 736x1024 with more words; seeds 5000/6000): one box moves hmean less than on the 11")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is None:  # its PTQ and accuracy-control rows; checked before minutes of work
+        sys.exit("error: bench_textdet_ov needs nncf for its NNCF rows: pip install -e '.[bench]'")
     import onnx
 
     from vkt.calibration.place_ov import fuse_hardswish
