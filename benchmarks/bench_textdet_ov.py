@@ -264,6 +264,8 @@ def timed_rows(named: dict[str, object], calls: dict[str, object], iters: int, *
 
 
 def main() -> None:
+    from vkt.runtime.openvino import FLOAT_PRECISIONS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vkt-bench-textdet-ov"))
     ap.add_argument("--sizes", default="736,960")
@@ -274,7 +276,7 @@ def main() -> None:
     ap.add_argument("--gate", action="store_true", help="gate vkt's placements on their own held-out set (--gate-pages synthetic pages)")
     ap.add_argument("--gate-pages", type=int, default=24, help="with --gate: synthetic pages in the gate's held-out set "
                     "(8 from seed 2000, the rest from seed 2100; default 24, 200 FP32 regions: enough to resolve 0.5 point)")
-    ap.add_argument("--float-precision", choices=("auto", "f32", "bf16"), default="auto",
+    ap.add_argument("--float-precision", choices=FLOAT_PRECISIONS, default="auto",
                     help="the openvino placement's float layers (vkt's textdet default: auto, bf16 where the CPU has it)")
     ap.add_argument("--max-drop", type=float, default=0.5, help="with --gate: the budget in points of hmean (the issue's 0.5)")
     ap.add_argument("--no-anchor", action="store_true", help="skip NNCF's quantize_with_accuracy_control (minutes)")
